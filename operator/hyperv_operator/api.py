@@ -1,0 +1,132 @@
+"""The operator's API: names, and typed views of VirtualMachine and HyperVHost objects.
+
+The CRDs in `crds/` are the validating source of truth (the API server rejects bad specs); these
+types only read what the server already accepted, applying the documented defaults.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+GROUP = "hyperv-operator.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+VM_KIND = "VirtualMachine"
+VM_PLURAL = "virtualmachines"
+HOST_KIND = "HyperVHost"
+HOST_PLURAL = "hypervhosts"
+FINALIZER = f"{GROUP}/finalizer"
+ANNOTATION_PREFIX = GROUP
+UID_TAG_PREFIX = f"{GROUP}/uid="
+"""The VM's Notes carry this tag with the Kubernetes uid, so a restarted operator adopts the VM."""
+
+
+class Strategy(enum.StrEnum):
+    DIFFERENCING = "Differencing"
+    COPY = "Copy"
+    QUICK = "Quick"
+
+
+class PowerState(enum.StrEnum):
+    RUNNING = "Running"
+    OFF = "Off"
+
+
+class DeletionPolicy(enum.StrEnum):
+    DELETE = "Delete"
+    RETAIN = "Retain"
+
+
+_QUANTITY = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_FACTORS = {None: 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "k": 10**3, "M": 10**6,
+            "G": 10**9, "T": 10**12}
+
+
+def parse_memory(quantity: str | int) -> int:
+    """A Kubernetes quantity ("1Gi", "512Mi", "2G", "1073741824") in bytes."""
+    if isinstance(quantity, int):
+        return quantity
+    match = _QUANTITY.match(quantity.strip())
+    if not match:
+        raise ValueError(f"memory {quantity!r} is not a quantity like 1Gi or 512Mi")
+    return int(match.group(1)) * _FACTORS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class VirtualMachineSpec:
+    host_name: str
+    base_vhd: str
+    strategy: Strategy
+    memory_bytes: int
+    cpus: int = 1
+    generation: int = 2
+    vm_path: str | None = None
+    switch_name: str | None = None
+    power_state: PowerState = PowerState.RUNNING
+    deletion_policy: DeletionPolicy = DeletionPolicy.DELETE
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> VirtualMachineSpec:
+        return cls(
+            host_name=str(spec["hostRef"]["name"]),
+            base_vhd=str(spec["baseVhd"]),
+            strategy=Strategy(spec["strategy"]),
+            memory_bytes=parse_memory(spec.get("memory", "1Gi")),
+            cpus=int(spec.get("cpus", 1)),
+            generation=int(spec.get("generation", 2)),
+            vm_path=spec.get("vmPath") or None,
+            switch_name=spec.get("switchName") or None,
+            power_state=PowerState(spec.get("powerState", PowerState.RUNNING)),
+            deletion_policy=DeletionPolicy(spec.get("deletionPolicy", DeletionPolicy.DELETE)),
+        )
+
+
+class Transport(enum.StrEnum):
+    HTTPS = "https"
+    HTTP = "http"
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+
+
+@dataclass(frozen=True)
+class HyperVHostSpec:
+    address: str
+    default_vm_path: str
+    port: int | None = None
+    transport: Transport = Transport.HTTPS
+    auth: str = "negotiate"
+    credentials_secret: str | None = None
+    ca_bundle_secret: str | None = None
+    insecure_skip_tls_verify: bool = False
+    allow_unencrypted_http: bool = False
+    configuration_name: str = "Microsoft.PowerShell"
+    max_concurrent_copies: int = 2
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (5986 if self.transport is Transport.HTTPS else 5985)
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> HyperVHostSpec:
+        creds = spec.get("credentialsSecretRef") or {}
+        ca = spec.get("caBundleSecretRef") or {}
+        return cls(
+            address=str(spec["address"]),
+            default_vm_path=str(spec["defaultVmPath"]),
+            port=int(spec["port"]) if spec.get("port") else None,
+            transport=Transport(spec.get("transport", Transport.HTTPS)),
+            auth=str(spec.get("auth", "negotiate")),
+            credentials_secret=creds.get("name"),
+            ca_bundle_secret=ca.get("name"),
+            insecure_skip_tls_verify=bool(spec.get("insecureSkipTlsVerify", False)),
+            allow_unencrypted_http=bool(spec.get("allowUnencryptedHttp", False)),
+            configuration_name=str(spec.get("configurationName", "Microsoft.PowerShell")),
+            max_concurrent_copies=int(spec.get("maxConcurrentCopies", 2)),
+        )

@@ -1,0 +1,291 @@
+"""A real, throwaway Kubernetes control plane on loopback: etcd + kube-apiserver.
+
+Used by the integration tests and `make demo`. Random free ports, a temporary data dir, RBAC
+authorization with static tokens (an admin and the operator's ServiceAccount identity), a written
+kubeconfig, the project's CRDs applied. Children get PR_SET_PDEATHSIG so they die with us even if we
+are killed without a chance to clean up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from hyperv_operator.envtest.build import ControlPlaneBinaries, build
+
+OPERATOR_NAMESPACE = "hyperv-operator-system"
+OPERATOR_SERVICE_ACCOUNT = "hyperv-operator"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+OPERATOR_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}", "system:authenticated")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setpgrp()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def repo_root() -> Path:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "crds").is_dir() and (parent / "Makefile").is_file():
+            return parent
+    raise RuntimeError("cannot find the repository root (a folder with crds/ and Makefile)")
+
+
+@dataclass
+class ControlPlane:
+    binaries: ControlPlaneBinaries
+    workdir: Path
+    apiserver_port: int = 0
+    etcd_port: int = 0
+    admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    operator_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "certs" / "apiserver.crt"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """Admin kubeconfig (system:masters)."""
+        return self.workdir / "kubeconfig"
+
+    @property
+    def operator_kubeconfig(self) -> Path:
+        """Kubeconfig for the operator's ServiceAccount identity: only what RBAC grants it."""
+        return self.workdir / "operator.kubeconfig"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    def start(self, timeout: float = 60.0) -> None:
+        started = time.monotonic()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "certs").mkdir(exist_ok=True)
+        self._write_service_account_key()
+        self._write_tokens()
+        self.etcd_port = free_port()
+        etcd_peer_port = free_port()
+        self._spawn(
+            "etcd",
+            [
+                str(self.binaries.etcd),
+                "--data-dir", str(self.workdir / "etcd"),
+                "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
+                "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
+                "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer_port}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer_port}",
+                "--initial-cluster", f"default=http://127.0.0.1:{etcd_peer_port}",
+                "--unsafe-no-fsync",
+                "--log-level", "warn",
+            ],
+        )
+        self._wait_http(f"http://127.0.0.1:{self.etcd_port}/health", timeout, "etcd")
+        self.apiserver_port = free_port()
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.binaries.kube_apiserver),
+                "--bind-address", "127.0.0.1",
+                "--advertise-address", "127.0.0.1",
+                "--secure-port", str(self.apiserver_port),
+                "--cert-dir", str(self.workdir / "certs"),
+                "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
+                "--token-auth-file", str(self.workdir / "tokens.csv"),
+                "--authorization-mode", "RBAC",
+                "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+                "--service-account-key-file", str(self.workdir / "sa.key"),
+                "--service-account-signing-key-file", str(self.workdir / "sa.key"),
+                "--service-cluster-ip-range", "10.0.0.0/24",
+                "--allow-privileged=true",
+                "--disable-admission-plugins", "ServiceAccount",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--v=0",
+            ],
+        )
+        self._wait_ready(timeout - (time.monotonic() - started))
+        self._write_kubeconfig(self.kubeconfig, "admin", self.admin_token)
+        self._write_kubeconfig(self.operator_kubeconfig, "operator", self.operator_token)
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        log.close()
+        self._procs.append(proc)
+
+    def _write_service_account_key(self) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (self.workdir / "sa.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+
+    def _write_tokens(self) -> None:
+        groups = ",".join(OPERATOR_GROUPS)
+        (self.workdir / "tokens.csv").write_text(
+            f'{self.admin_token},admin,admin,"system:masters"\n'
+            f'{self.operator_token},{OPERATOR_USER},operator-uid,"{groups}"\n'
+        )
+
+    def _check_alive(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is not None:
+                name = Path(str(proc.args[0])).name  # type: ignore[index]
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
+
+    def _wait_http(self, url: str, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
+                    if response.status == 200:
+                        return
+            time.sleep(0.1)
+        raise TimeoutError(f"{what} did not become ready within {timeout:.0f}s")
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if self.ca_file.exists():
+                context = ssl.create_default_context(cafile=str(self.ca_file))
+                request = urllib.request.Request(
+                    f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"}
+                )
+                try:
+                    with urllib.request.urlopen(request, context=context, timeout=2) as response:  # noqa: S310
+                        if response.status == 200:
+                            return
+                except (OSError, urllib.error.URLError, ssl.SSLError) as exc:
+                    last_error = str(exc)
+            time.sleep(0.1)
+        raise TimeoutError(f"kube-apiserver did not become ready within the timeout: {last_error}")
+
+    def _write_kubeconfig(self, path: Path, user: str, token: str) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "envtest", "cluster": {"server": self.server,
+                                                         "certificate-authority": str(self.ca_file)}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": user, "context": {"cluster": "envtest", "user": user, "namespace": "default"}}],
+            "current-context": user,
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+
+    def kubectl(self, *args: str, kubeconfig: Path | None = None, check: bool = True,
+                input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [str(self.binaries.kubectl), "--kubeconfig", str(kubeconfig or self.kubeconfig), *args]
+        result = subprocess.run(argv, capture_output=True, text=True, input=input_text, timeout=60)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def apply_crds(self, crd_dir: Path | None = None) -> None:
+        crd_dir = crd_dir or repo_root() / "crds"
+        self.kubectl("apply", "--server-side", "-f", str(crd_dir))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd", "--all")
+
+    def stop(self) -> None:
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in reversed(self._procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+
+
+@contextlib.contextmanager
+def running_control_plane(apply_crds: bool = True, keep_dir: bool = False) -> Iterator[ControlPlane]:
+    """Build (once per machine) and start a control plane; stop it and delete its data on exit."""
+    binaries = build()
+    workdir = Path(tempfile.mkdtemp(prefix="hyperv-operator-envtest-"))
+    plane = ControlPlane(binaries=binaries, workdir=workdir)
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+
+    def _on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    in_main_thread = _in_main_thread()
+    if in_main_thread:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        plane.start()
+        if apply_crds:
+            plane.apply_crds()
+        yield plane
+    finally:
+        plane.stop()
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+        if not keep_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def main() -> int:
+    """`python -m hyperv_operator.envtest.controlplane`: start one and wait (Ctrl-C to stop)."""
+    t0 = time.monotonic()
+    with running_control_plane() as plane:
+        print(f"control plane ready in {time.monotonic() - t0:.1f}s at {plane.server}")
+        print(f"export KUBECONFIG={plane.kubeconfig}")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,19 @@
+"""What the operator needs from a Hyper-V host: run statements, get objects back or a HostError."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+from hyperv_operator.hyperv.commands import HostObject, Statement
+
+
+class HyperVClient(Protocol):
+    async def run(self, statements: Sequence[Statement]) -> list[HostObject]:
+        """Run the statements in one pipeline (one round trip), in order, and return all output.
+
+        Every command runs with `-ErrorAction Stop`: the first error ends the batch and raises a
+        `HostError` subclass (see `hyperv_operator.hyperv.errors.classify`).
+        """
+        ...
+
+    async def close(self) -> None: ...

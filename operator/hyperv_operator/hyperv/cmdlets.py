@@ -1,0 +1,196 @@
+"""Every host command the operator sends, as typed builders.
+
+This module is the contract between the operator and a Hyper-V host (real or simulated): the
+simulator implements exactly these cmdlets, parameters and parameter types. Cmdlets are
+module-qualified so a host with VMware PowerCLI loaded cannot shadow them.
+VMs are always addressed by Id (`Get-VM -Id <guid> | <cmdlet>`), never by name: names are not unique.
+"""
+
+from __future__ import annotations
+
+from hyperv_operator.hyperv.commands import SWITCH, Int64, Statement, cmd, pipe
+
+HYPERV = "Hyper-V\\"
+MGMT = "Microsoft.PowerShell.Management\\"
+UTILITY = "Microsoft.PowerShell.Utility\\"
+
+# --- observe -----------------------------------------------------------------------------------
+
+
+def get_vm_by_id(vm_id: str) -> Statement:
+    """Output: one Microsoft.HyperV.PowerShell.VirtualMachine (Name, Id, State, Status, Notes, Path,
+    Uptime, CheckpointType, Generation, MemoryStartup, ProcessorCount); ObjectNotFound if absent."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id))
+
+
+def get_all_vms() -> Statement:
+    """Output: every VM on the host (used to adopt a VM by the uid tag in its Notes)."""
+    return pipe(cmd(HYPERV + "Get-VM"))
+
+
+def get_vm_hard_disk_drives(vm_id: str) -> Statement:
+    """Output: Microsoft.HyperV.PowerShell.HardDiskDrive objects (Path, VMId, VMName,
+    ControllerType, ControllerNumber, ControllerLocation)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMHardDiskDrive"))
+
+
+def get_vm_snapshots(vm_id: str) -> Statement:
+    """Output: Microsoft.HyperV.PowerShell.VMSnapshot objects (Id, Name, VMId, VMName, Path)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMSnapshot"))
+
+
+def get_vhd(path: str) -> Statement:
+    """Output: Microsoft.Vhd.PowerShell.VirtualHardDisk (Path, VhdFormat, VhdType, ParentPath,
+    FileSize, Size, MinimumSize, BlockSize, Attached, DiskIdentifier); ObjectNotFound if absent."""
+    return pipe(cmd(HYPERV + "Get-VHD", Path=path))
+
+
+def test_path(path: str) -> Statement:
+    """Output: one bool."""
+    return pipe(cmd(MGMT + "Test-Path", LiteralPath=path))
+
+
+def get_item(path: str) -> Statement:
+    """Output: System.IO.FileInfo / DirectoryInfo (FullName, Name, Length, IsReadOnly, Attributes,
+    LastWriteTimeUtc); ObjectNotFound (PathNotFound) if absent."""
+    return pipe(cmd(MGMT + "Get-Item", LiteralPath=path))
+
+
+def get_child_items(folder: str) -> Statement:
+    """Output: the files and folders inside `folder` (not recursive)."""
+    return pipe(cmd(MGMT + "Get-ChildItem", LiteralPath=folder))
+
+
+def read_text_file(path: str) -> Statement:
+    """Output: one string, the whole file (used for the background copy's status file)."""
+    return pipe(cmd(MGMT + "Get-Content", LiteralPath=path, Raw=SWITCH))
+
+
+# --- act ---------------------------------------------------------------------------------------
+
+
+def new_directory(path: str) -> Statement:
+    """Create a folder (and its parents); succeeds if it exists."""
+    return pipe(cmd(MGMT + "New-Item", ItemType="Directory", Path=path, Force=SWITCH))
+
+
+def new_differencing_vhd(path: str, parent_path: str) -> Statement:
+    """Output: the new VirtualHardDisk. Fails if `path` exists or the parent is an .avhdx."""
+    return pipe(cmd(HYPERV + "New-VHD", Path=path, ParentPath=parent_path, Differencing=SWITCH))
+
+
+def new_vm(
+    name: str,
+    folder: str,
+    vhd_path: str,
+    memory_bytes: int,
+    generation: int,
+    switch_name: str | None,
+) -> Statement:
+    """Output: the new VirtualMachine (state Off). The VM's files go under `folder`\\`name`."""
+    return pipe(
+        cmd(
+            HYPERV + "New-VM",
+            Name=name,
+            Path=folder,
+            VHDPath=vhd_path,
+            MemoryStartupBytes=Int64(memory_bytes),
+            Generation=generation,
+            SwitchName=switch_name,
+        )
+    )
+
+
+def set_vm(
+    vm_id: str,
+    *,
+    notes: str | None = None,
+    processor_count: int | None = None,
+    checkpoint_type: str | None = None,
+) -> Statement:
+    """No output. `checkpoint_type` is one of Disabled, Production, ProductionOnly, Standard."""
+    return pipe(
+        cmd(HYPERV + "Get-VM", Id=vm_id),
+        cmd(HYPERV + "Set-VM", Notes=notes, ProcessorCount=processor_count, CheckpointType=checkpoint_type),
+    )
+
+
+def checkpoint_vm(vm_id: str, snapshot_name: str) -> Statement:
+    """Output (with -Passthru): the VMSnapshot. Creates `<parent>_<GUID>.avhdx` next to each disk's
+    parent file and moves the VM's drive onto it."""
+    return pipe(
+        cmd(HYPERV + "Get-VM", Id=vm_id),
+        cmd(HYPERV + "Checkpoint-VM", SnapshotName=snapshot_name, Passthru=SWITCH),
+    )
+
+
+def start_vm(vm_id: str) -> Statement:
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Start-VM"))
+
+
+def stop_vm(vm_id: str, *, turn_off: bool) -> Statement:
+    """Graceful shutdown through the guest (`-Force`, no confirmation), or pull the plug (`-TurnOff`)."""
+    stop = cmd(HYPERV + "Stop-VM", TurnOff=SWITCH) if turn_off else cmd(HYPERV + "Stop-VM", Force=SWITCH)
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), stop)
+
+
+def reparent_vhd(path: str, new_parent_path: str) -> Statement:
+    """Online re-parent: `-LeafPath` is required while the chain is attached to a running VM. Hyper-V
+    checks the new parent's identity; `-IgnoreIdMismatch` is never used."""
+    return pipe(cmd(HYPERV + "Set-VHD", Path=path, ParentPath=new_parent_path, LeafPath=path))
+
+
+def remove_vm_snapshot(vm_id: str, snapshot_name: str) -> Statement:
+    """Delete the checkpoint; Hyper-V merges its .avhdx into the parent while the VM runs."""
+    return pipe(
+        cmd(HYPERV + "Get-VM", Id=vm_id),
+        cmd(HYPERV + "Get-VMSnapshot", Name=snapshot_name),
+        cmd(HYPERV + "Remove-VMSnapshot"),
+    )
+
+
+def remove_vm(vm_id: str) -> Statement:
+    """Remove the VM's configuration (its disks stay on disk)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Remove-VM", Force=SWITCH))
+
+
+def remove_file(path: str) -> Statement:
+    return pipe(cmd(MGMT + "Remove-Item", LiteralPath=path, Force=SWITCH))
+
+
+def remove_empty_directory(path: str) -> Statement:
+    """Fails (and removes nothing) if the folder is not empty: no -Recurse, ever."""
+    return pipe(cmd(MGMT + "Remove-Item", LiteralPath=path))
+
+
+def stop_process(process_id: int) -> Statement:
+    return pipe(cmd(MGMT + "Stop-Process", Id=process_id, Force=SWITCH))
+
+
+ALL_CMDLETS: frozenset[str] = frozenset(
+    {
+        HYPERV + "Get-VM",
+        HYPERV + "Get-VMHardDiskDrive",
+        HYPERV + "Get-VMSnapshot",
+        HYPERV + "Get-VHD",
+        HYPERV + "New-VHD",
+        HYPERV + "New-VM",
+        HYPERV + "Set-VM",
+        HYPERV + "Checkpoint-VM",
+        HYPERV + "Start-VM",
+        HYPERV + "Stop-VM",
+        HYPERV + "Set-VHD",
+        HYPERV + "Remove-VMSnapshot",
+        HYPERV + "Remove-VM",
+        MGMT + "Test-Path",
+        MGMT + "Get-Item",
+        MGMT + "Get-ChildItem",
+        MGMT + "Get-Content",
+        MGMT + "New-Item",
+        MGMT + "Remove-Item",
+        MGMT + "Stop-Process",
+    }
+)
+"""The cmdlets above; `hyperv_operator.hyperv.scripts` holds the fixed scripts (background copy)."""
+
+
