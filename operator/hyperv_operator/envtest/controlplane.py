@@ -54,9 +54,9 @@ def free_port() -> int:
 def repo_root() -> Path:
     here = Path(__file__).resolve()
     for parent in here.parents:
-        if (parent / "crds").is_dir() and (parent / "Makefile").is_file():
+        if (parent / "crds").is_dir() and (parent / "pyproject.toml").is_file():
             return parent
-    raise RuntimeError("cannot find the repository root (a folder with crds/ and Makefile)")
+    raise RuntimeError("cannot find the repository root (a folder with crds/ and pyproject.toml)")
 
 
 @dataclass
