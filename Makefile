@@ -1,0 +1,94 @@
+# hyperv-operator — entry points. `make` alone lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+KUBECTL ?= kubectl
+IMG ?= hyperv-operator:0.1.0
+NAMESPACE ?= hyperv-operator-system
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n\n"} /^[a-zA-Z_-]+:.*##/ { printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## Create/update the virtual environment (pinned dependencies)
+
+.PHONY: control-plane
+control-plane: venv ## Build kube-apiserver, kubectl and etcd from Go modules (cached per machine)
+	$(VPY) -m hyperv_operator.envtest.build
+
+.PHONY: lint
+lint: venv ## ruff + mypy (strict)
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/mypy
+
+.PHONY: test-unit
+test-unit: venv ## Unit tests (no servers)
+	$(VENV)/bin/pytest -q tests/unit
+
+.PHONY: test-integration
+test-integration: venv control-plane ## Integration tests: real kube-apiserver + etcd, simulated Hyper-V host over WinRM
+	$(VENV)/bin/pytest -q -m integration tests
+
+.PHONY: test
+test: venv lint control-plane ## Everything: lint, unit and integration tests
+	$(VENV)/bin/pytest -q tests
+
+.PHONY: test-e2e
+test-e2e: test-integration ## Alias: the end-to-end suite is the integration suite
+
+.PHONY: demo
+demo: venv control-plane ## Control plane + simulated host with a 9 GB base + operator + one VM per strategy
+	$(VPY) -m hyperv_operator.cli demo
+
+.PHONY: run
+run: venv ## Run the operator against the current kubeconfig
+	$(VPY) -m hyperv_operator.cli run
+
+.PHONY: simulate
+simulate: venv ## Serve a simulated Hyper-V host over WinRM on loopback
+	$(VPY) -m hyperv_operator.cli simulate
+
+.PHONY: install
+install: ## Install the CRDs into the current kubeconfig's cluster
+	$(KUBECTL) apply --server-side -f crds/
+
+.PHONY: uninstall
+uninstall: ## Remove the CRDs (and with them every VirtualMachine object)
+	$(KUBECTL) delete --ignore-not-found -f crds/
+
+.PHONY: deploy
+deploy: ## Deploy CRDs, RBAC and the operator Deployment (kustomize)
+	$(KUBECTL) apply --server-side -k manifests/
+
+.PHONY: undeploy
+undeploy: ## Remove what deploy created
+	$(KUBECTL) delete --ignore-not-found -k manifests/
+
+.PHONY: build-installer
+build-installer: ## Write dist/install.yaml (CRDs + RBAC + Deployment)
+	@mkdir -p dist
+	$(KUBECTL) kustomize manifests/ > dist/install.yaml
+	@echo "wrote dist/install.yaml"
+
+.PHONY: docker-build
+docker-build: ## Build the operator image (needs a Docker engine)
+	docker build -t $(IMG) .
+
+.PHONY: docker-lint
+docker-lint: venv ## Lint the Dockerfile with hadolint
+	$(VENV)/bin/hadolint Dockerfile
+
+.PHONY: clean
+clean: ## Remove the virtual environment and caches (not the control-plane build cache)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist

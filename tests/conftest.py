@@ -1,0 +1,75 @@
+"""Suite-wide fixtures and the guard that integration tests really ran.
+
+With HYPERV_OPERATOR_REQUIRE_INTEGRATION=1 (set by .ci/run) the session fails if any test marked
+`integration` was skipped or deselected, or if none ran; a summary is written to the file named by
+HYPERV_OPERATOR_INTEGRATION_SUMMARY so .ci/run can check it independently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from hyperv_operator.envtest.controlplane import ControlPlane, running_control_plane
+
+_counts = {"collected": 0, "deselected": 0, "passed": 0, "failed": 0, "skipped": 0}
+_skipped_names: list[str] = []
+
+
+def _is_integration(item: pytest.Item) -> bool:
+    return item.get_closest_marker("integration") is not None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in item.nodeid.replace(os.sep, "/") and not _is_integration(item):
+            item.add_marker(pytest.mark.integration)
+    _counts["collected"] = sum(1 for item in items if _is_integration(item))
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _counts["deselected"] += sum(1 for item in items if _is_integration(item))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not _is_integration(item):
+        return
+    if report.skipped:
+        _counts["skipped"] += 1
+        _skipped_names.append(item.nodeid)
+    elif report.when == "call":
+        _counts["passed" if report.passed else "failed"] += 1
+    elif report.failed:
+        _counts["failed"] += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    summary_path = os.environ.get("HYPERV_OPERATOR_INTEGRATION_SUMMARY")
+    ran = _counts["passed"] + _counts["failed"]
+    if summary_path:
+        with open(summary_path, "w") as fh:
+            json.dump({**_counts, "ran": ran, "skipped_tests": _skipped_names}, fh)
+    if os.environ.get("HYPERV_OPERATOR_REQUIRE_INTEGRATION") == "1":
+        problems = []
+        if _counts["skipped"]:
+            problems.append(f"{_counts['skipped']} integration test(s) skipped: {_skipped_names}")
+        if _counts["deselected"]:
+            problems.append(f"{_counts['deselected']} integration test(s) deselected")
+        if ran == 0:
+            problems.append("no integration test ran")
+        if problems:
+            print("\nINTEGRATION GUARD FAILED: " + "; ".join(problems))
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """One real etcd + kube-apiserver for the whole session, CRDs applied."""
+    with running_control_plane() as plane:
+        yield plane
