@@ -1,0 +1,274 @@
+"""kopf registration: thin glue between Kubernetes events and the provisioning engine.
+
+No decisions here. Each VirtualMachine handler call runs one engine step under a per-object lock,
+writes the complete status the engine returns, posts its events, and asks kopf to call again after
+the engine's delay (`kopf.TemporaryError(delay=...)`) until the engine says it has converged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from hyperv_operator import api, metrics
+from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
+from hyperv_operator import conditions as cond
+from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
+from hyperv_operator.hyperv.errors import HostError
+from hyperv_operator.provisioning import engine
+from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
+
+logger = logging.getLogger("hyperv_operator.handlers")
+
+HOST_MISSING_RETRY_SECONDS = 10.0
+
+
+@dataclass
+class OperatorConfig:
+    drift_interval: float = 30.0
+    host_probe_interval: float = 60.0
+    client_factory: ClientFactory | None = None
+    secret_reader: SecretReader | None = None
+
+
+@dataclass
+class Runtime:
+    config: OperatorConfig
+    connections: HostConnections
+    slots: CopySlots = field(default_factory=CopySlots)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7386 merge patch turning `old` into `new` (removed keys become None)."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        previous = old.get(key)
+        if isinstance(value, Mapping) and isinstance(previous, Mapping):
+            nested = merge_patch(previous, value)
+            if nested:
+                patch[key] = nested
+        elif value != previous or key not in old:
+            patch[key] = value
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+def set_condition(
+    current: list[dict[str, Any]], type_: str, status: str, reason: str, message: str, generation: int, now: datetime
+) -> list[dict[str, Any]]:
+    made = cond.make(current, type_, {"True": True, "False": False}.get(status), reason, message, generation, now)
+    return cond.merge(current, [made])
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _host_of(hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:
+    store = hosts_by_name.get((namespace, name))
+    if not store:
+        return None
+    return next(iter(store), None)
+
+
+def _apply_outcome(
+    body: kopf.Body, patch: kopf.Patch, old_status: Mapping[str, Any], outcome: StepOutcome, spec: VirtualMachineSpec
+) -> None:
+    new_status = {k: v for k, v in outcome.status.items() if v is not None}
+    for key, value in merge_patch(old_status, new_status).items():
+        patch.status[key] = value
+    for event in outcome.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    metrics.observe_status_change(spec.strategy.value, spec.host_name, old_status, new_status, _now())
+
+
+def _waiting_status(
+    old_status: Mapping[str, Any], generation: int, reason: str, message: str, *, stalled: bool
+) -> dict[str, Any]:
+    status = dict(old_status)
+    conditions = list(status.get("conditions") or [])
+    now = _now()
+    conditions = set_condition(conditions, "Reconciling", "False" if stalled else "True", reason, message, generation, now)
+    conditions = set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message, generation, now)
+    status["conditions"] = conditions
+    status["phase"] = status.get("phase") or "Pending"
+    status["message"] = message
+    return status
+
+
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    vm_resource = dict(group=api.GROUP, version=api.VERSION, plural=api.VM_PLURAL)
+    host_resource = dict(group=api.GROUP, version=api.VERSION, plural=api.HOST_PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = api.FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.ANNOTATION_PREFIX)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=api.ANNOTATION_PREFIX, key="last-handled-configuration"
+        )
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 60
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.cleanup(registry=registry)
+    async def close_connections(**_: Any) -> None:
+        await runtime.connections.close()
+
+    @kopf.index(**host_resource, registry=registry)  # type: ignore[arg-type]
+    def hosts_by_name(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(namespace, name): dict(spec)}
+
+    async def step(
+        *,
+        body: kopf.Body,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        meta: kopf.Meta,
+        patch: kopf.Patch,
+        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]],
+        deleting: bool,
+    ) -> StepOutcome | None:
+        namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
+        generation = int(meta.get("generation") or 0)
+        vm_spec = VirtualMachineSpec.from_dict(spec)
+        old_status = dict(status)
+        host_body = _host_of(hosts_by_name, namespace, vm_spec.host_name)
+        if host_body is None:
+            if deleting and not old_status.get("vmId") and not old_status.get("createdFiles"):
+                return StepOutcome(status=old_status, requeue_after=None, events=(), finished=True)
+            message = f"waiting for HyperVHost {namespace}/{vm_spec.host_name} to exist"
+            new = _waiting_status(old_status, generation, "HostNotFound", message, stalled=False)
+            _apply_outcome(body, patch, old_status, StepOutcome(new, HOST_MISSING_RETRY_SECONDS, ()), vm_spec)
+            raise kopf.TemporaryError(message, delay=HOST_MISSING_RETRY_SECONDS)
+        host_spec = HyperVHostSpec.from_dict(host_body)
+        try:
+            client = await runtime.connections.client_for(namespace, vm_spec.host_name, host_spec)
+        except HostConfigError as exc:
+            new = _waiting_status(old_status, generation, "HostMisconfigured", str(exc), stalled=True)
+            _apply_outcome(body, patch, old_status, StepOutcome(new, 30.0, ()), vm_spec)
+            raise kopf.TemporaryError(str(exc), delay=30.0) from exc
+        ref = VmRef(namespace=namespace, name=name, uid=uid, generation=generation)
+        host_key = f"{namespace}/{vm_spec.host_name}"
+        metered = metrics.MeteredClient(client, host_key)
+        async with runtime.lock(uid):
+            run = engine.finalize if deleting else engine.reconcile
+            outcome = await run(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots, _now())
+        _apply_outcome(body, patch, old_status, outcome, vm_spec)
+        return outcome
+
+    @kopf.on.resume(**vm_resource, registry=registry)  # type: ignore[arg-type]
+    @kopf.on.create(**vm_resource, registry=registry)  # type: ignore[arg-type]
+    @kopf.on.update(**vm_resource, field="spec", registry=registry)  # type: ignore[arg-type]
+    async def reconcile_vm(
+        body: kopf.Body,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        meta: kopf.Meta,
+        patch: kopf.Patch,
+        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]],
+        **_: Any,
+    ) -> None:
+        outcome = await step(body=body, spec=spec, status=status, meta=meta, patch=patch,
+                             hosts_by_name=hosts_by_name, deleting=False)
+        if outcome is not None and outcome.requeue_after is not None:
+            raise kopf.TemporaryError(outcome.status.get("message") or "in progress", delay=outcome.requeue_after)
+
+    @kopf.timer(**vm_resource, interval=runtime.config.drift_interval,  # type: ignore[arg-type]
+                initial_delay=runtime.config.drift_interval, registry=registry)
+    async def check_drift(
+        body: kopf.Body,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        meta: kopf.Meta,
+        patch: kopf.Patch,
+        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]],
+        **_: Any,
+    ) -> None:
+        # Only converged VMs: the change handlers own everything in flight.
+        if status.get("phase") != "Provisioned" or meta.get("deletionTimestamp"):
+            return
+        try:
+            await step(body=body, spec=spec, status=status, meta=meta, patch=patch,
+                       hosts_by_name=hosts_by_name, deleting=False)
+        except kopf.TemporaryError:
+            return
+
+    @kopf.on.delete(**vm_resource, registry=registry)  # type: ignore[arg-type]
+    async def delete_vm(
+        body: kopf.Body,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        meta: kopf.Meta,
+        patch: kopf.Patch,
+        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]],
+        **_: Any,
+    ) -> None:
+        outcome = await step(body=body, spec=spec, status=status, meta=meta, patch=patch,
+                             hosts_by_name=hosts_by_name, deleting=True)
+        if outcome is not None and not outcome.finished:
+            delay = outcome.requeue_after if outcome.requeue_after is not None else 2.0
+            raise kopf.TemporaryError(outcome.status.get("message") or "deleting", delay=delay)
+
+    async def probe_host(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
+                         generation: int) -> None:
+        host_spec = HyperVHostSpec.from_dict(spec)
+        now = _now()
+        conditions = list(status.get("conditions") or [])
+        try:
+            client = await runtime.connections.client_for(namespace, name, host_spec)
+            probe = getattr(client, "probe", None)
+            facts: Mapping[str, Any] = await probe() if probe is not None else {}
+        except (HostError, HostConfigError) as exc:
+            metrics.HOST_REACHABLE.labels(namespace=namespace, host=name).set(0)
+            reason = "HostMisconfigured" if isinstance(exc, HostConfigError) else "Unreachable"
+            patch.status["conditions"] = set_condition(conditions, "Reachable", "False", reason, str(exc), generation, now)
+        else:
+            metrics.HOST_REACHABLE.labels(namespace=namespace, host=name).set(1)
+            patch.status["conditions"] = set_condition(
+                conditions, "Reachable", "True", "Probed", f"WinRM reachable at {host_spec.address}", generation, now
+            )
+            for source, target in (("host_name", "hostName"), ("hyperv_version", "hyperVVersion"),
+                                   ("free_bytes", "freeBytes")):
+                value = facts.get(source) if isinstance(facts, Mapping) else getattr(facts, source, None)
+                if value is not None:
+                    patch.status[target] = value
+        patch.status["lastProbeTime"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        patch.status["observedGeneration"] = generation
+        patch.status["copiesInFlight"] = len(runtime.slots.holders(f"{namespace}/{name}"))
+
+    @kopf.on.resume(**host_resource, registry=registry)  # type: ignore[arg-type]
+    @kopf.on.create(**host_resource, registry=registry)  # type: ignore[arg-type]
+    @kopf.on.update(**host_resource, field="spec", registry=registry)  # type: ignore[arg-type]
+    async def host_changed(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+                           patch: kopf.Patch, **_: Any) -> None:
+        await probe_host(namespace, name, spec, status, patch, int(meta.get("generation") or 0))
+
+    @kopf.timer(**host_resource, interval=runtime.config.host_probe_interval,  # type: ignore[arg-type]
+                initial_delay=runtime.config.host_probe_interval, registry=registry)
+    async def host_probe_timer(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+                               patch: kopf.Patch, **_: Any) -> None:
+        await probe_host(namespace, name, spec, status, patch, int(meta.get("generation") or 0))
+
+    @kopf.on.delete(**host_resource, optional=True, registry=registry)  # type: ignore[arg-type]
+    async def host_deleted(namespace: str, name: str, **_: Any) -> None:
+        await runtime.connections.forget(namespace, name)
+
+    return registry

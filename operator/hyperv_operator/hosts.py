@@ -1,0 +1,176 @@
+"""Connections to Hyper-V hosts: one client per HyperVHost, rebuilt when its spec or Secrets change.
+
+Credentials come from Secrets in the host's namespace, are kept in memory only (client-certificate
+files go to a private temporary folder, mode 0600) and never reach logs, status or events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hyperv_operator.api import HyperVHostSpec
+from hyperv_operator.hyperv.client import HyperVClient
+
+logger = logging.getLogger("hyperv_operator.hosts")
+
+
+class HostConfigError(Exception):
+    """The HyperVHost cannot be used as configured (missing Secret or key); retrying won't help."""
+
+
+@dataclass(frozen=True)
+class HostCredentials:
+    username: str | None = None
+    password: str | None = None
+    client_cert_pem: bytes | None = None
+    client_key_pem: bytes | None = None
+    ca_bundle_pem: bytes | None = None
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for part in (self.username, self.password):
+            digest.update((part or "").encode() + b"\0")
+        for blob in (self.client_cert_pem, self.client_key_pem, self.ca_bundle_pem):
+            digest.update((blob or b"") + b"\0")
+        return digest.hexdigest()
+
+
+SecretReader = Callable[[str, str], Mapping[str, str] | None]
+"""(namespace, name) -> the Secret's base64 `data`, or None if it does not exist."""
+
+ClientFactory = Callable[[HyperVHostSpec, HostCredentials, str], HyperVClient]
+"""(spec, credentials, private folder for cert files) -> a client for that host."""
+
+
+def kubernetes_secret_reader() -> SecretReader:
+    """Reads Secrets with the kubernetes client from the kubeconfig / in-cluster config."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    core = kubernetes.client.CoreV1Api()
+
+    def read(namespace: str, name: str) -> Mapping[str, str] | None:
+        try:
+            secret = core.read_namespaced_secret(name, namespace)
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(secret.data or {})
+
+    return read
+
+
+def _decode(data: Mapping[str, str], key: str) -> bytes | None:
+    value = data.get(key)
+    return base64.b64decode(value) if value else None
+
+
+async def load_credentials(spec: HyperVHostSpec, namespace: str, read_secret: SecretReader) -> HostCredentials:
+    username = password = None
+    cert = key = ca = None
+    if spec.credentials_secret:
+        data = await asyncio.to_thread(read_secret, namespace, spec.credentials_secret)
+        if data is None:
+            raise HostConfigError(f"credentials Secret {namespace}/{spec.credentials_secret} not found")
+        if spec.auth == "certificate":
+            cert, key = _decode(data, "tls.crt"), _decode(data, "tls.key")
+            if not cert or not key:
+                raise HostConfigError(
+                    f"Secret {namespace}/{spec.credentials_secret} needs keys tls.crt and tls.key for certificate auth"
+                )
+        else:
+            raw_user, raw_password = _decode(data, "username"), _decode(data, "password")
+            if not raw_user or raw_password is None:
+                raise HostConfigError(f"Secret {namespace}/{spec.credentials_secret} needs keys username and password")
+            username, password = raw_user.decode(), raw_password.decode()
+    elif spec.auth != "kerberos":
+        raise HostConfigError(f"auth {spec.auth} needs credentialsSecretRef")
+    if spec.ca_bundle_secret:
+        data = await asyncio.to_thread(read_secret, namespace, spec.ca_bundle_secret)
+        if data is None:
+            raise HostConfigError(f"CA bundle Secret {namespace}/{spec.ca_bundle_secret} not found")
+        ca = _decode(data, "ca.crt")
+        if not ca:
+            raise HostConfigError(f"Secret {namespace}/{spec.ca_bundle_secret} has no key ca.crt")
+    return HostCredentials(username, password, cert, key, ca)
+
+
+@dataclass
+class _Entry:
+    fingerprint: str
+    client: HyperVClient
+    folder: str
+
+
+class HostConnections:
+    """host key ("namespace/name") -> client, reused across reconciles."""
+
+    def __init__(self, factory: ClientFactory, read_secret: SecretReader) -> None:
+        self._factory = factory
+        self._read_secret = read_secret
+        self._entries: dict[str, _Entry] = {}
+        self._lock = asyncio.Lock()
+
+    async def client_for(self, namespace: str, name: str, spec: HyperVHostSpec) -> HyperVClient:
+        credentials = await load_credentials(spec, namespace, self._read_secret)
+        fingerprint = hashlib.sha256(repr(spec).encode() + credentials.fingerprint().encode()).hexdigest()
+        key = f"{namespace}/{name}"
+        async with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.fingerprint == fingerprint:
+                return entry.client
+            if entry is not None:
+                await self._drop(key)
+            if spec.insecure_skip_tls_verify:
+                logger.warning("HyperVHost %s skips TLS certificate verification (insecureSkipTlsVerify)", key)
+            folder = tempfile.mkdtemp(prefix="hyperv-operator-host-")
+            os.chmod(folder, 0o700)
+            client = self._factory(spec, credentials, folder)
+            self._entries[key] = _Entry(fingerprint, client, folder)
+            return client
+
+    async def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        with contextlib.suppress(Exception):
+            await entry.client.close()
+        for file in os.listdir(entry.folder):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(entry.folder, file))
+        with contextlib.suppress(OSError):
+            os.rmdir(entry.folder)
+
+    async def forget(self, namespace: str, name: str) -> None:
+        async with self._lock:
+            await self._drop(f"{namespace}/{name}")
+
+    async def close(self) -> None:
+        async with self._lock:
+            for key in list(self._entries):
+                await self._drop(key)
+
+
+def write_private_file(folder: str, name: str, content: bytes) -> str:
+    path = os.path.join(folder, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content)
+    return path
+
+
+def host_spec_from_body(spec: Mapping[str, Any]) -> HyperVHostSpec:
+    return HyperVHostSpec.from_dict(spec)
