@@ -1,0 +1,203 @@
+"""What one reconcile step saw on the host, as plain data (built by the engine, read by the planner)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hyperv_operator.api import UID_TAG_PREFIX
+from hyperv_operator.hyperv.commands import HostObject
+from hyperv_operator.provisioning.layout import Layout, same_path
+
+MERGING_STATUS = "merging disks"
+
+
+@dataclass(frozen=True)
+class VmInfo:
+    id: str
+    name: str
+    state: str  # Running, Off, Starting, Stopping, Saved, ...
+    status: str = ""  # "Operating normally", "Merging disks", ...
+    notes: str = ""
+    path: str = ""
+    processor_count: int | None = None
+    checkpoint_type: str | None = None
+
+    def tagged_for(self, uid: str) -> bool:
+        return f"{UID_TAG_PREFIX}{uid}" in self.notes
+
+    @property
+    def merging(self) -> bool:
+        return MERGING_STATUS in self.status.lower()
+
+
+@dataclass(frozen=True)
+class VhdInfo:
+    path: str
+    vhd_type: str = ""  # Dynamic, Fixed, Differencing
+    parent_path: str | None = None
+    size: int | None = None
+    file_size: int | None = None
+
+
+@dataclass(frozen=True)
+class CopyJob:
+    """The background copy's status file (see hyperv/scripts.py)."""
+
+    state: str  # Running, Completed, Failed
+    bytes_copied: int = 0
+    bytes_total: int = 0
+    process_id: int = 0
+    started_at: str | None = None
+    updated_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> CopyJob | None:
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(data, dict) or "state" not in data:
+            return None
+        return cls(
+            state=str(data.get("state")),
+            bytes_copied=int(data.get("bytesCopied") or 0),
+            bytes_total=int(data.get("bytesTotal") or 0),
+            process_id=int(data.get("processId") or 0),
+            started_at=data.get("startedAt"),
+            updated_at=data.get("updatedAt"),
+            finished_at=data.get("finishedAt"),
+            error=data.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """Copy slots on this host as the engine saw them before planning."""
+
+    available: bool  # this VM holds a slot or may take one
+    running: int  # copies holding a slot on the host (other VMs)
+    limit: int
+
+
+@dataclass(frozen=True)
+class Observation:
+    host_name: str  # the HyperVHost's name, for messages
+    vm: VmInfo | None = None
+    found_by: str = ""  # "id" | "tag" | "folder" | ""
+    drives: tuple[str, ...] = ()  # paths of the VM's hard disk drives
+    snapshots: tuple[str, ...] = ()  # names of the VM's checkpoints
+    existing: frozenset[str] = frozenset()  # lower-cased paths that Test-Path found
+    vhds: Mapping[str, VhdInfo] = field(default_factory=dict)  # by lower-cased path
+    copy: CopyJob | None = None
+    slot: SlotView = SlotView(True, 0, 2)
+
+    def exists(self, path: str | None) -> bool:
+        return path is not None and path.rstrip("\\").lower() in self.existing
+
+    def vhd(self, path: str | None) -> VhdInfo | None:
+        return self.vhds.get(path.rstrip("\\").lower()) if path else None
+
+    def has_snapshot(self, name: str) -> bool:
+        return name in self.snapshots
+
+    def avhdx_drive(self) -> str | None:
+        return next((d for d in self.drives if d.lower().endswith(".avhdx")), None)
+
+
+# --- parsing host objects (pure) ------------------------------------------------------------------
+
+
+def _prop(obj: HostObject, *names: str) -> Any:
+    for name in names:
+        if name in obj.properties:
+            return obj.properties[name]
+    lowered = {k.lower(): v for k, v in obj.properties.items()}
+    for name in names:
+        if name.lower() in lowered:
+            return lowered[name.lower()]
+    return None
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def kind_of(obj: HostObject) -> str:
+    """vm | vhd | drive | snapshot | bool | string | other (by type name, else by properties)."""
+    if obj.is_a("VirtualMachine"):
+        return "vm"
+    if obj.is_a("VirtualHardDisk"):
+        return "vhd"
+    if obj.is_a("HardDiskDrive"):
+        return "drive"
+    if obj.is_a("VMSnapshot") or obj.is_a("VMCheckpoint"):
+        return "snapshot"
+    if isinstance(obj.value, bool):
+        return "bool"
+    if isinstance(obj.value, str):
+        return "string"
+    keys = {k.lower() for k in obj.properties}
+    if "vhdtype" in keys or "vhdformat" in keys:
+        return "vhd"
+    if "controllertype" in keys:
+        return "drive"
+    if "snapshottype" in keys or "parentsnapshotid" in keys:
+        return "snapshot"
+    if "state" in keys and "id" in keys:
+        return "vm"
+    return "other"
+
+
+def parse_vm(obj: HostObject) -> VmInfo:
+    return VmInfo(
+        id=_text(_prop(obj, "Id", "VMId")),
+        name=_text(_prop(obj, "Name", "VMName")),
+        state=_text(_prop(obj, "State")),
+        status=_text(_prop(obj, "Status")),
+        notes=_text(_prop(obj, "Notes")),
+        path=_text(_prop(obj, "Path", "ConfigurationLocation")),
+        processor_count=_int(_prop(obj, "ProcessorCount")),
+        checkpoint_type=(_text(_prop(obj, "CheckpointType")) or None),
+    )
+
+
+def parse_vhd(obj: HostObject) -> VhdInfo:
+    parent = _text(_prop(obj, "ParentPath")) or None
+    return VhdInfo(
+        path=_text(_prop(obj, "Path")),
+        vhd_type=_text(_prop(obj, "VhdType")),
+        parent_path=parent,
+        size=_int(_prop(obj, "Size")),
+        file_size=_int(_prop(obj, "FileSize")),
+    )
+
+
+def pick_vm(vms: Iterable[VmInfo], vm_id: str | None, uid: str, layout: Layout) -> tuple[VmInfo | None, str]:
+    """Our VM: by status.vmId, else by the uid tag in Notes, else an untagged VM whose folder is our
+    vm_dir (New-VM succeeded but the operator died before Set-VM tagged it). Never by name."""
+    candidates = list(vms)
+    if vm_id:
+        for vm in candidates:
+            if vm.id.lower() == vm_id.lower():
+                return vm, "id"
+    tagged = sorted((vm for vm in candidates if vm.tagged_for(uid)), key=lambda v: v.id)
+    if tagged:
+        return tagged[0], "tag"
+    for vm in sorted(candidates, key=lambda v: v.id):
+        if not vm.notes.strip() and vm.path and (
+            same_path(vm.path, layout.vm_dir) or vm.path.lower().startswith(layout.vm_dir.lower() + "\\")
+        ):
+            return vm, "folder"
+    return None, ""

@@ -1,0 +1,752 @@
+"""The pure planner: (spec, status, observation, now) -> Plan(action, new status, requeue, events).
+
+No I/O here. `plan` walks the strategy's phase table (phases.py) from `status.phase`: each phase
+handler looks at the observation and either reports its work done (the loop moves to the next
+phase, emitting PhaseChanged), or returns one host action, or a wait. `plan_delete` does the same
+for finalize(). `absorb` folds an action's output (a new VM's Id, the checkpoint's .avhdx) into
+the status; `error_status` turns a host error into the status the handler writes.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hyperv_operator import conditions as cond
+from hyperv_operator.api import UID_TAG_PREFIX, DeletionPolicy, PowerState, Strategy, VirtualMachineSpec
+from hyperv_operator.hyperv import cmdlets, scripts
+from hyperv_operator.hyperv.commands import HostObject, Statement
+from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, TransientHostError
+from hyperv_operator.provisioning.layout import Layout, is_avhdx, same_path
+from hyperv_operator.provisioning.model import Event, VmRef
+from hyperv_operator.provisioning.observation import Observation, kind_of, parse_vm
+from hyperv_operator.provisioning.phases import Phase, is_before, next_phase, phases
+
+# Requeue delays (seconds).
+AFTER_ACTION = 0.3  # right after a command: observe its effect promptly
+COPY_POLL = 2.0
+MERGE_POLL = 1.0
+SHORT_WAIT = 0.5
+POWER_POLL = 5.0
+TRANSIENT_BACKOFF = 5.0
+CLEANUP_RETRY = 30.0
+STOP_TIMEOUT = 60.0  # graceful shutdown, then -TurnOff
+
+RUNNING = "Running"
+OFF = "Off"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One host operation: one client.run() of one or a few statements."""
+
+    kind: str  # CamelCase name for logs and result handling (NewVM, StartCopy, RemoveFolders, ...)
+    statements: tuple[Statement, ...]
+    description: str  # the host step, human readable
+    tolerate_not_found: bool = False  # finalize: "already gone" counts as done
+    starts_copy: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Action | None
+    status: dict[str, Any]  # the status after the action succeeds
+    requeue_after: float | None
+    events: tuple[Event, ...] = ()
+    finished: bool = False
+
+
+# --- results of a phase handler ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Done:
+    pass
+
+
+@dataclass(frozen=True)
+class _Act:
+    action: Action
+    message: str
+    requeue: float = AFTER_ACTION
+
+
+@dataclass(frozen=True)
+class _Wait:
+    message: str
+    requeue: float | None
+
+
+@dataclass(frozen=True)
+class _Fail:
+    reason: str
+    message: str
+
+
+_Result = _Done | _Act | _Wait | _Fail
+DONE = _Done()
+
+
+@dataclass
+class _Work:
+    spec: VirtualMachineSpec
+    status: dict[str, Any]
+    obs: Observation
+    now: datetime
+    vm: VmRef
+    layout: Layout
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.spec.strategy
+
+    @property
+    def vm_label(self) -> str:
+        vm_id = self.status.get("vmId")
+        return f"VM {vm_id[:8]}..." if vm_id else f"VM {self.layout.vm_name}"
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append(Event("Warning" if warning else "Normal", reason, message))
+
+    def created(self, *paths: str) -> None:
+        files: list[str] = list(self.status.get("createdFiles") or [])
+        for path in paths:
+            if not any(same_path(path, f) for f in files):
+                files.append(path)
+        self.status["createdFiles"] = files
+
+    def timing(self, key: str, value: Any) -> None:
+        timings = dict(self.status.get("timings") or {})
+        timings[key] = value
+        self.status["timings"] = timings
+
+    def copy_status(self, **values: Any) -> None:
+        current = dict(self.status.get("copy") or {})
+        current.update(values)
+        self.status["copy"] = current
+
+    def recorded_avhdx(self) -> str | None:
+        disk = self.status.get("disk") or {}
+        if is_avhdx(disk.get("path")):
+            return str(disk["path"])
+        for path in self.status.get("createdFiles") or []:
+            if is_avhdx(path):
+                return str(path)
+        return self.obs.avhdx_drive()
+
+    def adopt_vm(self) -> None:
+        vm = self.obs.vm
+        if vm is None:
+            return
+        if not self.status.get("vmId"):
+            if self.obs.found_by in ("tag", "folder"):
+                self.event("Adopted", f"adopted existing VM {vm.id} found by its {self.obs.found_by} on host "
+                                      f"{self.obs.host_name}")
+            self.status["vmId"] = vm.id
+        if self.strategy is Strategy.QUICK:
+            avhdx = self.obs.avhdx_drive()
+            if avhdx and not any(same_path(avhdx, f) for f in self.status.get("createdFiles") or []):
+                self.created(avhdx)
+
+
+def _seconds_between(start: str | None, end: datetime) -> float | None:
+    begun = cond.parse_timestamp(start)
+    return None if begun is None else round((end - begun).total_seconds(), 3)
+
+
+def _vm_gone(w: _Work) -> _Fail | None:
+    if w.obs.vm is not None or not w.status.get("vmId"):
+        return None
+    files = ", ".join(w.status.get("createdFiles") or []) or "none"
+    return _Fail("VMDeletedOutOfBand",
+                 f"VM {w.status['vmId']} was deleted outside the operator on host {w.obs.host_name}; its disks were "
+                 f"left in place (created files: {files}) and nothing was re-created. Delete this resource to clean "
+                 f"up, or recreate it.")
+
+
+# --- phase handlers ------------------------------------------------------------------------------
+
+
+def _pending(w: _Work) -> _Result:
+    base = w.spec.base_vhd
+    if not w.obs.exists(base):
+        return _Fail("BaseDiskNotFound", f"base disk {base} not found on host {w.obs.host_name}; nothing was created")
+    info = w.obs.vhd(base)
+    if info is None:
+        return _Wait(f"reading base disk {base}", SHORT_WAIT)
+    if is_avhdx(base) or info.vhd_type.lower() == "differencing" or info.parent_path:
+        return _Fail("BaseIsDifferencing",
+                     f"base disk {base} is a differencing disk (parent {info.parent_path}); use a standalone VHDX "
+                     f"as base; nothing was created")
+    w.status["vmName"] = w.layout.vm_name
+    w.status["vmDir"] = w.layout.vm_dir
+    if w.strategy is Strategy.QUICK:
+        w.status["checkpointName"] = w.layout.checkpoint_name
+    if not (w.status.get("timings") or {}).get("createdAt"):
+        w.timing("createdAt", cond.timestamp(w.now))
+    if w.strategy is not Strategy.QUICK and w.obs.exists(w.layout.disk) is False and not w.status.get("disk"):
+        diff = w.strategy is Strategy.DIFFERENCING
+        w.status["disk"] = {"path": w.layout.disk, "type": "Differencing" if diff else "Dynamic",
+                            "parentPath": w.spec.base_vhd if diff else None}
+    if info.size is not None and w.strategy is not Strategy.DIFFERENCING and not w.status.get("copy"):
+        w.copy_status(bytesTotal=info.file_size or info.size, bytesCopied=0, percent=0)
+    return DONE
+
+
+def _creating_disk(w: _Work) -> _Result:
+    disk, base = w.layout.disk, w.spec.base_vhd
+    w.status["disk"] = {"path": disk, "type": "Differencing", "parentPath": base}
+    if w.obs.exists(disk):
+        info = w.obs.vhd(disk)
+        if info is None:
+            return _Wait(f"reading disk {disk}", SHORT_WAIT)
+        if not same_path(info.parent_path, base):
+            return _Fail("DiskConflict", f"{disk} exists but its parent is {info.parent_path}, not the base {base}")
+        w.created(disk)
+        return DONE
+    w.created(disk)
+    return _Act(Action("CreateDifferencingDisk",
+                       (cmdlets.new_directory(w.layout.vm_dir), cmdlets.new_differencing_vhd(disk, base)),
+                       f"New-VHD {disk} -ParentPath {base} -Differencing"),
+                f"creating differencing disk {disk} on base {base}")
+
+
+def _copying(w: _Work) -> _Result:
+    gone = _vm_gone(w)
+    if gone:
+        return gone
+    base, disk, layout = w.spec.base_vhd, w.layout.disk, w.layout
+    job = w.obs.copy
+    if w.obs.exists(disk):
+        total = (job.bytes_total if job else 0) or int((w.status.get("copy") or {}).get("bytesTotal") or 0)
+        if not (w.status.get("copy") or {}).get("finishedAt"):
+            w.event("CopyCompleted", f"copy of {base} to {disk} completed")
+        w.copy_status(bytesCopied=total, bytesTotal=total, percent=100, queued=False,
+                      finishedAt=(job.finished_at if job and job.finished_at else None) or cond.timestamp(w.now))
+        w.created(disk)
+        return DONE
+    if job is not None and job.state == "Running":
+        percent = int(job.bytes_copied * 100 // job.bytes_total) if job.bytes_total else 0
+        w.copy_status(bytesCopied=job.bytes_copied, bytesTotal=job.bytes_total, percent=min(percent, 99),
+                      queued=False, startedAt=job.started_at or (w.status.get("copy") or {}).get("startedAt"))
+        w.created(layout.partial, layout.copy_status, disk)
+        return _Wait(f"copying {base} -> {disk}: {min(percent, 99)}% ({job.bytes_copied}/{job.bytes_total} bytes)",
+                     COPY_POLL)
+    if job is not None and job.state == "Failed":
+        return _Fail("CopyFailed", f"background copy of {base} to {disk} failed on host {w.obs.host_name}: "
+                                   f"{job.error or 'no reason given'}")
+    slot = w.obs.slot
+    if not slot.available:
+        if not (w.status.get("copy") or {}).get("queued"):
+            w.event("CopyQueued", f"copy of {base} queued: {slot.running} copies already running on host "
+                                  f"{w.obs.host_name} (maxConcurrentCopies={slot.limit})")
+        w.copy_status(queued=True)
+        return _Wait(f"queued: {slot.running} copies already running on host {w.obs.host_name} "
+                     f"(maxConcurrentCopies={slot.limit})", COPY_POLL)
+    w.created(layout.partial, layout.copy_status, disk)
+    w.copy_status(bytesCopied=0, percent=0, queued=False, startedAt=cond.timestamp(w.now), finishedAt=None)
+    w.event("CopyStarted", f"background copy of {base} to {disk} started on host {w.obs.host_name}")
+    return _Act(Action("StartCopy",
+                       (cmdlets.new_directory(layout.vm_dir),
+                        scripts.start_background_copy(base, disk, layout.partial, layout.copy_status)),
+                       f"StartBackgroundCopy {base} -> {layout.partial} -> {disk}", starts_copy=True),
+                f"starting background copy of {base} to {disk}")
+
+
+def _creating_vm(w: _Work) -> _Result:
+    gone = _vm_gone(w)
+    if gone:
+        return gone
+    quick = w.strategy is Strategy.QUICK
+    vhd = w.spec.base_vhd if quick else w.layout.disk
+    vm = w.obs.vm
+    if vm is None:
+        if not quick and not w.obs.exists(vhd):
+            return _Fail("DiskNotFound", f"the VM's disk {vhd} is missing on host {w.obs.host_name}")
+        s = w.spec
+        return _Act(Action("NewVM",
+                           (cmdlets.new_directory(w.layout.vm_dir),
+                            cmdlets.new_vm(w.layout.vm_name, w.layout.vm_dir, vhd, s.memory_bytes, s.generation,
+                                           s.switch_name)),
+                           f"New-VM {w.layout.vm_name} -Path {w.layout.vm_dir} -VHDPath {vhd}"),
+                    f"creating VM {w.layout.vm_name} on {vhd}" + (" (not started: the base is read-only)"
+                                                                   if quick else ""))
+    w.adopt_vm()
+    tagged = vm.tagged_for(w.vm.uid)
+    wrong_cpus = vm.processor_count is not None and vm.processor_count != w.spec.cpus
+    wrong_checkpoint = quick and vm.checkpoint_type is not None and vm.checkpoint_type != "Standard"
+    if not tagged or wrong_cpus or wrong_checkpoint:
+        return _Act(Action("ConfigureVM",
+                           (cmdlets.set_vm(vm.id, notes=f"{UID_TAG_PREFIX}{w.vm.uid}", processor_count=w.spec.cpus,
+                                           checkpoint_type="Standard" if quick else None),),
+                           f"Set-VM {vm.id} -Notes <uid tag> -ProcessorCount {w.spec.cpus}"
+                           + (" -CheckpointType Standard" if quick else "")),
+                    f"configuring VM {vm.id} (uid tag, CPUs" + (", standard checkpoints)" if quick else ")"))
+    if w.strategy is Strategy.COPY and not (w.status.get("timings") or {}).get("independentAt"):
+        w.timing("independentAt", cond.timestamp(w.now))
+        seconds = _seconds_between((w.status.get("timings") or {}).get("createdAt"), w.now)
+        if seconds is not None:
+            w.timing("secondsToIndependent", seconds)
+    return DONE
+
+
+def _checkpointing(w: _Work) -> _Result:
+    gone = _vm_gone(w)
+    if gone:
+        return gone
+    vm = w.obs.vm
+    assert vm is not None
+    w.adopt_vm()
+    name = w.layout.checkpoint_name
+    w.status["checkpointName"] = name
+    if w.obs.has_snapshot(name):
+        avhdx = w.obs.avhdx_drive()
+        if avhdx:
+            w.status["disk"] = {"path": avhdx, "type": "Differencing", "parentPath": w.spec.base_vhd}
+        return DONE
+    return _Act(Action("Checkpoint", (cmdlets.checkpoint_vm(vm.id, name), cmdlets.get_vm_hard_disk_drives(vm.id)),
+                       f"Checkpoint-VM {vm.id} -SnapshotName {name}"),
+                f"creating checkpoint {name} (the VM moves onto an .avhdx next to the base)")
+
+
+def _starting(w: _Work) -> _Result:
+    gone = _vm_gone(w)
+    if gone:
+        return gone
+    vm = w.obs.vm
+    assert vm is not None
+    w.adopt_vm()
+    if vm.state == RUNNING:
+        if not (w.status.get("timings") or {}).get("runningAt"):
+            w.timing("runningAt", cond.timestamp(w.now))
+            seconds = _seconds_between((w.status.get("timings") or {}).get("createdAt"), w.now)
+            if seconds is not None:
+                w.timing("secondsToRunning", seconds)
+        return DONE
+    if w.spec.power_state is PowerState.OFF:
+        return DONE
+    if vm.state != OFF and vm.state != "Saved":
+        return _Wait(f"waiting for VM {vm.id} to settle (state {vm.state})", SHORT_WAIT)
+    return _Act(Action("StartVM", (cmdlets.start_vm(vm.id),), f"Start-VM {vm.id}"), f"starting VM {vm.id}")
+
+
+def _reparenting(w: _Work) -> _Result:
+    gone = _vm_gone(w)
+    if gone:
+        return gone
+    w.adopt_vm()
+    disk, base = w.layout.disk, w.spec.base_vhd
+    avhdx = w.recorded_avhdx()
+    if avhdx is None or not w.obs.exists(avhdx):
+        if w.obs.drives and all(same_path(d, disk) for d in w.obs.drives):
+            return DONE  # merged already (the operator died after the merge)
+        return _Fail("UnexpectedDiskChain", f"the VM's checkpoint disk {avhdx} is missing; drives: "
+                                            f"{', '.join(w.obs.drives) or 'none'}")
+    info = w.obs.vhd(avhdx)
+    if info is None:
+        return _Wait(f"reading disk chain of {avhdx}", SHORT_WAIT)
+    w.status["disk"] = {"path": avhdx, "type": "Differencing", "parentPath": info.parent_path}
+    if same_path(info.parent_path, disk):
+        return DONE
+    if not same_path(info.parent_path, base):
+        return _Fail("UnexpectedDiskChain", f"{avhdx} has parent {info.parent_path}; expected the base {base} or "
+                                            f"the copy {disk}")
+    if not w.obs.exists(disk):
+        return _Fail("CopyMissing", f"the copy {disk} is missing; cannot re-parent {avhdx}")
+    w.status["disk"] = {"path": avhdx, "type": "Differencing", "parentPath": disk}
+    w.event("Reparenting", f"re-parenting {avhdx} from {base} onto {disk}")
+    return _Act(Action("Reparent", (cmdlets.reparent_vhd(avhdx, disk),),
+                       f"Set-VHD {avhdx} -ParentPath {disk} -LeafPath {avhdx}"),
+                f"re-parenting {avhdx} onto the copy {disk}")
+
+
+def _merging(w: _Work) -> _Result:
+    gone = _vm_gone(w)
+    if gone:
+        return gone
+    vm = w.obs.vm
+    assert vm is not None
+    w.adopt_vm()
+    disk = w.layout.disk
+    avhdx = w.recorded_avhdx()
+    disk_info = w.obs.vhd(disk)
+    on_disk = bool(w.obs.drives) and all(same_path(d, disk) for d in w.obs.drives)
+    avhdx_gone = avhdx is None or not w.obs.exists(avhdx)
+    if on_disk and avhdx_gone and disk_info is not None and not disk_info.parent_path and not vm.merging:
+        w.status["disk"] = {"path": disk, "type": disk_info.vhd_type or "Dynamic", "parentPath": None}
+        if not (w.status.get("timings") or {}).get("independentAt"):
+            w.timing("independentAt", cond.timestamp(w.now))
+            seconds = _seconds_between((w.status.get("timings") or {}).get("createdAt"), w.now)
+            if seconds is not None:
+                w.timing("secondsToIndependent", seconds)
+        w.event("Independent", f"{w.vm_label} now runs on its own disk {disk}; the base is no longer used")
+        return DONE
+    name = w.layout.checkpoint_name
+    if w.obs.has_snapshot(name):
+        info = w.obs.vhd(avhdx)
+        if info is None:
+            return _Wait(f"reading disk chain of {avhdx}", SHORT_WAIT)
+        if not same_path(info.parent_path, disk):
+            # Never merge into the base: the checkpoint must sit on the copy first.
+            return _Fail("UnexpectedDiskChain", f"refusing to remove checkpoint {name}: {avhdx} has parent "
+                                                f"{info.parent_path}, not the copy {disk}")
+        w.event("MergeStarted", f"removing checkpoint {name}: merging {avhdx} into {disk} online")
+        return _Act(Action("RemoveCheckpoint", (cmdlets.remove_vm_snapshot(vm.id, name),),
+                           f"Remove-VMSnapshot {vm.id} -Name {name}"),
+                    f"removing checkpoint {name} (merges {avhdx} into {disk})", MERGE_POLL)
+    return _Wait(f"merging {avhdx} into {disk} (VM status: {vm.status or 'unknown'}; drives: "
+                 f"{', '.join(w.obs.drives) or 'none'})", MERGE_POLL)
+
+
+def _provisioned(w: _Work) -> _Result:
+    gone = _vm_gone(w)
+    if gone:
+        return gone
+    vm = w.obs.vm
+    if vm is None:
+        return _Fail("VMNotFound", f"no VM tagged for this resource on host {w.obs.host_name}")
+    w.adopt_vm()
+    if w.spec.power_state is PowerState.RUNNING:
+        w.status["stopRequestedAt"] = None
+        if vm.state == RUNNING:
+            return _Wait(f"VM {vm.id} is running", None)
+        if vm.state in (OFF, "Saved"):
+            unchanged_spec = w.status.get("observedGeneration") == w.vm.generation
+            if unchanged_spec and w.status.get("powerState") == RUNNING:
+                w.event("VMStoppedOutOfBand", f"VM {vm.id} was stopped outside the operator (state {vm.state}); "
+                                              f"starting it again because spec.powerState is Running", warning=True)
+            else:
+                w.event("PowerStateChanged", f"starting VM {vm.id} (spec.powerState Running)")
+            return _Act(Action("StartVM", (cmdlets.start_vm(vm.id),), f"Start-VM {vm.id}"),
+                        f"starting VM {vm.id} (spec.powerState Running, was {vm.state})")
+        return _Wait(f"waiting for VM {vm.id} to settle (state {vm.state})", POWER_POLL)
+    if vm.state == OFF:
+        w.status["stopRequestedAt"] = None
+        return _Wait(f"VM {vm.id} is off (spec.powerState Off)", None)
+    requested = cond.parse_timestamp(w.status.get("stopRequestedAt"))
+    if requested is None:
+        w.status["stopRequestedAt"] = cond.timestamp(w.now)
+        w.event("PowerStateChanged", f"shutting down VM {vm.id} through the guest (spec.powerState Off)")
+        return _Act(Action("StopVM", (cmdlets.stop_vm(vm.id, turn_off=False),), f"Stop-VM {vm.id} -Force"),
+                    f"shutting down VM {vm.id} (graceful)", POWER_POLL)
+    waited = (w.now - requested).total_seconds()
+    if waited >= STOP_TIMEOUT:
+        w.event("GracefulStopTimedOut", f"VM {vm.id} did not shut down within {int(STOP_TIMEOUT)}s; turning it off",
+                warning=True)
+        return _Act(Action("TurnOffVM", (cmdlets.stop_vm(vm.id, turn_off=True),), f"Stop-VM {vm.id} -TurnOff"),
+                    f"turning off VM {vm.id} (graceful shutdown timed out)", POWER_POLL)
+    return _Wait(f"waiting for VM {vm.id} to shut down ({int(waited)}s of {int(STOP_TIMEOUT)}s, state {vm.state})",
+                 POWER_POLL)
+
+
+_HANDLERS: dict[Phase, Callable[[_Work], _Result]] = {
+    Phase.PENDING: _pending,
+    Phase.CREATING_DISK: _creating_disk,
+    Phase.COPYING: _copying,
+    Phase.COPYING_BASE: _copying,
+    Phase.CREATING_VM: _creating_vm,
+    Phase.CHECKPOINTING: _checkpointing,
+    Phase.STARTING: _starting,
+    Phase.REPARENTING: _reparenting,
+    Phase.MERGING: _merging,
+    Phase.PROVISIONED: _provisioned,
+}
+
+
+# --- conditions ----------------------------------------------------------------------------------
+
+
+def _independent(strategy: Strategy, phase: Phase) -> tuple[bool, str, str]:
+    if strategy is Strategy.DIFFERENCING:
+        return False, "DifferencingDisk", "the VM's disk is a differencing child of the base"
+    if strategy is Strategy.COPY:
+        if phase is Phase.PENDING or phase is Phase.COPYING:
+            return False, "CopyInProgress", "the base is being copied"
+        return True, "FullCopy", "the VM's disk is a full copy of the base"
+    if phase is Phase.PROVISIONED:
+        return True, "Merged", "the checkpoint was merged into the VM's own disk"
+    if is_before(strategy, phase, Phase.REPARENTING):
+        return False, "RunningOnBase", "the VM runs on a checkpoint of the base until the copy is merged"
+    return False, "Merging", "the VM's checkpoint is being re-parented and merged into its own disk"
+
+
+def _with_conditions(
+    w: _Work, phase: Phase, *, converged: bool, failure: tuple[str, str] | None = None,
+    busy: tuple[str, str] | None = None,
+) -> None:
+    s, prev, gen, now = w.status, w.status.get("conditions"), w.vm.generation, w.now
+    message = str(s.get("message") or "")
+    updates: list[dict[str, Any]] = []
+    if failure:
+        updates.append(cond.make(prev, cond.STALLED, True, failure[0], failure[1], gen, now))
+        updates.append(cond.make(prev, cond.RECONCILING, False, "Stalled", failure[1], gen, now))
+        updates.append(cond.make(prev, cond.READY, False, failure[0], failure[1], gen, now))
+        if cond.find(prev, cond.INDEPENDENT) is None:
+            updates.append(cond.make(prev, cond.INDEPENDENT, None, "Failed", failure[1], gen, now))
+        s["conditions"] = cond.merge(prev, updates)
+        return
+    updates.append(cond.make(prev, cond.STALLED, False, "NoError", "", gen, now))
+    if busy:
+        updates.append(cond.make(prev, cond.RECONCILING, True, busy[0], busy[1], gen, now))
+    elif converged:
+        updates.append(cond.make(prev, cond.RECONCILING, False, "Provisioned", message, gen, now))
+    else:
+        updates.append(cond.make(prev, cond.RECONCILING, True, phase.value, message, gen, now))
+    vm = w.obs.vm
+    state = vm.state if vm else None
+    started = not is_before(w.strategy, phase, Phase.STARTING)  # Ready from Starting on (Quick: on the .avhdx)
+    if w.spec.power_state is PowerState.RUNNING and state == RUNNING and started:
+        updates.append(cond.make(prev, cond.READY, True, "Running", f"VM {vm.id if vm else ''} is running", gen, now))
+    elif w.spec.power_state is PowerState.OFF and state == OFF and phase is Phase.PROVISIONED:
+        updates.append(cond.make(prev, cond.READY, True, "PoweredOff", f"VM {vm.id if vm else ''} is off as "
+                                                                        f"requested", gen, now))
+    else:
+        reason = phase.value if phase is not Phase.PROVISIONED else (
+            "Stopping" if w.spec.power_state is PowerState.OFF else "Starting")
+        updates.append(cond.make(prev, cond.READY, False, reason, message, gen, now))
+    ok, reason, text = _independent(w.strategy, phase)
+    updates.append(cond.make(prev, cond.INDEPENDENT, ok, reason, text, gen, now))
+    s["conditions"] = cond.merge(prev, updates)
+
+
+def _finish_status(w: _Work, phase: Phase, message: str, *, converged: bool) -> dict[str, Any]:
+    s = w.status
+    s["phase"] = phase.value
+    s["message"] = message
+    s["lastError"] = None
+    s["observedGeneration"] = w.vm.generation
+    if w.obs.vm is not None:
+        s["powerState"] = w.obs.vm.state
+        s["vmName"] = w.obs.vm.name or s.get("vmName")
+    _with_conditions(w, phase, converged=converged)
+    return s
+
+
+def _fail(w: _Work, phase_before: Phase, failure: _Fail) -> Plan:
+    s = w.status
+    s["phase"] = Phase.FAILED.value
+    s["message"] = failure.message
+    s["lastError"] = failure.message
+    s["observedGeneration"] = w.vm.generation
+    if phase_before is not Phase.FAILED:
+        w.event("PhaseChanged", f"{w.strategy.value}: {phase_before.value} -> Failed ({w.vm_label})", warning=True)
+        w.event(failure.reason, failure.message, warning=True)
+    _with_conditions(w, Phase.FAILED, converged=False, failure=(failure.reason, failure.message))
+    return Plan(None, s, None, tuple(w.events))
+
+
+def _phase_of(status: Mapping[str, Any]) -> Phase:
+    try:
+        return Phase(status.get("phase") or Phase.PENDING.value)
+    except ValueError:
+        return Phase.PENDING
+
+
+def _retryable_failure(status: Mapping[str, Any]) -> bool:
+    """A missing base is re-checked (e.g. by the periodic timer) while nothing was created."""
+    stalled = cond.find(status.get("conditions"), cond.STALLED)
+    return (stalled is not None and stalled.get("reason") == "BaseDiskNotFound" and not status.get("vmId")
+            and not status.get("createdFiles"))
+
+
+def plan(
+    spec: VirtualMachineSpec, status: Mapping[str, Any], observation: Observation, now: datetime, *,
+    vm: VmRef, layout: Layout,
+) -> Plan:
+    """The next step of provisioning / power management. Pure."""
+    w = _Work(spec, _copy.deepcopy(dict(status)), observation, now, vm, layout)
+    start = _phase_of(status)
+    if start is Phase.DELETING:
+        return Plan(None, w.status, None)
+    phase: Phase = start
+    if start is Phase.FAILED:
+        if not _retryable_failure(status):
+            return Plan(None, w.status, None)
+        phase = Phase.PENDING
+    if phase not in phases(spec.strategy):
+        return _fail(w, start, _Fail("UnknownPhase", f"phase {phase} is not part of the {spec.strategy} strategy"))
+    while True:
+        result = _HANDLERS[phase](w)
+        if isinstance(result, _Done):
+            nxt = next_phase(spec.strategy, phase)
+            if nxt == phase:  # Provisioned never reports done; guard anyway
+                return Plan(None, _finish_status(w, phase, "provisioned", converged=True), None, tuple(w.events))
+            w.event("PhaseChanged", f"{spec.strategy.value}: {phase.value} -> {nxt.value} ({w.vm_label})")
+            phase = nxt
+            continue
+        if isinstance(result, _Fail):
+            return _fail(w, start, result)
+        if isinstance(result, _Act):
+            status_out = _finish_status(w, phase, f"{phase.value}: {result.message}", converged=False)
+            return Plan(result.action, status_out, result.requeue, tuple(w.events))
+        converged = result.requeue is None and phase is Phase.PROVISIONED
+        status_out = _finish_status(w, phase, f"{phase.value}: {result.message}" if not converged
+                                    else result.message, converged=converged)
+        return Plan(None, status_out, result.requeue, tuple(w.events))
+
+
+# --- finalize ------------------------------------------------------------------------------------
+
+
+def _deletable(w: _Work, path: str) -> bool:
+    """Only our files: under our uid-specific vm_dir, or the checkpoint .avhdx recorded for this VM;
+    never the base, never anything else."""
+    if same_path(path, w.spec.base_vhd):
+        return False
+    under_vm_dir = path.lower().startswith(w.layout.vm_dir.lower() + "\\")
+    return under_vm_dir or is_avhdx(path)
+
+
+def plan_delete(
+    spec: VirtualMachineSpec, status: Mapping[str, Any], observation: Observation, now: datetime, *,
+    vm: VmRef, layout: Layout,
+) -> Plan:
+    """The next step of deletion. Pure. `finished=True` when the finalizer may go."""
+    w = _Work(spec, _copy.deepcopy(dict(status)), observation, now, vm, layout)
+    obs = observation
+    if spec.deletion_policy is DeletionPolicy.RETAIN:
+        w.status["message"] = (f"deletionPolicy Retain: VM {status.get('vmId') or layout.vm_name} and its files in "
+                               f"{layout.vm_dir} were left on host {obs.host_name}")
+        w.event("Retained", w.status["message"])
+        return Plan(None, w.status, None, tuple(w.events), finished=True)
+    start = _phase_of(status)
+    if start is not Phase.DELETING:
+        w.event("PhaseChanged", f"{spec.strategy.value}: {start.value} -> Deleting ({w.vm_label})")
+    w.status["phase"] = Phase.DELETING.value
+    w.status["lastError"] = None
+
+    def act(action: Action, message: str, requeue: float = AFTER_ACTION) -> Plan:
+        return _deleting(w, message, action, requeue)
+
+    job = obs.copy
+    if job is not None and job.state == "Running" and not obs.exists(layout.disk):
+        pid = job.process_id or int((status.get("copy") or {}).get("processId") or 0)
+        statements = [cmdlets.remove_file(layout.copy_status)] + ([cmdlets.stop_process(pid)] if pid else [])
+        w.event("CopyCancelled", f"cancelling the background copy to {layout.disk} (process {pid})")
+        return act(Action("CancelCopy", tuple(statements), f"Stop-Process {pid}; remove {layout.copy_status}",
+                          tolerate_not_found=True), f"cancelling the background copy (process {pid})")
+    host_vm = obs.vm
+    if host_vm is not None:
+        if host_vm.merging:
+            return _deleting(w, f"waiting for the merge of VM {host_vm.id} to finish before removing it", None,
+                             MERGE_POLL)
+        for drive in obs.drives:  # record the checkpoint disk before the VM that names it goes away
+            if is_avhdx(drive) and not any(same_path(drive, f) for f in w.status.get("createdFiles") or []):
+                w.created(drive)
+                return _deleting(w, f"recording checkpoint disk {drive} for removal", None, 0.0)
+        statements = ([] if host_vm.state == OFF else [cmdlets.stop_vm(host_vm.id, turn_off=True)])
+        statements.append(cmdlets.remove_vm(host_vm.id))
+        return act(Action("RemoveVM", tuple(statements), f"Stop-VM {host_vm.id} -TurnOff; Remove-VM {host_vm.id}",
+                          tolerate_not_found=True), f"turning off and removing VM {host_vm.id}")
+    candidates: list[str] = []
+    for path in [*(w.status.get("createdFiles") or []), *layout.owned_files]:
+        if not any(same_path(path, c) for c in candidates):
+            candidates.append(path)
+    files = [p for p in candidates if obs.exists(p) and _deletable(w, p)]
+    if files:
+        return act(Action("RemoveFiles", tuple(cmdlets.remove_file(p) for p in files),
+                          "Remove-Item " + ", ".join(files), tolerate_not_found=True),
+                   "removing files created for this VM: " + ", ".join(files))
+    folders = [f for f in layout.folders_bottom_up if obs.exists(f)]
+    if folders:
+        return act(Action("RemoveFolders", tuple(cmdlets.remove_empty_directory(f) for f in folders),
+                          "Remove-Item (empty folders) " + ", ".join(folders), tolerate_not_found=True),
+                   "removing empty folders " + ", ".join(folders))
+    w.event("Deleted", f"VM and files of {vm.namespace}/{vm.name} removed from host {obs.host_name}; base "
+                       f"{spec.base_vhd} untouched")
+    w.status["message"] = "deleted"
+    return Plan(None, w.status, None, tuple(w.events), finished=True)
+
+
+def _deleting(w: _Work, message: str, action: Action | None, requeue: float) -> Plan:
+    w.status["message"] = f"Deleting: {message}"
+    prev, gen = w.status.get("conditions"), w.vm.generation
+    w.status["conditions"] = cond.merge(prev, [
+        cond.make(prev, cond.RECONCILING, True, "Deleting", w.status["message"], gen, w.now),
+        cond.make(prev, cond.READY, False, "Deleting", w.status["message"], gen, w.now),
+    ])
+    return Plan(action, w.status, requeue, tuple(w.events))
+
+
+# --- action results and errors -------------------------------------------------------------------
+
+
+def absorb(action: Action, status: Mapping[str, Any], output: Sequence[HostObject]) -> dict[str, Any]:
+    """Fold an action's output into the status (pure)."""
+    s = _copy.deepcopy(dict(status))
+    if action.kind == "NewVM":
+        for obj in output:
+            if kind_of(obj) == "vm":
+                s["vmId"] = parse_vm(obj).id
+                break
+    elif action.kind == "Checkpoint":
+        for obj in output:
+            if kind_of(obj) == "drive":
+                path = str(obj.get("Path") or "")
+                if is_avhdx(path):
+                    files = list(s.get("createdFiles") or [])
+                    if not any(same_path(path, f) for f in files):
+                        files.append(path)
+                    s["createdFiles"] = files
+                    disk = dict(s.get("disk") or {})
+                    s["disk"] = {"path": path, "type": "Differencing",
+                                 "parentPath": disk.get("parentPath") if not is_avhdx(disk.get("path")) else None}
+    elif action.kind == "StartCopy":
+        for obj in output:
+            pid = obj.get("ProcessId")
+            if pid:
+                s["copy"] = {**dict(s.get("copy") or {}), "processId": int(pid)}
+    return s
+
+
+def is_not_found(error: HostError) -> bool:
+    text = error.message.lower()
+    return error.category == "ObjectNotFound" or "not found" in text or "does not exist" in text or (
+        "cannot find" in text)
+
+
+def error_status(
+    spec: VirtualMachineSpec, status: Mapping[str, Any], intended: Mapping[str, Any], error: HostError,
+    now: datetime, *, vm: VmRef, layout: Layout, host_name: str, step: str, deleting: bool = False,
+) -> tuple[dict[str, Any], float | None, tuple[Event, ...]]:
+    """The status after a failed host call: keep the phase on transient errors (retry), Failed on
+    permanent ones. `intended` is the plan's status; its createdFiles are kept (intent)."""
+    s = _copy.deepcopy(dict(status))
+    if intended.get("createdFiles"):
+        s["createdFiles"] = list(intended["createdFiles"])
+    if intended.get("vmId") and not s.get("vmId"):
+        s["vmId"] = intended["vmId"]
+    phase = _phase_of(s)
+    w = _Work(spec, s, Observation(host_name=host_name), now, vm, layout)
+    prev, gen = s.get("conditions"), vm.generation
+    s["lastError"] = f"{step}: {error}"
+    if isinstance(error, TransientHostError):
+        reason = "HostUnreachable" if isinstance(error, HostUnreachableError) else "HostBusy"
+        s["message"] = f"{phase.value}: {step} failed, retrying in {int(TRANSIENT_BACKOFF)}s: {error}"
+        s["conditions"] = cond.merge(prev, [
+            cond.make(prev, cond.RECONCILING, True, reason, s["message"], gen, now),
+            cond.make(prev, cond.STALLED, False, "NoError", "", gen, now),
+        ])
+        return s, TRANSIENT_BACKOFF, (Event("Warning", reason, f"{step} on host {host_name}: {error}"),)
+    if deleting:
+        s["message"] = f"Deleting: {step} failed, retrying in {int(CLEANUP_RETRY)}s: {error}"
+        s["conditions"] = cond.merge(prev, [
+            cond.make(prev, cond.STALLED, True, "CleanupFailed", s["message"], gen, now),
+            cond.make(prev, cond.RECONCILING, True, "Deleting", s["message"], gen, now),
+        ])
+        return s, CLEANUP_RETRY, (Event("Warning", "CleanupFailed", f"{step} on host {host_name}: {error}"),)
+    if phase is Phase.PROVISIONED:  # a failed power action does not un-provision the VM
+        s["message"] = f"Provisioned: {step} failed, retrying in {int(CLEANUP_RETRY)}s: {error}"
+        s["conditions"] = cond.merge(prev, [
+            cond.make(prev, cond.READY, False, "PowerActionFailed", s["message"], gen, now),
+            cond.make(prev, cond.RECONCILING, True, "PowerActionFailed", s["message"], gen, now),
+        ])
+        return s, CLEANUP_RETRY, (Event("Warning", "PowerActionFailed", f"{step} on host {host_name}: {error}"),)
+    reason = "BaseDiskNotFound" if (is_not_found(error) and phase is Phase.PENDING) else "HostRejected"
+    result = _fail(w, phase, _Fail(reason, f"{step} failed on host {host_name}: {error}"))
+    return result.status, None, result.events
+
