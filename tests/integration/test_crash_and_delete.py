@@ -1,0 +1,156 @@
+"""Crash the operator right after each host step of each strategy, and delete in each phase.
+
+The operator is SIGKILLed from inside the simulated host, the moment the step's command has
+completed on the host but before the operator could record it: the hardest point to resume from.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import pytest
+
+from hyperv_operator.envtest.operator_process import OperatorProcess
+from hyperv_operator.envtest.stack import BASE_VHD, SimulatedHyperV
+from tests.integration import hostview
+from tests.integration.conftest import NAMESPACE
+from tests.integration.kube import Kube, condition
+from tests.integration.test_provisioning import _assert_final_host_state
+
+CRASH_POINTS = [
+    ("Differencing", "New-Item"),
+    ("Differencing", "New-VHD"),
+    ("Differencing", "New-VM"),
+    ("Differencing", "Set-VM"),
+    ("Differencing", "Start-VM"),
+    ("Copy", "StartBackgroundCopy"),
+    ("Copy", "New-VM"),
+    ("Copy", "Start-VM"),
+    ("Quick", "New-VM"),
+    ("Quick", "Set-VM"),
+    ("Quick", "Checkpoint-VM"),
+    ("Quick", "Start-VM"),
+    ("Quick", "StartBackgroundCopy"),
+    ("Quick", "Set-VHD"),
+    ("Quick", "Remove-VMSnapshot"),
+]
+
+DELETE_POINTS = [
+    ("Differencing", "New-VHD"),
+    ("Differencing", "New-VM"),
+    ("Differencing", "Start-VM"),
+    ("Copy", "StartBackgroundCopy"),
+    ("Copy", "New-VM"),
+    ("Quick", "New-VM"),
+    ("Quick", "Checkpoint-VM"),
+    ("Quick", "Start-VM"),
+    ("Quick", "StartBackgroundCopy"),
+    ("Quick", "Set-VHD"),
+    ("Quick", "Remove-VMSnapshot"),
+]
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def _guest_write_if_running(sim: SimulatedHyperV, uid: str) -> bytes | None:
+    vms = hostview.vms_tagged(sim, uid)
+    if len(vms) == 1 and vms[0]["State"] == "Running":
+        data = f"guest data of {uid}".encode()
+        sim.host.guest_write(vms[0]["Id"], 3, data)
+        return data
+    return None
+
+
+@pytest.mark.parametrize(("strategy", "command"), CRASH_POINTS, ids=[f"{s}-{c}" for s, c in CRASH_POINTS])
+def test_crash_right_after_a_host_step_resumes_to_the_same_final_state(
+    strategy: str, command: str, sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess,
+    command_hook: hostview.CommandHook,
+) -> None:
+    name = _name(f"crash-{strategy.lower()}")
+    base_before = sim.host.disk_fingerprint(BASE_VHD)
+    killed = threading.Event()
+
+    def kill_after(cmd: str, params: dict[str, Any], when: str) -> None:
+        if when == "after" and hostview.command_is(cmd, command) and not killed.is_set():
+            killed.set()
+            running_operator.kill()
+
+    command_hook.set(kill_after)
+    obj = kube.create_vm(NAMESPACE, name, strategy)
+    assert killed.wait(60), f"{command} never ran"
+    command_hook.clear()
+    uid = obj["metadata"]["uid"]
+    data = _guest_write_if_running(sim, uid)
+    running_operator.start()
+    final = kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=120)
+    _assert_final_host_state(sim, final, strategy)
+    if data is not None:
+        assert sim.host.guest_view(final["status"]["vmId"]).get(3) == data
+    assert sim.host.disk_fingerprint(BASE_VHD) == base_before
+    copies = [c for c in sim.host.call_log() if hostview.command_is(c[0], "StartBackgroundCopy")
+              and name in str(c[1])]
+    assert len(copies) <= 1, f"the base was copied {len(copies)} times"
+
+
+def test_crash_in_the_middle_of_the_background_copy_does_not_restart_it(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess
+) -> None:
+    name = _name("midcopy")
+    kube.create_vm(NAMESPACE, name, "Quick")
+    kube.wait_vm(NAMESPACE, name, lambda o: 5 <= ((o.get("status") or {}).get("copy") or {}).get("percent", 0) <= 80,
+                 what="copy in progress")
+    running_operator.kill()
+    running_operator.start()
+    final = kube.wait_phase(NAMESPACE, name, "Provisioned")
+    _assert_final_host_state(sim, final, "Quick")
+    copies = [c for c in sim.host.call_log() if hostview.command_is(c[0], "StartBackgroundCopy") and name in str(c[1])]
+    assert len(copies) == 1
+
+
+@pytest.mark.parametrize(("strategy", "command"), DELETE_POINTS, ids=[f"{s}-{c}" for s, c in DELETE_POINTS])
+def test_delete_in_each_phase_leaves_the_host_clean(
+    strategy: str, command: str, sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess,
+    command_hook: hostview.CommandHook,
+) -> None:
+    name = _name(f"del-{strategy.lower()}")
+    files_before = set(hostview.file_paths(sim))
+    base_before = sim.host.disk_fingerprint(BASE_VHD)
+    reached = threading.Event()
+
+    def note(cmd: str, params: dict[str, Any], when: str) -> None:
+        if when == "after" and hostview.command_is(cmd, command):
+            reached.set()
+
+    command_hook.set(note)
+    obj = kube.create_vm(NAMESPACE, name, strategy)
+    assert reached.wait(60), f"{command} never ran"
+    command_hook.clear()
+    kube.delete_vm(NAMESPACE, name)
+    kube.wait_gone(NAMESPACE, name, timeout=120)
+    assert hostview.vms_tagged(sim, obj["metadata"]["uid"]) == []
+    files_after = set(hostview.file_paths(sim))
+    assert files_after - files_before == set(), f"left behind: {sorted(files_after - files_before)}"
+    assert files_before - files_after == set(), f"deleted files it did not create: {files_before - files_after}"
+    assert sim.host.disk_fingerprint(BASE_VHD) == base_before
+
+
+def test_retain_leaves_vm_and_disks(sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess) -> None:
+    name = _name("retain")
+    kube.create_vm(NAMESPACE, name, "Copy", deletionPolicy="Retain")
+    obj = kube.wait_phase(NAMESPACE, name, "Provisioned")
+    kube.delete_vm(NAMESPACE, name)
+    kube.wait_gone(NAMESPACE, name)
+    vms = hostview.vms_tagged(sim, obj["metadata"]["uid"])
+    assert len(vms) == 1 and vms[0]["State"] == "Running"
+    assert obj["status"]["disk"]["path"].lower() in {p.lower() for p in hostview.file_paths(sim)}
+
+
+def test_stalled_vm_reports_failed_kstatus(kube: Kube, running_operator: OperatorProcess) -> None:
+    name = _name("kstatus-failed")
+    kube.create_vm(NAMESPACE, name, "Differencing", baseVhd="\\\\FS\\VMSHARE\\NOPE.VHDX")
+    obj = kube.wait_phase(NAMESPACE, name, "Failed")
+    assert (condition(obj, "Stalled") or {}).get("status") == "True"

@@ -1,0 +1,231 @@
+"""Each strategy end to end: real API server, operator process, simulated host over WinRM/HTTPS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import uuid
+from typing import Any
+
+import pytest
+
+from hyperv_operator.envtest.controlplane import ControlPlane
+from hyperv_operator.envtest.operator_process import OperatorProcess
+from hyperv_operator.envtest.stack import BASE_VHD, SimulatedHyperV
+from tests.integration import hostview
+from tests.integration.conftest import NAMESPACE
+from tests.integration.kube import Kube, condition
+
+STRATEGIES = ["Differencing", "Copy", "Quick"]
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def _assert_final_host_state(sim: SimulatedHyperV, obj: dict[str, Any], strategy: str) -> None:
+    uid = obj["metadata"]["uid"]
+    vms = hostview.vms_tagged(sim, uid)
+    assert len(vms) == 1, f"expected exactly one VM tagged with {uid}, got {vms}"
+    vm = vms[0]
+    status = obj["status"]
+    assert vm["Id"] == status["vmId"]
+    assert vm["State"] == "Running"
+    drive = hostview.drive_paths(sim, vm["Id"])
+    assert len(drive) == 1
+    disk = hostview.vhd(sim, drive[0])
+    assert drive[0].lower() == status["disk"]["path"].lower()
+    if strategy == "Differencing":
+        assert disk["VhdType"] == "Differencing"
+        assert disk["ParentPath"].lower() == BASE_VHD.lower()
+    else:
+        assert disk["VhdType"] == "Dynamic"
+        assert not disk.get("ParentPath")
+        assert drive[0].lower().endswith(".vhdx")
+    leftovers = [p for p in hostview.file_paths(sim) if p.lower().endswith((".avhdx", ".partial", ".copy.json"))]
+    assert leftovers == [], f"leftover temporary files: {leftovers}"
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_strategy_reaches_provisioned_with_the_right_host_state(
+    strategy: str, sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess, control_plane: ControlPlane
+) -> None:
+    name = _name(strategy.lower())
+    base_before = sim.host.disk_fingerprint(BASE_VHD)
+    kube.create_vm(NAMESPACE, name, strategy, cpus=2)
+    obj = kube.wait_phase(NAMESPACE, name, "Provisioned")
+    _assert_final_host_state(sim, obj, strategy)
+    status = obj["status"]
+    assert condition(obj, "Ready")["status"] == "True"  # type: ignore[index]
+    assert condition(obj, "Reconciling")["status"] == "False"  # type: ignore[index]
+    assert condition(obj, "Stalled")["status"] == "False"  # type: ignore[index]
+    independent = condition(obj, "Independent")
+    assert independent is not None
+    assert independent["status"] == ("False" if strategy == "Differencing" else "True")
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert status["timings"]["runningAt"]
+    if strategy != "Differencing":
+        assert status["copy"]["percent"] == 100
+        assert status["copy"]["bytesCopied"] == status["copy"]["bytesTotal"] == sim.base_size
+        assert status["timings"]["independentAt"]
+    # kubectl wait works on the real objects
+    wait = control_plane.kubectl("wait", "-n", NAMESPACE, "--for=condition=Ready", f"hvvm/{name}", "--timeout=10s")
+    assert "condition met" in wait.stdout
+    if strategy != "Differencing":
+        wait = control_plane.kubectl(
+            "wait", "-n", NAMESPACE, "--for=condition=Independent", f"hvvm/{name}", "--timeout=10s"
+        )
+        assert "condition met" in wait.stdout
+    wide = control_plane.kubectl("get", "hvvm", name, "-n", NAMESPACE, "-o", "wide").stdout
+    assert status["vmId"] in wide and "Provisioned" in wide
+    reasons = {e.reason for e in kube.events_for(NAMESPACE, name)}
+    assert "PhaseChanged" in reasons
+    assert sim.host.disk_fingerprint(BASE_VHD) == base_before
+
+
+def test_quick_is_running_before_it_is_independent(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess
+) -> None:
+    name = _name("quickorder")
+    kube.create_vm(NAMESPACE, name, "Quick")
+    running = kube.wait_vm(
+        NAMESPACE, name, lambda o: (condition(o, "Ready") or {}).get("status") == "True", what="Ready"
+    )
+    assert running["status"]["phase"] in {"Starting", "CopyingBase", "Reparenting", "Merging", "Provisioned"}
+    if running["status"]["phase"] == "CopyingBase":
+        assert (condition(running, "Independent") or {}).get("status") == "False"
+    sim.host.guest_write(running["status"]["vmId"], 7, b"written while the base was being copied")
+    final = kube.wait_phase(NAMESPACE, name, "Provisioned")
+    timings = final["status"]["timings"]
+    assert timings["secondsToRunning"] < timings["secondsToIndependent"]
+    assert sim.host.guest_view(final["status"]["vmId"])[7] == b"written while the base was being copied"
+
+
+def test_missing_base_stalls_with_a_readable_message_and_changes_nothing(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess
+) -> None:
+    name = _name("nobase")
+    files_before = hostview.file_paths(sim)
+    vms_before = len(sim.host.vms())
+    calls_before = len(sim.host.call_log())
+    kube.create_vm(NAMESPACE, name, "Copy", baseVhd="\\\\FS\\VMSHARE\\MISSING.VHDX")
+    obj = kube.wait_phase(NAMESPACE, name, "Failed")
+    stalled = condition(obj, "Stalled")
+    assert stalled is not None and stalled["status"] == "True"
+    assert stalled["reason"] == "BaseDiskNotFound"
+    assert "MISSING.VHDX" in stalled["message"]
+    assert hostview.file_paths(sim) == files_before
+    assert len(sim.host.vms()) == vms_before
+    mutating = [c for c in sim.host.call_log()[calls_before:] if hostview.is_mutating(c[0])]
+    assert mutating == []
+
+
+def test_power_state_off_and_on_without_reprovisioning(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess
+) -> None:
+    name = _name("power")
+    kube.create_vm(NAMESPACE, name, "Differencing")
+    obj = kube.wait_phase(NAMESPACE, name, "Provisioned")
+    vm_id = obj["status"]["vmId"]
+    kube.patch_vm(NAMESPACE, name, {"spec": {"powerState": "Off"}})
+    off = kube.wait_vm(NAMESPACE, name, lambda o: o["status"].get("powerState") == "Off"
+                       and (condition(o, "Ready") or {}).get("reason") == "PoweredOff", what="powered off")
+    assert hostview.vm(sim, vm_id)["State"] == "Off"
+    assert off["status"]["vmId"] == vm_id
+    kube.patch_vm(NAMESPACE, name, {"spec": {"powerState": "Running"}})
+    kube.wait_vm(NAMESPACE, name, lambda o: o["status"].get("powerState") == "Running"
+                 and (condition(o, "Ready") or {}).get("status") == "True", what="running again")
+    assert hostview.vm(sim, vm_id)["State"] == "Running"
+    assert len(hostview.vms_tagged(sim, obj["metadata"]["uid"])) == 1
+
+
+def test_drift_stopped_vm_is_started_and_deleted_vm_stalls(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess
+) -> None:
+    name = _name("drift")
+    kube.create_vm(NAMESPACE, name, "Copy")
+    obj = kube.wait_phase(NAMESPACE, name, "Provisioned")
+    vm_id = obj["status"]["vmId"]
+    sim.host.stop_vm_out_of_band(vm_id)
+    kube.wait_vm(NAMESPACE, name, lambda o: any(e.reason == "VMStoppedOutOfBand" for e in kube.events_for(NAMESPACE, name)),
+                 what="VMStoppedOutOfBand event", timeout=30)
+    kube.wait_vm(NAMESPACE, name, lambda _: hostview.vm(sim, vm_id)["State"] == "Running", what="restarted", timeout=30)
+    disk = obj["status"]["disk"]["path"]
+    sim.host.delete_vm_out_of_band(vm_id)
+    stalled = kube.wait_vm(NAMESPACE, name, lambda o: (condition(o, "Stalled") or {}).get("reason") == "VMDeletedOutOfBand",
+                           what="VMDeletedOutOfBand", timeout=30)
+    assert "disk" in (condition(stalled, "Stalled") or {}).get("message", "").lower()
+    assert hostview.vms_tagged(sim, obj["metadata"]["uid"]) == []
+    assert disk.lower() in {p.lower() for p in hostview.file_paths(sim)}
+
+
+def test_copies_queue_beyond_max_concurrent_copies(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess, control_plane: ControlPlane
+) -> None:
+    from hyperv_operator.envtest.stack import apply_objects, host_objects
+
+    apply_objects(control_plane, host_objects(NAMESPACE, "hv-one-copy", sim, max_concurrent_copies=1))
+    names = [_name("queued") for _ in range(3)]
+    for name in names:
+        kube.create_vm(NAMESPACE, name, "Copy", host="hv-one-copy")
+    seen_queued: set[str] = set()
+
+    def any_queued(_: dict[str, Any]) -> bool:
+        for n in names:
+            o = kube.get_vm(NAMESPACE, n) or {}
+            copy = (o.get("status") or {}).get("copy") or {}
+            if copy.get("queued"):
+                assert "queued" in o["status"]["message"]
+                seen_queued.add(n)
+        return bool(seen_queued)
+
+    kube.wait_vm(NAMESPACE, names[0], any_queued, what="a queued copy", timeout=60)
+    for name in names:
+        kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=120)
+
+
+def test_reapplying_the_same_manifest_does_not_reprovision(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess, control_plane: ControlPlane
+) -> None:
+    name = _name("gitops")
+    manifest = json.dumps({
+        "apiVersion": "hyperv-operator.io/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": "demo"}},
+        "spec": {"hostRef": {"name": "hv01"}, "baseVhd": BASE_VHD, "strategy": "Differencing", "memory": "1Gi"},
+    })
+    control_plane.kubectl("apply", "-f", "-", input_text=manifest)
+    obj = kube.wait_phase(NAMESPACE, name, "Provisioned")
+    calls_before = len(sim.host.call_log())
+    control_plane.kubectl("apply", "-f", "-", input_text=manifest)
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input_text=manifest)
+    control_plane.kubectl("label", "hvvm", name, "-n", NAMESPACE, "gitops.example/sync=abc")
+    control_plane.kubectl("annotate", "hvvm", name, "-n", NAMESPACE, "argocd.argoproj.io/tracking-id=x")
+    threading.Event().wait(4)  # longer than the drift interval: give any spurious reaction time to show
+    after = kube.get_vm(NAMESPACE, name)
+    assert after is not None
+    assert after["metadata"]["generation"] == obj["metadata"]["generation"]
+    mutating = [c for c in sim.host.call_log()[calls_before:] if hostview.is_mutating(c[0])]
+    assert mutating == [], f"re-applying caused host changes: {mutating}"
+    assert after["status"]["phase"] == "Provisioned"
+
+
+def test_kubectl_printer_columns_on_real_objects(
+    kube: Kube, running_operator: OperatorProcess, control_plane: ControlPlane
+) -> None:
+    name = _name("columns")
+    kube.create_vm(NAMESPACE, name, "Copy")
+    kube.wait_phase(NAMESPACE, name, "Provisioned")
+    out = control_plane.kubectl("get", "hvvm", name, "-n", NAMESPACE).stdout.splitlines()
+    assert out[0].split() == ["NAME", "PHASE", "STRATEGY", "HOST", "POWER", "READY", "PROGRESS", "AGE"]
+    assert out[1].split()[:7] == [name, "Provisioned", "Copy", "hv01", "Running", "True", "100"]
+
+
+def test_operator_cli_help_is_the_image_entrypoint() -> None:
+    result = subprocess.run(["hyperv-operator", "--help"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:  # console script not on PATH outside the venv: run the module
+        import sys
+
+        result = subprocess.run([sys.executable, "-m", "hyperv_operator.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "run" in result.stdout and "simulate" in result.stdout and "check-host" in result.stdout
