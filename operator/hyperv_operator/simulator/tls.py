@@ -54,7 +54,7 @@ def generate_tls(
     """Create a CA and a server certificate for loopback; write them as PEM files under `directory`."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_before = now - datetime.timedelta(minutes=5)
     not_after = now + datetime.timedelta(days=valid_days)
 

@@ -146,7 +146,9 @@ def strip_common_parameters(statements: Sequence[Statement]) -> list[Statement]:
     return [
         Statement(
             tuple(
-                Command(c.name, tuple((k, v) for k, v in c.parameters if k.lower() not in COMMON_PARAMETERS), c.is_script)
+                Command(
+                    c.name, tuple((k, v) for k, v in c.parameters if k.lower() not in COMMON_PARAMETERS), c.is_script
+                )
                 for c in s.commands
             )
         )
@@ -166,7 +168,7 @@ def to_ps_value(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): to_ps_value(v) for k, v in value.items()}
     if isinstance(value, datetime.datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=datetime.timezone.utc)
+        return value.replace(tzinfo=datetime.UTC)
     return value
 
 
@@ -279,7 +281,7 @@ class ShellSession:
         self.cond = threading.Condition()
         self.queues: dict[uuid.UUID | None, collections.deque[bytes]] = collections.defaultdict(collections.deque)
         self.pipelines: dict[str, PipelineSession] = {}
-        self.created = datetime.datetime.now(datetime.timezone.utc)
+        self.created = datetime.datetime.now(datetime.UTC)
         self._executor = executor
         self._execute_lock = execute_lock
         self._on_received = on_received
@@ -289,7 +291,9 @@ class ShellSession:
     def feed(self, data: bytes, pipeline: PipelineSession | None = None) -> None:
         """Give received PSRP fragments to psrpcore and act on the resulting events. Holds the lock."""
         with self.cond:
-            self.pool.receive_data(PSRPPayload(data, StreamType.default, pipeline.pipeline.pipeline_id if pipeline else None))
+            self.pool.receive_data(
+                PSRPPayload(data, StreamType.default, pipeline.pipeline.pipeline_id if pipeline else None)
+            )
             while True:
                 try:
                     event = self.pool.next_event()
@@ -410,8 +414,15 @@ class ShellSession:
                 except Exception as err:
                     log.exception("cannot serialize outputs")
                     session.pipeline.state = PSInvocationState.Running
-                    self._fail(session, f"Cannot serialize output: {err}", "InvalidResult", "SerializationFailed",
-                               "", "System.Runtime.Serialization.SerializationException", statements)
+                    self._fail(
+                        session,
+                        f"Cannot serialize output: {err}",
+                        "InvalidResult",
+                        "SerializationFailed",
+                        "",
+                        "System.Runtime.Serialization.SerializationException",
+                        statements,
+                    )
                 session.finished = True
             self._flush()
             self.cond.notify_all()

@@ -19,6 +19,7 @@ Test hooks: `drop_next(n)` closes the TCP connection of the next n requests with
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import re
@@ -106,8 +107,9 @@ class WSManServer:
             self._scheme = "https"
         self._host = host
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
-                                        name=f"wsman-{self.port}")
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name=f"wsman-{self.port}"
+        )
         self._thread.start()
         log.info("simulated WinRM listening on %s", self.url)
         return self
@@ -259,7 +261,7 @@ class WSManServer:
         uri = request.resource_uri
         if not uri.startswith(soap.POWERSHELL_URI_PREFIX):
             raise soap.action_not_supported(f"Create {uri}")
-        configuration = uri[len(soap.POWERSHELL_URI_PREFIX):]
+        configuration = uri[len(soap.POWERSHELL_URI_PREFIX) :]
         if configuration.lower() not in self.configurations:
             raise soap.unknown_configuration(configuration, self.machine)
         body = request.body
@@ -422,10 +424,8 @@ class _Handler(BaseHTTPRequestHandler):
         if drop:
             log.info("fault injection: dropping the connection")
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return
         if delay:
             log.info("fault injection: delaying the answer by %.1fs", delay)
@@ -529,11 +529,12 @@ class _Handler(BaseHTTPRequestHandler):
             payload = parts[i + 1].replace(b"\tContent-Type: application/octet-stream\r\n", b"")
             header_len = struct.unpack("<i", payload[:4])[0]
             header = payload[4 : 4 + header_len]
-            message += self._ntlm_ctx.unwrap_winrm(header, payload[4 + header_len :])
+            message += bytes(self._ntlm_ctx.unwrap_winrm(header, payload[4 + header_len :]))
         return message
 
     def _wrap(self, message: bytes, protocol: str) -> bytes:
         header, wrapped, padding = self._ntlm_ctx.wrap_winrm(message)
+        header, wrapped, padding = bytes(header), bytes(wrapped), int(padding)
         return (
             "\r\n".join(
                 [

@@ -1,0 +1,94 @@
+"""The host probe: three cheap, read-only commands batched into one pipeline.
+
+    Hyper-V\\Get-VMHost                                  -> ComputerName, VirtualMachinePath,
+                                                           VirtualHardDiskPath, LogicalProcessorCount,
+                                                           MemoryCapacity (Microsoft.HyperV.PowerShell.VMHost)
+    Microsoft.PowerShell.Core\\Get-Module -Name Hyper-V   -> PSModuleInfo (Name, Version); the module is
+                                                           loaded by the Get-VMHost before it
+    Microsoft.PowerShell.Management\\Get-PSDrive -Name C -PSProvider FileSystem
+                                                        -> PSDriveInfo (Name, Root, Free, Used)
+
+A host (or simulator) that lacks one of them answers CommandNotFound; the probe then runs them one by
+one and reports the missing ones instead of failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from hyperv_operator.hyperv.commands import HostObject, Statement, cmd, pipe
+
+if TYPE_CHECKING:
+    from hyperv_operator.hyperv.winrm import HostProbe
+
+CORE = "Microsoft.PowerShell.Core\\"
+MGMT = "Microsoft.PowerShell.Management\\"
+HYPERV = "Hyper-V\\"
+
+PROBE_CMDLETS: frozenset[str] = frozenset({HYPERV + "Get-VMHost", CORE + "Get-Module", MGMT + "Get-PSDrive"})
+
+
+def get_vm_host() -> Statement:
+    return pipe(cmd(HYPERV + "Get-VMHost"))
+
+
+def get_hyperv_module() -> Statement:
+    return pipe(cmd(CORE + "Get-Module", Name="Hyper-V"))
+
+
+def get_drive(drive: str) -> Statement:
+    return pipe(cmd(MGMT + "Get-PSDrive", Name=drive.rstrip(":\\/"), PSProvider="FileSystem"))
+
+
+def probe_statements(drive: str) -> list[Statement]:
+    return [get_vm_host(), get_hyperv_module(), get_drive(drive)]
+
+
+def split_outputs(outputs: Sequence[HostObject]) -> list[list[HostObject] | None]:
+    """Assign a batched probe's outputs to its three statements by type."""
+    hosts = [o for o in outputs if o.is_a("VMHost")]
+    modules = [o for o in outputs if o.is_a("PSModuleInfo")]
+    drives = [o for o in outputs if o.is_a("PSDriveInfo")]
+    return [hosts, modules, drives]
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _str(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def build_probe(
+    endpoint: str,
+    drive: str,
+    statements: Sequence[Statement],
+    results: Sequence[list[HostObject] | None],
+    *,
+    latency: float,
+) -> HostProbe:
+    from hyperv_operator.hyperv.winrm import HostProbe
+
+    missing = tuple(s.commands[0].name for s, r in zip(statements, results, strict=False) if r is None)
+    padded = list(results) + [None] * (3 - len(results))
+    host = padded[0][0] if padded[0] else None
+    module = padded[1][0] if padded[1] else None
+    drive_info = padded[2][0] if padded[2] else None
+    return HostProbe(
+        endpoint=endpoint,
+        hostname=_str(host.get("ComputerName")) if host else None,
+        hyperv_module_version=_str(module.get("Version")) if module else None,
+        virtual_machine_path=_str(host.get("VirtualMachinePath")) if host else None,
+        virtual_hard_disk_path=_str(host.get("VirtualHardDiskPath")) if host else None,
+        logical_processors=_int(host.get("LogicalProcessorCount")) if host else None,
+        memory_bytes=_int(host.get("MemoryCapacity")) if host else None,
+        drive=drive.rstrip(":\\/"),
+        free_bytes=_int(drive_info.get("Free")) if drive_info else None,
+        missing_commands=missing,
+        latency_seconds=latency,
+    )
