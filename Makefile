@@ -61,24 +61,24 @@ simulate: venv ## Serve a simulated Hyper-V host over WinRM on loopback
 
 .PHONY: install
 install: ## Install the CRDs into the current kubeconfig's cluster
-	$(KUBECTL) apply --server-side -f crds/
+	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" apply --server-side -f crds/
 
 .PHONY: uninstall
 uninstall: ## Remove the CRDs (and with them every VirtualMachine object)
-	$(KUBECTL) delete --ignore-not-found -f crds/
+	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" delete --ignore-not-found -f crds/
 
 .PHONY: deploy
 deploy: ## Deploy CRDs, RBAC and the operator Deployment (kustomize)
-	$(KUBECTL) apply --server-side -k manifests/
+	@cp crds/*.yaml manifests/crd/; k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" apply --server-side -k manifests/
 
 .PHONY: undeploy
 undeploy: ## Remove what deploy created
-	$(KUBECTL) delete --ignore-not-found -k manifests/
+	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" delete --ignore-not-found -k manifests/
 
 .PHONY: build-installer
 build-installer: ## Write dist/install.yaml (CRDs + RBAC + Deployment)
 	@mkdir -p dist
-	$(KUBECTL) kustomize manifests/ > dist/install.yaml
+	@cp crds/*.yaml manifests/crd/; k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" kustomize manifests/ > dist/install.yaml.tmp && mv dist/install.yaml.tmp dist/install.yaml
 	@echo "wrote dist/install.yaml"
 
 .PHONY: docker-build

@@ -1,0 +1,168 @@
+"""manifests/: what `make deploy` / `make build-installer` install, checked without a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+MANIFESTS = REPO / "manifests"
+NAMESPACE = "hyperv-operator-system"
+
+
+def _kustomization() -> dict[str, Any]:
+    return dict(yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text()))
+
+
+def _docs() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for resource in _kustomization()["resources"]:
+        docs.extend(d for d in yaml.safe_load_all((MANIFESTS / resource).read_text()) if d)
+    return docs
+
+
+def _one(kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in _docs() if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def test_kustomization_lists_every_install_manifest_and_nothing_else() -> None:
+    listed = {MANIFESTS / r for r in _kustomization()["resources"]}
+    on_disk = {
+        p for p in MANIFESTS.rglob("*.yaml")
+        if p.name != "kustomization.yaml" and not {"samples", "argocd"} & set(p.relative_to(MANIFESTS).parts)
+    }
+    assert listed == on_disk
+    assert _kustomization()["namespace"] == NAMESPACE
+
+
+def test_crd_copies_match_crds_dir() -> None:
+    originals = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    copies = sorted(p.name for p in (MANIFESTS / "crd").glob("*.yaml"))
+    assert copies == originals, "manifests/crd/ must hold exactly the files of crds/: cp crds/*.yaml manifests/crd/"
+    for name in originals:
+        assert (MANIFESTS / "crd" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
+            f"manifests/crd/{name} drifted from crds/{name}: cp crds/*.yaml manifests/crd/"
+        )
+
+
+def _normalized(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+EXPECTED_OPERATOR_GRANTS = {
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    *(("hyperv-operator.io", r, v) for r in ("virtualmachines", "hypervhosts") for v in ("list", "watch", "patch")),
+    ("hyperv-operator.io", "virtualmachines/status", "patch"),
+    ("hyperv-operator.io", "hypervhosts/status", "patch"),
+    ("", "secrets", "get"),
+    ("", "events", "create"),
+}
+
+
+def test_operator_cluster_role_is_exactly_least_privilege() -> None:
+    role = _one("ClusterRole", "hyperv-operator")
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames/nonResourceURLs tricks"
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+    assert _normalized(role["rules"]) == EXPECTED_OPERATOR_GRANTS
+
+
+def test_binding_grants_the_role_to_the_service_account_only() -> None:
+    binding = _one("ClusterRoleBinding", "hyperv-operator")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "hyperv-operator"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hyperv-operator", "namespace": NAMESPACE}]
+    sa = _one("ServiceAccount", "hyperv-operator")
+    assert sa["metadata"]["namespace"] == NAMESPACE
+
+
+def test_aggregated_user_roles_never_touch_status() -> None:
+    view = _one("ClusterRole", "hyperv-operator-view")
+    edit = _one("ClusterRole", "hyperv-operator-edit")
+    assert {v for _, _, v in _normalized(view["rules"])} == {"get", "list", "watch"}
+    assert not any(r.endswith("/status") for _, r, _ in _normalized(edit["rules"]))
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit["metadata"]["labels"]
+
+
+def test_namespace_enforces_restricted_pod_security() -> None:
+    ns = _one("Namespace", NAMESPACE)
+    labels = ns["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def _deployment() -> dict[str, Any]:
+    return _one("Deployment", "hyperv-operator")
+
+
+def test_deployment_runs_one_operator_recreated_on_upgrade() -> None:
+    spec = _deployment()["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "hyperv-operator"
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    (container,) = pod["containers"]
+    assert container["image"] == "hyperv-operator:0.1.0"
+    assert container["args"][:2] == ["run", "--all-namespaces"]
+    assert "--metrics-port=8080" in container["args"]
+    assert "--liveness-port=8081" in container["args"]
+
+
+def test_deployment_probes_kopf_liveness_endpoint() -> None:
+    (container,) = _deployment()["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 8080, "healthz": 8081}
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    assert ports[probe["port"]] == 8081
+
+
+def test_deployment_is_hardened() -> None:
+    pod = _deployment()["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["runAsNonRoot"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    resources = container["resources"]
+    assert set(resources["requests"]) == {"cpu", "memory"}
+    assert set(resources["limits"]) == {"cpu", "memory"}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert set(mounts) == {"/tmp"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_metrics_service_selects_the_operator_pod() -> None:
+    service = _one("Service", "hyperv-operator-metrics")
+    pod_labels = _deployment()["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize("kind", ["VirtualMachine", "HyperVHost"])
+def test_argocd_cm_snippet_embeds_the_lua_files(kind: str) -> None:
+    cm = yaml.safe_load((MANIFESTS / "argocd" / "argocd-cm.yaml").read_text())
+    assert cm["kind"] == "ConfigMap"
+    assert cm["metadata"]["name"] == "argocd-cm"
+    script = (MANIFESTS / "argocd" / f"{kind.lower()}-health.lua").read_text()
+    assert cm["data"][f"resource.customizations.health.hyperv-operator.io_{kind}"] == script
