@@ -81,8 +81,8 @@ def build_probe(
     drive_info = padded[2][0] if padded[2] else None
     return HostProbe(
         endpoint=endpoint,
-        hostname=_str(host.get("ComputerName")) if host else None,
-        hyperv_module_version=_str(module.get("Version")) if module else None,
+        host_name=_str(host.get("ComputerName")) if host else None,
+        hyperv_version=_str(module.get("Version")) if module else None,
         virtual_machine_path=_str(host.get("VirtualMachinePath")) if host else None,
         virtual_hard_disk_path=_str(host.get("VirtualHardDiskPath")) if host else None,
         logical_processors=_int(host.get("LogicalProcessorCount")) if host else None,

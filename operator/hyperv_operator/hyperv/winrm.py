@@ -201,8 +201,8 @@ class HostProbe:
     """What a cheap check of a host found (see `WinRMClient.probe`)."""
 
     endpoint: str
-    hostname: str | None = None
-    hyperv_module_version: str | None = None
+    host_name: str | None = None
+    hyperv_version: str | None = None
     virtual_machine_path: str | None = None
     virtual_hard_disk_path: str | None = None
     logical_processors: int | None = None

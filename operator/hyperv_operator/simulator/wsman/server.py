@@ -74,6 +74,8 @@ class WSManServer:
         self.pipeline_requests: dict[str, int] = {}
         self.request_count = 0
         self.auth_failures = 0
+        self.encrypted_requests = 0
+        """Requests that arrived as multipart/encrypted (NTLM message encryption)."""
 
         self._lock = threading.Lock()
         self._execute_lock = threading.Lock()
@@ -460,6 +462,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._unauthorized()
                 return
             data = self._unwrap(data)
+            wsman.encrypted_requests += 1
         elif self._ntlm_ctx is not None and data and self.server.tls_context is None:
             # Windows refuses unencrypted bodies on an NTLM connection over HTTP
             self._reply(400, b"", "text/html")
