@@ -135,8 +135,10 @@ async def _step(
         slots.release(host_key, vm.uid)
         log.info("%s: deletionPolicy Retain: leaving VM and files on host %s", who, spec.host_name)
         return StepOutcome(_complete(result.status, status), None, result.events, finished=True)
-    if not deleting and phase in (Phase.DELETING.value,):
-        return StepOutcome(_complete(dict(status), status), None, ())
+    if not deleting and (phase == Phase.DELETING.value
+                         or (phase == Phase.FAILED.value and not planner.retryable_failure(status))):
+        slots.release(host_key, vm.uid)
+        return StepOutcome(_complete(dict(status), status), None, ())  # terminal: nothing to observe
     holders = slots.holders(host_key) - {vm.uid}
     limit = host.max_concurrent_copies
     slot = SlotView(available=slots.can_acquire(host_key, vm.uid, limit), running=len(holders), limit=limit)

@@ -188,7 +188,7 @@ def _pending(w: _Work) -> _Result:
         w.status["checkpointName"] = w.layout.checkpoint_name
     if not (w.status.get("timings") or {}).get("createdAt"):
         w.timing("createdAt", cond.timestamp(w.now))
-    if w.strategy is not Strategy.QUICK and w.obs.exists(w.layout.disk) is False and not w.status.get("disk"):
+    if w.strategy is not Strategy.QUICK and not w.status.get("disk"):
         diff = w.strategy is Strategy.DIFFERENCING
         w.status["disk"] = {"path": w.layout.disk, "type": "Differencing" if diff else "Dynamic",
                             "parentPath": w.spec.base_vhd if diff else None}
@@ -228,6 +228,11 @@ def _copying(w: _Work) -> _Result:
         w.copy_status(bytesCopied=total, bytesTotal=total, percent=100, queued=False,
                       finishedAt=(job.finished_at if job and job.finished_at else None) or cond.timestamp(w.now))
         w.created(disk)
+        leftovers = [p for p in (layout.copy_status, layout.partial) if w.obs.exists(p)]
+        if leftovers:  # the copy's bookkeeping files go once the copy is whole
+            return _Act(Action("RemoveCopyStatus", tuple(cmdlets.remove_file(p) for p in leftovers),
+                               "Remove-Item " + ", ".join(leftovers), tolerate_not_found=True),
+                        f"copy complete; removing {', '.join(leftovers)}")
         return DONE
     if job is not None and job.state == "Running":
         percent = int(job.bytes_copied * 100 // job.bytes_total) if job.bytes_total else 0
@@ -546,7 +551,7 @@ def _phase_of(status: Mapping[str, Any]) -> Phase:
         return Phase.PENDING
 
 
-def _retryable_failure(status: Mapping[str, Any]) -> bool:
+def retryable_failure(status: Mapping[str, Any]) -> bool:
     """A missing base is re-checked (e.g. by the periodic timer) while nothing was created."""
     stalled = cond.find(status.get("conditions"), cond.STALLED)
     return (stalled is not None and stalled.get("reason") == "BaseDiskNotFound" and not status.get("vmId")
@@ -564,7 +569,7 @@ def plan(
         return Plan(None, w.status, None)
     phase: Phase = start
     if start is Phase.FAILED:
-        if not _retryable_failure(status):
+        if not retryable_failure(status):
             return Plan(None, w.status, None)
         phase = Phase.PENDING
     if phase not in phases(spec.strategy):
@@ -716,10 +721,11 @@ def error_status(
     """The status after a failed host call: keep the phase on transient errors (retry), Failed on
     permanent ones. `intended` is the plan's status; its createdFiles are kept (intent)."""
     s = _copy.deepcopy(dict(status))
-    if intended.get("createdFiles"):
-        s["createdFiles"] = list(intended["createdFiles"])
-    if intended.get("vmId") and not s.get("vmId"):
-        s["vmId"] = intended["vmId"]
+    for key in ("createdFiles", "vmId", "vmName", "vmDir", "checkpointName", "timings"):
+        if intended.get(key):  # intent and identity survive the failure
+            s[key] = _copy.deepcopy(intended[key])
+    if intended.get("phase") not in (None, Phase.FAILED.value):
+        s["phase"] = intended["phase"]  # the phase whose host step was attempted
     phase = _phase_of(s)
     w = _Work(spec, s, Observation(host_name=host_name), now, vm, layout)
     prev, gen = s.get("conditions"), vm.generation
