@@ -52,6 +52,7 @@ class Layout:
             join(config, "Snapshots"),
             join(config, "Virtual Hard Disks"),
             config,
+            join(self.vm_dir, "Snapshots"),
             self.vm_dir,
         )
 
