@@ -225,8 +225,17 @@ def test_closed_port_is_a_clear_connection_error(tls: TLSFiles) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     client = WinRMClient(
-        WinRMSettings(server="127.0.0.1", port=port, auth="basic", username=USER, password=PASSWORD,
-                      ca_bundle=str(tls.ca_cert), connection_timeout=2, read_timeout=3, operation_timeout=2)
+        WinRMSettings(
+            server="127.0.0.1",
+            port=port,
+            auth="basic",
+            username=USER,
+            password=PASSWORD,
+            ca_bundle=str(tls.ca_cert),
+            connection_timeout=2,
+            read_timeout=3,
+            operation_timeout=2,
+        )
     )
     with pytest.raises(HostUnreachableError) as info:
         run(client, cmdlets.test_path("C:\\x"))
@@ -297,8 +306,17 @@ def test_unknown_configuration_is_permanent(server: WSManServer, tls: TLSFiles) 
 def test_basic_over_plain_http(executor: FakeExecutor) -> None:
     with WSManServer(executor, username=USER, password=PASSWORD).start() as srv:
         client = WinRMClient(
-            WinRMSettings(server="127.0.0.1", port=srv.port, ssl=False, auth="basic", username=USER,
-                          password=PASSWORD, allow_unencrypted=True, read_timeout=4, operation_timeout=3)
+            WinRMSettings(
+                server="127.0.0.1",
+                port=srv.port,
+                ssl=False,
+                auth="basic",
+                username=USER,
+                password=PASSWORD,
+                allow_unencrypted=True,
+                read_timeout=4,
+                operation_timeout=3,
+            )
         )
         [out] = run(client, cmdlets.test_path("C:\\x"))
         assert out.value is True
@@ -309,8 +327,16 @@ def test_basic_over_plain_http(executor: FakeExecutor) -> None:
 def test_ntlm_with_message_encryption_over_http(executor: FakeExecutor) -> None:
     with WSManServer(executor, username=USER, password=PASSWORD, ntlm=True).start() as srv:
         client = WinRMClient(
-            WinRMSettings(server="127.0.0.1", port=srv.port, ssl=False, auth="ntlm", username=USER,
-                          password=PASSWORD, read_timeout=4, operation_timeout=3)
+            WinRMSettings(
+                server="127.0.0.1",
+                port=srv.port,
+                ssl=False,
+                auth="ntlm",
+                username=USER,
+                password=PASSWORD,
+                read_timeout=4,
+                operation_timeout=3,
+            )
         )
         try:
             [vm] = run(client, cmdlets.get_vm_by_id(VM_ID))
@@ -320,8 +346,16 @@ def test_ntlm_with_message_encryption_over_http(executor: FakeExecutor) -> None:
         finally:
             client.close_sync()
         bad = WinRMClient(
-            WinRMSettings(server="127.0.0.1", port=srv.port, ssl=False, auth="ntlm", username=USER,
-                          password="nope", read_timeout=4, operation_timeout=3)
+            WinRMSettings(
+                server="127.0.0.1",
+                port=srv.port,
+                ssl=False,
+                auth="ntlm",
+                username=USER,
+                password="nope",
+                read_timeout=4,
+                operation_timeout=3,
+            )
         )
         with pytest.raises(PermanentHostError) as info:
             run(bad, cmdlets.test_path("C:\\x"))

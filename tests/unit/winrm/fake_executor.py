@@ -11,7 +11,7 @@ from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.simulator.errors import CmdletError
 
 VM_ID = "6f1903ca-e06a-4a8b-bdfc-b44203149d55"
-CREATED = datetime.datetime(2024, 5, 1, 10, 20, 30, 123456, tzinfo=datetime.timezone.utc)
+CREATED = datetime.datetime(2024, 5, 1, 10, 20, 30, 123456, tzinfo=datetime.UTC)
 
 
 def vm(name: str = "vm1", state: str = "Running") -> HostObject:
@@ -51,15 +51,22 @@ class FakeExecutor:
             "Get-VM": self._get_vm,
             "Test-Path": lambda s: [HostObject(("System.Boolean",), {}, value=True)],
             "Get-Content": lambda s: [HostObject(("System.String",), {}, value='{"state": "Running"}')],
-            "New-Item": lambda s: [HostObject(("System.IO.DirectoryInfo",), {"FullName": s.commands[0].parameter("Path")})],
+            "New-Item": lambda s: [
+                HostObject(("System.IO.DirectoryInfo",), {"FullName": s.commands[0].parameter("Path")})
+            ],
             "Echo": lambda s: [
                 HostObject(("Echo",), {"Parameters": [f"{k}={v!r}" for k, v in s.commands[0].parameters]})
             ],
             "Get-VMHost": lambda s: [
                 HostObject(
                     ("Microsoft.HyperV.PowerShell.VMHost",),
-                    {"ComputerName": "HV01", "VirtualMachinePath": "C:\\VMs", "VirtualHardDiskPath": "C:\\VHDs",
-                     "LogicalProcessorCount": 16, "MemoryCapacity": 64 * 1024**3},
+                    {
+                        "ComputerName": "HV01",
+                        "VirtualMachinePath": "C:\\VMs",
+                        "VirtualHardDiskPath": "C:\\VHDs",
+                        "LogicalProcessorCount": 16,
+                        "MemoryCapacity": 64 * 1024**3,
+                    },
                 )
             ],
         }
@@ -79,8 +86,12 @@ class FakeExecutor:
         for statement in statements:
             first = statement.commands[0]
             if first.is_script:
-                out.append(HostObject(("System.Management.Automation.PSCustomObject",),
-                                      {"ProcessId": 4711, "StatusPath": first.parameter("StatusPath")}))
+                out.append(
+                    HostObject(
+                        ("System.Management.Automation.PSCustomObject",),
+                        {"ProcessId": 4711, "StatusPath": first.parameter("StatusPath")},
+                    )
+                )
                 continue
             name = first.name.rsplit("\\", 1)[-1]
             handler = self.handlers.get(name)
