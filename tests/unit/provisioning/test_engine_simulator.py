@@ -1,0 +1,290 @@
+"""Engine tests against the simulated host (in process): every strategy end to end, a crash after
+every host command (the step's status is dropped and the step re-run from the previous status),
+delete after every command, guest data surviving Quick's re-parent and merge, the base untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from hyperv_operator.api import UID_TAG_PREFIX, HyperVHostSpec, VirtualMachineSpec
+from hyperv_operator.hyperv import cmdlets
+from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef, finalize, reconcile
+
+host_module = pytest.importorskip("hyperv_operator.simulator.host")
+inprocess = pytest.importorskip("hyperv_operator.hyperv.inprocess")
+
+SHARE = "\\\\FS\\VMSHARE"
+BASE = SHARE + "\\BASE.VHDX"
+VM_ROOT = "C:\\VMs"
+BASE_SIZE = 64 * 1024 * 1024
+TIME_SCALE = 2000.0
+HOST = HyperVHostSpec(address="hv1", default_vm_path=VM_ROOT, max_concurrent_copies=2)
+EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+class World:
+    """A simulated host, a client, copy slots and a fake operator clock."""
+
+    def __init__(self) -> None:
+        cls = host_module.SimulatedHost
+        params = inspect.signature(cls).parameters
+        kwargs: dict[str, Any] = {}
+        for name, value in (("time_scale", TIME_SCALE), ("copy_bytes_per_second", 75e6),
+                            ("merge_bytes_per_second", 300e6)):
+            if name in params:
+                kwargs[name] = value
+        self.host = cls(**kwargs)
+        self.host.add_folder(SHARE)
+        self.host.add_folder(VM_ROOT)
+        try:
+            self.host.add_base_disk(BASE, BASE_SIZE, acl_read_only=True)
+        except TypeError:
+            self.host.add_base_disk(BASE, BASE_SIZE)
+        self.client = inprocess.InProcessClient(self.host)
+        self.slots = CopySlots()
+        self.now = EPOCH
+        self.actions = 0
+
+    async def wait(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+        advance = getattr(self.host, "advance", None)
+        if callable(advance):
+            advance(seconds)
+        else:
+            await asyncio.sleep(seconds / TIME_SCALE)
+
+    def tagged(self, uid: str) -> list[Any]:
+        return [o for o in self.host.execute([cmdlets.get_all_vms()])
+                if UID_TAG_PREFIX + uid in str(o.properties.get("Notes") or "")]
+
+    def files(self) -> set[str]:
+        return {str(f).lower() for f in self.host.files()}
+
+
+def ref(name: str) -> VmRef:
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    return VmRef("default", name, f"{digest[:8]}-{digest[8:12]}-4000-8000-{digest[12:24]}", 1)
+
+
+def spec(strategy: str, **extra: Any) -> VirtualMachineSpec:
+    return VirtualMachineSpec.from_dict({"hostRef": {"name": "hv1"}, "baseVhd": BASE, "strategy": strategy,
+                                         "memory": "512Mi", "cpus": 2, **extra})
+
+
+def merged(status: dict[str, Any], outcome: StepOutcome) -> dict[str, Any]:
+    return {k: v for k, v in outcome.status.items() if v is not None}
+
+
+async def provision(world: World, vm: VmRef, s: VirtualMachineSpec, status: dict[str, Any] | None = None, *,
+                    drop_at: int | None = None, stop_after_actions: int | None = None,
+                    max_steps: int = 400) -> dict[str, Any]:
+    """Call reconcile until converged. `drop_at`: the n-th host action's status is lost (crash)."""
+    status = dict(status or {})
+    actions = 0
+    for _ in range(max_steps):
+        calls_before = len(world.host.call_log()) if hasattr(world.host, "call_log") else 0
+        outcome = await reconcile(world.client, vm, s, status, HOST, "hv1", world.slots, world.now)
+        acted = outcome.status.get("phase") != status.get("phase") or (
+            hasattr(world.host, "call_log") and any(
+                not str(c[0]).rsplit("\\", 1)[-1].lower().startswith(("get-", "test-"))
+                for c in world.host.call_log()[calls_before:]))
+        if acted:
+            actions += 1
+        if not (drop_at is not None and acted and actions == drop_at):
+            status = merged(status, outcome)
+        if stop_after_actions is not None and actions >= stop_after_actions:
+            return status
+        if outcome.requeue_after is None:
+            return status
+        await world.wait(max(outcome.requeue_after, 0.05))
+    raise AssertionError(f"did not converge: {status.get('phase')} {status.get('message')}")
+
+
+async def delete(world: World, vm: VmRef, s: VirtualMachineSpec, status: dict[str, Any]) -> dict[str, Any]:
+    for _ in range(200):
+        outcome = await finalize(world.client, vm, s, status, HOST, "hv1", world.slots, world.now)
+        status = merged(status, outcome)
+        if outcome.finished:
+            return status
+        await world.wait(max(outcome.requeue_after or 1.0, 0.05))
+    raise AssertionError(f"delete did not finish: {status.get('message')}")
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def assert_final(world: World, vm: VmRef, status: dict[str, Any], strategy: str, base_print: Any) -> None:
+    assert status["phase"] == "Provisioned", status.get("message")
+    vms = world.tagged(vm.uid)
+    assert len(vms) == 1
+    assert str(vms[0].properties["Id"]) == status["vmId"]
+    assert vms[0].properties["State"] == "Running"
+    drives = [str(o.properties["Path"]) for o in world.host.execute([cmdlets.get_vm_hard_disk_drives(status["vmId"])])]
+    assert [d.lower() for d in drives] == [status["disk"]["path"].lower()]
+    leftovers = [f for f in world.files() if f.endswith((".avhdx", ".partial", ".copy.json"))]
+    assert leftovers == []
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Ready"]["status"] == "True"
+    assert conditions["Independent"]["status"] == ("False" if strategy == "Differencing" else "True")
+    assert world.host.disk_fingerprint(BASE) == base_print
+
+
+@pytest.mark.parametrize("strategy", ["Differencing", "Copy", "Quick"])
+def test_strategy_end_to_end(strategy: str) -> None:
+    world = World()
+    vm = ref(f"e2e-{strategy.lower()}")
+    base_print = world.host.disk_fingerprint(BASE)
+    status = run(provision(world, vm, spec(strategy)))
+    assert_final(world, vm, status, strategy, base_print)
+    if strategy != "Differencing":
+        assert status["copy"]["percent"] == 100
+        assert status["copy"]["bytesCopied"] == status["copy"]["bytesTotal"]
+    files_before = world.files()
+    deleted = run(delete(world, vm, spec(strategy), status))
+    assert deleted["phase"] == "Deleting"
+    assert world.tagged(vm.uid) == []
+    assert world.files() <= files_before
+    assert BASE.lower() in world.files()
+    assert world.host.disk_fingerprint(BASE) == base_print
+
+
+def _count_actions(strategy: str) -> int:
+    world = World()
+    counted: list[int] = []
+
+    async def go() -> None:
+        vm = ref(f"count-{strategy}")
+        status: dict[str, Any] = {}
+        n = 0
+        while True:
+            status = await provision(world, vm, spec(strategy), status, stop_after_actions=1)
+            n += 1
+            if status.get("phase") == "Provisioned" and status.get("observedGeneration"):
+                conds = {c["type"]: c["status"] for c in status.get("conditions", [])}
+                if conds.get("Reconciling") == "False":
+                    break
+            if n > 60:
+                break
+        counted.append(n)
+
+    run(go())
+    return counted[0]
+
+
+@pytest.mark.parametrize("strategy", ["Differencing", "Copy", "Quick"])
+def test_crash_after_every_step_converges_to_one_vm(strategy: str) -> None:
+    total = _count_actions(strategy)
+    for k in range(1, total + 1):
+        world = World()
+        vm = ref(f"crash-{strategy.lower()}-{k}")
+        base_print = world.host.disk_fingerprint(BASE)
+        status = run(provision(world, vm, spec(strategy), drop_at=k))
+        assert_final(world, vm, status, strategy, base_print)
+
+
+@pytest.mark.parametrize("strategy", ["Differencing", "Copy", "Quick"])
+def test_delete_after_every_step_leaves_the_host_clean(strategy: str) -> None:
+    total = _count_actions(strategy)
+    for k in range(1, total + 1):
+        world = World()
+        vm = ref(f"del-{strategy.lower()}-{k}")
+        files_before = world.files()
+        base_print = world.host.disk_fingerprint(BASE)
+        status = run(provision(world, vm, spec(strategy), stop_after_actions=k))
+        run(delete(world, vm, spec(strategy), status))
+        assert world.tagged(vm.uid) == [], f"after {k} steps"
+        assert world.files() == files_before, f"after {k} steps: {sorted(world.files() ^ files_before)}"
+        assert world.host.disk_fingerprint(BASE) == base_print
+
+
+def test_quick_guest_data_survives_reparent_and_merge() -> None:
+    world = World()
+    vm = ref("quick-guest")
+    s = spec("Quick")
+
+    async def go() -> dict[str, Any]:
+        status: dict[str, Any] = {}
+        while status.get("phase") not in ("CopyingBase", "Provisioned"):
+            status = await provision(world, vm, s, status, stop_after_actions=1)
+        world.host.guest_write(status["vmId"], 7, b"written while the base was being copied")
+        return await provision(world, vm, s, status)
+
+    base_print = world.host.disk_fingerprint(BASE)
+    final = run(go())
+    assert_final(world, vm, final, "Quick", base_print)
+    assert world.host.guest_view(final["vmId"])[7] == b"written while the base was being copied"
+    assert final["timings"]["secondsToRunning"] <= final["timings"]["secondsToIndependent"]
+
+
+def test_copy_slots_queue_and_drain() -> None:
+    world = World()
+    host = HyperVHostSpec(address="hv1", default_vm_path=VM_ROOT, max_concurrent_copies=1)
+    vms = [ref(f"queue-{i}") for i in range(3)]
+    s = spec("Copy")
+
+    async def go() -> list[dict[str, Any]]:
+        statuses: list[dict[str, Any]] = [{} for _ in vms]
+        seen_queued = False
+        for _ in range(400):
+            done = True
+            for i, vm in enumerate(vms):
+                outcome = await reconcile(world.client, vm, s, statuses[i], host, "hv1", world.slots, world.now)
+                statuses[i] = merged(statuses[i], outcome)
+                if (statuses[i].get("copy") or {}).get("queued"):
+                    seen_queued = True
+                    assert "queued: 1 copies already running on host hv1 (maxConcurrentCopies=1)" in (
+                        statuses[i]["message"])
+                assert len(world.slots.holders("hv1")) <= 1
+                done = done and outcome.requeue_after is None
+            if done:
+                break
+            await world.wait(0.5)
+        assert seen_queued
+        return statuses
+
+    statuses = run(go())
+    assert [st["phase"] for st in statuses] == ["Provisioned"] * 3
+
+
+def test_missing_base_creates_nothing() -> None:
+    world = World()
+    files_before = world.files()
+    vm = ref("nobase")
+    s = VirtualMachineSpec.from_dict({"hostRef": {"name": "hv1"}, "baseVhd": SHARE + "\\MISSING.VHDX",
+                                      "strategy": "Quick"})
+    status = run(provision(world, vm, s))
+    assert status["phase"] == "Failed"
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "BaseDiskNotFound" and "MISSING.VHDX" in stalled["message"]
+    assert world.files() == files_before and world.tagged(vm.uid) == []
+
+
+def test_power_off_on_and_out_of_band_drift() -> None:
+    world = World()
+    vm = ref("power")
+    status = run(provision(world, vm, spec("Differencing")))
+    off = run(provision(world, VmRef(vm.namespace, vm.name, vm.uid, 2), spec("Differencing", powerState="Off"),
+                        status))
+    assert off["powerState"] == "Off"
+    ready = next(c for c in off["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "PoweredOff")
+    on = run(provision(world, VmRef(vm.namespace, vm.name, vm.uid, 3), spec("Differencing"), off))
+    assert on["powerState"] == "Running"
+    # stopped out of band -> started again with a Warning event
+    world.host.execute([cmdlets.stop_vm(on["vmId"], turn_off=True)])
+    v3 = VmRef(vm.namespace, vm.name, vm.uid, 3)
+    outcome = run(reconcile(world.client, v3, spec("Differencing"), on, HOST, "hv1", world.slots, world.now))
+    assert any(e.reason == "VMStoppedOutOfBand" for e in outcome.events)
+    # deleted out of band -> Failed, never re-created
+    world.host.execute([cmdlets.stop_vm(on["vmId"], turn_off=True), cmdlets.remove_vm(on["vmId"])])
+    gone = run(provision(world, v3, spec("Differencing"), merged(on, outcome)))
+    assert gone["phase"] == "Failed"
+    assert next(c for c in gone["conditions"] if c["type"] == "Stalled")["reason"] == "VMDeletedOutOfBand"
+    assert world.tagged(vm.uid) == []
