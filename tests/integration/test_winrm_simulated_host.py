@@ -1,0 +1,69 @@
+"""WinRMClient -> WSManServer (HTTPS, Basic, CA bundle) -> the real SimulatedHost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from hyperv_operator.hyperv import cmdlets
+from hyperv_operator.hyperv.errors import PermanentHostError
+from hyperv_operator.hyperv.winrm import WinRMClient, WinRMSettings
+from hyperv_operator.simulator.tls import generate_tls
+from hyperv_operator.simulator.wsman import WSManServer
+
+pytestmark = pytest.mark.integration
+
+host_module = pytest.importorskip("hyperv_operator.simulator.host")
+
+BASE = "\\\\FS\\VMSHARE\\BASE.VHDX"
+FOLDER = "\\\\FS\\VMSHARE\\VMs"
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WinRMClient]:
+    host = host_module.SimulatedHost()
+    host.add_folder("\\\\FS\\VMSHARE")
+    host.add_base_disk(BASE, 1024**3, acl_read_only=True)
+    tls = generate_tls(tmp_path_factory.mktemp("tls-sim"))
+    server = WSManServer(host, username="hvadmin", password="pw").start(tls=tls.server_pair)
+    c = WinRMClient(
+        WinRMSettings(
+            server="127.0.0.1",
+            port=server.port,
+            auth="basic",
+            username="hvadmin",
+            password="pw",
+            ca_bundle=str(tls.ca_cert),
+            read_timeout=10,
+            operation_timeout=8,
+        )
+    )
+    yield c
+    c.close_sync()
+    server.stop()
+
+
+def test_new_item_new_vhd_get_vhd_through_simulated_host(client: WinRMClient) -> None:
+    child = FOLDER + "\\vm1\\disk.vhdx"
+    out = asyncio.run(
+        client.run(
+            [
+                cmdlets.new_directory(FOLDER + "\\vm1"),
+                cmdlets.new_differencing_vhd(child, BASE),
+                cmdlets.get_vhd(child),
+            ]
+        )
+    )
+    vhds = [o for o in out if o.is_a("VirtualHardDisk")]
+    assert vhds, out
+    assert str(vhds[-1]["Path"]).lower() == child.lower()
+    assert str(vhds[-1]["ParentPath"]).lower() == BASE.lower()
+
+
+def test_missing_vhd_is_a_permanent_error_with_the_host_message(client: WinRMClient) -> None:
+    with pytest.raises(PermanentHostError) as info:
+        asyncio.run(client.run([cmdlets.get_vhd(FOLDER + "\\nope.vhdx")]))
+    assert info.value.category == "ObjectNotFound"
+    assert info.value.message
