@@ -1,0 +1,785 @@
+"""The simulated cmdlets: PowerShell-like parameter binding over `simulator/model.py`.
+
+Binding follows PowerShell for structured commands (what pypsrp sends): parameter names are
+case-insensitive; values arrive as str, int (a .NET Int32 on the wire), bool, Int64, UInt64, SWITCH
+or None (a switch without value), tuple/list of str. Int32 widens to Int64/UInt64; an Int64/UInt64
+narrows to Int32/Int16 only when in range; negative values never bind to UInt64; a bare int outside
+the Int32 range is rejected (pypsrp would send it as `<I32>`, which Windows cannot parse).
+
+Stricter than PowerShell (documented choices):
+- No parameter-name abbreviation (`-Pass` for `-Passthru`): exact names or declared aliases only.
+- An array never binds to a scalar [string] parameter (PowerShell would join it with spaces).
+- A bool never binds to an integer parameter.
+- `-Path` values containing wildcard characters (`*?[]`) are refused (NotImplemented): the operator
+  uses `-LiteralPath`; the simulated host does not expand wildcards.
+- An empty string never binds to a mandatory [string] parameter, nor to path parameters.
+- `Get-VMSnapshot -Name` accepts `*`/`?` wildcards (like Hyper-V); no match gives no output.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hyperv_operator.hyperv.commands import HostObject as HostObject
+from hyperv_operator.hyperv.commands import Int64, Switch, UInt64
+from hyperv_operator.simulator.errors import CmdletError
+from hyperv_operator.simulator.model import (
+    CHECKPOINT_TYPES,
+    VM,
+    Drive,
+    FileNode,
+    Folder,
+    HostModel,
+    ModelError,
+    Snapshot,
+    canonical_path,
+    leaf_name,
+    xs_duration,
+)
+
+BINDING_EXCEPTION = "System.Management.Automation.ParameterBindingException"
+
+_RANGES: dict[str, tuple[int, int, str]] = {
+    "int16": (-(2**15), 2**15 - 1, "System.Int16"),
+    "int32": (-(2**31), 2**31 - 1, "System.Int32"),
+    "int64": (-(2**63), 2**63 - 1, "System.Int64"),
+    "uint64": (0, 2**64 - 1, "System.UInt64"),
+}
+_NET_TYPES = {"string": "System.String", "string[]": "System.String[]", "guid": "System.Guid",
+              "switch": "System.Management.Automation.SwitchParameter", "int32[]": "System.Int32[]",
+              "vm": "Microsoft.HyperV.PowerShell.VirtualMachine[]",
+              "snapshot": "Microsoft.HyperV.PowerShell.VMSnapshot[]"}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # string, string[], guid, int16, int32, int64, uint64, int32[], switch, enum, vm, snapshot
+    mandatory: bool = False
+    enum_type: str = ""
+    choices: tuple[str, ...] = ()
+    pipeline_type: str | None = None  # ValueFromPipeline: accepted HostObject type name
+    by_property: bool = False  # ValueFromPipelineByPropertyName
+    allow_empty: bool = False
+    path: bool = False
+    wildcards: bool = False  # a -Path parameter (wildcards would be expanded)
+    aliases: tuple[str, ...] = ()
+
+    def net_type(self) -> str:
+        if self.kind in _RANGES:
+            return _RANGES[self.kind][2]
+        if self.kind == "enum":
+            return self.enum_type
+        return _NET_TYPES.get(self.kind, "System.Object")
+
+
+Bound = dict[str, Any]
+Impl = Callable[["Context", Bound], list[HostObject]]
+
+
+@dataclass(frozen=True)
+class Cmdlet:
+    name: str
+    module: str
+    type_name: str
+    params: tuple[Param, ...]
+    impl: Impl
+    exclusive: tuple[tuple[str, ...], ...] = ()
+    one_of: tuple[str, ...] = ()  # at least one must be bound (parameter sets with different mandatory)
+
+    def param(self, name: str) -> Param | None:
+        lowered = name.lower()
+        for p in self.params:
+            if p.name.lower() == lowered or lowered in (a.lower() for a in p.aliases):
+                return p
+        return None
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.module}\\{self.name}"
+
+
+@dataclass
+class Context:
+    model: HostModel
+    cmdlet: Cmdlet
+    fault_disk_full: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def error(self, err: ModelError) -> CmdletError:
+        fq = err.fq_error_id if err.fq_error_id is not None else f"{err.reason},{self.cmdlet.type_name}"
+        return CmdletError(err.message, category=err.category, fq_error_id=fq, target=err.target,
+                           exception_type=err.exception_type)
+
+
+def binding_error(cmdlet: Cmdlet, message: str, reason: str, *, category: str = "InvalidArgument",
+                  target: str = "") -> CmdletError:
+    return CmdletError(message, category=category, fq_error_id=f"{reason},{cmdlet.type_name}", target=target,
+                       exception_type=BINDING_EXCEPTION)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, (Int64, UInt64)):
+        return str(value.value)
+    if isinstance(value, (tuple, list)):
+        return "System.Object[]"
+    return str(value)
+
+
+def _convert_error(cmdlet: Cmdlet, p: Param, value: object, detail: str) -> CmdletError:
+    return binding_error(
+        cmdlet,
+        f"Cannot bind parameter '{p.name}'. Cannot convert value \"{_show(value)}\" to type \"{p.net_type()}\". "
+        f"Error: \"{detail}\"",
+        "CannotConvertArgumentNoMessage",
+        target=_show(value),
+    )
+
+
+def _to_int(cmdlet: Cmdlet, p: Param, value: object, kind: str) -> int:
+    lo, hi, net = _RANGES[kind]
+    if isinstance(value, (bool, Switch)) or value is None:
+        raise _convert_error(cmdlet, p, value, f"Invalid cast to {net}.")
+    if isinstance(value, Int64):
+        number = value.value
+        if not _RANGES["int64"][0] <= number <= _RANGES["int64"][1]:
+            raise _convert_error(cmdlet, p, value, "Value was either too large or too small for an Int64.")
+    elif isinstance(value, UInt64):
+        number = value.value
+        if not 0 <= number <= _RANGES["uint64"][1]:
+            raise _convert_error(cmdlet, p, value, "Value was either too large or too small for a UInt64.")
+    elif isinstance(value, int):
+        number = value
+        if not _RANGES["int32"][0] <= number <= _RANGES["int32"][1]:
+            raise _convert_error(cmdlet, p, value, "Value was either too large or too small for an Int32 (a bare "
+                                 "int travels as <I32>; wrap it in Int64/UInt64).")
+    elif isinstance(value, str):
+        try:
+            number = int(value.strip(), 10)
+        except ValueError:
+            raise _convert_error(cmdlet, p, value, "Input string was not in a correct format.") from None
+    else:
+        raise _convert_error(cmdlet, p, value, f"Invalid cast to {net}.")
+    if not lo <= number <= hi:
+        short = net.split(".")[-1]
+        article = "a" if short.startswith("U") else "an"
+        raise _convert_error(cmdlet, p, value, f"Value was either too large or too small for {article} {short}.")
+    return number
+
+
+def convert(cmdlet: Cmdlet, p: Param, value: object) -> Any:
+    """Bind one named value to a parameter, PowerShell style."""
+    if p.kind == "switch":
+        if value is None or isinstance(value, Switch):
+            return True
+        if isinstance(value, bool):
+            return value
+        raise _convert_error(cmdlet, p, value, "Invalid cast to System.Management.Automation.SwitchParameter.")
+    if value is None or isinstance(value, Switch):
+        raise binding_error(cmdlet, f"Missing an argument for parameter '{p.name}'. Specify a parameter of type "
+                            f"'{p.net_type()}' and try again.", "MissingArgument", target=p.name)
+    if p.kind in _RANGES:
+        return _to_int(cmdlet, p, value, p.kind)
+    if p.kind == "int32[]":
+        items = list(value) if isinstance(value, (tuple, list)) else [value]
+        return [_to_int(cmdlet, p, item, "int32") for item in items]
+    if p.kind in ("string", "guid", "enum"):
+        if isinstance(value, (tuple, list)):
+            raise binding_error(cmdlet, f"Cannot convert 'System.Object[]' to the type '{p.net_type()}' required by "
+                                f"parameter '{p.name}'. Specified method is not supported.", "CannotConvertArgument",
+                                target=p.name)
+        text = value if isinstance(value, str) else _show(value) if not isinstance(value, bool) else str(value)
+        if p.kind == "string":
+            _check_empty(cmdlet, p, text)
+            _check_wildcards(cmdlet, p, text)
+            return text
+        if p.kind == "guid":
+            try:
+                return str(uuid.UUID(text))
+            except ValueError:
+                raise _convert_error(cmdlet, p, value, "Guid should contain 32 digits with 4 dashes "
+                                     "(xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx).") from None
+        for choice in p.choices:
+            if choice.lower() == text.lower():
+                return choice
+        raise _convert_error(cmdlet, p, value, f"Unable to match the identifier name {text} to a valid enumerator "
+                             f"name. Specify one of the following enumerator names and try again: "
+                             f"{', '.join(p.choices)}")
+    if p.kind == "string[]":
+        items = list(value) if isinstance(value, (tuple, list)) else [value]
+        texts = []
+        for item in items:
+            if isinstance(item, (tuple, list)):
+                raise _convert_error(cmdlet, p, value, "Nested arrays are not supported.")
+            text = item if isinstance(item, str) else _show(item)
+            _check_empty(cmdlet, p, text)
+            _check_wildcards(cmdlet, p, text)
+            texts.append(text)
+        return texts
+    # vm / snapshot objects only come from the pipeline
+    raise binding_error(cmdlet, f"Cannot bind parameter '{p.name}'. Cannot convert the \"{_show(value)}\" value of "
+                        f"type \"System.String\" to type \"{p.net_type()}\".", "CannotConvertArgumentNoMessage",
+                        target=p.name)
+
+
+def _check_empty(cmdlet: Cmdlet, p: Param, text: str) -> None:
+    if text == "" and not p.allow_empty:
+        raise binding_error(cmdlet, f"Cannot bind argument to parameter '{p.name}' because it is an empty string.",
+                            "ParameterArgumentValidationErrorEmptyStringNotAllowed", category="InvalidData",
+                            target=p.name)
+
+
+def _check_wildcards(cmdlet: Cmdlet, p: Param, text: str) -> None:
+    if p.wildcards and any(ch in text for ch in "*?[]"):
+        raise binding_error(cmdlet, f"The simulated host does not expand wildcards in -{p.name} '{text}'; use "
+                            "-LiteralPath.", "WildcardNotSupported", category="NotImplemented", target=text)
+
+
+def bind_named(cmdlet: Cmdlet, parameters: Sequence[tuple[str, object]]) -> Bound:
+    bound: Bound = {}
+    for name, value in parameters:
+        p = cmdlet.param(name)
+        if p is None:
+            raise binding_error(cmdlet, f"A parameter cannot be found that matches parameter name '{name}'.",
+                                "NamedParameterNotFound", target=name)
+        if p.name in bound:
+            raise binding_error(cmdlet, f"Cannot bind parameter because parameter '{p.name}' is specified more than "
+                                "once. To provide multiple values to parameters that can accept multiple values, use "
+                                "the array syntax.", "ParameterAlreadyBound", target=p.name)
+        bound[p.name] = convert(cmdlet, p, value)
+    return bound
+
+
+def bind_pipeline(cmdlet: Cmdlet, named: Bound, item: HostObject) -> Bound:
+    bound = dict(named)
+    for p in cmdlet.params:
+        if p.pipeline_type and p.name not in bound and item.is_a(p.pipeline_type):
+            bound[p.name] = item
+            return bound
+    done = False
+    for p in cmdlet.params:
+        if p.by_property and p.name not in bound:
+            for key, value in item.properties.items():
+                if key.lower() == p.name.lower() and value is not None:
+                    bound[p.name] = convert(cmdlet, p, value)
+                    done = True
+    if not done:
+        raise binding_error(cmdlet, "The input object cannot be bound to any parameters for the command either "
+                            "because the command does not take pipeline input or the input and its properties do not "
+                            "match any of the parameters that take pipeline input.", "InputObjectNotBound")
+    return bound
+
+
+def check_complete(cmdlet: Cmdlet, bound: Bound) -> None:
+    for group in cmdlet.exclusive:
+        if sum(1 for name in group if name in bound) > 1:
+            raise binding_error(cmdlet, "Parameter set cannot be resolved using the specified named parameters.",
+                                "AmbiguousParameterSet")
+    missing = [p.name for p in cmdlet.params if p.mandatory and p.name not in bound]
+    if cmdlet.one_of and not any(name in bound for name in cmdlet.one_of):
+        missing.append(cmdlet.one_of[-1])
+    if missing:
+        raise binding_error(cmdlet, "Cannot process command because of one or more missing mandatory parameters: "
+                            f"{' '.join(missing)}.", "MissingMandatoryParameter")
+
+
+# --- output objects ----------------------------------------------------------------------------
+
+VM_TYPES = ("Microsoft.HyperV.PowerShell.VirtualMachine", "Microsoft.HyperV.PowerShell.VirtualMachineBase",
+            "Microsoft.HyperV.PowerShell.VirtualizationObject", "System.Object")
+HDD_TYPES = ("Microsoft.HyperV.PowerShell.HardDiskDrive", "Microsoft.HyperV.PowerShell.Drive",
+             "Microsoft.HyperV.PowerShell.VirtualizationObject", "System.Object")
+SNAPSHOT_TYPES = ("Microsoft.HyperV.PowerShell.VMSnapshot", "Microsoft.HyperV.PowerShell.VirtualMachineBase",
+                  "Microsoft.HyperV.PowerShell.VirtualizationObject", "System.Object")
+VHD_TYPES = ("Microsoft.Vhd.PowerShell.VirtualHardDisk", "System.Object")
+FILE_TYPES = ("System.IO.FileInfo", "System.IO.FileSystemInfo", "System.MarshalByRefObject", "System.Object")
+DIR_TYPES = ("System.IO.DirectoryInfo", "System.IO.FileSystemInfo", "System.MarshalByRefObject", "System.Object")
+PSCUSTOM_TYPES = ("System.Management.Automation.PSCustomObject", "System.Object")
+
+
+def primitive(value: Any) -> HostObject:
+    if isinstance(value, bool):
+        return HostObject(("System.Boolean", "System.ValueType", "System.Object"), {}, value)
+    if isinstance(value, str):
+        return HostObject(("System.String", "System.Object"), {}, value)
+    raise TypeError(value)
+
+
+def drive_object(model: HostModel, vm: VM, drive: Drive) -> HostObject:
+    return HostObject(HDD_TYPES, {
+        "Path": drive.path, "VMId": vm.id, "VMName": vm.name, "ControllerType": drive.controller_type,
+        "ControllerNumber": drive.controller_number, "ControllerLocation": drive.controller_location,
+        "Name": f"Hard Drive on {drive.controller_type} controller number {drive.controller_number} at location "
+                f"{drive.controller_location}",
+        "Id": f"Microsoft:{vm.id.upper()}\\{drive.id.upper()}", "DiskNumber": None, "ComputerName": model.host_name,
+        "VMSnapshotId": "00000000-0000-0000-0000-000000000000", "VMSnapshotName": "",
+    })
+
+
+def vm_object(model: HostModel, vm: VM) -> HostObject:
+    current = next((s for s in vm.snapshots if s.id == vm.current_snapshot_id), None)
+    return HostObject(VM_TYPES, {
+        "Name": vm.name, "VMName": vm.name, "Id": vm.id, "VMId": vm.id, "State": vm.state,
+        "Status": model.vm_status(vm), "Uptime": xs_duration(model.uptime(vm)), "Path": vm.path,
+        "ConfigurationLocation": vm.path, "SnapshotFileLocation": vm.path, "CheckpointFileLocation": vm.path,
+        "Notes": vm.notes, "CheckpointType": vm.checkpoint_type, "Generation": vm.generation,
+        "MemoryStartup": vm.memory_startup, "ProcessorCount": vm.processor_count, "ComputerName": model.host_name,
+        "HardDrives": [drive_object(model, vm, d) for d in vm.drives],
+        "ParentCheckpointId": current.id if current else None,
+        "ParentCheckpointName": current.name if current else None,
+        "ParentSnapshotId": current.id if current else None, "ParentSnapshotName": current.name if current else None,
+        "CreationTime": model.date(vm.created), "Version": "11.0", "IsClustered": False,
+        "DynamicMemoryEnabled": False, "SwitchName": vm.switch_name,
+    })
+
+
+def snapshot_object(model: HostModel, vm: VM, snap: Snapshot) -> HostObject:
+    parent = next((s for s in vm.snapshots if s.id == snap.parent_snapshot_id), None)
+    drives = [Drive(vm.drives[i].id, captured, vm.drives[i].controller_type, vm.drives[i].controller_number,
+                    vm.drives[i].controller_location) for i, captured, _ in snap.disks if i < len(vm.drives)]
+    return HostObject(SNAPSHOT_TYPES, {
+        "Id": snap.id, "Name": snap.name, "VMId": vm.id, "VMName": vm.name, "CheckpointType": snap.checkpoint_type,
+        "SnapshotType": "Standard", "ParentCheckpointId": snap.parent_snapshot_id,
+        "ParentCheckpointName": parent.name if parent else None, "ParentSnapshotId": snap.parent_snapshot_id,
+        "ParentSnapshotName": parent.name if parent else None, "Path": vm.path,
+        "CreationTime": model.date(snap.created), "IsDeleted": False, "ComputerName": model.host_name,
+        "HardDrives": [drive_object(model, vm, d) for d in drives],
+    })
+
+
+def vhd_object(model: HostModel, node: FileNode) -> HostObject:
+    assert node.vhd is not None
+    return HostObject(VHD_TYPES, {
+        "ComputerName": model.host_name, "Path": node.path, "VhdFormat": "VHDX", "VhdType": node.vhd.vhd_type,
+        "FileSize": node.size, "Size": node.vhd.size, "MinimumSize": node.vhd.size, "LogicalSectorSize": 512,
+        "PhysicalSectorSize": 4096, "BlockSize": node.vhd.block_size, "ParentPath": node.vhd.parent_path,
+        "DiskIdentifier": node.vhd.disk_identifier, "FragmentationPercentage": 0, "Alignment": 1,
+        "Attached": node.key in model.attached_keys(), "DiskNumber": None, "IsPMEMCompatible": False,
+        "AddressAbstractionType": "None", "Number": None,
+    })
+
+
+def _times(model: HostModel, created: float, modified: float) -> dict[str, datetime]:
+    return {"CreationTimeUtc": model.date(created), "LastWriteTimeUtc": model.date(modified),
+            "CreationTime": model.date(created), "LastWriteTime": model.date(modified)}
+
+
+def file_object(model: HostModel, node: FileNode) -> HostObject:
+    name = leaf_name(node.path)
+    dot = name.rfind(".")
+    parent = node.path[: len(node.path) - len(name)].rstrip("\\") or node.path
+    return HostObject(FILE_TYPES, {
+        "FullName": node.path, "Name": name, "BaseName": name[:dot] if dot > 0 else name,
+        "Extension": name[dot:] if dot > 0 else "", "DirectoryName": parent, "Length": node.size,
+        "IsReadOnly": node.read_only, "Attributes": "ReadOnly, Archive" if node.read_only else "Archive",
+        "Mode": "-ar---" if node.read_only else "-a----", "PSIsContainer": False, "Exists": True,
+        "PSPath": f"Microsoft.PowerShell.Core\\FileSystem::{node.path}", **_times(model, node.created, node.modified),
+    })
+
+
+def folder_object(model: HostModel, path: str, created: float) -> HostObject:
+    return HostObject(DIR_TYPES, {
+        "FullName": path, "Name": leaf_name(path), "Attributes": "Directory", "Mode": "d-----",
+        "PSIsContainer": True, "Exists": True, "PSPath": f"Microsoft.PowerShell.Core\\FileSystem::{path}",
+        **_times(model, created, created),
+    })
+
+
+def item_object(model: HostModel, path: str) -> HostObject:
+    canon = canonical_path(path)
+    node = model.files.get(canon.lower())
+    if node is not None:
+        return file_object(model, node)
+    folder = model.folders.get(canon.lower())
+    if folder is not None:
+        return folder_object(model, folder.path, folder.created)
+    if canon.lower() in model.roots:
+        return folder_object(model, model.roots[canon.lower()], 0.0)
+    raise ModelError(f"Cannot find path '{path}' because it does not exist.", category="ObjectNotFound",
+                     reason="PathNotFound", target=path,
+                     exception_type="System.Management.Automation.ItemNotFoundException")
+
+
+# --- implementations ---------------------------------------------------------------------------
+
+
+def _vms_from(ctx: Context, b: Bound, name_param: str = "Name") -> list[VM]:
+    model = ctx.model
+    if "VM" in b:
+        obj: HostObject = b["VM"]
+        return [model.vm(str(obj["Id"]))]
+    out: list[VM] = []
+    for name in b.get(name_param, []):
+        found = [vm for vm in model.vms.values() if fnmatch.fnmatchcase(vm.name.lower(), name.lower())]
+        if not found:
+            raise ModelError(f"Hyper-V was unable to find a virtual machine with name '{name}'.",
+                             category="InvalidArgument", reason="InvalidParameter", target=name)
+        out.extend(found)
+    return out
+
+
+def get_vm(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    if "Id" in b:
+        return [vm_object(model, model.vm(b["Id"]))]
+    if "Name" in b:
+        out: list[HostObject] = []
+        for name in b["Name"]:
+            found = [vm for vm in model.vms.values() if fnmatch.fnmatchcase(vm.name.lower(), name.lower())]
+            if not found and not any(ch in name for ch in "*?"):
+                raise ModelError(f"Hyper-V was unable to find a virtual machine with name '{name}'.",
+                                 category="InvalidArgument", reason="InvalidParameter", target=name)
+            out.extend(vm_object(model, vm) for vm in found)
+        return out
+    return [vm_object(model, vm) for vm in model.vms.values()]
+
+
+def get_vm_hard_disk_drive(ctx: Context, b: Bound) -> list[HostObject]:
+    return [drive_object(ctx.model, vm, d) for vm in _vms_from(ctx, b, "VMName") for d in vm.drives]
+
+
+def get_vm_snapshot(ctx: Context, b: Bound) -> list[HostObject]:
+    out: list[HostObject] = []
+    pattern = b.get("Name")
+    for vm in _vms_from(ctx, b, "VMName"):
+        for snap in vm.snapshots:
+            if pattern is None or fnmatch.fnmatchcase(snap.name.lower(), pattern.lower()):
+                out.append(snapshot_object(ctx.model, vm, snap))
+    return out
+
+
+def get_vhd(ctx: Context, b: Bound) -> list[HostObject]:
+    return [vhd_object(ctx.model, ctx.model.vhd_node(p)) for p in b["Path"]]
+
+
+def new_vhd(ctx: Context, b: Bound) -> list[HostObject]:
+    out: list[HostObject] = []
+    for path in b["Path"]:
+        if "ParentPath" in b:
+            node = ctx.model.new_vhd_differencing(path, b["ParentPath"])
+        elif "SizeBytes" in b:
+            node = ctx.model.new_vhd_dynamic(path, b["SizeBytes"])
+        else:
+            raise ModelError("Cannot process command because of one or more missing mandatory parameters: "
+                             "ParentPath SizeBytes.", category="InvalidArgument", reason="MissingMandatoryParameter",
+                             exception_type=BINDING_EXCEPTION)
+        out.append(vhd_object(ctx.model, node))
+    return out
+
+
+def set_vhd(ctx: Context, b: Bound) -> list[HostObject]:
+    node = ctx.model.set_vhd_parent(b["Path"], b["ParentPath"], b.get("LeafPath"))
+    return [vhd_object(ctx.model, node)] if b.get("Passthru") else []
+
+
+def new_vm(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    path = b.get("Path", "C:\\ProgramData\\Microsoft\\Windows\\Hyper-V")
+    vm = model.new_vm(b.get("Name", "New Virtual Machine"), path, b.get("VHDPath"),
+                      b.get("MemoryStartupBytes", 512 * 1024 * 1024), b.get("Generation", 1), b.get("SwitchName"))
+    return [vm_object(model, vm)]
+
+
+def set_vm(ctx: Context, b: Bound) -> list[HostObject]:
+    out: list[HostObject] = []
+    for vm in _vms_from(ctx, b):
+        ctx.model.set_vm(vm, notes=b.get("Notes"), processor_count=b.get("ProcessorCount"),
+                         checkpoint_type=b.get("CheckpointType"))
+        if b.get("Passthru"):
+            out.append(vm_object(ctx.model, vm))
+    return out
+
+
+def checkpoint_vm(ctx: Context, b: Bound) -> list[HostObject]:
+    out: list[HostObject] = []
+    for vm in _vms_from(ctx, b):
+        snap = ctx.model.checkpoint_vm(vm, b.get("SnapshotName"))
+        if b.get("Passthru"):
+            out.append(snapshot_object(ctx.model, vm, snap))
+    return out
+
+
+def start_vm(ctx: Context, b: Bound) -> list[HostObject]:
+    out: list[HostObject] = []
+    for vm in _vms_from(ctx, b):
+        ctx.model.start_vm(vm)
+        if b.get("Passthru"):
+            out.append(vm_object(ctx.model, vm))
+    return out
+
+
+def stop_vm(ctx: Context, b: Bound) -> list[HostObject]:
+    out: list[HostObject] = []
+    for vm in _vms_from(ctx, b):
+        ctx.model.stop_vm(vm, turn_off=bool(b.get("TurnOff")))
+        if b.get("Passthru"):
+            out.append(vm_object(ctx.model, vm))
+    return out
+
+
+def remove_vm(ctx: Context, b: Bound) -> list[HostObject]:
+    for vm in _vms_from(ctx, b):
+        ctx.model.remove_vm(vm)
+    return []
+
+
+def remove_vm_snapshot(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    targets: list[tuple[VM, Snapshot]] = []
+    if "VMSnapshot" in b:
+        obj: HostObject = b["VMSnapshot"]
+        vm = model.vm(str(obj["VMId"]))
+        snap = next((s for s in vm.snapshots if s.id == obj["Id"]), None)
+        if snap is None:
+            raise ModelError(f"Hyper-V was unable to find a checkpoint with ID '{obj['Id']}'.",
+                             category="ObjectNotFound", reason="ObjectNotFound", target=str(obj["Id"]))
+        targets.append((vm, snap))
+    else:
+        if "Name" not in b:
+            raise ModelError("Cannot process command because of one or more missing mandatory parameters: Name.",
+                             category="InvalidArgument", reason="MissingMandatoryParameter",
+                             exception_type=BINDING_EXCEPTION)
+        for vm in _vms_from(ctx, b, "VMName"):
+            for name in b["Name"]:
+                targets.extend((vm, s) for s in vm.snapshots if fnmatch.fnmatchcase(s.name.lower(), name.lower()))
+    out: list[HostObject] = []
+    for vm, snap in targets:
+        model.remove_snapshot(vm, snap)
+        if b.get("Passthru"):
+            out.append(snapshot_object(model, vm, snap))
+    return out
+
+
+def _paths(b: Bound) -> list[str]:
+    return list(b.get("LiteralPath") or b.get("Path") or [])
+
+
+def test_path(ctx: Context, b: Bound) -> list[HostObject]:
+    return [primitive(ctx.model.exists(canonical_path(p))) for p in _paths(b)]
+
+
+def get_item(ctx: Context, b: Bound) -> list[HostObject]:
+    return [item_object(ctx.model, p) for p in _paths(b)]
+
+
+def get_child_item(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    out: list[HostObject] = []
+    for path in _paths(b):
+        canon = canonical_path(path)
+        node = model.files.get(canon.lower())
+        if node is not None:
+            out.append(file_object(model, node))
+            continue
+        if not model.is_dir(canon):
+            raise ModelError(f"Cannot find path '{path}' because it does not exist.", category="ObjectNotFound",
+                             reason="PathNotFound", target=path,
+                             exception_type="System.Management.Automation.ItemNotFoundException")
+        folders, files = model.children(canon)
+        out.extend(folder_object(model, f.path, f.created) for f in folders)
+        out.extend(file_object(model, n) for n in files)
+    return out
+
+
+def get_content(ctx: Context, b: Bound) -> list[HostObject]:
+    out: list[HostObject] = []
+    for path in _paths(b):
+        text = ctx.model.read_text(path)
+        if b.get("Raw"):
+            out.append(primitive(text))
+        else:
+            out.extend(primitive(line) for line in text.splitlines())
+    return out
+
+
+def new_item(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    item_type = (b.get("ItemType") or "File").lower()
+    out: list[HostObject] = []
+    for path in b["Path"]:
+        canon = canonical_path(path)
+        if item_type == "directory":
+            if model.is_dir(canon) and not b.get("Force"):
+                raise ModelError(f"An item with the specified name {canon} already exists.",
+                                 category="ResourceExists", reason="DirectoryExist", target=canon,
+                                 exception_type="System.IO.IOException")
+            made = model.ensure_folder(canon)
+            if isinstance(made, Folder):
+                out.append(folder_object(model, made.path, made.created))
+            else:
+                out.append(folder_object(model, made, 0.0))
+        elif item_type == "file":
+            existing = model.files.get(canon.lower())
+            if model.is_dir(canon) or (existing is not None and not b.get("Force")):
+                raise ModelError(f"The file '{canon}' already exists.", category="WriteError",
+                                 reason="NewItemIOError", target=canon, exception_type="System.IO.IOException")
+            if existing is not None and (existing.acl_protected or existing.read_only
+                                         or model.in_use_by(existing.key)):
+                raise ModelError(f"Access to the path '{canon}' is denied.", category="PermissionDenied",
+                                 reason="NewItemUnauthorizedAccessError", target=canon,
+                                 exception_type="System.UnauthorizedAccessException")
+            if b.get("Force"):
+                parent = canon.rsplit("\\", 1)[0]
+                model.ensure_folder(parent)
+            model.require_folder_of(canon)
+            text = b.get("Value", "")
+            if existing is not None:
+                del model.files[existing.key]
+            node = model.add_file(FileNode(canon, model.now, model.now, float(len(text.encode())), text=text))
+            out.append(file_object(model, node))
+        else:
+            raise ModelError(f"The type is not a known type for the file system. Only \"file\" and \"directory\" can "
+                             f"be created (got '{b.get('ItemType')}').", category="InvalidArgument",
+                             reason="NewItemUnknownType", target=str(b.get("ItemType")))
+    return out
+
+
+def remove_item(ctx: Context, b: Bound) -> list[HostObject]:
+    for path in _paths(b):
+        ctx.model.remove_item(path, force=bool(b.get("Force")), recurse=bool(b.get("Recurse")))
+    return []
+
+
+def stop_process(ctx: Context, b: Bound) -> list[HostObject]:
+    for pid in b["Id"]:
+        ctx.model.stop_process(pid)
+    return []
+
+
+def start_background_copy(ctx: Context, b: Bound) -> list[HostObject]:
+    job = ctx.model.start_copy(b["Source"], b["Destination"], b["PartialPath"], b["StatusPath"],
+                               fail_half_way=ctx.fault_disk_full)
+    return [HostObject(PSCUSTOM_TYPES, {"ProcessId": job.pid, "StatusPath": b["StatusPath"],
+                                        "PartialPath": b["PartialPath"]})]
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+HYPERV = "Hyper-V"
+MGMT = "Microsoft.PowerShell.Management"
+_HV = "Microsoft.HyperV.PowerShell.Commands."
+_VHD = "Microsoft.Vhd.PowerShell.Cmdlets."
+_PS = "Microsoft.PowerShell.Commands."
+
+_VM_INPUT = (Param("VM", "vm", pipeline_type="Microsoft.HyperV.PowerShell.VirtualMachine"),
+             Param("Name", "string[]", aliases=("VMName",)))
+_VM_ONE_OF = ("VM", "Name")
+_VM_EXCL = (("VM", "Name"),)
+_LIT = (Param("LiteralPath", "string[]", path=True, aliases=("PSPath", "LP")),
+        Param("Path", "string[]", path=True, wildcards=True))
+_PATH_ONE_OF = ("LiteralPath", "Path")
+_PATH_EXCL = (("LiteralPath", "Path"),)
+
+
+def _cmdlets() -> dict[str, Cmdlet]:
+    specs = [
+        Cmdlet("Get-VM", HYPERV, _HV + "GetVM",
+               (Param("Id", "guid", aliases=("VMId",)), Param("Name", "string[]", aliases=("VMName",))),
+               get_vm, exclusive=(("Id", "Name"),)),
+        Cmdlet("Get-VMHardDiskDrive", HYPERV, _HV + "GetVMHardDiskDrive",
+               (_VM_INPUT[0], Param("VMName", "string[]")), get_vm_hard_disk_drive,
+               exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
+        Cmdlet("Get-VMSnapshot", HYPERV, _HV + "GetVMSnapshot",
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string")), get_vm_snapshot,
+               exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
+        Cmdlet("Get-VHD", HYPERV, _VHD + "GetVHD",
+               (Param("Path", "string[]", mandatory=True, by_property=True, path=True, aliases=("FullName",)),),
+               get_vhd),
+        Cmdlet("New-VHD", HYPERV, _VHD + "NewVHD",
+               (Param("Path", "string[]", mandatory=True, path=True), Param("ParentPath", "string", path=True),
+                Param("Differencing", "switch"), Param("SizeBytes", "uint64"), Param("Dynamic", "switch")),
+               new_vhd, exclusive=(("ParentPath", "SizeBytes"), ("Differencing", "Dynamic"))),
+        Cmdlet("Set-VHD", HYPERV, _VHD + "SetVHD",
+               (Param("Path", "string", mandatory=True, by_property=True, path=True, aliases=("FullName",)),
+                Param("ParentPath", "string", mandatory=True, path=True), Param("LeafPath", "string", path=True),
+                Param("Passthru", "switch")),
+               set_vhd),
+        Cmdlet("New-VM", HYPERV, _HV + "NewVM",
+               (Param("Name", "string", aliases=("VMName",)), Param("Path", "string", path=True),
+                Param("VHDPath", "string", path=True), Param("MemoryStartupBytes", "int64"),
+                Param("Generation", "int16"), Param("SwitchName", "string")),
+               new_vm),
+        Cmdlet("Set-VM", HYPERV, _HV + "SetVM",
+               (*_VM_INPUT, Param("Notes", "string", allow_empty=True), Param("ProcessorCount", "int64"),
+                Param("CheckpointType", "enum", enum_type="Microsoft.HyperV.PowerShell.CheckpointType",
+                      choices=CHECKPOINT_TYPES), Param("Passthru", "switch")),
+               set_vm, exclusive=_VM_EXCL, one_of=_VM_ONE_OF),
+        Cmdlet("Checkpoint-VM", HYPERV, _HV + "CheckpointVM",
+               (*_VM_INPUT, Param("SnapshotName", "string", aliases=("CheckpointName",)),
+                Param("Passthru", "switch")),
+               checkpoint_vm, exclusive=_VM_EXCL, one_of=_VM_ONE_OF),
+        Cmdlet("Start-VM", HYPERV, _HV + "StartVM", (*_VM_INPUT, Param("Passthru", "switch")), start_vm,
+               exclusive=_VM_EXCL, one_of=_VM_ONE_OF),
+        Cmdlet("Stop-VM", HYPERV, _HV + "StopVM",
+               (*_VM_INPUT, Param("Force", "switch"), Param("TurnOff", "switch"), Param("Passthru", "switch")),
+               stop_vm, exclusive=_VM_EXCL, one_of=_VM_ONE_OF),
+        Cmdlet("Remove-VMSnapshot", HYPERV, _HV + "RemoveVMSnapshot",
+               (Param("VMSnapshot", "snapshot", pipeline_type="Microsoft.HyperV.PowerShell.VMSnapshot"),
+                _VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string[]"),
+                Param("Passthru", "switch")),
+               remove_vm_snapshot, exclusive=(("VMSnapshot", "VM", "VMName"),),
+               one_of=("VMSnapshot", "VM", "VMName")),
+        Cmdlet("Remove-VM", HYPERV, _HV + "RemoveVM", (*_VM_INPUT, Param("Force", "switch")), remove_vm,
+               exclusive=_VM_EXCL, one_of=_VM_ONE_OF),
+        Cmdlet("Test-Path", MGMT, _PS + "TestPathCommand", _LIT, test_path, exclusive=_PATH_EXCL,
+               one_of=_PATH_ONE_OF),
+        Cmdlet("Get-Item", MGMT, _PS + "GetItemCommand", (*_LIT, Param("Force", "switch")), get_item,
+               exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
+        Cmdlet("Get-ChildItem", MGMT, _PS + "GetChildItemCommand", (*_LIT, Param("Force", "switch")),
+               get_child_item, exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
+        Cmdlet("Get-Content", MGMT, _PS + "GetContentCommand", (*_LIT, Param("Raw", "switch")), get_content,
+               exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
+        Cmdlet("New-Item", MGMT, _PS + "NewItemCommand",
+               (Param("Path", "string[]", mandatory=True, path=True), Param("ItemType", "string", aliases=("Type",)),
+                Param("Force", "switch"), Param("Value", "string", allow_empty=True)),
+               new_item),
+        Cmdlet("Remove-Item", MGMT, _PS + "RemoveItemCommand",
+               (*_LIT, Param("Force", "switch"), Param("Recurse", "switch")), remove_item,
+               exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
+        Cmdlet("Stop-Process", MGMT, _PS + "StopProcessCommand",
+               (Param("Id", "int32[]", mandatory=True), Param("Force", "switch"), Param("PassThru", "switch")),
+               stop_process),
+    ]
+    return {c.name.lower(): c for c in specs}
+
+
+CMDLETS: dict[str, Cmdlet] = _cmdlets()
+
+SCRIPTS: dict[str, Cmdlet] = {
+    "StartBackgroundCopy": Cmdlet(
+        "StartBackgroundCopy", "", "StartBackgroundCopy",
+        tuple(Param(n, "string", mandatory=True) for n in ("Source", "Destination", "PartialPath", "StatusPath",
+                                                           "Worker")),
+        start_background_copy),
+}
+
+
+def not_recognized(name: str) -> CmdletError:
+    return CmdletError(
+        f"The term '{name}' is not recognized as the name of a cmdlet, function, script file, or operable program. "
+        "Check the spelling of the name, or if a path was included, verify that the path is correct and try again.",
+        category="ObjectNotFound", fq_error_id="CommandNotFoundException", target=name,
+        exception_type="System.Management.Automation.CommandNotFoundException")
+
+
+def resolve(name: str) -> Cmdlet:
+    """A cmdlet by `Module\\Name` or `Name` (case-insensitive); a wrong module is not found."""
+    module, _, short = name.rpartition("\\")
+    spec = CMDLETS.get(short.strip().lower())
+    if spec is None or (module and module.lower() != spec.module.lower()):
+        raise not_recognized(name)
+    return spec
+
+
+def unknown_script(text: str) -> CmdletError:
+    first = text.strip().splitlines()[0][:80] if text.strip() else ""
+    return CmdletError(
+        f"At line:1 char:1\n+ {first}\nThe simulated host runs only the operator's fixed scripts "
+        "(hyperv_operator.hyperv.scripts); this script text is not one of them.",
+        category="ParserError", fq_error_id="ScriptNotRecognized",
+        exception_type="System.Management.Automation.ParseException")

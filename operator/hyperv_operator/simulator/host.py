@@ -1,0 +1,341 @@
+"""The simulated Hyper-V host: runs statements (pipelines of typed commands) against the in-memory
+model, like a PowerShell runspace with `-ErrorAction Stop`, plus hooks for tests and the demo.
+
+Time: simulated seconds = (clock() - start) * time_scale. All durations and throughputs are in
+simulated time; tests pass a fake clock and advance it, nothing sleeps except `set_latency`.
+
+Every statement runs its commands in order; each command runs under the host's (re-entrant) lock,
+after the model has been brought to the current simulated time. The first error stops the whole
+batch and raises `CommandError` (a `CmdletError` that also carries the failing command's text).
+Commands are logged (`call_log`) and announced to `on_command` callbacks as they are reached;
+a callback that raises aborts the batch after the command's effects (a dying operator).
+Faults (`fail_next`) are consumed when a command with that name is about to run, after its
+parameters bound; a faulted command changes nothing — except `DiskFull` on the background copy
+script, which (like a real full disk) lets the copy start and fail half-way: status Failed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from hyperv_operator.hyperv.commands import Command, HostObject, Statement
+from hyperv_operator.hyperv.scripts import script_name
+from hyperv_operator.simulator.cmdlets import (
+    SCRIPTS,
+    Cmdlet,
+    Context,
+    bind_named,
+    bind_pipeline,
+    check_complete,
+    resolve,
+    unknown_script,
+)
+from hyperv_operator.simulator.errors import CmdletError
+from hyperv_operator.simulator.model import (
+    DEFAULT_VIRTUAL_SIZE,
+    DISK_FULL_MESSAGE,
+    DYNAMIC_BLOCK_SIZE,
+    HYPERV_EXCEPTION,
+    IO_EXCEPTION,
+    FileNode,
+    HostModel,
+    MiB,
+    ModelError,
+    Vhd,
+    canonical_path,
+    leaf_name,
+    new_guid,
+    parent_path,
+)
+
+FAULT_KINDS = ("ObjectInUse", "DiskFull", "AccessDenied", "Transient")
+
+CommandCallback = Callable[[str, dict[str, object], str], None]
+
+
+class CommandError(CmdletError):
+    """A CmdletError raised by `SimulatedHost.execute`, with the failing command's text."""
+
+    def __init__(self, error: CmdletError, *, command: str) -> None:
+        super().__init__(error.message, category=error.category, fq_error_id=error.fq_error_id,
+                         target=error.target, exception_type=error.exception_type)
+        self.command = command
+
+
+def _split_name(name: str) -> tuple[str | None, str]:
+    module, _, short = name.rpartition("\\")
+    return (module.lower() or None), short.lower()
+
+
+class SimulatedHost:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        time_scale: float = 1.0,
+        copy_bytes_per_second: float = 75e6,
+        merge_bytes_per_second: float = 300e6,
+        guest_write_bytes_per_second: float = 1.5e6,
+        host_name: str = "HV01",
+        free_bytes: int = 2 * 10**12,
+        shutdown_seconds: float = 5.0,
+        epoch: datetime | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._clock = clock
+        self._start = clock()
+        self._scale = time_scale
+        self._sleep = sleep
+        self._lock = threading.RLock()
+        self._model = HostModel(
+            epoch=epoch or datetime.now(UTC), copy_bytes_per_second=copy_bytes_per_second,
+            merge_bytes_per_second=merge_bytes_per_second, guest_write_bytes_per_second=guest_write_bytes_per_second,
+            host_name=host_name, free_bytes=free_bytes, shutdown_seconds=shutdown_seconds)
+        self._log: list[tuple[str, dict[str, object]]] = []
+        self._faults: list[list[Any]] = []  # [module|None, short name, kind, remaining]
+        self._latency: dict[tuple[str | None, str], float] = {}
+        self._callbacks: list[CommandCallback] = []
+
+    # --- running commands ----------------------------------------------------------------------
+
+    def simulated_seconds(self) -> float:
+        return (self._clock() - self._start) * self._scale
+
+    def execute(self, statements: Sequence[Statement]) -> list[HostObject]:
+        output: list[HostObject] = []
+        for statement in statements:
+            output.extend(self._run_statement(statement))
+        return output
+
+    def _run_statement(self, statement: Statement) -> list[HostObject]:
+        items: list[HostObject] | None = None
+        for index, command in enumerate(statement.commands):
+            name = self._display_name(command)
+            params: dict[str, object] = dict(command.parameters)
+            delay = self._latency_for(name)
+            if delay > 0:
+                self._sleep(delay)
+            with self._lock:
+                self._model.advance(self.simulated_seconds())
+                self._log.append((name, dict(params)))
+                for callback in list(self._callbacks):
+                    callback(name, dict(params), "before")
+                try:
+                    items = self._run_command(command, None if index == 0 else (items or []))
+                except CmdletError as err:
+                    shown = str(command) if not command.is_script else str(command).replace("<script>", name, 1)
+                    raise CommandError(err, command=shown) from None
+                for callback in list(self._callbacks):
+                    callback(name, dict(params), "after")
+        return items or []
+
+    @staticmethod
+    def _display_name(command: Command) -> str:
+        if command.is_script:
+            return script_name(command.name) or "<unknown script>"
+        return command.name
+
+    def _run_command(self, command: Command, upstream: list[HostObject] | None) -> list[HostObject]:
+        spec: Cmdlet
+        if command.is_script:
+            sname = script_name(command.name)
+            if sname is None or sname not in SCRIPTS:
+                raise unknown_script(command.name)
+            spec = SCRIPTS[sname]
+        else:
+            spec = resolve(command.name)
+        named = bind_named(spec, command.parameters)
+        bounds = []
+        for item in [None] if upstream is None else upstream:
+            bound = named if item is None else bind_pipeline(spec, named, item)
+            check_complete(spec, bound)
+            bounds.append(bound)
+        ctx = Context(self._model, spec)
+        if bounds:
+            kind = self._take_fault(spec)
+            if kind == "DiskFull" and spec.name in SCRIPTS:
+                ctx.fault_disk_full = True
+            elif kind is not None:
+                raise self._fault_error(kind, spec)
+        out: list[HostObject] = []
+        for bound in bounds:
+            try:
+                out.extend(spec.impl(ctx, bound))
+            except ModelError as err:
+                raise ctx.error(err) from None
+        return out
+
+    # --- faults, latency, callbacks ------------------------------------------------------------
+
+    def fail_next(self, command_name: str, kind: str, count: int = 1) -> None:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
+        module, short = _split_name(command_name)
+        with self._lock:
+            self._faults.append([module, short, kind, count])
+
+    def set_latency(self, command_name: str, seconds: float) -> None:
+        with self._lock:
+            self._latency[_split_name(command_name)] = seconds
+
+    def on_command(self, callback: CommandCallback) -> None:
+        with self._lock:
+            self._callbacks.append(callback)
+
+    def _latency_for(self, name: str) -> float:
+        module, short = _split_name(name)
+        with self._lock:
+            for (f_module, f_short), seconds in self._latency.items():
+                if f_short == short and (f_module is None or module is None or f_module == module):
+                    return seconds
+        return 0.0
+
+    def _take_fault(self, spec: Cmdlet) -> str | None:
+        for fault in self._faults:
+            f_module, f_short, kind, remaining = fault
+            if remaining > 0 and f_short == spec.name.lower() and (f_module is None or f_module == spec.module.lower()):
+                fault[3] = remaining - 1
+                return str(kind)
+        return None
+
+    def _fault_error(self, kind: str, spec: Cmdlet) -> CmdletError:
+        hyperv = spec.module == "Hyper-V"
+        if kind == "ObjectInUse":
+            return CmdletError("The operation cannot be performed while the object is in use.",
+                               category="ResourceBusy", fq_error_id=f"ObjectInUse,{spec.type_name}",
+                               exception_type=HYPERV_EXCEPTION if hyperv else IO_EXCEPTION)
+        if kind == "AccessDenied":
+            return CmdletError("You do not have the required permission to complete this task. Contact the "
+                               f"administrator of the authorization policy for the computer "
+                               f"'{self._model.host_name}'.", category="PermissionDenied",
+                               fq_error_id=f"AccessDenied,{spec.type_name}",
+                               exception_type=HYPERV_EXCEPTION if hyperv else "System.UnauthorizedAccessException")
+        if kind == "Transient":
+            return CmdletError("The operation has timed out.", category="OperationTimeout",
+                               fq_error_id=f"OperationTimeout,{spec.type_name}",
+                               exception_type="System.TimeoutException")
+        return CmdletError(DISK_FULL_MESSAGE, category="WriteError", fq_error_id=f"IOException,{spec.type_name}",
+                           exception_type=IO_EXCEPTION)
+
+    # --- setup hooks ---------------------------------------------------------------------------
+
+    def _now(self) -> HostModel:
+        self._model.advance(self.simulated_seconds())
+        return self._model
+
+    def add_folder(self, path: str) -> None:
+        with self._lock:
+            self._now().ensure_folder(path, create_root=True)
+
+    def add_switch(self, name: str) -> None:
+        with self._lock:
+            self._model.add_switch(name)
+
+    def add_base_disk(self, path: str, size_bytes: int, *, acl_read_only: bool = True,
+                      virtual_size: int | None = None) -> None:
+        """A Dynamic .vhdx of `size_bytes` on disk (what a copy moves); virtual size 127 GiB unless
+        given (or `size_bytes` rounded up to MiB if larger). Read-only attribute always set."""
+        with self._lock:
+            model = self._now()
+            canon = canonical_path(path)
+            if model.exists(canon):
+                raise ValueError(f"{canon} already exists")
+            parent = parent_path(canon)
+            if parent is None:
+                raise ValueError(f"{canon} is a root")
+            model.ensure_folder(parent, create_root=True)
+            size = virtual_size or max(DEFAULT_VIRTUAL_SIZE, -(-size_bytes // MiB) * MiB)
+            name = leaf_name(canon).encode()
+            blocks = {0: b"BOOT:" + name, 1: b"OS-1:" + name, 2: b"OS-2:" + name, 97: b"DATA:" + name}
+            vhd = Vhd("Dynamic", size, DYNAMIC_BLOCK_SIZE, new_guid().upper(), new_guid(), blocks=blocks)
+            model.add_file(FileNode(canon, model.now, model.now, float(size_bytes), read_only=True,
+                                    acl_protected=acl_read_only, vhd=vhd))
+
+    # --- inspection hooks ----------------------------------------------------------------------
+
+    def guest_write(self, vm_id: str, block: int, data: bytes) -> None:
+        with self._lock:
+            model = self._now()
+            model.guest_write(model.vm(vm_id), block, data)
+
+    def guest_view(self, vm_id: str) -> dict[int, bytes]:
+        with self._lock:
+            model = self._now()
+            vm = model.vm(vm_id)
+            if not vm.drives:
+                return {}
+            return model.view(model.vhd_node(vm.drives[0].path))
+
+    def disk_fingerprint(self, path: str) -> tuple[str, str, str]:
+        with self._lock:
+            model = self._now()
+            return model.fingerprint(model.vhd_node(path))
+
+    def vms(self) -> list[dict[str, Any]]:
+        with self._lock:
+            model = self._now()
+            return [{
+                "Name": vm.name, "Id": vm.id, "State": vm.state, "Status": model.vm_status(vm),
+                "Uptime": model.uptime(vm), "Path": vm.path, "Notes": vm.notes, "CheckpointType": vm.checkpoint_type,
+                "Generation": vm.generation, "MemoryStartup": vm.memory_startup,
+                "ProcessorCount": vm.processor_count, "SwitchName": vm.switch_name,
+                "HardDrives": [d.path for d in vm.drives], "Snapshots": [s.name for s in vm.snapshots],
+            } for vm in model.vms.values()]
+
+    def files(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            model = self._now()
+            out: dict[str, dict[str, Any]] = {}
+            for node in model.files.values():
+                info: dict[str, Any] = {"Length": node.size, "IsReadOnly": node.read_only,
+                                        "AclReadOnly": node.acl_protected,
+                                        "Kind": "vhd" if node.vhd else "text" if node.text is not None else "file"}
+                if node.text is not None:
+                    info["Text"] = node.text
+                if node.vhd is not None:
+                    info.update(VhdType=node.vhd.vhd_type, Size=node.vhd.size, ParentPath=node.vhd.parent_path,
+                                DiskIdentifier=node.vhd.disk_identifier, DataWriteGuid=node.vhd.data_write_guid,
+                                ParentDataWriteGuid=node.vhd.parent_write_guid, WriteOpen=node.vhd.write_open,
+                                Blocks=len(node.vhd.blocks))
+                out[node.path] = info
+            return out
+
+    def folders(self) -> list[str]:
+        with self._lock:
+            model = self._now()
+            return sorted([*model.roots.values(), *(f.path for f in model.folders.values())], key=str.lower)
+
+    def copy_jobs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            model = self._now()
+            return [{"ProcessId": j.pid, "Source": j.source, "Destination": j.destination, "PartialPath": j.partial,
+                     "StatusPath": j.status_path, "State": j.state, "BytesCopied": int(j.copied),
+                     "BytesTotal": j.total, "Error": j.error} for j in model.copies.values()]
+
+    def free_bytes(self) -> int:
+        with self._lock:
+            return self._now().free_bytes()
+
+    def call_log(self) -> list[tuple[str, dict[str, object]]]:
+        with self._lock:
+            return [(name, dict(params)) for name, params in self._log]
+
+    # --- drift ---------------------------------------------------------------------------------
+
+    def stop_vm_out_of_band(self, vm_id: str) -> None:
+        """Someone pulled the plug (Hyper-V Manager, a host reboot): the VM is Off at once."""
+        with self._lock:
+            model = self._now()
+            model.stop_vm(model.vm(vm_id), turn_off=True)
+
+    def delete_vm_out_of_band(self, vm_id: str) -> None:
+        """Someone deleted the VM: turned off, configuration gone; disks and folders stay."""
+        with self._lock:
+            model = self._now()
+            vm = model.vm(vm_id)
+            model.stop_vm(vm, turn_off=True)
+            model.delete_vm(vm)

@@ -1,0 +1,1242 @@
+"""The simulated Hyper-V host's state and semantics: files and folders, VHDX chains, VMs,
+checkpoints, merges and background copies, all in memory, all driven by simulated time.
+
+This module knows nothing about PowerShell parameter binding (see `simulator/cmdlets.py`) nor about
+locking, faults or wall clocks (see `simulator/host.py`). Every operation raises `ModelError`
+(message, category, reason); the cmdlet layer turns it into a `CmdletError` whose
+FullyQualifiedErrorId is `<reason>,<cmdlet type>`.
+
+Time is lazy: `advance(t)` brings the model to simulated second `t`, replaying in order the events
+that fell due (graceful shutdowns finishing, merges finishing, copies finishing or failing) and the
+continuous processes (guest writes growing the top disk, copies moving bytes). No threads.
+
+Modelling choices. Where Microsoft's documentation leaves room, the STRICTER behaviour was chosen
+(it catches more operator bugs); each is marked [strict].
+- Paths are Windows paths compared case-insensitively (ntpath). Only absolute drive paths (C:\\x)
+  and UNC paths (\\\\FS\\VMSHARE\\x) are accepted; a relative path fails with InvalidArgument
+  because the simulated session has no current location [strict]. Roots: `C:\\` exists; a UNC
+  share exists once `add_folder` created something under it. New-Item creates missing parent
+  folders but never a root; New-VHD, New-VM, Checkpoint-VM and the copy need existing folders.
+- Free space is one pool for the whole host (every volume and share).
+- New-VM requires its -Path folder to exist [strict] (it creates `<Path>\\<Name>\\Virtual Machines`);
+  startup memory must be at least 32 MB and a multiple of 2 MB.
+- Start-VM validates the whole disk chain: every parent present, and every parent's DataWriteGuid
+  equal to the one its child recorded (a modified base breaks its children) [strict]. The top disk
+  is opened for write: the read-only attribute or a share ACL makes Start-VM fail (PermissionDenied);
+  a disk being copied or written by another VM fails with "being used by another process".
+- DataWriteGuid changes whenever a disk goes from closed to opened-for-write (becoming the top disk
+  of a running VM, or a merge target); it is closed when the VM turns off.
+- Stop-VM -Force (graceful, through the guest) is modelled lazily: State "Stopping" for
+  `shutdown_seconds` simulated seconds, then "Off". Real Stop-VM blocks until Off; here a caller
+  must observe the state instead [strict]. -TurnOff is instant. Stop-VM on an Off VM and Start-VM
+  on a Running VM do nothing (real cmdlets only warn). Start-VM while Stopping: ResourceBusy.
+- Remove-VM requires State Off: otherwise InvalidOperation "The operation cannot be performed while
+  the virtual machine is in its current state." (permanent; the real cmdlet with -Force would turn
+  the VM off) [strict]; while one of its merges runs: ResourceBusy. It deletes the VM's and its
+  checkpoints' configuration files; disks and folders stay.
+- Set-VM -ProcessorCount on a running VM fails (InvalidOperation), as in Hyper-V; Notes and
+  CheckpointType may change while running.
+- Checkpoint-VM: CheckpointType Disabled fails; on a running VM Production falls back to a Standard
+  checkpoint and ProductionOnly fails (the simulated guest has no VSS integration). The new .avhdx is
+  `<folder of the drive's current file>\\<its base name without a _GUID suffix>_<GUID>.avhdx`, 4 MiB.
+  Fails with ResourceBusy while the VM is Stopping or merging [strict]. Checkpoint configuration
+  files go to `<VM Path>\\Snapshots`.
+- Remove-VMSnapshot merges each checkpoint .avhdx into its CURRENT parent. The parent is opened for
+  write at once: if it is read-only or ACL-protected (still the base) the command fails immediately
+  with PermissionDenied and changes nothing [strict]; the parent's identity is checked too. The
+  checkpoint disappears from Get-VMSnapshot at once; Status reads "Merging disks" for
+  (.avhdx FileSize / merge throughput) simulated seconds; guest writes keep landing in the .avhdx
+  until the merge completes, and are merged too. With -VM/-VMName, -Name is required [strict].
+- Set-VHD (re-parent): the new parent must exist, be a .vhdx with the same virtual size and the
+  DataWriteGuid the child recorded; with the chain attached to a running VM (or merging) -LeafPath
+  is required and must name the top of that chain [strict]; re-parenting while a merge runs on the
+  chain fails with ResourceBusy.
+- Remove-Item refuses (in use) any file in the disk chain of ANY registered VM, including Off VMs,
+  whose disks Hyper-V itself would not hold open [strict]; also configuration files of registered
+  VMs, files of a running merge, and a running copy's source and partial file. ACL-protected paths:
+  access denied; read-only attribute: needs -Force; a non-empty folder without -Recurse fails with
+  InvalidOperation "DirectoryNotEmpty" (real PowerShell would prompt; a remote session cannot) [strict].
+- The background copy mirrors scripts.COPY_WORKER: the status file shows the starter's initial
+  status (processId 0) until the worker's first write one second in, then it is rewritten on whole
+  seconds only (bytesCopied as of the last whole second); a failure reports bytesCopied 0, like the
+  worker's catch block. The source is opened read-only with FileShare.Read: a source being written
+  (top disk of a running VM) fails the copy, and while the copy runs the source cannot be opened for
+  write. Stop-Process freezes the status file as last written and leaves the partial file.
+- Guest activity grows the first drive's top disk by guest_write_bytes_per_second, capped at its
+  virtual size plus 4 MiB of metadata and at the free space (a real VM would pause; not modelled).
+- Get-VHD ParentPath is None for a disk without parent (test it for falsiness: Windows may show "").
+- Get-Content of a VHD or other binary file returns "" (not modelled).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import math
+import ntpath
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+NEW_DIFF_FILE_SIZE = 4 * MiB
+DYNAMIC_BLOCK_SIZE = 32 * MiB
+DIFF_BLOCK_SIZE = 2 * MiB
+VHD_METADATA_BYTES = 4 * MiB
+CONFIG_FILE_SIZE = 64 * 1024
+DEFAULT_VIRTUAL_SIZE = 127 * GiB
+MAX_PROCESSORS = 64
+FIRST_PID = 4120
+
+HYPERV_EXCEPTION = "Microsoft.HyperV.PowerShell.VirtualizationException"
+IO_EXCEPTION = "System.IO.IOException"
+UNAUTHORIZED = "System.UnauthorizedAccessException"
+ITEM_NOT_FOUND = "System.Management.Automation.ItemNotFoundException"
+ARGUMENT_EXCEPTION = "System.ArgumentException"
+
+STATE_OFF = "Off"
+STATE_RUNNING = "Running"
+STATE_STOPPING = "Stopping"
+ACTIVE_STATES = frozenset({STATE_RUNNING, STATE_STOPPING})
+STATUS_OK = "Operating normally"
+STATUS_MERGING = "Merging disks"
+CHECKPOINT_TYPES = ("Disabled", "Production", "ProductionOnly", "Standard")
+
+DISK_FULL_MESSAGE = "There is not enough space on the disk."
+
+
+class ModelError(Exception):
+    """A failed operation; `reason` becomes the first part of the FullyQualifiedErrorId."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        category: str,
+        reason: str,
+        target: str = "",
+        exception_type: str = HYPERV_EXCEPTION,
+        fq_error_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.category = category
+        self.reason = reason
+        self.target = target
+        self.exception_type = exception_type
+        self.fq_error_id = fq_error_id
+
+
+# --- error shapes ------------------------------------------------------------------------------
+
+
+def path_not_found(path: str) -> ModelError:
+    return ModelError(f"Cannot find path '{path}' because it does not exist.", category="ObjectNotFound",
+                      reason="PathNotFound", target=path, exception_type=ITEM_NOT_FOUND)
+
+
+def directory_not_found(path: str) -> ModelError:
+    return ModelError(f"Could not find a part of the path '{path}'.", category="ObjectNotFound",
+                      reason="DirectoryNotFound", target=path, exception_type="System.IO.DirectoryNotFoundException")
+
+
+def access_denied(path: str) -> ModelError:
+    return ModelError(f"Access to the path '{path}' is denied.", category="PermissionDenied",
+                      reason="UnauthorizedAccess", target=path, exception_type=UNAUTHORIZED)
+
+
+def file_in_use(path: str, *, category: str = "ResourceBusy", reason: str = "ObjectInUse") -> ModelError:
+    return ModelError(f"The process cannot access the file '{path}' because it is being used by another process.",
+                      category=category, reason=reason, target=path, exception_type=IO_EXCEPTION)
+
+
+def disk_full(path: str = "") -> ModelError:
+    return ModelError(DISK_FULL_MESSAGE, category="WriteError", reason="IOException", target=path,
+                      exception_type=IO_EXCEPTION)
+
+
+def object_in_use(target: str = "") -> ModelError:
+    return ModelError("The operation cannot be performed while the object is in use.", category="ResourceBusy",
+                      reason="ObjectInUse", target=target)
+
+
+def invalid_state(vm_name: str) -> ModelError:
+    return ModelError(f"The operation cannot be performed while the virtual machine '{vm_name}' is in its current "
+                      "state.", category="InvalidOperation", reason="InvalidState", target=vm_name)
+
+
+# --- paths -------------------------------------------------------------------------------------
+
+_ILLEGAL_CHARS = frozenset('<>"|?*:')
+
+
+def canonical_path(path: str) -> str:
+    """Normalised absolute Windows path (drive letter upper-cased, no trailing separator except a
+    drive root). Raises InvalidArgument for relative or illegal paths."""
+    if not isinstance(path, str) or not path.strip():
+        raise ModelError("The path is empty.", category="InvalidArgument", reason="ArgumentException",
+                         exception_type=ARGUMENT_EXCEPTION)
+    normalized = ntpath.normpath(path.replace("/", "\\"))
+    drive, rest = ntpath.splitdrive(normalized)
+    if drive.startswith("\\\\"):
+        parts = drive[2:].split("\\")
+        if len(parts) != 2 or not all(parts):
+            raise _not_absolute(path)
+        result = drive + rest.rstrip("\\")
+    elif len(drive) == 2 and drive[1] == ":" and drive[0].isalpha() and rest.startswith("\\"):
+        rest = rest.rstrip("\\")
+        result = drive.upper() + (rest or "\\")
+    else:
+        raise _not_absolute(path)
+    if any(ch in _ILLEGAL_CHARS for ch in rest):
+        raise ModelError("Illegal characters in path.", category="InvalidArgument", reason="ArgumentException",
+                         target=path, exception_type=ARGUMENT_EXCEPTION)
+    return result
+
+
+def _not_absolute(path: str) -> ModelError:
+    return ModelError(f"The path '{path}' is not an absolute drive or UNC path (the simulated session has no current "
+                      "location).", category="InvalidArgument", reason="ArgumentException", target=path,
+                      exception_type=ARGUMENT_EXCEPTION)
+
+
+def path_key(path: str) -> str:
+    return canonical_path(path).lower()
+
+
+def parent_path(canonical: str) -> str | None:
+    _drive, rest = ntpath.splitdrive(canonical)
+    if rest in ("", "\\"):
+        return None
+    return canonical_path(ntpath.dirname(canonical))
+
+
+def root_of(canonical: str) -> str:
+    drive, _ = ntpath.splitdrive(canonical)
+    return drive if drive.startswith("\\\\") else drive + "\\"
+
+
+def leaf_name(canonical: str) -> str:
+    name = ntpath.basename(canonical)
+    return name or canonical
+
+
+def new_guid() -> str:
+    return str(uuid.uuid4())
+
+
+def iso_o(moment: datetime) -> str:
+    """.NET `DateTime.ToUniversalTime().ToString('o')`: 7 fractional digits and a Z."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}0Z"
+
+
+def xs_duration(seconds: float) -> str:
+    """A TimeSpan as XML Schema duration (what a TimeSpan property is on the PSRP wire): "PT1M45.5S"."""
+    total = max(0.0, seconds)
+    days, rem = divmod(total, 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, secs = divmod(rem, 60)
+    out = "P" + (f"{int(days)}D" if days else "") + "T"
+    if hours:
+        out += f"{int(hours)}H"
+    if minutes:
+        out += f"{int(minutes)}M"
+    if secs or out.endswith("T"):
+        text = f"{secs:.7f}".rstrip("0").rstrip(".")
+        out += f"{text}S"
+    if out.endswith("T"):
+        out = out[:-1]
+    return out
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Vhd:
+    vhd_type: str  # "Dynamic" | "Differencing"
+    size: int
+    block_size: int
+    disk_identifier: str
+    data_write_guid: str
+    parent_path: str | None = None
+    parent_write_guid: str | None = None
+    blocks: dict[int, bytes] = field(default_factory=dict)
+    write_open: bool = False
+
+    def clone(self) -> Vhd:
+        return Vhd(self.vhd_type, self.size, self.block_size, self.disk_identifier, self.data_write_guid,
+                   self.parent_path, self.parent_write_guid, dict(self.blocks), False)
+
+
+@dataclass
+class FileNode:
+    path: str
+    created: float
+    modified: float
+    length: float = 0.0
+    read_only: bool = False
+    acl_protected: bool = False
+    text: str | None = None
+    vhd: Vhd | None = None
+
+    @property
+    def key(self) -> str:
+        return self.path.lower()
+
+    @property
+    def size(self) -> int:
+        return int(self.length)
+
+
+@dataclass
+class Folder:
+    path: str
+    created: float
+
+
+@dataclass
+class Drive:
+    id: str
+    path: str
+    controller_type: str
+    controller_number: int
+    controller_location: int
+
+
+@dataclass
+class Snapshot:
+    id: str
+    name: str
+    vm_id: str
+    checkpoint_type: str
+    created: float
+    parent_snapshot_id: str | None
+    disks: list[tuple[int, str, str]]  # (drive index, captured file path, .avhdx path)
+    config_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VM:
+    id: str
+    name: str
+    path: str
+    generation: int
+    memory_startup: int
+    processor_count: int
+    switch_name: str | None
+    created: float
+    drives: list[Drive] = field(default_factory=list)
+    snapshots: list[Snapshot] = field(default_factory=list)
+    config_files: list[str] = field(default_factory=list)
+    notes: str = ""
+    checkpoint_type: str = "Production"
+    state: str = STATE_OFF
+    started_at: float | None = None
+    stop_at: float | None = None
+    growth_t: float = 0.0
+    current_snapshot_id: str | None = None
+
+
+@dataclass
+class MergeJob:
+    vm_id: str
+    child_key: str
+    parent_key: str
+    started: float
+    done_at: float
+
+
+@dataclass
+class CopyJob:
+    pid: int
+    source: str
+    destination: str
+    partial: str
+    status_path: str
+    started: float
+    total: int
+    rate: float
+    payload: FileNode
+    state: str = "Running"  # Running | Completed | Failed | Stopped
+    copied: float = 0.0
+    fail_at_bytes: int | None = None
+    error: str | None = None
+    finished: float | None = None
+
+    @property
+    def end_time(self) -> float:
+        goal = self.total if self.fail_at_bytes is None else self.fail_at_bytes
+        return self.started + (goal / self.rate if self.rate > 0 else math.inf)
+
+
+def _chain_mismatch(child: str, parent: str) -> ModelError:
+    return ModelError(
+        f"The chain of virtual hard disks is corrupted. There is a mismatch in the identifiers of the parent virtual "
+        f"hard disk '{parent}' and differencing disk '{child}'. (0xC03A000E)",
+        category="InvalidData", reason="IdentifierMismatch", target=child)
+
+
+class HostModel:
+    """All state of one simulated host. Not thread-safe: `SimulatedHost` serialises access."""
+
+    def __init__(
+        self,
+        *,
+        epoch: datetime,
+        copy_bytes_per_second: float,
+        merge_bytes_per_second: float,
+        guest_write_bytes_per_second: float,
+        host_name: str,
+        free_bytes: int,
+        shutdown_seconds: float = 5.0,
+    ) -> None:
+        self.epoch = epoch
+        self.copy_rate = copy_bytes_per_second
+        self.merge_rate = merge_bytes_per_second
+        self.guest_rate = guest_write_bytes_per_second
+        self.host_name = host_name
+        self.capacity = free_bytes
+        self.shutdown_seconds = shutdown_seconds
+        self.now = 0.0
+        self.roots: dict[str, str] = {}
+        self.folders: dict[str, Folder] = {}
+        self.files: dict[str, FileNode] = {}
+        self.vms: dict[str, VM] = {}
+        self.switches: dict[str, str] = {}
+        self.copies: dict[int, CopyJob] = {}
+        self.merges: list[MergeJob] = []
+        self._next_pid = FIRST_PID
+        self.add_root("C:\\")
+        self.add_switch("Default Switch")
+
+    # --- time ----------------------------------------------------------------------------------
+
+    def date(self, t: float | None = None) -> datetime:
+        return self.epoch + timedelta(seconds=self.now if t is None else t)
+
+    def advance(self, t: float) -> None:
+        """Bring the model to simulated time `t`, applying due events in chronological order."""
+        t = max(t, self.now)
+        while True:
+            event = self._next_event(t)
+            if event is None:
+                break
+            when, apply = event
+            self._flow(when)
+            self.now = when
+            apply(when)
+        self._flow(t)
+        self.now = t
+
+    def _next_event(self, limit: float) -> tuple[float, Callable[[float], None]] | None:
+        best: tuple[float, Callable[[float], None]] | None = None
+
+        def offer(when: float, apply: Callable[[float], None]) -> None:
+            nonlocal best
+            if when <= limit and (best is None or when < best[0]):
+                best = (when, apply)
+
+        for vm in self.vms.values():
+            if vm.state == STATE_STOPPING and vm.stop_at is not None:
+                offer(vm.stop_at, functools.partial(self._finish_stop_at, vm))
+        for job in self.merges:
+            offer(job.done_at, functools.partial(self._finish_merge, job))
+        for copy in self.copies.values():
+            if copy.state == "Running":
+                offer(copy.end_time, functools.partial(self._finish_copy, copy))
+        return best
+
+    def _flow(self, t: float) -> None:
+        """Continuous processes up to `t`: guest writes growing top disks, copies moving bytes."""
+        for vm in self.vms.values():
+            if vm.state in ACTIVE_STATES and vm.drives:
+                top = self.files.get(path_key(vm.drives[0].path))
+                grow = (t - vm.growth_t) * self.guest_rate
+                if top is not None and top.vhd is not None and grow > 0:
+                    room = min(top.vhd.size + VHD_METADATA_BYTES - top.length, self.free_bytes_float())
+                    add = max(0.0, min(grow, room))
+                    if add > 0:
+                        top.length += add
+                        top.modified = t
+            vm.growth_t = t
+        for job in self.copies.values():
+            if job.state != "Running":
+                continue
+            target = min(float(job.total), max(0.0, (t - job.started) * job.rate))
+            if job.fail_at_bytes is not None:
+                target = min(target, float(job.fail_at_bytes))
+            delta = target - job.copied
+            partial = self.files.get(path_key(job.partial))
+            if delta > 0:
+                free = self.free_bytes_float()
+                if delta > free:
+                    job.copied += max(0.0, free)
+                    if partial is not None:
+                        partial.length = job.copied
+                    self._fail_copy(job, t, DISK_FULL_MESSAGE)
+                    continue
+                job.copied = target
+                if partial is not None:
+                    partial.length = job.copied
+                    partial.modified = t
+            self._write_status(job, t)
+
+    # --- filesystem ----------------------------------------------------------------------------
+
+    def add_root(self, path: str) -> None:
+        canon = canonical_path(path)
+        root = root_of(canon)
+        self.roots.setdefault(root.lower(), root)
+
+    def add_switch(self, name: str) -> None:
+        self.switches[name.lower()] = name
+
+    def used_bytes_float(self) -> float:
+        return sum(node.length for node in self.files.values())
+
+    def free_bytes_float(self) -> float:
+        return self.capacity - self.used_bytes_float()
+
+    def free_bytes(self) -> int:
+        return int(self.free_bytes_float())
+
+    def is_dir(self, canon: str) -> bool:
+        key = canon.lower()
+        return key in self.folders or key in self.roots
+
+    def exists(self, canon: str) -> bool:
+        return self.is_dir(canon) or canon.lower() in self.files
+
+    def file(self, path: str) -> FileNode:
+        canon = canonical_path(path)
+        node = self.files.get(canon.lower())
+        if node is None:
+            raise path_not_found(path)
+        return node
+
+    def require_folder_of(self, canon: str) -> None:
+        parent = parent_path(canon)
+        if parent is None or not self.is_dir(parent):
+            raise directory_not_found(canon)
+
+    def ensure_folder(self, path: str, *, create_root: bool = False) -> Folder | str:
+        """Create the folder and missing parents (New-Item -ItemType Directory). Returns the folder
+        (or the root path for a root)."""
+        canon = canonical_path(path)
+        if canon.lower() in self.files:
+            raise ModelError(f"An item with the specified name {canon} already exists.", category="ResourceExists",
+                             reason="DirectoryExist", target=canon, exception_type=IO_EXCEPTION)
+        root = root_of(canon)
+        if root.lower() not in self.roots:
+            if not create_root:
+                raise ModelError(f"The network path was not found. : '{root}'", category="ObjectNotFound",
+                                 reason="DriveNotFound", target=canon, exception_type=IO_EXCEPTION)
+            self.roots[root.lower()] = root
+        chain: list[str] = []
+        cur: str | None = canon
+        while cur is not None and cur.lower() not in self.roots:
+            chain.append(cur)
+            cur = parent_path(cur)
+        for folder in reversed(chain):
+            if folder.lower() in self.files:
+                raise ModelError(f"An item with the specified name {folder} already exists.",
+                                 category="ResourceExists", reason="DirectoryExist", target=folder,
+                                 exception_type=IO_EXCEPTION)
+            self.folders.setdefault(folder.lower(), Folder(folder, self.now))
+        return self.folders[canon.lower()] if canon.lower() in self.folders else self.roots[canon.lower()]
+
+    def children(self, canon: str) -> tuple[list[Folder], list[FileNode]]:
+        key = canon.lower()
+        folders = [f for k, f in self.folders.items() if (p := parent_path(f.path)) is not None and p.lower() == key]
+        files = [n for n in self.files.values() if (p := parent_path(n.path)) is not None and p.lower() == key]
+        folders.sort(key=lambda f: f.path.lower())
+        files.sort(key=lambda n: n.path.lower())
+        return folders, files
+
+    def add_file(self, node: FileNode) -> FileNode:
+        if node.length > self.free_bytes_float():
+            raise disk_full(node.path)
+        self.files[node.key] = node
+        return node
+
+    def _vm_chain_keys(self, vm: VM) -> set[str]:
+        keys: set[str] = set()
+        for drive in vm.drives:
+            top = self.files.get(path_key(drive.path))
+            if top is None:
+                keys.add(path_key(drive.path))
+                continue
+            chain, _ = self.chain(top)
+            keys.update(n.key for n in chain)
+        return keys
+
+    def _merge_keys(self) -> set[str]:
+        return {k for m in self.merges for k in (m.child_key, m.parent_key)}
+
+    def _copy_locks(self) -> tuple[set[str], set[str]]:
+        running = [c for c in self.copies.values() if c.state == "Running"]
+        return {path_key(c.source) for c in running}, {path_key(c.partial) for c in running}
+
+    def attached_keys(self) -> set[str]:
+        """Files a running VM or a merge holds open (Get-VHD Attached)."""
+        keys = self._merge_keys()
+        for vm in self.vms.values():
+            if vm.state in ACTIVE_STATES:
+                keys |= self._vm_chain_keys(vm)
+        return keys
+
+    def in_use_by(self, key: str) -> str | None:
+        """Why a file cannot be deleted, or None."""
+        for vm in self.vms.values():
+            if key in self._vm_chain_keys(vm):
+                return f"disk of VM {vm.name}"
+            if key in {c.lower() for c in vm.config_files} or any(
+                key in {c.lower() for c in s.config_files} for s in vm.snapshots
+            ):
+                return f"configuration of VM {vm.name}"
+        if key in self._merge_keys():
+            return "merge"
+        sources, partials = self._copy_locks()
+        if key in sources or key in partials:
+            return "copy"
+        return None
+
+    def remove_item(self, path: str, *, force: bool, recurse: bool) -> None:
+        canon = canonical_path(path)
+        key = canon.lower()
+        if key in self.roots:
+            raise ModelError(f"Cannot remove the root '{canon}'.", category="InvalidOperation",
+                             reason="RemoveFileSystemItemUnAuthorizedAccess", target=canon,
+                             exception_type=UNAUTHORIZED)
+        if key in self.files:
+            self._check_removable(self.files[key], force=force)
+            del self.files[key]
+            return
+        if key not in self.folders:
+            raise path_not_found(path)
+        sub_folders = [k for k in self.folders if k.startswith(key + "\\")]
+        sub_files = [n for k, n in self.files.items() if k.startswith(key + "\\")]
+        if (sub_folders or sub_files) and not recurse:
+            raise ModelError(f"The directory is not empty. : '{canon}' (Remove-Item without -Recurse)",
+                             category="InvalidOperation", reason="DirectoryNotEmpty", target=canon,
+                             exception_type=IO_EXCEPTION)
+        for node in sub_files:
+            self._check_removable(node, force=force)
+        for node in sub_files:
+            del self.files[node.key]
+        for k in [*sub_folders, key]:
+            del self.folders[k]
+
+    def _check_removable(self, node: FileNode, *, force: bool) -> None:
+        if node.acl_protected:
+            raise ModelError(f"Access to the path '{node.path}' is denied.", category="PermissionDenied",
+                             reason="RemoveFileSystemItemUnAuthorizedAccess", target=node.path,
+                             exception_type=UNAUTHORIZED)
+        if self.in_use_by(node.key) is not None:
+            raise file_in_use(node.path, category="WriteError", reason="RemoveFileSystemItemIOError")
+        if node.read_only and not force:
+            raise ModelError(f"Cannot remove item {node.path}: You do not have sufficient access rights to perform "
+                             "this operation.", category="PermissionDenied",
+                             reason="RemoveFileSystemItemUnAuthorizedAccess", target=node.path,
+                             exception_type=UNAUTHORIZED)
+
+    def read_text(self, path: str) -> str:
+        canon = canonical_path(path)
+        if self.is_dir(canon):
+            raise access_denied(canon)
+        node = self.file(canon)
+        _, partials = self._copy_locks()
+        if node.key in partials:
+            raise file_in_use(node.path, category="ReadError", reason="GetContentReaderIOError")
+        return node.text if node.text is not None else ""
+
+    # --- disks ---------------------------------------------------------------------------------
+
+    def vhd_node(self, path: str) -> FileNode:
+        canon = canonical_path(path)
+        node = self.files.get(canon.lower())
+        if node is None:
+            raise ModelError(f"Getting the mounted storage instance for the path '{canon}' failed. The system cannot "
+                             "find the file specified.", category="ObjectNotFound", reason="ObjectNotFound",
+                             target=canon)
+        _, partials = self._copy_locks()
+        if node.key in partials:
+            raise file_in_use(node.path)
+        if node.vhd is None:
+            raise ModelError(f"The file '{canon}' is not a virtual hard disk file.", category="InvalidArgument",
+                             reason="InvalidParameter", target=canon)
+        return node
+
+    def chain(self, top: FileNode) -> tuple[list[FileNode], str | None]:
+        """The disk chain from `top` to its root, and the missing parent's path if it is broken."""
+        chain = [top]
+        seen = {top.key}
+        cur = top
+        while cur.vhd is not None and cur.vhd.parent_path:
+            key = path_key(cur.vhd.parent_path)
+            parent = self.files.get(key)
+            if parent is None or parent.vhd is None:
+                return chain, cur.vhd.parent_path
+            if key in seen:
+                break
+            chain.append(parent)
+            seen.add(key)
+            cur = parent
+        return chain, None
+
+    def view(self, top: FileNode) -> dict[int, bytes]:
+        chain, missing = self.chain(top)
+        if missing is not None:
+            raise ModelError(f"The parent disk '{missing}' of '{chain[-1].path}' does not exist.",
+                             category="ObjectNotFound", reason="ObjectNotFound", target=missing)
+        out: dict[int, bytes] = {}
+        for node in reversed(chain):
+            assert node.vhd is not None
+            out.update(node.vhd.blocks)
+        return out
+
+    def _validate_chain(self, top: FileNode) -> list[FileNode]:
+        chain, missing = self.chain(top)
+        if missing is not None:
+            raise ModelError(f"The system cannot find the file specified: the parent disk '{missing}' of "
+                             f"'{chain[-1].path}'.", category="ObjectNotFound", reason="ObjectNotFound",
+                             target=missing)
+        for child, parent in itertools.pairwise(chain):
+            assert child.vhd is not None and parent.vhd is not None
+            if child.vhd.parent_write_guid != parent.vhd.data_write_guid:
+                raise _chain_mismatch(child.path, parent.path)
+        return chain
+
+    def _check_writable(self, node: FileNode, *, who: str = "") -> None:
+        """Could `node` be opened for write now (ACL, read-only attribute, sharing)?"""
+        prefix = f"{who}: " if who else ""
+        if node.acl_protected:
+            raise ModelError(f"{prefix}Access to the path '{node.path}' is denied. (0x80070005)",
+                             category="PermissionDenied", reason="AccessDenied", target=node.path,
+                             exception_type=UNAUTHORIZED)
+        if node.read_only:
+            raise ModelError(f"{prefix}The file '{node.path}' is read-only. (0x80070005)", category="PermissionDenied",
+                             reason="AccessDenied", target=node.path, exception_type=UNAUTHORIZED)
+        sources, partials = self._copy_locks()
+        if node.key in sources or node.key in partials:
+            raise ModelError(f"{prefix}The process cannot access the file '{node.path}' because it is being used by "
+                             "another process. (0x80070020)", category="ResourceBusy", reason="ObjectInUse",
+                             target=node.path, exception_type=IO_EXCEPTION)
+
+    def refresh_opens(self) -> None:
+        """Open for write what must be (top disks of active VMs, merge targets), close the rest.
+        Opening a closed disk for write gives it a new DataWriteGuid."""
+        wanted: dict[str, str | None] = {}
+        for vm in self.vms.values():
+            if vm.state in ACTIVE_STATES:
+                for drive in vm.drives:
+                    wanted.setdefault(path_key(drive.path), None)
+        for job in self.merges:
+            wanted[job.parent_key] = job.child_key
+        for key, node in self.files.items():
+            if node.vhd is None:
+                continue
+            if key in wanted and not node.vhd.write_open:
+                node.vhd.write_open = True
+                node.vhd.data_write_guid = new_guid()
+                node.modified = self.now
+                child_key = wanted[key]
+                child = self.files.get(child_key) if child_key else None
+                if child is not None and child.vhd is not None:
+                    child.vhd.parent_write_guid = node.vhd.data_write_guid
+            elif key not in wanted and node.vhd.write_open:
+                node.vhd.write_open = False
+
+    def new_vhd_differencing(self, path: str, parent: str) -> FileNode:
+        canon = canonical_path(path)
+        if not canon.lower().endswith(".vhdx"):
+            raise ModelError(f"Failed to create the virtual hard disk. The file name '{canon}' must have the .vhdx "
+                             "extension.", category="InvalidArgument", reason="InvalidParameter", target=canon)
+        parent_canon = canonical_path(parent)
+        if parent_canon.lower().endswith(".avhdx"):
+            raise ModelError(f"Failed to create the virtual hard disk. The parent '{parent_canon}' is an automatic "
+                             "virtual hard disk (.avhdx) of a checkpoint and cannot be the parent of a new disk.",
+                             category="InvalidArgument", reason="InvalidParameter", target=parent_canon)
+        if self.exists(canon):
+            raise ModelError(f"Failed to create the virtual hard disk. The system failed to create '{canon}': The file "
+                             "exists. (0x80070050)", category="ResourceExists", reason="ResourceExists", target=canon)
+        parent_node = self.vhd_node(parent_canon)
+        self.require_folder_of(canon)
+        assert parent_node.vhd is not None
+        if parent_node.vhd.write_open:
+            raise file_in_use(parent_node.path)
+        vhd = Vhd("Differencing", parent_node.vhd.size, DIFF_BLOCK_SIZE, new_guid().upper(), new_guid(),
+                  parent_node.path, parent_node.vhd.data_write_guid)
+        return self.add_file(FileNode(canon, self.now, self.now, float(NEW_DIFF_FILE_SIZE), vhd=vhd))
+
+    def new_vhd_dynamic(self, path: str, size: int) -> FileNode:
+        canon = canonical_path(path)
+        if not canon.lower().endswith(".vhdx"):
+            raise ModelError(f"Failed to create the virtual hard disk. The file name '{canon}' must have the .vhdx "
+                             "extension.", category="InvalidArgument", reason="InvalidParameter", target=canon)
+        if size < 3 * MiB or size % 512:
+            raise ModelError("The size must be at least 3 MB and a multiple of 512 bytes.",
+                             category="InvalidArgument", reason="InvalidParameter", target=canon)
+        if self.exists(canon):
+            raise ModelError(f"Failed to create the virtual hard disk. The system failed to create '{canon}': The file "
+                             "exists. (0x80070050)", category="ResourceExists", reason="ResourceExists", target=canon)
+        self.require_folder_of(canon)
+        vhd = Vhd("Dynamic", size, DYNAMIC_BLOCK_SIZE, new_guid().upper(), new_guid())
+        return self.add_file(FileNode(canon, self.now, self.now, float(NEW_DIFF_FILE_SIZE), vhd=vhd))
+
+    def set_vhd_parent(self, path: str, parent: str, leaf: str | None) -> FileNode:
+        node = self.vhd_node(path)
+        assert node.vhd is not None
+        if node.vhd.vhd_type != "Differencing":
+            raise ModelError(f"Failed to set new parent for the virtual disk. The virtual hard disk '{node.path}' is "
+                             "not a differencing disk.", category="InvalidArgument", reason="InvalidParameter",
+                             target=node.path)
+        holders = [vm for vm in self.vms.values() if vm.state in ACTIVE_STATES and node.key in self._vm_chain_keys(vm)]
+        merging = [m for m in self.merges if node.key in (m.child_key, m.parent_key)]
+        if merging:
+            raise object_in_use(node.path)
+        if holders:
+            if leaf is None:
+                raise ModelError(f"Failed to set new parent for the virtual disk '{node.path}': the disk chain is in "
+                                 "use by a running virtual machine; -LeafPath is required for an online re-parent.",
+                                 category="InvalidOperation", reason="InvalidOperation", target=node.path)
+            leaf_key = path_key(leaf)
+            tops = {path_key(d.path) for vm in holders for d in vm.drives}
+            if leaf_key not in tops:
+                raise ModelError(f"Failed to set new parent for the virtual disk: '{leaf}' is not the leaf of the "
+                                 "running chain.", category="InvalidArgument", reason="InvalidParameter", target=leaf)
+        elif leaf is not None:
+            leaf_node = self.vhd_node(leaf)
+            if node.key not in {n.key for n in self.chain(leaf_node)[0]}:
+                raise ModelError(f"Failed to set new parent for the virtual disk: '{node.path}' is not in the chain "
+                                 f"of '{leaf_node.path}'.", category="InvalidArgument", reason="InvalidParameter",
+                                 target=leaf)
+        parent_canon = canonical_path(parent)
+        if not parent_canon.lower().endswith(".vhdx"):
+            raise ModelError(f"Failed to set new parent for the virtual disk. The new parent '{parent_canon}' must be "
+                             "a .vhdx file.", category="InvalidArgument", reason="InvalidParameter",
+                             target=parent_canon)
+        new_parent = self.vhd_node(parent_canon)
+        assert new_parent.vhd is not None
+        if new_parent.key == node.key or node.key in {n.key for n in self.chain(new_parent)[0]}:
+            raise ModelError("Failed to set new parent for the virtual disk: the new parent is a child of the disk.",
+                             category="InvalidArgument", reason="InvalidParameter", target=parent_canon)
+        if new_parent.vhd.size != node.vhd.size:
+            raise ModelError(f"Failed to set new parent for the virtual disk. The virtual size of '{parent_canon}' "
+                             "does not match the differencing disk.", category="InvalidArgument",
+                             reason="InvalidParameter", target=parent_canon)
+        if new_parent.vhd.data_write_guid != node.vhd.parent_write_guid:
+            raise ModelError(
+                f"Failed to set new parent for the virtual disk '{node.path}'. The chain of virtual hard disks is "
+                f"corrupted. There is a mismatch in the identifiers of the parent virtual hard disk '{parent_canon}' "
+                "and differencing disk. (0xC03A000E)",
+                category="InvalidData", reason="IdentifierMismatch", target=parent_canon)
+        sources, partials = self._copy_locks()
+        if node.key in sources or node.key in partials:
+            raise file_in_use(node.path)
+        node.vhd.parent_path = new_parent.path
+        node.modified = self.now
+        return node
+
+    # --- VMs -----------------------------------------------------------------------------------
+
+    def vm(self, vm_id: str) -> VM:
+        vm = self.vms.get(vm_id.lower())
+        if vm is None:
+            raise ModelError(f"Hyper-V was unable to find a virtual machine with ID '{vm_id}'.",
+                             category="ObjectNotFound", reason="ObjectNotFound", target=vm_id)
+        return vm
+
+    def vms_named(self, name: str) -> list[VM]:
+        return [vm for vm in self.vms.values() if vm.name.lower() == name.lower()]
+
+    def vm_status(self, vm: VM) -> str:
+        return STATUS_MERGING if any(m.vm_id == vm.id for m in self.merges) else STATUS_OK
+
+    def uptime(self, vm: VM) -> float:
+        return self.now - vm.started_at if vm.state in ACTIVE_STATES and vm.started_at is not None else 0.0
+
+    def new_vm(self, name: str, path: str, vhd_path: str | None, memory: int, generation: int,
+               switch: str | None) -> VM:
+        if not name or len(name) > 100:
+            raise ModelError("The virtual machine name must be 1 to 100 characters long.",
+                             category="InvalidArgument", reason="InvalidParameter", target=name)
+        if memory < 32 * MiB or memory % (2 * MiB):
+            raise ModelError(f"Failed to modify device 'Memory'. Invalid startup memory amount assigned for '{name}': "
+                             "it must be at least 32 MB and a multiple of 2 MB.", category="InvalidArgument",
+                             reason="InvalidParameter", target=name)
+        if generation not in (1, 2):
+            raise ModelError(f"Cannot validate argument on parameter 'Generation'. The {generation} argument is not "
+                             "1 or 2.", category="InvalidData", reason="ParameterArgumentValidationError",
+                             target=str(generation))
+        if switch is not None and switch.lower() not in self.switches:
+            raise ModelError(f"Hyper-V was unable to find a virtual switch with name '{switch}'.",
+                             category="InvalidArgument", reason="InvalidParameter", target=switch)
+        folder = canonical_path(path)
+        if not self.is_dir(folder):
+            raise directory_not_found(folder)
+        vhd_node = None
+        if vhd_path is not None:
+            vhd_node = self.files.get(path_key(vhd_path))
+            if vhd_node is None or vhd_node.vhd is None:
+                raise ModelError("Failed to add device 'Virtual Hard Disk'. The system cannot find the file "
+                                 f"specified: '{vhd_path}'.", category="ObjectNotFound", reason="ObjectNotFound",
+                                 target=vhd_path)
+        vm_id = new_guid()
+        vm_path = canonical_path(folder + "\\" + name)
+        config_dir = vm_path + "\\Virtual Machines"
+        config_files = [f"{config_dir}\\{vm_id.upper()}{ext}" for ext in (".vmcx", ".vmgs", ".VMRS")]
+        if CONFIG_FILE_SIZE * len(config_files) > self.free_bytes_float():
+            raise disk_full(config_dir)
+        self.ensure_folder(config_dir)
+        for cfg in config_files:
+            self.add_file(FileNode(cfg, self.now, self.now, float(CONFIG_FILE_SIZE)))
+        vm = VM(vm_id, name, vm_path, generation, memory, 1, switch, self.now, config_files=config_files,
+                growth_t=self.now)
+        if vhd_node is not None:
+            ctype = "SCSI" if generation == 2 else "IDE"
+            vm.drives.append(Drive(new_guid(), vhd_node.path, ctype, 0, 0))
+        self.vms[vm_id] = vm
+        return vm
+
+    def set_vm(self, vm: VM, *, notes: str | None, processor_count: int | None, checkpoint_type: str | None) -> None:
+        if processor_count is not None:
+            if vm.state != STATE_OFF:
+                raise invalid_state(vm.name)
+            if not 1 <= processor_count <= MAX_PROCESSORS:
+                raise ModelError(f"Failed to modify device 'Processor'. The processor count {processor_count} is not "
+                                 f"between 1 and {MAX_PROCESSORS}.", category="InvalidArgument",
+                                 reason="InvalidParameter", target=vm.name)
+        if notes is not None:
+            vm.notes = notes
+        if processor_count is not None:
+            vm.processor_count = processor_count
+        if checkpoint_type is not None:
+            vm.checkpoint_type = checkpoint_type
+
+    def start_vm(self, vm: VM) -> None:
+        if vm.state == STATE_RUNNING:
+            return
+        if vm.state == STATE_STOPPING:
+            raise object_in_use(vm.name)
+        prefix = f"'{vm.name}' failed to start"
+        attached = self.attached_keys()
+        for drive in vm.drives:
+            top = self.files.get(path_key(drive.path))
+            if top is None or top.vhd is None:
+                raise ModelError(f"{prefix}. The system cannot find the file specified: '{drive.path}'.",
+                                 category="ObjectNotFound", reason="ObjectNotFound", target=drive.path)
+            self._validate_chain(top)
+            self._check_writable(top, who=prefix)
+            if top.key in attached:
+                raise ModelError(f"{prefix}. The process cannot access the file '{top.path}' because it is being used "
+                                 "by another process. (0x80070020)", category="ResourceBusy", reason="ObjectInUse",
+                                 target=top.path, exception_type=IO_EXCEPTION)
+        vm.state = STATE_RUNNING
+        vm.started_at = self.now
+        vm.growth_t = self.now
+        vm.stop_at = None
+        self.refresh_opens()
+
+    def stop_vm(self, vm: VM, *, turn_off: bool) -> None:
+        if vm.state == STATE_OFF:
+            return
+        if turn_off:
+            self._finish_stop(vm)
+        elif vm.state == STATE_RUNNING:
+            vm.state = STATE_STOPPING
+            vm.stop_at = self.now + self.shutdown_seconds
+
+    def _finish_stop_at(self, vm: VM, t: float) -> None:
+        self._finish_stop(vm)
+
+    def _finish_stop(self, vm: VM) -> None:
+        vm.state = STATE_OFF
+        vm.started_at = None
+        vm.stop_at = None
+        self.refresh_opens()
+
+    def remove_vm(self, vm: VM) -> None:
+        if vm.state != STATE_OFF:
+            raise invalid_state(vm.name)
+        if any(m.vm_id == vm.id for m in self.merges):
+            raise object_in_use(vm.name)
+        self.delete_vm(vm)
+
+    def delete_vm(self, vm: VM) -> None:
+        for cfg in [*vm.config_files, *(c for s in vm.snapshots for c in s.config_files)]:
+            self.files.pop(cfg.lower(), None)
+        del self.vms[vm.id]
+        self.refresh_opens()
+
+    def checkpoint_vm(self, vm: VM, name: str | None) -> Snapshot:
+        if vm.checkpoint_type == "Disabled":
+            raise ModelError(f"Checkpoint operation failed for '{vm.name}'. Checkpoints are disabled for this "
+                             "virtual machine.", category="InvalidOperation", reason="OperationFailed", target=vm.name)
+        if vm.state == STATE_STOPPING or any(m.vm_id == vm.id for m in self.merges):
+            raise object_in_use(vm.name)
+        running = vm.state == STATE_RUNNING
+        if running and vm.checkpoint_type == "ProductionOnly":
+            raise ModelError(f"Checkpoint operation failed for '{vm.name}'. Could not create a production checkpoint: "
+                             "the guest does not support it (no backup integration service).",
+                             category="InvalidOperation", reason="OperationFailed", target=vm.name)
+        kind = "Standard" if running or vm.checkpoint_type == "Standard" else "Production"
+        snap_id = new_guid()
+        plans: list[tuple[int, FileNode, str]] = []
+        for index, drive in enumerate(vm.drives):
+            top = self.files.get(path_key(drive.path))
+            if top is None or top.vhd is None:
+                raise ModelError(f"Checkpoint operation failed for '{vm.name}'. The system cannot find the file "
+                                 f"'{drive.path}'.", category="ObjectNotFound", reason="ObjectNotFound",
+                                 target=drive.path)
+            self.require_folder_of(top.path)
+            stem = ntpath.splitext(leaf_name(top.path))[0]
+            if top.path.lower().endswith(".avhdx") and len(stem) > 37 and stem[-37] == "_":
+                stem = stem[:-37]
+            folder = parent_path(top.path)
+            plans.append((index, top, f"{folder}\\{stem}_{new_guid().upper()}.avhdx"))
+        snap_dir = vm.path + "\\Snapshots"
+        config_files = [f"{snap_dir}\\{snap_id.upper()}.vmcx"] + ([f"{snap_dir}\\{snap_id.upper()}.VMRS"]
+                                                                    if running else [])
+        needed = NEW_DIFF_FILE_SIZE * len(plans) + CONFIG_FILE_SIZE * len(config_files)
+        if needed > self.free_bytes_float():
+            raise disk_full(vm.path)
+        self.ensure_folder(snap_dir)
+        for cfg in config_files:
+            self.add_file(FileNode(cfg, self.now, self.now, float(CONFIG_FILE_SIZE)))
+        disks: list[tuple[int, str, str]] = []
+        for index, top, avhdx in plans:
+            assert top.vhd is not None
+            vhd = Vhd("Differencing", top.vhd.size, DIFF_BLOCK_SIZE, new_guid().upper(), new_guid(), top.path,
+                      top.vhd.data_write_guid)
+            self.add_file(FileNode(avhdx, self.now, self.now, float(NEW_DIFF_FILE_SIZE), vhd=vhd))
+            vm.drives[index].path = avhdx
+            disks.append((index, top.path, avhdx))
+        snap = Snapshot(snap_id, name or f"{vm.name} - ({self.date():%m/%d/%Y - %H:%M:%S})", vm.id, kind, self.now,
+                        vm.current_snapshot_id, disks, config_files)
+        vm.snapshots.append(snap)
+        vm.current_snapshot_id = snap.id
+        self.refresh_opens()
+        return snap
+
+    def remove_snapshot(self, vm: VM, snap: Snapshot) -> None:
+        merges: list[tuple[FileNode, FileNode]] = []
+        for _index, _captured, avhdx in snap.disks:
+            child = self.files.get(path_key(avhdx))
+            if child is None or child.vhd is None:
+                continue
+            if any(m.child_key == child.key or m.parent_key == child.key for m in self.merges):
+                raise object_in_use(child.path)
+            if not child.vhd.parent_path:
+                continue
+            parent = self.files.get(path_key(child.vhd.parent_path))
+            if parent is None or parent.vhd is None:
+                raise ModelError(f"The merge of '{child.path}' failed: the parent disk '{child.vhd.parent_path}' does "
+                                 "not exist.", category="ObjectNotFound", reason="ObjectNotFound",
+                                 target=child.vhd.parent_path)
+            if parent.vhd.data_write_guid != child.vhd.parent_write_guid:
+                raise _chain_mismatch(child.path, parent.path)
+            who = f"Failed to merge checkpoint '{snap.name}' of '{vm.name}': '{child.path}' into '{parent.path}'"
+            self._check_writable(parent, who=who)
+            if parent.vhd.write_open or any(m.parent_key == parent.key for m in self.merges):
+                raise object_in_use(parent.path)
+            merges.append((child, parent))
+        for other in vm.snapshots:
+            if other.parent_snapshot_id == snap.id:
+                other.parent_snapshot_id = snap.parent_snapshot_id
+        if vm.current_snapshot_id == snap.id:
+            vm.current_snapshot_id = snap.parent_snapshot_id
+        vm.snapshots.remove(snap)
+        for cfg in snap.config_files:
+            self.files.pop(cfg.lower(), None)
+        for child, parent in merges:
+            duration = child.length / self.merge_rate if self.merge_rate > 0 else 0.0
+            self.merges.append(MergeJob(vm.id, child.key, parent.key, self.now, self.now + duration))
+        self.refresh_opens()
+
+    def _finish_merge(self, job: MergeJob, t: float) -> None:
+        self.merges.remove(job)
+        child = self.files.get(job.child_key)
+        parent = self.files.get(job.parent_key)
+        if child is None or parent is None or child.vhd is None or parent.vhd is None:
+            self.refresh_opens()
+            return
+        parent.vhd.blocks.update(child.vhd.blocks)
+        grown = max(0.0, child.length - NEW_DIFF_FILE_SIZE)
+        parent.length = min(parent.length + grown, parent.vhd.size + VHD_METADATA_BYTES)
+        parent.modified = t
+        for vm in self.vms.values():
+            for drive in vm.drives:
+                if path_key(drive.path) == child.key:
+                    drive.path = parent.path
+        for node in self.files.values():
+            if node.vhd is not None and node.vhd.parent_path and path_key(node.vhd.parent_path) == child.key:
+                node.vhd.parent_path = parent.path
+                node.vhd.parent_write_guid = parent.vhd.data_write_guid
+        del self.files[child.key]
+        self.refresh_opens()
+
+    # --- guest ---------------------------------------------------------------------------------
+
+    def guest_write(self, vm: VM, block: int, data: bytes) -> None:
+        if vm.state != STATE_RUNNING:
+            raise ModelError(f"VM '{vm.name}' is {vm.state}: the guest cannot write.", category="InvalidOperation",
+                             reason="InvalidState", target=vm.name)
+        if not vm.drives:
+            raise ModelError(f"VM '{vm.name}' has no disk.", category="InvalidOperation", reason="InvalidState")
+        top = self.files[path_key(vm.drives[0].path)]
+        assert top.vhd is not None and top.vhd.write_open
+        if block < 0:
+            raise ValueError("block must be >= 0")
+        top.vhd.blocks[block] = bytes(data)
+        top.length = min(top.length + len(data), top.vhd.size + VHD_METADATA_BYTES)
+        top.modified = self.now
+
+    # --- background copy ----------------------------------------------------------------------
+
+    def start_copy(self, source: str, destination: str, partial: str, status_path: str,
+                   *, fail_half_way: bool = False) -> CopyJob:
+        dest_canon = canonical_path(destination)
+        if self.exists(dest_canon):
+            message = f"The copy destination '{destination}' already exists."
+            raise ModelError(message, category="OperationStopped", reason="", fq_error_id=message,
+                             target=destination, exception_type=IO_EXCEPTION)
+        src_canon = canonical_path(source)
+        node = self.files.get(src_canon.lower())
+        if node is None:
+            if self.is_dir(src_canon):
+                raise ModelError(f"The copy source '{source}' is a folder.", category="InvalidArgument",
+                                 reason="InvalidArgument", target=source, exception_type=IO_EXCEPTION)
+            raise ModelError(f"Cannot find path '{source}' because it does not exist.", category="ObjectNotFound",
+                             reason="", fq_error_id="PathNotFound,Microsoft.PowerShell.Commands.GetItemCommand",
+                             target=source, exception_type=ITEM_NOT_FOUND)
+        status_canon = canonical_path(status_path)
+        partial_canon = canonical_path(partial)
+        parent = parent_path(status_canon)
+        if parent is None or not self.is_dir(parent):
+            message = ("Exception calling \"WriteAllText\" with \"2\" argument(s): \"Could not find a part of "
+                       f"the path '{status_path}'.\"")
+            raise ModelError(message, category="NotSpecified", reason="",
+                             fq_error_id="DirectoryNotFoundException", target=status_path,
+                             exception_type="System.IO.DirectoryNotFoundException")
+        pid = self._next_pid
+        self._next_pid += 4
+        payload = FileNode(dest_canon, self.now, self.now, node.length, text=node.text,
+                           vhd=node.vhd.clone() if node.vhd is not None else None)
+        job = CopyJob(pid, src_canon, dest_canon, partial_canon, status_canon, self.now, node.size,
+                      self.copy_rate, payload)
+        self._write_status(job, self.now, initial=True)
+        # the detached worker starts: open the source for read (FileShare.Read), create the partial.
+        sources, partials = self._copy_locks()
+        failure: str | None = None
+        partial_parent = parent_path(partial_canon)
+        if node.vhd is not None and node.vhd.write_open:
+            failure = (f"The process cannot access the file '{node.path}' because it is being used by another "
+                       "process.")
+        elif partial_canon.lower() in partials or partial_canon.lower() in sources:
+            failure = (f"The process cannot access the file '{partial_canon}' because it is being used by another "
+                       "process.")
+        elif partial_parent is None or not self.is_dir(partial_parent):
+            failure = f"Could not find a part of the path '{partial}'."
+        elif self.is_dir(partial_canon):
+            failure = f"Access to the path '{partial}' is denied."
+        else:
+            existing = self.files.get(partial_canon.lower())
+            if existing is not None and (existing.acl_protected or existing.read_only):
+                failure = f"Access to the path '{partial}' is denied."
+            else:
+                self.files[partial_canon.lower()] = FileNode(partial_canon, self.now, self.now, 0.0)
+        self.copies[pid] = job
+        if failure is not None:
+            self._fail_copy(job, self.now, failure)
+        elif fail_half_way:
+            job.fail_at_bytes = job.total // 2
+        return job
+
+    def _finish_copy(self, job: CopyJob, t: float) -> None:
+        if job.fail_at_bytes is not None:
+            self._fail_copy(job, t, DISK_FULL_MESSAGE)
+            return
+        partial = self.files.get(path_key(job.partial))
+        if self.exists(job.destination):
+            self._fail_copy(job, t, "Cannot create a file when that file already exists.")
+            return
+        if partial is not None:
+            del self.files[partial.key]
+        job.payload.created = job.payload.modified = t
+        self.files[job.payload.key] = job.payload
+        job.state = "Completed"
+        job.copied = float(job.total)
+        job.finished = t
+        self._write_status(job, t)
+
+    def _fail_copy(self, job: CopyJob, t: float, message: str) -> None:
+        job.state = "Failed"
+        job.error = message
+        job.finished = t
+        self._write_status(job, t)
+
+    def stop_process(self, pid: int) -> None:
+        job = self.copies.get(pid)
+        if job is None or job.state != "Running":
+            raise ModelError(f"Cannot find a process with the process identifier {pid}.", category="ObjectNotFound",
+                             reason="NoProcessFoundForGivenId", target=str(pid),
+                             exception_type="Microsoft.PowerShell.Commands.ProcessCommandException")
+        job.state = "Stopped"
+        job.finished = self.now
+
+    def status_document(self, job: CopyJob, t: float, *, initial: bool = False) -> dict[str, object]:
+        started = iso_o(self.date(job.started))
+        doc: dict[str, object] = {"state": "Running", "bytesCopied": 0, "bytesTotal": job.total, "processId": 0,
+                                  "startedAt": started, "updatedAt": started, "finishedAt": None, "error": None}
+        if initial:
+            return doc
+        if job.state == "Completed":
+            assert job.finished is not None
+            doc.update(state="Completed", bytesCopied=job.total, processId=job.pid,
+                       updatedAt=iso_o(self.date(job.finished)), finishedAt=iso_o(self.date(job.finished)))
+        elif job.state == "Failed":
+            assert job.finished is not None
+            doc.update(state="Failed", bytesCopied=0, processId=job.pid, updatedAt=iso_o(self.date(job.finished)),
+                       finishedAt=iso_o(self.date(job.finished)), error=job.error)
+        else:
+            elapsed = t - job.started
+            if elapsed < 1.0:
+                return doc
+            tick = job.started + math.floor(elapsed)
+            copied = min(job.total, int((tick - job.started) * job.rate), int(job.copied))
+            doc.update(bytesCopied=copied, processId=job.pid, updatedAt=iso_o(self.date(tick)))
+        return doc
+
+    def _write_status(self, job: CopyJob, t: float, *, initial: bool = False) -> None:
+        if job.state == "Stopped":
+            return
+        text = json.dumps(self.status_document(job, t, initial=initial), separators=(",", ":"))
+        node = self.files.get(job.status_path.lower())
+        if node is None:
+            parent = parent_path(job.status_path)
+            if parent is None or not self.is_dir(parent):
+                return
+            node = FileNode(job.status_path, t, t)
+            self.files[node.key] = node
+        if node.text != text:
+            node.text = text
+            node.length = float(len(text.encode("utf-8")))
+            node.modified = t
+
+    # --- inspection ----------------------------------------------------------------------------
+
+    @staticmethod
+    def fingerprint(node: FileNode) -> tuple[str, str, str]:
+        assert node.vhd is not None
+        digest = hashlib.sha256()
+        digest.update(node.vhd.size.to_bytes(8, "little"))
+        for index in sorted(node.vhd.blocks):
+            data = node.vhd.blocks[index]
+            digest.update(index.to_bytes(8, "little") + len(data).to_bytes(8, "little") + data)
+        return node.vhd.disk_identifier, node.vhd.data_write_guid, digest.hexdigest()
