@@ -128,7 +128,7 @@ def test_differencing_against_fake_host_and_delete() -> None:
     assert status["vmId"] == vm["Id"]
     assert status["disk"]["path"] == "D:\\VMs\\web-1234abcd\\web.vhdx"
     assert len(host.runs) <= steps * 3  # observe (2 round trips) + at most one action per step
-    deleted, _ = _drive(host, s, status, deleting=True)
+    _drive(host, s, status, deleting=True)
     assert host.vms == {}
     assert set(host.files) == {BASE.lower()}
     assert not any(f.startswith("d:\\vms\\web-1234abcd") for f in host.folders)
