@@ -174,3 +174,43 @@ def write_private_file(folder: str, name: str, content: bytes) -> str:
 
 def host_spec_from_body(spec: Mapping[str, Any]) -> HyperVHostSpec:
     return HyperVHostSpec.from_dict(spec)
+
+
+def winrm_client_factory(
+    *, connection_timeout: float = 30.0, read_timeout: float = 30.0, operation_timeout: float = 20.0
+) -> ClientFactory:
+    """Production: a pypsrp WinRMClient per HyperVHost."""
+    from hyperv_operator.api import Transport
+    from hyperv_operator.hyperv.winrm import WinRMClient, WinRMSettings
+
+    def build(spec: HyperVHostSpec, credentials: HostCredentials, folder: str) -> HyperVClient:
+        cert_pem = key_pem = ca_bundle = None
+        if credentials.client_cert_pem and credentials.client_key_pem:
+            cert_pem = write_private_file(folder, "client.pem", credentials.client_cert_pem)
+            key_pem = write_private_file(folder, "client-key.pem", credentials.client_key_pem)
+        if credentials.ca_bundle_pem:
+            ca_bundle = write_private_file(folder, "ca.pem", credentials.ca_bundle_pem)
+        try:
+            settings = WinRMSettings(
+                server=spec.address,
+                port=spec.effective_port,
+                ssl=spec.transport is Transport.HTTPS,
+                auth=spec.auth,
+                username=credentials.username,
+                password=credentials.password,
+                cert_pem=cert_pem,
+                key_pem=key_pem,
+                ca_bundle=ca_bundle,
+                cert_validation=not spec.insecure_skip_tls_verify,
+                configuration_name=spec.configuration_name,
+                connection_timeout=connection_timeout,
+                read_timeout=read_timeout,
+                operation_timeout=operation_timeout,
+                allow_unencrypted=spec.allow_unencrypted_http,
+                reconnection_backoff=0.5,
+            )
+        except ValueError as exc:
+            raise HostConfigError(str(exc)) from exc
+        return WinRMClient(settings)
+
+    return build
