@@ -1,0 +1,109 @@
+"""`hyperv-operator check-host`: a read-only preflight against a real (or simulated) Hyper-V host.
+
+Every check is a read: connectivity and auth (the probe), the Hyper-V module, the base disk (exists,
+is a full disk, carries the read-only attribute), the VM folder (exists, is a folder). Nothing is
+created, changed or deleted on the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+
+from hyperv_operator.hyperv import cmdlets
+from hyperv_operator.hyperv.errors import HostError
+from hyperv_operator.hyperv.winrm import WinRMClient, WinRMSettings
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    verdict: str  # OK | WARN | FAIL
+    detail: str
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--transport", choices=["https", "http"], default="https")
+    parser.add_argument("--auth", default="negotiate",
+                        choices=["negotiate", "kerberos", "ntlm", "credssp", "basic", "certificate"])
+    parser.add_argument("--username", default=None)
+    parser.add_argument("--password-env", default="HV_PASSWORD",
+                        help="environment variable holding the password (never pass it on the command line)")
+    parser.add_argument("--ca-bundle", default=None, help="PEM CA bundle for the host's certificate")
+    parser.add_argument("--insecure-skip-tls-verify", action="store_true")
+    parser.add_argument("--configuration-name", default="Microsoft.PowerShell", help="JEA endpoint")
+    parser.add_argument("--base", default=None, help="base VHDX path to check")
+    parser.add_argument("--vm-path", default=None, help="folder for VMs to check")
+
+
+async def run_checks(client: WinRMClient, base: str | None, vm_path: str | None) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        probe = await client.probe()
+    except HostError as exc:
+        return [Check("connect", "FAIL", str(exc))]
+    checks.append(Check("connect", "OK", f"{client.settings.endpoint} answered in {probe.latency_seconds:.2f}s "
+                                          f"(host {probe.host_name or '?'})"))
+    if probe.missing_commands:
+        checks.append(Check("hyper-v module", "FAIL", f"missing commands: {', '.join(probe.missing_commands)}"))
+    else:
+        checks.append(Check("hyper-v module", "OK", f"Hyper-V module {probe.hyperv_version or '?'}"))
+    if base:
+        try:
+            disk = (await client.run([cmdlets.get_vhd(base)]))[0]
+            item = (await client.run([cmdlets.get_item(base)]))[0]
+        except HostError as exc:
+            checks.append(Check("base disk", "FAIL", str(exc)))
+        else:
+            if disk.get("VhdType") == "Differencing" or base.lower().endswith(".avhdx"):
+                checks.append(Check("base disk", "FAIL", f"{base} is a differencing disk; a base must be a full disk"))
+            else:
+                checks.append(Check("base disk", "OK", f"{disk.get('VhdType')} {disk.get('VhdFormat')}, "
+                                                       f"{disk.get('FileSize')} bytes on disk"))
+            if item.get("IsReadOnly"):
+                checks.append(Check("base read-only", "OK", "read-only attribute set"))
+            else:
+                checks.append(Check("base read-only", "WARN", "no read-only attribute: make the base read-only to the "
+                                                              "operator's account so a mistake fails loudly"))
+    if vm_path:
+        try:
+            folder = (await client.run([cmdlets.get_item(vm_path)]))[0]
+        except HostError as exc:
+            checks.append(Check("vm path", "FAIL", str(exc)))
+        else:
+            is_folder = bool(folder.get("PSIsContainer")) or "Directory" in str(folder.get("Attributes") or "")
+            checks.append(Check("vm path", "OK" if is_folder else "FAIL",
+                                f"{vm_path} {'is a folder' if is_folder else 'is not a folder'} "
+                                "(write access is not tested: this check writes nothing)"))
+    checks.append(Check("checkpoint type", "OK", "the operator sets CheckpointType Standard on Quick VMs itself"))
+    return checks
+
+
+def run_check_host(args: argparse.Namespace) -> int:
+    password = os.environ.get(args.password_env) if args.password_env else None
+    settings = WinRMSettings(
+        server=args.address,
+        port=args.port,
+        ssl=args.transport == "https",
+        auth=args.auth,
+        username=args.username,
+        password=password,
+        ca_bundle=args.ca_bundle,
+        cert_validation=not args.insecure_skip_tls_verify,
+        configuration_name=args.configuration_name,
+    )
+    client = WinRMClient(settings)
+    try:
+        checks = asyncio.run(run_checks(client, args.base, args.vm_path))
+    finally:
+        asyncio.run(client.close())
+    for check in checks:
+        print(f"[{check.verdict:<4}] {check.name:<16} {check.detail}")
+    failed = [c for c in checks if c.verdict == "FAIL"]
+    print("preflight " + ("FAILED" if failed else "passed"), file=sys.stderr if failed else sys.stdout)
+    return 1 if failed else 0
