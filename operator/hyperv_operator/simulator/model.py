@@ -953,7 +953,8 @@ class HostModel:
             vm.stop_at = self.now + self.shutdown_seconds
 
     def _finish_stop_at(self, vm: VM, t: float) -> None:
-        self._finish_stop(vm)
+        if vm.state == STATE_STOPPING:
+            self._finish_stop(vm)
 
     def _finish_stop(self, vm: VM) -> None:
         vm.state = STATE_OFF
@@ -1060,6 +1061,8 @@ class HostModel:
         self.refresh_opens()
 
     def _finish_merge(self, job: MergeJob, t: float) -> None:
+        if job not in self.merges:
+            return
         self.merges.remove(job)
         child = self.files.get(job.child_key)
         parent = self.files.get(job.parent_key)
@@ -1159,6 +1162,8 @@ class HostModel:
         return job
 
     def _finish_copy(self, job: CopyJob, t: float) -> None:
+        if job.state != "Running":  # failed while its bytes flowed up to this event
+            return
         if job.fail_at_bytes is not None:
             self._fail_copy(job, t, DISK_FULL_MESSAGE)
             return
