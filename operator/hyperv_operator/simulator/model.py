@@ -65,6 +65,10 @@ Modelling choices. Where Microsoft's documentation leaves room, the STRICTER beh
 - Guest activity grows the first drive's top disk by guest_write_bytes_per_second, capped at its
   virtual size plus 4 MiB of metadata and at the free space (a real VM would pause; not modelled).
 - Get-VHD ParentPath is None for a disk without parent (test it for falsiness: Windows may show "").
+- Get-VM Uptime is a TimeSpan as an XML-Schema duration string ("PT1M45.5S", "PT0S" when off): that
+  is what pypsrp hands the operator for a TimeSpan. Guids are str (VM Id lower-case like
+  Guid.ToString(); DiskIdentifier upper-case like Get-VHD shows it). Datetimes are UTC, tz-aware.
+- Output objects carry the real .NET type names, most specific first.
 - Get-Content of a VHD or other binary file returns "" (not modelled).
 """
 
