@@ -18,6 +18,8 @@ def _run(args: argparse.Namespace) -> int:
 
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("hyperv_operator").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    for noisy in ("pypsrp", "psrpcore", "spnego", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
     config = OperatorConfig(drift_interval=args.drift_interval, host_probe_interval=args.host_probe_interval)
     runtime = Runtime(
         config=config,

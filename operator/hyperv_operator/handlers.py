@@ -132,7 +132,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     async def close_connections(**_: Any) -> None:
         await runtime.connections.close()
 
-    @kopf.index(**host_resource, registry=registry)  # type: ignore[arg-type]
+    @kopf.index(**host_resource, id="hosts_by_name", registry=registry)  # type: ignore[arg-type]
     def hosts_by_name(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
         return {(namespace, name): dict(spec)}
 
@@ -174,9 +174,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         _apply_outcome(body, patch, old_status, outcome, vm_spec)
         return outcome
 
-    @kopf.on.resume(**vm_resource, registry=registry)  # type: ignore[arg-type]
-    @kopf.on.create(**vm_resource, registry=registry)  # type: ignore[arg-type]
-    @kopf.on.update(**vm_resource, field="spec", registry=registry)  # type: ignore[arg-type]
+    @kopf.on.resume(**vm_resource, id="reconcile", registry=registry)  # type: ignore[arg-type]
+    @kopf.on.create(**vm_resource, id="reconcile", registry=registry)  # type: ignore[arg-type]
+    @kopf.on.update(**vm_resource, id="reconcile", field="spec", registry=registry)  # type: ignore[arg-type]
     async def reconcile_vm(
         body: kopf.Body,
         spec: kopf.Spec,
@@ -191,7 +191,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if outcome is not None and outcome.requeue_after is not None:
             raise kopf.TemporaryError(outcome.status.get("message") or "in progress", delay=outcome.requeue_after)
 
-    @kopf.timer(**vm_resource, interval=runtime.config.drift_interval,  # type: ignore[arg-type]
+    @kopf.timer(**vm_resource, id="drift", interval=runtime.config.drift_interval,  # type: ignore[arg-type]
                 initial_delay=runtime.config.drift_interval, registry=registry)
     async def check_drift(
         body: kopf.Body,
@@ -211,7 +211,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         except kopf.TemporaryError:
             return
 
-    @kopf.on.delete(**vm_resource, registry=registry)  # type: ignore[arg-type]
+    @kopf.on.delete(**vm_resource, id="finalize", registry=registry)  # type: ignore[arg-type]
     async def delete_vm(
         body: kopf.Body,
         spec: kopf.Spec,
@@ -254,20 +254,20 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         patch.status["observedGeneration"] = generation
         patch.status["copiesInFlight"] = len(runtime.slots.holders(f"{namespace}/{name}"))
 
-    @kopf.on.resume(**host_resource, registry=registry)  # type: ignore[arg-type]
-    @kopf.on.create(**host_resource, registry=registry)  # type: ignore[arg-type]
-    @kopf.on.update(**host_resource, field="spec", registry=registry)  # type: ignore[arg-type]
+    @kopf.on.resume(**host_resource, id="probe", registry=registry)  # type: ignore[arg-type]
+    @kopf.on.create(**host_resource, id="probe", registry=registry)  # type: ignore[arg-type]
+    @kopf.on.update(**host_resource, id="probe", field="spec", registry=registry)  # type: ignore[arg-type]
     async def host_changed(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
                            patch: kopf.Patch, **_: Any) -> None:
         await probe_host(namespace, name, spec, status, patch, int(meta.get("generation") or 0))
 
-    @kopf.timer(**host_resource, interval=runtime.config.host_probe_interval,  # type: ignore[arg-type]
+    @kopf.timer(**host_resource, id="probe-timer", interval=runtime.config.host_probe_interval,  # type: ignore[arg-type]
                 initial_delay=runtime.config.host_probe_interval, registry=registry)
     async def host_probe_timer(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
                                patch: kopf.Patch, **_: Any) -> None:
         await probe_host(namespace, name, spec, status, patch, int(meta.get("generation") or 0))
 
-    @kopf.on.delete(**host_resource, optional=True, registry=registry)  # type: ignore[arg-type]
+    @kopf.on.delete(**host_resource, id="forget", optional=True, registry=registry)  # type: ignore[arg-type]
     async def host_deleted(namespace: str, name: str, **_: Any) -> None:
         await runtime.connections.forget(namespace, name)
 
