@@ -75,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
     run.add_argument("--namespace", "-n", action="append", default=[], help="watch only this namespace (repeatable)")
     run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (0 disables)")
-    run.add_argument("--metrics-address", default="0.0.0.0")
+    run.add_argument("--metrics-address", default="0.0.0.0")  # noqa: S104 - scraped from outside the pod
     run.add_argument("--liveness-port", type=int, default=8081, help="kopf /healthz port (0 disables)")
-    run.add_argument("--liveness-address", default="0.0.0.0")
+    run.add_argument("--liveness-address", default="0.0.0.0")  # noqa: S104 - probed by the kubelet
     run.add_argument("--drift-interval", type=float, default=30.0, help="seconds between drift checks of a VM")
     run.add_argument("--host-probe-interval", type=float, default=60.0, help="seconds between HyperVHost probes")
     run.add_argument("--winrm-connection-timeout", type=float, default=30.0)

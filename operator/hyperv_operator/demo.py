@@ -54,9 +54,11 @@ def _row(obj: dict[str, Any], elapsed: float) -> str:
     percent = f"{copy['percent']}%" if "percent" in copy else "-"
     if copy.get("queued"):
         percent = "queued"
-    return (f"{elapsed:6.1f}s  {obj['metadata']['name']:<17} {obj['spec']['strategy']:<13} "
-            f"{status.get('phase', '-'):<13} {status.get('powerState', '-'):<8} {percent:>6}  "
-            f"Ready={_cond(obj, 'Ready'):<5} Independent={_cond(obj, 'Independent'):<5}")
+    return (
+        f"{elapsed:6.1f}s  {obj['metadata']['name']:<17} {obj['spec']['strategy']:<13} "
+        f"{status.get('phase', '-'):<13} {status.get('powerState', '-'):<8} {percent:>6}  "
+        f"Ready={_cond(obj, 'Ready'):<5} Independent={_cond(obj, 'Independent'):<5}"
+    )
 
 
 def _done(obj: dict[str, Any]) -> bool:
@@ -64,8 +66,11 @@ def _done(obj: dict[str, Any]) -> bool:
 
 
 def _summary(vms: list[dict[str, Any]], time_scale: float) -> str:
-    lines = ["", "Summary (wall seconds; host time = wall x time scale %.0f)" % time_scale,
-             f"  {'strategy':<13} {'time to Running':>22} {'time to Independent':>26}"]
+    lines = [
+        "",
+        f"Summary (wall seconds; host time = wall x time scale {time_scale:.0f})",
+        f"  {'strategy':<13} {'time to Running':>22} {'time to Independent':>26}",
+    ]
 
     def fmt(seconds: Any) -> str:
         if seconds is None:
@@ -75,8 +80,10 @@ def _summary(vms: list[dict[str, Any]], time_scale: float) -> str:
 
     for obj in sorted(vms, key=lambda o: SAMPLES.index(o["spec"]["strategy"].lower())):
         timings = (obj.get("status") or {}).get("timings") or {}
-        lines.append(f"  {obj['spec']['strategy']:<13} {fmt(timings.get('secondsToRunning')):>22} "
-                     f"{fmt(timings.get('secondsToIndependent')):>26}")
+        lines.append(
+            f"  {obj['spec']['strategy']:<13} {fmt(timings.get('secondsToRunning')):>22} "
+            f"{fmt(timings.get('secondsToIndependent')):>26}"
+        )
     return "\n".join(lines)
 
 
@@ -86,9 +93,12 @@ def run_demo(args: argparse.Namespace) -> int:
     with running_control_plane() as plane:
         sim = SimulatedHyperV(base_size=args.base_size, time_scale=args.time_scale).start()
         try:
-            print(f"simulated Hyper-V host at https://127.0.0.1:{sim.port}/wsman with base "
-                  f"\\\\FS\\VMSHARE\\BASE.VHDX ({args.base_size:,} bytes, read-only), "
-                  f"host clock x{args.time_scale:g}", flush=True)
+            print(
+                f"simulated Hyper-V host at https://127.0.0.1:{sim.port}/wsman with base "
+                f"\\\\FS\\VMSHARE\\BASE.VHDX ({args.base_size:,} bytes, read-only), "
+                f"host clock x{args.time_scale:g}",
+                flush=True,
+            )
             install_operator_rbac(plane)
             apply_objects(plane, host_objects(NAMESPACE, "hv01", sim))
             log = Path(tempfile.mkdtemp(prefix="hyperv-demo-")) / "operator.log"

@@ -17,8 +17,8 @@ from typing import Any
 import kopf
 
 from hyperv_operator import api, metrics
-from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator import conditions as cond
+from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
 from hyperv_operator.hyperv.errors import HostError
 from hyperv_operator.provisioning import engine
@@ -76,7 +76,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _host_of(hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:
+def _host_of(
+    hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]], namespace: str, name: str
+) -> dict[str, Any] | None:
     store = hosts_by_name.get((namespace, name))
     if not store:
         return None
@@ -86,12 +88,18 @@ def _host_of(hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]], namespa
 def _apply_outcome(
     body: kopf.Body, patch: kopf.Patch, old_status: Mapping[str, Any], outcome: StepOutcome, spec: VirtualMachineSpec
 ) -> None:
+    namespace = str(body.get("metadata", {}).get("namespace"))
+    uid = str(body.get("metadata", {}).get("uid"))
     new_status = {k: v for k, v in outcome.status.items() if v is not None}
     for key, value in merge_patch(old_status, new_status).items():
         patch.status[key] = value
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    metrics.observe_status_change(spec.strategy.value, spec.host_name, old_status, new_status, _now())
+    metrics.observe_status_change(
+        spec.strategy.value, f"{namespace}/{spec.host_name}", old_status, new_status, _now(), uid=uid
+    )
+    if outcome.finished:
+        metrics.forget(uid)
 
 
 def _waiting_status(
@@ -100,7 +108,9 @@ def _waiting_status(
     status = dict(old_status)
     conditions = list(status.get("conditions") or [])
     now = _now()
-    conditions = set_condition(conditions, "Reconciling", "False" if stalled else "True", reason, message, generation, now)
+    conditions = set_condition(
+        conditions, "Reconciling", "False" if stalled else "True", reason, message, generation, now
+    )
     conditions = set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message, generation, now)
     status["conditions"] = conditions
     status["phase"] = status.get("phase") or "Pending"
@@ -110,8 +120,8 @@ def _waiting_status(
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    vm_resource = dict(group=api.GROUP, version=api.VERSION, plural=api.VM_PLURAL)
-    host_resource = dict(group=api.GROUP, version=api.VERSION, plural=api.HOST_PLURAL)
+    vm_resource = (api.GROUP, api.VERSION, api.VM_PLURAL)
+    host_resource = (api.GROUP, api.VERSION, api.HOST_PLURAL)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -132,9 +142,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     async def close_connections(**_: Any) -> None:
         await runtime.connections.close()
 
-    @kopf.index(**host_resource, id="hosts_by_name", registry=registry)  # type: ignore[arg-type]
-    def hosts_by_name(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-        return {(namespace, name): dict(spec)}
+    @kopf.index(*host_resource, id="hosts_by_name", registry=registry)
+    def hosts_by_name(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(str(namespace), name): dict(spec)}
 
     async def step(
         *,
@@ -174,61 +184,70 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         _apply_outcome(body, patch, old_status, outcome, vm_spec)
         return outcome
 
-    @kopf.on.resume(**vm_resource, id="reconcile", registry=registry)  # type: ignore[arg-type]
-    @kopf.on.create(**vm_resource, id="reconcile", registry=registry)  # type: ignore[arg-type]
-    @kopf.on.update(**vm_resource, id="reconcile", field="spec", registry=registry)  # type: ignore[arg-type]
+    @kopf.on.resume(*vm_resource, id="reconcile", registry=registry)
+    @kopf.on.create(*vm_resource, id="reconcile", registry=registry)
+    @kopf.on.update(*vm_resource, id="reconcile", field="spec", registry=registry)
     async def reconcile_vm(
         body: kopf.Body,
         spec: kopf.Spec,
         status: kopf.Status,
         meta: kopf.Meta,
         patch: kopf.Patch,
-        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]],
-        **_: Any,
+        **kwargs: Any,
     ) -> None:
-        outcome = await step(body=body, spec=spec, status=status, meta=meta, patch=patch,
-                             hosts_by_name=hosts_by_name, deleting=False)
+        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["hosts_by_name"]
+        outcome = await step(
+            body=body, spec=spec, status=status, meta=meta, patch=patch, hosts_by_name=hosts_by_name, deleting=False
+        )
         if outcome is not None and outcome.requeue_after is not None:
             raise kopf.TemporaryError(outcome.status.get("message") or "in progress", delay=outcome.requeue_after)
 
-    @kopf.timer(**vm_resource, id="drift", interval=runtime.config.drift_interval,  # type: ignore[arg-type]
-                initial_delay=runtime.config.drift_interval, registry=registry)
+    @kopf.timer(
+        *vm_resource,
+        id="drift",
+        interval=runtime.config.drift_interval,
+        initial_delay=runtime.config.drift_interval,
+        registry=registry,
+    )
     async def check_drift(
         body: kopf.Body,
         spec: kopf.Spec,
         status: kopf.Status,
         meta: kopf.Meta,
         patch: kopf.Patch,
-        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]],
-        **_: Any,
+        **kwargs: Any,
     ) -> None:
+        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["hosts_by_name"]
         # Only converged VMs: the change handlers own everything in flight.
         if status.get("phase") != "Provisioned" or meta.get("deletionTimestamp"):
             return
         try:
-            await step(body=body, spec=spec, status=status, meta=meta, patch=patch,
-                       hosts_by_name=hosts_by_name, deleting=False)
+            await step(
+                body=body, spec=spec, status=status, meta=meta, patch=patch, hosts_by_name=hosts_by_name, deleting=False
+            )
         except kopf.TemporaryError:
             return
 
-    @kopf.on.delete(**vm_resource, id="finalize", registry=registry)  # type: ignore[arg-type]
+    @kopf.on.delete(*vm_resource, id="finalize", registry=registry)
     async def delete_vm(
         body: kopf.Body,
         spec: kopf.Spec,
         status: kopf.Status,
         meta: kopf.Meta,
         patch: kopf.Patch,
-        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]],
-        **_: Any,
+        **kwargs: Any,
     ) -> None:
-        outcome = await step(body=body, spec=spec, status=status, meta=meta, patch=patch,
-                             hosts_by_name=hosts_by_name, deleting=True)
+        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["hosts_by_name"]
+        outcome = await step(
+            body=body, spec=spec, status=status, meta=meta, patch=patch, hosts_by_name=hosts_by_name, deleting=True
+        )
         if outcome is not None and not outcome.finished:
             delay = outcome.requeue_after if outcome.requeue_after is not None else 2.0
             raise kopf.TemporaryError(outcome.status.get("message") or "deleting", delay=delay)
 
-    async def probe_host(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
-                         generation: int) -> None:
+    async def probe_host(
+        namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, generation: int
+    ) -> None:
         host_spec = HyperVHostSpec.from_dict(spec)
         now = _now()
         conditions = list(status.get("conditions") or [])
@@ -239,14 +258,19 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         except (HostError, HostConfigError) as exc:
             metrics.HOST_REACHABLE.labels(namespace=namespace, host=name).set(0)
             reason = "HostMisconfigured" if isinstance(exc, HostConfigError) else "Unreachable"
-            patch.status["conditions"] = set_condition(conditions, "Reachable", "False", reason, str(exc), generation, now)
+            patch.status["conditions"] = set_condition(
+                conditions, "Reachable", "False", reason, str(exc), generation, now
+            )
         else:
             metrics.HOST_REACHABLE.labels(namespace=namespace, host=name).set(1)
             patch.status["conditions"] = set_condition(
                 conditions, "Reachable", "True", "Probed", f"WinRM reachable at {host_spec.address}", generation, now
             )
-            for source, target in (("host_name", "hostName"), ("hyperv_version", "hyperVVersion"),
-                                   ("free_bytes", "freeBytes")):
+            for source, target in (
+                ("host_name", "hostName"),
+                ("hyperv_version", "hyperVVersion"),
+                ("free_bytes", "freeBytes"),
+            ):
                 value = facts.get(source) if isinstance(facts, Mapping) else getattr(facts, source, None)
                 if value is not None:
                     patch.status[target] = value
@@ -254,21 +278,40 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         patch.status["observedGeneration"] = generation
         patch.status["copiesInFlight"] = len(runtime.slots.holders(f"{namespace}/{name}"))
 
-    @kopf.on.resume(**host_resource, id="probe", registry=registry)  # type: ignore[arg-type]
-    @kopf.on.create(**host_resource, id="probe", registry=registry)  # type: ignore[arg-type]
-    @kopf.on.update(**host_resource, id="probe", field="spec", registry=registry)  # type: ignore[arg-type]
-    async def host_changed(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
-                           patch: kopf.Patch, **_: Any) -> None:
-        await probe_host(namespace, name, spec, status, patch, int(meta.get("generation") or 0))
+    @kopf.on.resume(*host_resource, id="probe", registry=registry)
+    @kopf.on.create(*host_resource, id="probe", registry=registry)
+    @kopf.on.update(*host_resource, id="probe", field="spec", registry=registry)
+    async def host_changed(
+        namespace: str | None,
+        name: str,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        meta: kopf.Meta,
+        patch: kopf.Patch,
+        **_: Any,
+    ) -> None:
+        await probe_host(str(namespace), name, spec, status, patch, int(meta.get("generation") or 0))
 
-    @kopf.timer(**host_resource, id="probe-timer", interval=runtime.config.host_probe_interval,  # type: ignore[arg-type]
-                initial_delay=runtime.config.host_probe_interval, registry=registry)
-    async def host_probe_timer(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
-                               patch: kopf.Patch, **_: Any) -> None:
-        await probe_host(namespace, name, spec, status, patch, int(meta.get("generation") or 0))
+    @kopf.timer(
+        *host_resource,
+        id="probe-timer",
+        interval=runtime.config.host_probe_interval,
+        initial_delay=runtime.config.host_probe_interval,
+        registry=registry,
+    )
+    async def host_probe_timer(
+        namespace: str | None,
+        name: str,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        meta: kopf.Meta,
+        patch: kopf.Patch,
+        **_: Any,
+    ) -> None:
+        await probe_host(str(namespace), name, spec, status, patch, int(meta.get("generation") or 0))
 
-    @kopf.on.delete(**host_resource, id="forget", optional=True, registry=registry)  # type: ignore[arg-type]
-    async def host_deleted(namespace: str, name: str, **_: Any) -> None:
-        await runtime.connections.forget(namespace, name)
+    @kopf.on.delete(*host_resource, id="forget", optional=True, registry=registry)
+    async def host_deleted(namespace: str | None, name: str, **_: Any) -> None:
+        await runtime.connections.forget(str(namespace), name)
 
     return registry

@@ -56,9 +56,9 @@ def kubernetes_secret_reader() -> SecretReader:
     import kubernetes
 
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     core = kubernetes.client.CoreV1Api()
 
     def read(namespace: str, name: str) -> Mapping[str, str] | None:
@@ -68,7 +68,7 @@ def kubernetes_secret_reader() -> SecretReader:
             if exc.status == 404:
                 return None
             raise
-        return dict(secret.data or {})
+        return {str(k): str(v) for k, v in (secret.data or {}).items()}
 
     return read
 

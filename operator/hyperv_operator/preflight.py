@@ -29,11 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", required=True)
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--transport", choices=["https", "http"], default="https")
-    parser.add_argument("--auth", default="negotiate",
-                        choices=["negotiate", "kerberos", "ntlm", "credssp", "basic", "certificate"])
+    parser.add_argument(
+        "--auth", default="negotiate", choices=["negotiate", "kerberos", "ntlm", "credssp", "basic", "certificate"]
+    )
     parser.add_argument("--username", default=None)
-    parser.add_argument("--password-env", default="HV_PASSWORD",
-                        help="environment variable holding the password (never pass it on the command line)")
+    parser.add_argument(
+        "--password-env",
+        default="HV_PASSWORD",
+        help="environment variable holding the password (never pass it on the command line)",
+    )
     parser.add_argument("--ca-bundle", default=None, help="PEM CA bundle for the host's certificate")
     parser.add_argument("--insecure-skip-tls-verify", action="store_true")
     parser.add_argument("--configuration-name", default="Microsoft.PowerShell", help="JEA endpoint")
@@ -47,8 +51,13 @@ async def run_checks(client: WinRMClient, base: str | None, vm_path: str | None)
         probe = await client.probe()
     except HostError as exc:
         return [Check("connect", "FAIL", str(exc))]
-    checks.append(Check("connect", "OK", f"{client.settings.endpoint} answered in {probe.latency_seconds:.2f}s "
-                                          f"(host {probe.host_name or '?'})"))
+    checks.append(
+        Check(
+            "connect",
+            "OK",
+            f"{client.settings.endpoint} answered in {probe.latency_seconds:.2f}s (host {probe.host_name or '?'})",
+        )
+    )
     if probe.missing_commands:
         checks.append(Check("hyper-v module", "FAIL", f"missing commands: {', '.join(probe.missing_commands)}"))
     else:
@@ -63,13 +72,24 @@ async def run_checks(client: WinRMClient, base: str | None, vm_path: str | None)
             if disk.get("VhdType") == "Differencing" or base.lower().endswith(".avhdx"):
                 checks.append(Check("base disk", "FAIL", f"{base} is a differencing disk; a base must be a full disk"))
             else:
-                checks.append(Check("base disk", "OK", f"{disk.get('VhdType')} {disk.get('VhdFormat')}, "
-                                                       f"{disk.get('FileSize')} bytes on disk"))
+                checks.append(
+                    Check(
+                        "base disk",
+                        "OK",
+                        f"{disk.get('VhdType')} {disk.get('VhdFormat')}, {disk.get('FileSize')} bytes on disk",
+                    )
+                )
             if item.get("IsReadOnly"):
                 checks.append(Check("base read-only", "OK", "read-only attribute set"))
             else:
-                checks.append(Check("base read-only", "WARN", "no read-only attribute: make the base read-only to the "
-                                                              "operator's account so a mistake fails loudly"))
+                checks.append(
+                    Check(
+                        "base read-only",
+                        "WARN",
+                        "no read-only attribute: make the base read-only to the "
+                        "operator's account so a mistake fails loudly",
+                    )
+                )
     if vm_path:
         try:
             folder = (await client.run([cmdlets.get_item(vm_path)]))[0]
@@ -77,9 +97,14 @@ async def run_checks(client: WinRMClient, base: str | None, vm_path: str | None)
             checks.append(Check("vm path", "FAIL", str(exc)))
         else:
             is_folder = bool(folder.get("PSIsContainer")) or "Directory" in str(folder.get("Attributes") or "")
-            checks.append(Check("vm path", "OK" if is_folder else "FAIL",
-                                f"{vm_path} {'is a folder' if is_folder else 'is not a folder'} "
-                                "(write access is not tested: this check writes nothing)"))
+            checks.append(
+                Check(
+                    "vm path",
+                    "OK" if is_folder else "FAIL",
+                    f"{vm_path} {'is a folder' if is_folder else 'is not a folder'} "
+                    "(write access is not tested: this check writes nothing)",
+                )
+            )
     checks.append(Check("checkpoint type", "OK", "the operator sets CheckpointType Standard on Quick VMs itself"))
     return checks
 

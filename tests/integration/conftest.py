@@ -38,7 +38,9 @@ def kube(control_plane: ControlPlane) -> Kube:
 
 
 @pytest.fixture(scope="session")
-def operator(control_plane: ControlPlane, sim: SimulatedHyperV, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(
+    control_plane: ControlPlane, sim: SimulatedHyperV, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     install_operator_rbac(control_plane)
     ensure_namespace(control_plane, NAMESPACE)
     apply_objects(control_plane, host_objects(NAMESPACE, "hv01", sim))

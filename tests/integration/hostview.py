@@ -10,9 +10,22 @@ from hyperv_operator import api
 from hyperv_operator.envtest.stack import SimulatedHyperV
 from hyperv_operator.hyperv import cmdlets
 
-READ_ONLY_COMMANDS = {"get-vm", "get-vmharddiskdrive", "get-vmsnapshot", "get-vhd", "test-path", "get-item",
-                      "get-childitem", "get-content", "get-vmhost", "get-psdrive", "get-date", "get-module",
-                      "get-ciminstance", "get-command"}
+READ_ONLY_COMMANDS = {
+    "get-vm",
+    "get-vmharddiskdrive",
+    "get-vmsnapshot",
+    "get-vhd",
+    "test-path",
+    "get-item",
+    "get-childitem",
+    "get-content",
+    "get-vmhost",
+    "get-psdrive",
+    "get-date",
+    "get-module",
+    "get-ciminstance",
+    "get-command",
+}
 
 
 def short_name(command: str) -> str:

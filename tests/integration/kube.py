@@ -23,14 +23,23 @@ class Kube:
             "apiVersion": api.API_VERSION,
             "kind": api.VM_KIND,
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {"hostRef": {"name": host}, "baseVhd": spec.pop("baseVhd", "\\\\FS\\VMSHARE\\BASE.VHDX"),
-                     "strategy": strategy, "memory": "1Gi", **spec},
+            "spec": {
+                "hostRef": {"name": host},
+                "baseVhd": spec.pop("baseVhd", "\\\\FS\\VMSHARE\\BASE.VHDX"),
+                "strategy": strategy,
+                "memory": "1Gi",
+                **spec,
+            },
         }
-        return dict(self.objects.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VM_PLURAL, body))
+        return dict(
+            self.objects.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VM_PLURAL, body)
+        )
 
     def get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.objects.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VM_PLURAL, name))
+            return dict(
+                self.objects.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VM_PLURAL, name)
+            )
         except kubernetes.client.ApiException as exc:
             if exc.status == 404:
                 return None
@@ -40,14 +49,20 @@ class Kube:
         return dict(self.objects.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.HOST_PLURAL, name))
 
     def patch_vm(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.objects.patch_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.VM_PLURAL, name, patch))
+        return dict(
+            self.objects.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VM_PLURAL, name, patch)
+        )
 
     def delete_vm(self, namespace: str, name: str) -> None:
         self.objects.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VM_PLURAL, name)
 
     def wait_vm(
-        self, namespace: str, name: str, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 90,
+        self,
+        namespace: str,
+        name: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        *,
+        timeout: float = 90,
         what: str = "condition",
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -57,11 +72,18 @@ class Kube:
             if obj is not None and predicate(obj):
                 return obj
             time.sleep(0.2)
-        raise AssertionError(f"{namespace}/{name}: timed out waiting for {what}; last status: {(obj or {}).get('status')}")
+        raise AssertionError(
+            f"{namespace}/{name}: timed out waiting for {what}; last status: {(obj or {}).get('status')}"
+        )
 
     def wait_phase(self, namespace: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
-        return self.wait_vm(namespace, name, lambda o: (o.get("status") or {}).get("phase") == phase,
-                            timeout=timeout, what=f"phase {phase}")
+        return self.wait_vm(
+            namespace,
+            name,
+            lambda o: (o.get("status") or {}).get("phase") == phase,
+            timeout=timeout,
+            what=f"phase {phase}",
+        )
 
     def wait_gone(self, namespace: str, name: str, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout

@@ -88,8 +88,13 @@ def test_unknown_status_fields_are_pruned(control_plane: ControlPlane) -> None:
     name = _name()
     control_plane.kubectl("apply", "-f", "-", input_text=_vm(name))
     control_plane.kubectl(
-        "patch", "hvvm", name, "--subresource=status", "--type=merge",
-        "-p", '{"status":{"phase":"Copying","notInSchema":1,"copy":{"percent":40}}}',
+        "patch",
+        "hvvm",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status":{"phase":"Copying","notInSchema":1,"copy":{"percent":40}}}',
     )
     status = json.loads(control_plane.kubectl("get", "hvvm", name, "-o", "json").stdout)["status"]
     assert status == {"phase": "Copying", "copy": {"percent": 40}}
@@ -99,9 +104,14 @@ def test_printer_columns_show_in_kubectl_get(control_plane: ControlPlane) -> Non
     name = _name()
     control_plane.kubectl("apply", "-f", "-", input_text=_vm(name))
     control_plane.kubectl(
-        "patch", "hvvm", name, "--subresource=status", "--type=merge",
-        "-p", '{"status":{"phase":"CopyingBase","powerState":"Running","copy":{"percent":42},'
-              '"vmId":"0b5b6a33-0000-4000-8000-000000000001","disk":{"path":"C:\\\\VMs\\\\x.avhdx"}}}',
+        "patch",
+        "hvvm",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status":{"phase":"CopyingBase","powerState":"Running","copy":{"percent":42},'
+        '"vmId":"0b5b6a33-0000-4000-8000-000000000001","disk":{"path":"C:\\\\VMs\\\\x.avhdx"}}}',
     )
     out = control_plane.kubectl("get", "hvvm", name).stdout.splitlines()
     assert out[0].split() == ["NAME", "PHASE", "STRATEGY", "HOST", "POWER", "READY", "PROGRESS", "AGE"]

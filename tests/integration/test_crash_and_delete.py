@@ -67,7 +67,11 @@ def _guest_write_if_running(sim: SimulatedHyperV, uid: str) -> bytes | None:
 
 @pytest.mark.parametrize(("strategy", "command"), CRASH_POINTS, ids=[f"{s}-{c}" for s, c in CRASH_POINTS])
 def test_crash_right_after_a_host_step_resumes_to_the_same_final_state(
-    strategy: str, command: str, sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess,
+    strategy: str,
+    command: str,
+    sim: SimulatedHyperV,
+    kube: Kube,
+    running_operator: OperatorProcess,
     command_hook: hostview.CommandHook,
 ) -> None:
     name = _name(f"crash-{strategy.lower()}")
@@ -91,8 +95,7 @@ def test_crash_right_after_a_host_step_resumes_to_the_same_final_state(
     if data is not None:
         assert sim.host.guest_view(final["status"]["vmId"]).get(3) == data
     assert sim.host.disk_fingerprint(BASE_VHD) == base_before
-    copies = [c for c in sim.host.call_log() if hostview.command_is(c[0], "StartBackgroundCopy")
-              and name in str(c[1])]
+    copies = [c for c in sim.host.call_log() if hostview.command_is(c[0], "StartBackgroundCopy") and name in str(c[1])]
     assert len(copies) <= 1, f"the base was copied {len(copies)} times"
 
 
@@ -101,8 +104,12 @@ def test_crash_in_the_middle_of_the_background_copy_does_not_restart_it(
 ) -> None:
     name = _name("midcopy")
     kube.create_vm(NAMESPACE, name, "Quick")
-    kube.wait_vm(NAMESPACE, name, lambda o: 5 <= ((o.get("status") or {}).get("copy") or {}).get("percent", 0) <= 80,
-                 what="copy in progress")
+    kube.wait_vm(
+        NAMESPACE,
+        name,
+        lambda o: 5 <= ((o.get("status") or {}).get("copy") or {}).get("percent", 0) <= 80,
+        what="copy in progress",
+    )
     running_operator.kill()
     running_operator.start()
     final = kube.wait_phase(NAMESPACE, name, "Provisioned")
@@ -113,7 +120,11 @@ def test_crash_in_the_middle_of_the_background_copy_does_not_restart_it(
 
 @pytest.mark.parametrize(("strategy", "command"), DELETE_POINTS, ids=[f"{s}-{c}" for s, c in DELETE_POINTS])
 def test_delete_in_each_phase_leaves_the_host_clean(
-    strategy: str, command: str, sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess,
+    strategy: str,
+    command: str,
+    sim: SimulatedHyperV,
+    kube: Kube,
+    running_operator: OperatorProcess,
     command_hook: hostview.CommandHook,
 ) -> None:
     name = _name(f"del-{strategy.lower()}")

@@ -129,13 +129,23 @@ def test_power_state_off_and_on_without_reprovisioning(
     obj = kube.wait_phase(NAMESPACE, name, "Provisioned")
     vm_id = obj["status"]["vmId"]
     kube.patch_vm(NAMESPACE, name, {"spec": {"powerState": "Off"}})
-    off = kube.wait_vm(NAMESPACE, name, lambda o: o["status"].get("powerState") == "Off"
-                       and (condition(o, "Ready") or {}).get("reason") == "PoweredOff", what="powered off")
+    off = kube.wait_vm(
+        NAMESPACE,
+        name,
+        lambda o: (
+            o["status"].get("powerState") == "Off" and (condition(o, "Ready") or {}).get("reason") == "PoweredOff"
+        ),
+        what="powered off",
+    )
     assert hostview.vm(sim, vm_id)["State"] == "Off"
     assert off["status"]["vmId"] == vm_id
     kube.patch_vm(NAMESPACE, name, {"spec": {"powerState": "Running"}})
-    kube.wait_vm(NAMESPACE, name, lambda o: o["status"].get("powerState") == "Running"
-                 and (condition(o, "Ready") or {}).get("status") == "True", what="running again")
+    kube.wait_vm(
+        NAMESPACE,
+        name,
+        lambda o: o["status"].get("powerState") == "Running" and (condition(o, "Ready") or {}).get("status") == "True",
+        what="running again",
+    )
     assert hostview.vm(sim, vm_id)["State"] == "Running"
     assert len(hostview.vms_tagged(sim, obj["metadata"]["uid"])) == 1
 
@@ -148,13 +158,23 @@ def test_drift_stopped_vm_is_started_and_deleted_vm_stalls(
     obj = kube.wait_phase(NAMESPACE, name, "Provisioned")
     vm_id = obj["status"]["vmId"]
     sim.host.stop_vm_out_of_band(vm_id)
-    kube.wait_vm(NAMESPACE, name, lambda o: any(e.reason == "VMStoppedOutOfBand" for e in kube.events_for(NAMESPACE, name)),
-                 what="VMStoppedOutOfBand event", timeout=30)
+    kube.wait_vm(
+        NAMESPACE,
+        name,
+        lambda o: any(e.reason == "VMStoppedOutOfBand" for e in kube.events_for(NAMESPACE, name)),
+        what="VMStoppedOutOfBand event",
+        timeout=30,
+    )
     kube.wait_vm(NAMESPACE, name, lambda _: hostview.vm(sim, vm_id)["State"] == "Running", what="restarted", timeout=30)
     disk = obj["status"]["disk"]["path"]
     sim.host.delete_vm_out_of_band(vm_id)
-    stalled = kube.wait_vm(NAMESPACE, name, lambda o: (condition(o, "Stalled") or {}).get("reason") == "VMDeletedOutOfBand",
-                           what="VMDeletedOutOfBand", timeout=30)
+    stalled = kube.wait_vm(
+        NAMESPACE,
+        name,
+        lambda o: (condition(o, "Stalled") or {}).get("reason") == "VMDeletedOutOfBand",
+        what="VMDeletedOutOfBand",
+        timeout=30,
+    )
     assert "disk" in (condition(stalled, "Stalled") or {}).get("message", "").lower()
     assert hostview.vms_tagged(sim, obj["metadata"]["uid"]) == []
     assert disk.lower() in {p.lower() for p in hostview.file_paths(sim)}
@@ -189,11 +209,14 @@ def test_reapplying_the_same_manifest_does_not_reprovision(
     sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess, control_plane: ControlPlane
 ) -> None:
     name = _name("gitops")
-    manifest = json.dumps({
-        "apiVersion": "hyperv-operator.io/v1alpha1", "kind": "VirtualMachine",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": "demo"}},
-        "spec": {"hostRef": {"name": "hv01"}, "baseVhd": BASE_VHD, "strategy": "Differencing", "memory": "1Gi"},
-    })
+    manifest = json.dumps(
+        {
+            "apiVersion": "hyperv-operator.io/v1alpha1",
+            "kind": "VirtualMachine",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": "demo"}},
+            "spec": {"hostRef": {"name": "hv01"}, "baseVhd": BASE_VHD, "strategy": "Differencing", "memory": "1Gi"},
+        }
+    )
     control_plane.kubectl("apply", "-f", "-", input_text=manifest)
     obj = kube.wait_phase(NAMESPACE, name, "Provisioned")
     calls_before = len(sim.host.call_log())

@@ -67,9 +67,11 @@ def test_failed_and_powered_off_verdicts(kube: Kube, running_operator: OperatorP
     off = f"verdict-off-{uuid.uuid4().hex[:6]}"
     kube.create_vm(NAMESPACE, off, "Differencing", powerState="Off")
     obj = kube.wait_vm(
-        NAMESPACE, off,
-        lambda o: (o.get("status") or {}).get("phase") == "Provisioned"
-        and kstatus_verdict(o)[0] == "Current", what="provisioned and current")
+        NAMESPACE,
+        off,
+        lambda o: (o.get("status") or {}).get("phase") == "Provisioned" and kstatus_verdict(o)[0] == "Current",
+        what="provisioned and current",
+    )
     assert obj["status"]["powerState"] == "Off"
     assert argocd_health(obj, VM_HEALTH_LUA)["status"] == "Suspended"
 

@@ -117,8 +117,12 @@ def build(force: bool = False, log: bool = True) -> ControlPlaneBinaries:
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod", GOTOOLCHAIN=os.environ.get("GOTOOLCHAIN", "local"))
     started = time.monotonic()
     if log:
-        print(f"building kube-apiserver/kubectl {KUBERNETES_VERSION} and etcd {ETCD_VERSION} into {bin_dir} "
-              "(first time on this machine; takes several minutes on 2 cores)", file=sys.stderr, flush=True)
+        print(
+            f"building kube-apiserver/kubectl {KUBERNETES_VERSION} and etcd {ETCD_VERSION} into {bin_dir} "
+            "(first time on this machine; takes several minutes on 2 cores)",
+            file=sys.stderr,
+            flush=True,
+        )
     info = json.loads(_go(["mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"], src, env))
     kubernetes_go_mod = Path(info["GoMod"]).read_text()
     (src / "go.mod").write_text(_go_mod_text(kubernetes_go_mod))
@@ -128,7 +132,9 @@ def build(force: bool = False, log: bool = True) -> ControlPlaneBinaries:
     tmp_bin.mkdir()
     for name in BINARIES:
         t0 = time.monotonic()
-        _go(["build", "-trimpath", "-ldflags", _version_ldflags(), "-o", str(tmp_bin / name), _PACKAGES[name]], src, env)
+        _go(
+            ["build", "-trimpath", "-ldflags", _version_ldflags(), "-o", str(tmp_bin / name), _PACKAGES[name]], src, env
+        )
         if log:
             print(f"  built {name} in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
     shutil.rmtree(bin_dir, ignore_errors=True)

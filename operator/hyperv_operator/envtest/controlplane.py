@@ -103,14 +103,21 @@ class ControlPlane:
             "etcd",
             [
                 str(self.binaries.etcd),
-                "--data-dir", str(self.workdir / "etcd"),
-                "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
-                "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
-                "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer_port}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer_port}",
-                "--initial-cluster", f"default=http://127.0.0.1:{etcd_peer_port}",
+                "--data-dir",
+                str(self.workdir / "etcd"),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{self.etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{self.etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{etcd_peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{etcd_peer_port}",
+                "--initial-cluster",
+                f"default=http://127.0.0.1:{etcd_peer_port}",
                 "--unsafe-no-fsync",
-                "--log-level", "warn",
+                "--log-level",
+                "warn",
             ],
         )
         self._wait_http(f"http://127.0.0.1:{self.etcd_port}/health", timeout, "etcd")
@@ -119,19 +126,31 @@ class ControlPlane:
             "kube-apiserver",
             [
                 str(self.binaries.kube_apiserver),
-                "--bind-address", "127.0.0.1",
-                "--advertise-address", "127.0.0.1",
-                "--secure-port", str(self.apiserver_port),
-                "--cert-dir", str(self.workdir / "certs"),
-                "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
-                "--token-auth-file", str(self.workdir / "tokens.csv"),
-                "--authorization-mode", "RBAC",
-                "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-                "--service-account-key-file", str(self.workdir / "sa.key"),
-                "--service-account-signing-key-file", str(self.workdir / "sa.key"),
-                "--service-cluster-ip-range", "10.0.0.0/24",
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(self.apiserver_port),
+                "--cert-dir",
+                str(self.workdir / "certs"),
+                "--etcd-servers",
+                f"http://127.0.0.1:{self.etcd_port}",
+                "--token-auth-file",
+                str(self.workdir / "tokens.csv"),
+                "--authorization-mode",
+                "RBAC",
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+                "--service-account-key-file",
+                str(self.workdir / "sa.key"),
+                "--service-account-signing-key-file",
+                str(self.workdir / "sa.key"),
+                "--service-cluster-ip-range",
+                "10.0.0.0/24",
                 "--allow-privileged=true",
-                "--disable-admission-plugins", "ServiceAccount",
+                "--disable-admission-plugins",
+                "ServiceAccount",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--v=0",
@@ -175,10 +194,12 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
-                    if response.status == 200:
-                        return
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(url, timeout=1) as response,  # noqa: S310 - loopback
+            ):
+                if response.status == 200:
+                    return
             time.sleep(0.1)
         raise TimeoutError(f"{what} did not become ready within {timeout:.0f}s")
 
@@ -189,7 +210,7 @@ class ControlPlane:
             self._check_alive()
             if self.ca_file.exists():
                 context = ssl.create_default_context(cafile=str(self.ca_file))
-                request = urllib.request.Request(
+                request = urllib.request.Request(  # noqa: S310 - https on loopback
                     f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"}
                 )
                 try:
@@ -205,8 +226,9 @@ class ControlPlane:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "envtest", "cluster": {"server": self.server,
-                                                         "certificate-authority": str(self.ca_file)}}],
+            "clusters": [
+                {"name": "envtest", "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)}}
+            ],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": user, "context": {"cluster": "envtest", "user": user, "namespace": "default"}}],
             "current-context": user,
@@ -214,8 +236,9 @@ class ControlPlane:
         path.write_text(yaml.safe_dump(config))
         path.chmod(0o600)
 
-    def kubectl(self, *args: str, kubeconfig: Path | None = None, check: bool = True,
-                input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, kubeconfig: Path | None = None, check: bool = True, input_text: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         argv = [str(self.binaries.kubectl), "--kubeconfig", str(kubeconfig or self.kubeconfig), *args]
         result = subprocess.run(argv, capture_output=True, text=True, input=input_text, timeout=60)
         if check and result.returncode != 0:

@@ -50,12 +50,29 @@ class OperatorProcess:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         argv = [
-            sys.executable, "-m", "hyperv_operator.cli", "run", "--all-namespaces",
-            "--metrics-port", str(self.metrics_port), "--metrics-address", "127.0.0.1",
-            "--liveness-port", str(self.liveness_port), "--liveness-address", "127.0.0.1",
-            "--drift-interval", str(self.drift_interval),
-            "--host-probe-interval", str(self.host_probe_interval),
-            "--winrm-read-timeout", "10", "--winrm-operation-timeout", "8", "--winrm-connection-timeout", "5",
+            sys.executable,
+            "-m",
+            "hyperv_operator.cli",
+            "run",
+            "--all-namespaces",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--metrics-address",
+            "127.0.0.1",
+            "--liveness-port",
+            str(self.liveness_port),
+            "--liveness-address",
+            "127.0.0.1",
+            "--drift-interval",
+            str(self.drift_interval),
+            "--host-probe-interval",
+            str(self.host_probe_interval),
+            "--winrm-read-timeout",
+            "10",
+            "--winrm-operation-timeout",
+            "8",
+            "--winrm-connection-timeout",
+            "5",
             *self.extra_args,
         ]
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1", **self.env)
@@ -74,10 +91,12 @@ class OperatorProcess:
         while time.monotonic() < deadline:
             if not self.running:
                 raise RuntimeError(f"operator exited early:\n{self.log_tail()}")
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
-                    if response.status == 200:
-                        return
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(url, timeout=1) as response,
+            ):
+                if response.status == 200:
+                    return
             time.sleep(0.2)
         raise TimeoutError(f"operator not healthy within {timeout}s:\n{self.log_tail()}")
 
@@ -100,7 +119,7 @@ class OperatorProcess:
 
     def metrics_text(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=5) as response:
             return str(response.read().decode())
 
     def log_text(self) -> str:

@@ -116,8 +116,14 @@ def host_objects(
 
 
 def apply_objects(plane: ControlPlane, objects: list[dict[str, Any]]) -> None:
-    plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
-                  input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    plane.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+    )
 
 
 def ensure_namespace(plane: ControlPlane, namespace: str) -> None:

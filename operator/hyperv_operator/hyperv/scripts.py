@@ -72,7 +72,8 @@ $null = Get-Item -LiteralPath $Source
 $now = (Get-Date).ToUniversalTime().ToString('o')
 $copyArgs = [ordered]@{ source = $Source; destination = $Destination; partialPath = $PartialPath;
     statusPath = $StatusPath; startedAt = $now }
-$encodedArgs = [System.Convert]::ToBase64String([System.Text.Encoding]::UTF8.GetBytes(($copyArgs | ConvertTo-Json -Compress)))
+$argsJson = $copyArgs | ConvertTo-Json -Compress
+$encodedArgs = [System.Convert]::ToBase64String([System.Text.Encoding]::UTF8.GetBytes($argsJson))
 $encodedWorker = [System.Convert]::ToBase64String([System.Text.Encoding]::Unicode.GetBytes($Worker))
 $initial = [ordered]@{ state = 'Running'; bytesCopied = 0; bytesTotal = (Get-Item -LiteralPath $Source).Length;
     processId = 0; startedAt = $now; updatedAt = $now; finishedAt = $null; error = $null }

@@ -651,6 +651,74 @@ def stop_process(ctx: Context, b: Bound) -> list[HostObject]:
     return []
 
 
+# --- the host probe (hyperv/probe.py) -------------------------------------------------------------
+
+VMHOST_TYPES = ("Microsoft.HyperV.PowerShell.VMHost", "Microsoft.HyperV.PowerShell.VirtualizationObject",
+                "System.Object")
+MODULE_TYPES = ("System.Management.Automation.PSModuleInfo", "System.Object")
+PSDRIVE_TYPES = ("System.Management.Automation.PSDriveInfo", "System.Object")
+# Modules the simulated session has loaded: (name, version, type, path). Hyper-V counts as loaded from
+# the start (a real session autoloads it at its first Hyper-V cmdlet; the probe runs Get-VMHost first).
+LOADED_MODULES = (
+    ("Hyper-V", "2.0.0.0", "Binary", "C:\\Windows\\system32\\WindowsPowerShell\\v1.0\\Modules\\Hyper-V\\2.0.0.0\\"
+     "Microsoft.HyperV.PowerShell.Cmdlets.dll"),
+    ("Microsoft.PowerShell.Management", "3.1.0.0", "Manifest",
+     "C:\\Windows\\system32\\WindowsPowerShell\\v1.0\\Modules\\Microsoft.PowerShell.Management\\"
+     "Microsoft.PowerShell.Management.psd1"),
+    ("Microsoft.PowerShell.Utility", "3.1.0.0", "Manifest",
+     "C:\\Windows\\system32\\WindowsPowerShell\\v1.0\\Modules\\Microsoft.PowerShell.Utility\\"
+     "Microsoft.PowerShell.Utility.psd1"),
+)
+
+
+def _matches(name: str, patterns: Sequence[str] | None) -> bool:
+    return patterns is None or any(fnmatch.fnmatchcase(name.lower(), p.lower()) for p in patterns)
+
+
+def get_vm_host(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    for computer in b.get("ComputerName") or []:
+        if computer.lower() not in (model.host_name.lower(), "localhost", ".", "127.0.0.1"):
+            raise ModelError(f"Hyper-V was unable to find a virtual machine host on computer '{computer}'.",
+                             category="ObjectNotFound", reason="InvalidParameter", target=computer,
+                             exception_type="Microsoft.HyperV.PowerShell.VirtualizationException")
+    return [HostObject(VMHOST_TYPES, {
+        "ComputerName": model.host_name, "Name": model.host_name,
+        "FullyQualifiedDomainName": model.host_name.lower() + ".sim.local",
+        "VirtualMachinePath": model.virtual_machine_path, "VirtualHardDiskPath": model.virtual_hard_disk_path,
+        "LogicalProcessorCount": model.logical_processors, "MemoryCapacity": model.memory_capacity,
+        "EnableEnhancedSessionMode": False, "NumaSpanningEnabled": True, "MaximumStorageMigrations": 2,
+        "MaximumVirtualMachineMigrations": 2, "VirtualMachineMigrationEnabled": False,
+        "MacAddressMinimum": "00155D010000", "MacAddressMaximum": "00155D0100FF",
+    })]
+
+
+def get_module(ctx: Context, b: Bound) -> list[HostObject]:
+    patterns = b.get("Name")
+    return [HostObject(MODULE_TYPES, {
+        "Name": name, "Version": version, "ModuleType": module_type, "Path": path,
+        "ModuleBase": path.rsplit("\\", 1)[0],
+    }, value=name) for name, version, module_type, path in LOADED_MODULES if _matches(name, patterns)]
+
+
+def get_psdrive(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    providers = b.get("PSProvider")
+    filesystem = _matches("FileSystem", providers) or _matches("Microsoft.PowerShell.Core\\FileSystem", providers)
+    patterns = b.get("Name")
+    drives = [r for r in model.drive_letters() if filesystem and _matches(r[0], patterns)]
+    for pattern in patterns or []:
+        if not any(ch in pattern for ch in "*?[") and not any(r[0].lower() == pattern.lower() for r in drives):
+            raise ModelError(f"Cannot find drive. A drive with the name '{pattern}' does not exist.",
+                             category="ObjectNotFound", reason="DriveNotFound", target=pattern,
+                             exception_type="System.Management.Automation.DriveNotFoundException")
+    return [HostObject(PSDRIVE_TYPES, {
+        "Name": root[0], "Root": root, "Free": model.free_bytes(), "Used": model.used_bytes(),
+        "Provider": "Microsoft.PowerShell.Core\\FileSystem", "Description": "", "CurrentLocation": "",
+        "DisplayRoot": None,
+    }, value=root[0]) for root in drives]
+
+
 def start_background_copy(ctx: Context, b: Bound) -> list[HostObject]:
     job = ctx.model.start_copy(b["Source"], b["Destination"], b["PartialPath"], b["StatusPath"],
                                fail_half_way=ctx.fault_disk_full)
@@ -662,6 +730,7 @@ def start_background_copy(ctx: Context, b: Bound) -> list[HostObject]:
 
 HYPERV = "Hyper-V"
 MGMT = "Microsoft.PowerShell.Management"
+CORE = "Microsoft.PowerShell.Core"
 _HV = "Microsoft.HyperV.PowerShell.Commands."
 _VHD = "Microsoft.Vhd.PowerShell.Cmdlets."
 _PS = "Microsoft.PowerShell.Commands."
@@ -741,6 +810,11 @@ def _cmdlets() -> dict[str, Cmdlet]:
         Cmdlet("Remove-Item", MGMT, _PS + "RemoveItemCommand",
                (*_LIT, Param("Force", "switch"), Param("Recurse", "switch")), remove_item,
                exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
+        Cmdlet("Get-VMHost", HYPERV, _HV + "GetVMHost", (Param("ComputerName", "string[]"),), get_vm_host),
+        Cmdlet("Get-Module", CORE, _PS + "GetModuleCommand",
+               (Param("Name", "string[]"), Param("ListAvailable", "switch"), Param("All", "switch")), get_module),
+        Cmdlet("Get-PSDrive", MGMT, _PS + "GetPSDriveCommand",
+               (Param("Name", "string[]"), Param("PSProvider", "string[]")), get_psdrive),
         Cmdlet("Stop-Process", MGMT, _PS + "StopProcessCommand",
                (Param("Id", "int32[]", mandatory=True), Param("Force", "switch"), Param("PassThru", "switch")),
                stop_process),

@@ -398,8 +398,15 @@ class HostModel:
         host_name: str,
         free_bytes: int,
         shutdown_seconds: float = 5.0,
+        logical_processors: int = 16,
+        memory_capacity: int = 128 * 2**30,
     ) -> None:
         self.epoch = epoch
+        self.logical_processors = logical_processors
+        self.memory_capacity = memory_capacity
+        """Host facts reported by Get-VMHost; VMs are not checked against them."""
+        self.virtual_machine_path = "C:\\ProgramData\\Microsoft\\Windows\\Hyper-V"
+        self.virtual_hard_disk_path = "C:\\ProgramData\\Microsoft\\Windows\\Virtual Hard Disks"
         self.copy_rate = copy_bytes_per_second
         self.merge_rate = merge_bytes_per_second
         self.guest_rate = guest_write_bytes_per_second
@@ -508,6 +515,13 @@ class HostModel:
 
     def free_bytes(self) -> int:
         return int(self.free_bytes_float())
+
+    def used_bytes(self) -> int:
+        return int(self.used_bytes_float())
+
+    def drive_letters(self) -> list[str]:
+        """The drive-letter roots (`C:\\`), in order; UNC shares are not PowerShell drives."""
+        return sorted(r for r in self.roots.values() if not r.startswith("\\\\"))
 
     def is_dir(self, canon: str) -> bool:
         key = canon.lower()

@@ -19,8 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=int, default=5985, help="0 disables the HTTP listener")
     parser.add_argument("--username", default="hvadmin")
     parser.add_argument("--password", default=None, help="default: a random one, printed at start")
-    parser.add_argument("--base", action="append", default=[], metavar="PATH=BYTES",
-                        help="a read-only base disk to create (repeatable); default \\\\FS\\VMSHARE\\BASE.VHDX=8996782080")
+    parser.add_argument(
+        "--base",
+        action="append",
+        default=[],
+        metavar="PATH=BYTES",
+        help="a read-only base disk to create (repeatable); default \\\\FS\\VMSHARE\\BASE.VHDX=8996782080",
+    )
     parser.add_argument("--folder", action="append", default=[], help="a folder to create (repeatable)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per wall second")
     parser.add_argument("--copy-bytes-per-second", type=float, default=75e6)
