@@ -12,13 +12,16 @@ a callback that raises aborts the batch after the command's effects (a dying ope
 Faults (`fail_next`) are consumed when a command with that name is about to run, after its
 parameters bound; a faulted command changes nothing — except `DiskFull` on the background copy
 script, which (like a real full disk) lets the copy start and fail half-way: status Failed.
+`set_fault_rate` adds seeded random faults on top: each matching command fails with probability
+`rate` (`random_faults` lists them).
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,6 +102,12 @@ class SimulatedHost:
         self._faults: list[list[Any]] = []  # [module|None, short name, kind, remaining]
         self._latency: dict[tuple[str | None, str], float] = {}
         self._callbacks: list[CommandCallback] = []
+        self._fault_rate = 0.0
+        self._fault_rng = random.Random(0)
+        self._fault_kinds: tuple[str, ...] = ("ObjectInUse",)
+        self._fault_commands: set[tuple[str | None, str]] | None = None
+        self.random_faults: list[tuple[str, str]] = []
+        """(qualified command, kind) of every fault injected by `set_fault_rate`, in order."""
 
     # --- running commands ----------------------------------------------------------------------
 
@@ -157,6 +166,8 @@ class SimulatedHost:
         ctx = Context(self._model, spec)
         if bounds:
             kind = self._take_fault(spec)
+            if kind is None:
+                kind = self._random_fault(spec)
             if kind == "DiskFull" and spec.name in SCRIPTS:
                 ctx.fault_disk_full = True
             elif kind is not None:
@@ -177,6 +188,42 @@ class SimulatedHost:
         module, short = _split_name(command_name)
         with self._lock:
             self._faults.append([module, short, kind, count])
+
+    def set_fault_rate(
+        self,
+        rate: float,
+        seed: int = 0,
+        kinds: Sequence[str] = ("ObjectInUse",),
+        commands: Iterable[str] | None = None,
+    ) -> None:
+        """From now on each command (or each of `commands`, module-qualified or not; scripts by their
+        name, e.g. StartBackgroundCopy) fails with probability `rate` with one of `kinds`, drawn from a
+        generator seeded with `seed`. `set_fault_rate(0)` turns it off. Explicit `fail_next` faults
+        come first. Like those, a random fault is raised after binding and changes nothing."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"fault rate {rate} is not between 0 and 1")
+        unknown = [k for k in kinds if k not in FAULT_KINDS]
+        if unknown or not kinds:
+            raise ValueError(f"unknown fault kinds {unknown or kinds!r}; use some of {FAULT_KINDS}")
+        with self._lock:
+            self._fault_rate = rate
+            self._fault_rng = random.Random(seed)
+            self._fault_kinds = tuple(kinds)
+            self._fault_commands = None if commands is None else {_split_name(c) for c in commands}
+
+    def _random_fault(self, spec: Cmdlet) -> str | None:
+        if self._fault_rate <= 0.0:
+            return None
+        if self._fault_commands is not None and not any(
+            f_short == spec.name.lower() and (f_module is None or f_module == spec.module.lower())
+            for f_module, f_short in self._fault_commands
+        ):
+            return None
+        if self._fault_rng.random() >= self._fault_rate:
+            return None
+        kind = self._fault_rng.choice(self._fault_kinds)
+        self.random_faults.append((spec.qualified if spec.module else spec.name, kind))
+        return kind
 
     def set_latency(self, command_name: str, seconds: float) -> None:
         with self._lock:

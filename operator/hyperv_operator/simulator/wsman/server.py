@@ -11,6 +11,7 @@ A failed or missing authentication is answered like Windows: HTTP 401, empty bod
 `WWW-Authenticate` header per enabled scheme.
 
 Test hooks: `drop_next(n)` closes the TCP connection of the next n requests without an answer,
+`set_drop_rate(rate, seed)` drops each request with that probability (seeded; `dropped_requests` counts),
 `delay_next(seconds, n)` holds the next n requests before handling them (read timeouts),
 `request_count` counts HTTP requests, `pipeline_requests[command_id]` the SOAP requests per pipeline,
 `received` logs every decoded pipeline (statements with all parameters, as they arrived).
@@ -22,6 +23,7 @@ import base64
 import contextlib
 import logging
 import os
+import random
 import re
 import socket
 import ssl
@@ -80,6 +82,10 @@ class WSManServer:
         self._lock = threading.Lock()
         self._execute_lock = threading.Lock()
         self._drops = 0
+        self._drop_rate = 0.0
+        self._drop_rng = random.Random(0)
+        self.dropped_requests = 0
+        """Requests dropped by `set_drop_rate` (not those of `drop_next`)."""
         self._delays: list[float] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -156,6 +162,15 @@ class WSManServer:
         with self._lock:
             self._drops += n
 
+    def set_drop_rate(self, rate: float, seed: int = 0) -> None:
+        """Drop each following request (close its connection unanswered) with probability `rate`,
+        drawn from a generator seeded with `seed`; 0 turns it off. `drop_next` drops come first."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"drop rate {rate} is not between 0 and 1")
+        with self._lock:
+            self._drop_rate = rate
+            self._drop_rng = random.Random(seed)
+
     def delay_next(self, seconds: float, n: int = 1) -> None:
         """Hold the next `n` requests for `seconds` before handling them (answers arrive late)."""
         with self._lock:
@@ -183,6 +198,9 @@ class WSManServer:
             self.request_count += 1
             if self._drops > 0:
                 self._drops -= 1
+                return True, 0.0
+            if self._drop_rate > 0.0 and self._drop_rng.random() < self._drop_rate:
+                self.dropped_requests += 1
                 return True, 0.0
             return False, self._delays.pop(0) if self._delays else 0.0
 
