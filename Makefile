@@ -61,15 +61,15 @@ simulate: venv ## Serve a simulated Hyper-V host over WinRM on loopback
 
 .PHONY: install
 install: ## Install the CRDs into the current kubeconfig's cluster
-	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" apply --server-side -f crds/
+	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" apply --server-side -k crds/
 
 .PHONY: uninstall
 uninstall: ## Remove the CRDs (and with them every VirtualMachine object)
-	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" delete --ignore-not-found -f crds/
+	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" delete --ignore-not-found -k crds/
 
 .PHONY: deploy
 deploy: ## Deploy CRDs, RBAC and the operator Deployment (kustomize)
-	@cp crds/*.yaml manifests/crd/; k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" apply --server-side -k manifests/
+	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" apply --server-side -k manifests/
 
 .PHONY: undeploy
 undeploy: ## Remove what deploy created
@@ -78,7 +78,7 @@ undeploy: ## Remove what deploy created
 .PHONY: build-installer
 build-installer: ## Write dist/install.yaml (CRDs + RBAC + Deployment)
 	@mkdir -p dist
-	@cp crds/*.yaml manifests/crd/; k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" kustomize manifests/ > dist/install.yaml.tmp && mv dist/install.yaml.tmp dist/install.yaml
+	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" kustomize manifests/ > dist/install.yaml.tmp && mv dist/install.yaml.tmp dist/install.yaml
 	@echo "wrote dist/install.yaml"
 
 .PHONY: docker-build

@@ -247,7 +247,7 @@ class ControlPlane:
 
     def apply_crds(self, crd_dir: Path | None = None) -> None:
         crd_dir = crd_dir or repo_root() / "crds"
-        self.kubectl("apply", "--server-side", "-f", str(crd_dir))
+        self.kubectl("apply", "--server-side", "-k", str(crd_dir))
         self.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd", "--all")
 
     def stop(self) -> None:
