@@ -16,7 +16,7 @@ def _run(args: argparse.Namespace) -> int:
     from hyperv_operator.handlers import OperatorConfig, Runtime, build_registry
     from hyperv_operator.hosts import HostConnections, kubernetes_secret_reader, winrm_client_factory
 
-    kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat.PLAIN)
+    kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat.FULL)
     logging.getLogger("hyperv_operator").setLevel(logging.DEBUG if args.debug else logging.INFO)
     for noisy in ("pypsrp", "psrpcore", "spnego", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
