@@ -189,6 +189,17 @@ class SimulatedHost:
         with self._lock:
             self._faults.append([module, short, kind, count])
 
+    def clear_faults(self) -> None:
+        """Forget every pending `fail_next` fault and turn `set_fault_rate` off."""
+        with self._lock:
+            self._faults.clear()
+            self._fault_rate = 0.0
+
+    def pending_faults(self) -> list[tuple[str, str, int]]:
+        """(command, kind, remaining) of the `fail_next` faults not consumed yet."""
+        with self._lock:
+            return [(f"{m}\\{n}" if m else n, str(k), int(r)) for m, n, k, r in self._faults if r > 0]
+
     def set_fault_rate(
         self,
         rate: float,

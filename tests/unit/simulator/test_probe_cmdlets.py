@@ -218,3 +218,12 @@ def test_drop_rate_drops_requests_and_the_client_recovers(
     finally:
         server.set_drop_rate(0.0)
     assert client.run_sync([probe.get_vm_host()])[0]["ComputerName"] == "HV-PROBE"
+
+
+def test_clear_faults_forgets_pending_and_random_faults(sim: Sim) -> None:
+    sim.host.fail_next("Hyper-V\\New-VM", "ObjectInUse", count=2)
+    sim.host.set_fault_rate(1.0, seed=1, commands=["Get-VMHost"])
+    assert sim.host.pending_faults() == [("hyper-v\\new-vm", "ObjectInUse", 2)]
+    sim.host.clear_faults()
+    assert sim.host.pending_faults() == []
+    assert sim.run(probe.get_vm_host())
