@@ -106,6 +106,8 @@ class SimulatedHost:
         self._fault_rng = random.Random(0)
         self._fault_kinds: tuple[str, ...] = ("ObjectInUse",)
         self._fault_commands: set[tuple[str | None, str]] | None = None
+        self._fault_per = "command"
+        self._batch = threading.local()  # per-batch mode: position of the current command, target
         self.random_faults: list[tuple[str, str]] = []
         """(qualified command, kind) of every fault injected by `set_fault_rate`, in order."""
 
@@ -115,6 +117,7 @@ class SimulatedHost:
         return (self._clock() - self._start) * self._scale
 
     def execute(self, statements: Sequence[Statement]) -> list[HostObject]:
+        self._draw_batch_fault(statements)
         output: list[HostObject] = []
         for statement in statements:
             output.extend(self._run_statement(statement))
@@ -125,6 +128,7 @@ class SimulatedHost:
         for index, command in enumerate(statement.commands):
             name = self._display_name(command)
             params: dict[str, object] = dict(command.parameters)
+            self._batch.position = getattr(self._batch, "position", -1) + 1
             delay = self._latency_for(name)
             if delay > 0:
                 self._sleep(delay)
@@ -206,11 +210,17 @@ class SimulatedHost:
         seed: int = 0,
         kinds: Sequence[str] = ("ObjectInUse",),
         commands: Iterable[str] | None = None,
+        per: str = "command",
     ) -> None:
         """From now on each command (or each of `commands`, module-qualified or not; scripts by their
         name, e.g. StartBackgroundCopy) fails with probability `rate` with one of `kinds`, drawn from a
         generator seeded with `seed`. `set_fault_rate(0)` turns it off. Explicit `fail_next` faults
-        come first. Like those, a random fault is raised after binding and changes nothing."""
+        come first. Like those, a random fault is raised after binding and changes nothing.
+
+        `per="batch"`: `rate` is per `execute` call (one pipeline / WinRM request) instead: a faulted
+        batch fails at one of its matching commands, chosen uniformly; the commands before it ran."""
+        if per not in ("command", "batch"):
+            raise ValueError(f"per must be 'command' or 'batch', not {per!r}")
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"fault rate {rate} is not between 0 and 1")
         unknown = [k for k in kinds if k not in FAULT_KINDS]
@@ -221,10 +231,36 @@ class SimulatedHost:
             self._fault_rng = random.Random(seed)
             self._fault_kinds = tuple(kinds)
             self._fault_commands = None if commands is None else {_split_name(c) for c in commands}
+            self._fault_per = per
+
+    def _fault_applies(self, name: str) -> bool:
+        if self._fault_commands is None:
+            return True
+        module, short = _split_name(name)
+        return any(f_short == short and (f_module is None or module is None or f_module == module)
+                   for f_module, f_short in self._fault_commands)
+
+    def _draw_batch_fault(self, statements: Sequence[Statement]) -> None:
+        self._batch.position = -1
+        self._batch.target = None
+        with self._lock:
+            if self._fault_per != "batch" or self._fault_rate <= 0.0:
+                return
+            names = [self._display_name(c) for s in statements for c in s.commands]
+            matching = [i for i, name in enumerate(names) if self._fault_applies(name)]
+            if matching and self._fault_rng.random() < self._fault_rate:
+                self._batch.target = (self._fault_rng.choice(matching), self._fault_rng.choice(self._fault_kinds))
 
     def _random_fault(self, spec: Cmdlet) -> str | None:
         if self._fault_rate <= 0.0:
             return None
+        if self._fault_per == "batch":
+            target = getattr(self._batch, "target", None)
+            if target is None or target[0] != getattr(self._batch, "position", -1):
+                return None
+            self._batch.target = None
+            self.random_faults.append((spec.qualified if spec.module else spec.name, target[1]))
+            return str(target[1])
         if self._fault_commands is not None and not any(
             f_short == spec.name.lower() and (f_module is None or f_module == spec.module.lower())
             for f_module, f_short in self._fault_commands

@@ -227,3 +227,28 @@ def test_clear_faults_forgets_pending_and_random_faults(sim: Sim) -> None:
     sim.host.clear_faults()
     assert sim.host.pending_faults() == []
     assert sim.run(probe.get_vm_host())
+
+
+def test_fault_rate_per_batch_fails_one_command_of_a_batch(make_sim: Any) -> None:
+    from hyperv_operator.simulator.errors import CmdletError
+
+    sim = make_sim()
+    sim.host.set_fault_rate(0.25, seed=11, kinds=("Transient",), per="batch")
+    failed_batches = 0
+    for _ in range(200):
+        before = len(sim.host.call_log())
+        try:
+            sim.run(*probe.probe_statements("C"))
+        except CmdletError as err:
+            failed_batches += 1
+            assert err.category == "OperationTimeout"
+            ran = sim.host.call_log()[before:]
+            assert ran[-1][0] == sim.host.random_faults[-1][0]  # it stopped at the faulted command
+    assert 25 <= failed_batches <= 80
+    assert len(sim.host.random_faults) == failed_batches
+    assert {name for name, _ in sim.host.random_faults} == {
+        "Hyper-V\\Get-VMHost", "Microsoft.PowerShell.Core\\Get-Module", "Microsoft.PowerShell.Management\\Get-PSDrive"}
+    sim.host.set_fault_rate(0.0)
+    assert len(sim.run(*probe.probe_statements("C"))) == 3
+    with pytest.raises(ValueError):
+        sim.host.set_fault_rate(0.1, per="pipeline")
