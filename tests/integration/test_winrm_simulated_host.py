@@ -15,7 +15,7 @@ from hyperv_operator.simulator.wsman import WSManServer
 
 pytestmark = pytest.mark.integration
 
-host_module = pytest.importorskip("hyperv_operator.simulator.host")
+from hyperv_operator.simulator import host as host_module  # noqa: E402
 
 BASE = "\\\\FS\\VMSHARE\\BASE.VHDX"
 FOLDER = "\\\\FS\\VMSHARE\\VMs"

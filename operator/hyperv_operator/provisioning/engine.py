@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -159,10 +159,17 @@ async def _step(
     if new_phase != phase:
         log.info("%s: phase %s -> %s", who, phase, new_phase)
 
+    if result.action is not None and result.action.starts_copy and not slots.try_acquire(host_key, vm.uid, limit):
+        # Another VM on this host took the last slot while we were observing: plan again without one.
+        running = len(slots.holders(host_key) - {vm.uid})
+        obs = replace(obs, slot=SlotView(available=False, running=running, limit=limit))
+        result = planner.plan(spec, status, obs, now, vm=vm, layout=layout)
+        new_phase = str(result.status.get("phase"))
+
     copy_running = obs.copy is not None and obs.copy.state == "Running" and not obs.exists(layout.disk)
     action = result.action
     if action is not None and action.starts_copy:
-        slots.adopt(host_key, vm.uid)  # can_acquire was true and nothing awaited since
+        pass  # the slot was taken just above, with no await in between
     elif copy_running and not (action is not None and action.kind == "CancelCopy"):
         slots.adopt(host_key, vm.uid)  # a copy running on the host keeps (or reclaims) its slot
     else:

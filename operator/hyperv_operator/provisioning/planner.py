@@ -241,6 +241,10 @@ def _copying(w: _Work) -> _Result:
         w.created(layout.partial, layout.copy_status, disk)
         return _Wait(f"copying {base} -> {disk}: {min(percent, 99)}% ({job.bytes_copied}/{job.bytes_total} bytes)",
                      COPY_POLL)
+    if job is not None and job.state == "Completed":
+        # The copy finished between our Test-Path and our read of its status file: look again
+        # rather than start a second copy over the finished one.
+        return _Wait(f"copy of {base} to {disk} completed; confirming {disk} exists", AFTER_ACTION)
     if job is not None and job.state == "Failed":
         return _Fail("CopyFailed", f"background copy of {base} to {disk} failed on host {w.obs.host_name}: "
                                    f"{job.error or 'no reason given'}")

@@ -15,8 +15,8 @@ from hyperv_operator.api import UID_TAG_PREFIX, HyperVHostSpec, VirtualMachineSp
 from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef, finalize, reconcile
 
-host_module = pytest.importorskip("hyperv_operator.simulator.host")
-inprocess = pytest.importorskip("hyperv_operator.hyperv.inprocess")
+from hyperv_operator.hyperv import inprocess
+from hyperv_operator.simulator import host as host_module
 
 SHARE = "\\\\FS\\VMSHARE"
 BASE = SHARE + "\\BASE.VHDX"
@@ -35,10 +35,7 @@ class World:
                                               merge_bytes_per_second=300e6)
         self.host.add_folder(SHARE)
         self.host.add_folder(VM_ROOT)
-        try:
-            self.host.add_base_disk(BASE, BASE_SIZE, acl_read_only=True)
-        except TypeError:
-            self.host.add_base_disk(BASE, BASE_SIZE)
+        self.host.add_base_disk(BASE, BASE_SIZE, acl_read_only=True)
         self.client = inprocess.InProcessClient(self.host)
         self.slots = CopySlots()
         self.now = EPOCH
@@ -275,3 +272,25 @@ def test_power_off_on_and_out_of_band_drift() -> None:
     assert gone["phase"] == "Failed"
     assert next(c for c in gone["conditions"] if c["type"] == "Stalled")["reason"] == "VMDeletedOutOfBand"
     assert world.tagged(vm.uid) == []
+
+
+def test_concurrent_reconciles_never_exceed_the_copy_limit() -> None:
+    """Two VMs observed at the same moment must not both take the host's last copy slot."""
+    world = World()
+    host = HyperVHostSpec(address="hv1", default_vm_path=VM_ROOT, max_concurrent_copies=1)
+    vms = [ref("race-a"), ref("race-b")]
+    statuses: list[dict[str, Any]] = [{}, {}]
+
+    async def steps() -> None:
+        for _ in range(4):
+            outcomes = await asyncio.gather(*(
+                reconcile(world.client, vm, spec("Copy"), st, host, "hv1", world.slots, world.now)
+                for vm, st in zip(vms, statuses, strict=True)
+            ))
+            for i, outcome in enumerate(outcomes):
+                statuses[i] = merged(statuses[i], outcome)
+
+    run(steps())
+    copies = [c for c in world.host.call_log() if "StartBackgroundCopy" in str(c[0])]
+    assert len(copies) == 1
+    assert sorted(bool((st.get("copy") or {}).get("queued")) for st in statuses) == [False, True]
