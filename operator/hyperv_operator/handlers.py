@@ -8,6 +8,7 @@ the engine's delay (`kopf.TemporaryError(delay=...)`) until the engine says it h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -143,23 +144,21 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         await runtime.connections.close()
 
     @kopf.index(*host_resource, id="hosts_by_name", registry=registry)
-    def hosts_by_name(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    def hosts_by_name(
+        namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+    ) -> dict[tuple[str, str], dict[str, Any]]:
         return {(str(namespace), name): dict(spec)}
 
-    async def step(
-        *,
-        body: kopf.Body,
-        spec: kopf.Spec,
-        status: kopf.Status,
-        meta: kopf.Meta,
-        patch: kopf.Patch,
-        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]],
-        deleting: bool,
-    ) -> StepOutcome | None:
+    async def step(kwargs: Mapping[str, Any], *, deleting: bool) -> StepOutcome:
+        """One engine step for the VM in kopf's handler kwargs; writes its outcome into `patch`."""
+        body: kopf.Body = kwargs["body"]
+        meta: kopf.Meta = kwargs["meta"]
+        patch: kopf.Patch = kwargs["patch"]
+        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["hosts_by_name"]
         namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         generation = int(meta.get("generation") or 0)
-        vm_spec = VirtualMachineSpec.from_dict(spec)
-        old_status = dict(status)
+        vm_spec = VirtualMachineSpec.from_dict(kwargs["spec"])
+        old_status = dict(kwargs["status"])
         host_body = _host_of(hosts_by_name, namespace, vm_spec.host_name)
         if host_body is None:
             if deleting and not old_status.get("vmId") and not old_status.get("createdFiles"):
@@ -187,19 +186,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.resume(*vm_resource, id="reconcile", registry=registry)
     @kopf.on.create(*vm_resource, id="reconcile", registry=registry)
     @kopf.on.update(*vm_resource, id="reconcile", field="spec", registry=registry)
-    async def reconcile_vm(
-        body: kopf.Body,
-        spec: kopf.Spec,
-        status: kopf.Status,
-        meta: kopf.Meta,
-        patch: kopf.Patch,
-        **kwargs: Any,
-    ) -> None:
-        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["hosts_by_name"]
-        outcome = await step(
-            body=body, spec=spec, status=status, meta=meta, patch=patch, hosts_by_name=hosts_by_name, deleting=False
-        )
-        if outcome is not None and outcome.requeue_after is not None:
+    async def reconcile_vm(**kwargs: Any) -> None:
+        outcome = await step(kwargs, deleting=False)
+        if outcome.requeue_after is not None:
             raise kopf.TemporaryError(outcome.status.get("message") or "in progress", delay=outcome.requeue_after)
 
     @kopf.timer(
@@ -209,39 +198,18 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         initial_delay=runtime.config.drift_interval,
         registry=registry,
     )
-    async def check_drift(
-        body: kopf.Body,
-        spec: kopf.Spec,
-        status: kopf.Status,
-        meta: kopf.Meta,
-        patch: kopf.Patch,
-        **kwargs: Any,
-    ) -> None:
-        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["hosts_by_name"]
-        # Only converged VMs: the change handlers own everything in flight.
-        if status.get("phase") != "Provisioned" or meta.get("deletionTimestamp"):
+    async def check_drift(**kwargs: Any) -> None:
+        # Only settled VMs: the change handlers own everything in flight. Failed is re-checked
+        # too, so a VM waiting for a missing base disk starts once the base appears.
+        if kwargs["status"].get("phase") not in ("Provisioned", "Failed") or kwargs["meta"].get("deletionTimestamp"):
             return
-        try:
-            await step(
-                body=body, spec=spec, status=status, meta=meta, patch=patch, hosts_by_name=hosts_by_name, deleting=False
-            )
-        except kopf.TemporaryError:
-            return
+        with contextlib.suppress(kopf.TemporaryError):
+            await step(kwargs, deleting=False)
 
     @kopf.on.delete(*vm_resource, id="finalize", registry=registry)
-    async def delete_vm(
-        body: kopf.Body,
-        spec: kopf.Spec,
-        status: kopf.Status,
-        meta: kopf.Meta,
-        patch: kopf.Patch,
-        **kwargs: Any,
-    ) -> None:
-        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["hosts_by_name"]
-        outcome = await step(
-            body=body, spec=spec, status=status, meta=meta, patch=patch, hosts_by_name=hosts_by_name, deleting=True
-        )
-        if outcome is not None and not outcome.finished:
+    async def delete_vm(**kwargs: Any) -> None:
+        outcome = await step(kwargs, deleting=True)
+        if not outcome.finished:
             delay = outcome.requeue_after if outcome.requeue_after is not None else 2.0
             raise kopf.TemporaryError(outcome.status.get("message") or "deleting", delay=delay)
 

@@ -3,6 +3,7 @@ WinRM/HTTPS + the operator as a separate process authenticated as its ServiceAcc
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def operator(
     install_operator_rbac(control_plane)
     ensure_namespace(control_plane, NAMESPACE)
     apply_objects(control_plane, host_objects(NAMESPACE, "hv01", sim))
-    log = Path(tmp_path_factory.mktemp("operator")) / "operator.log"
+    # Outside pytest's rotating basetemp, so the log of a failed run survives later runs.
+    log = Path(tempfile.mkdtemp(prefix="hyperv-operator-it-")) / "operator.log"
     process = OperatorProcess(control_plane.operator_kubeconfig, log, drift_interval=1.5, host_probe_interval=3.0)
     process.start()
     yield process

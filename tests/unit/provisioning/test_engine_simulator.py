@@ -12,10 +12,8 @@ from typing import Any
 import pytest
 
 from hyperv_operator.api import UID_TAG_PREFIX, HyperVHostSpec, VirtualMachineSpec
-from hyperv_operator.hyperv import cmdlets
+from hyperv_operator.hyperv import cmdlets, inprocess
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef, finalize, reconcile
-
-from hyperv_operator.hyperv import inprocess
 from hyperv_operator.simulator import host as host_module
 
 SHARE = "\\\\FS\\VMSHARE"
