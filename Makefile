@@ -89,6 +89,10 @@ docker-build: ## Build the operator image (needs a Docker engine)
 docker-lint: venv ## Lint the Dockerfile with hadolint
 	$(VENV)/bin/hadolint Dockerfile
 
+.PHONY: bench
+bench: venv ## WinRM round trips per strategy against the simulated host (no Kubernetes)
+	$(VPY) -m hyperv_operator.bench_roundtrips
+
 .PHONY: clean
 clean: ## Remove the virtual environment and caches (not the control-plane build cache)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist

@@ -59,7 +59,9 @@ class Command:
 def _show(value: ParameterValue) -> str:
     if isinstance(value, (Int64, UInt64)):
         return str(value.value)
-    return repr(value)
+    shown = repr(value)
+    # Scripts passed as values (the copy worker) would flood logs and status messages.
+    return shown if len(shown) <= 200 else f"{shown[:60]}...<{len(shown)} chars>"
 
 
 def cmd(name: str, /, **parameters: ParameterValue | None) -> Command:

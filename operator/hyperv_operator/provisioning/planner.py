@@ -26,6 +26,8 @@ from hyperv_operator.provisioning.observation import Observation, kind_of, parse
 from hyperv_operator.provisioning.phases import Phase, is_before, next_phase, phases
 
 # Requeue delays (seconds).
+HOST_ACCESS_CATEGORIES = frozenset({"AuthenticationError", "SecurityError"})
+"""Error categories the WinRM client gives to 401s and TLS trust failures: the host, not the VM."""
 AFTER_ACTION = 0.3  # right after a command: observe its effect promptly
 COPY_POLL = 2.0
 MERGE_POLL = 1.0
@@ -725,7 +727,7 @@ def error_status(
     """The status after a failed host call: keep the phase on transient errors (retry), Failed on
     permanent ones. `intended` is the plan's status; its createdFiles are kept (intent)."""
     s = _copy.deepcopy(dict(status))
-    for key in ("createdFiles", "vmId", "vmName", "vmDir", "checkpointName", "timings"):
+    for key in ("createdFiles", "vmId", "vmName", "vmDir", "disk", "checkpointName", "timings"):
         if intended.get(key):  # intent and identity survive the failure
             s[key] = _copy.deepcopy(intended[key])
     if intended.get("phase") not in (None, Phase.FAILED.value):
@@ -742,6 +744,15 @@ def error_status(
             cond.make(prev, cond.STALLED, False, "NoError", "", gen, now),
         ])
         return s, TRANSIENT_BACKOFF, (Event("Warning", reason, f"{step} on host {host_name}: {error}"),)
+    if error.category in HOST_ACCESS_CATEGORIES:
+        # The host refused *us* (credentials, TLS trust), not this VM: stall visibly, keep the phase
+        # and retry, so fixing the HyperVHost's Secret resumes the VM where it stopped.
+        s["message"] = f"{phase.value}: cannot use host {host_name}, retrying in {int(CLEANUP_RETRY)}s: {error}"
+        s["conditions"] = cond.merge(prev, [
+            cond.make(prev, cond.STALLED, True, "HostAccessDenied", s["message"], gen, now),
+            cond.make(prev, cond.RECONCILING, False, "HostAccessDenied", s["message"], gen, now),
+        ])
+        return s, CLEANUP_RETRY, (Event("Warning", "HostAccessDenied", f"{step} on host {host_name}: {error}"),)
     if deleting:
         s["message"] = f"Deleting: {step} failed, retrying in {int(CLEANUP_RETRY)}s: {error}"
         s["conditions"] = cond.merge(prev, [
