@@ -747,11 +747,15 @@ def error_status(
     if error.category in HOST_ACCESS_CATEGORIES:
         # The host refused *us* (credentials, TLS trust), not this VM: stall visibly, keep the phase
         # and retry, so fixing the HyperVHost's Secret resumes the VM where it stopped.
+        s["phase"] = phase.value
         s["message"] = f"{phase.value}: cannot use host {host_name}, retrying in {int(CLEANUP_RETRY)}s: {error}"
-        s["conditions"] = cond.merge(prev, [
+        updates = [
             cond.make(prev, cond.STALLED, True, "HostAccessDenied", s["message"], gen, now),
             cond.make(prev, cond.RECONCILING, False, "HostAccessDenied", s["message"], gen, now),
-        ])
+        ]
+        if phase is not Phase.PROVISIONED and not cond.is_true(prev, cond.READY):
+            updates.append(cond.make(prev, cond.READY, False, "HostAccessDenied", s["message"], gen, now))
+        s["conditions"] = cond.merge(prev, updates)
         return s, CLEANUP_RETRY, (Event("Warning", "HostAccessDenied", f"{step} on host {host_name}: {error}"),)
     if deleting:
         s["message"] = f"Deleting: {step} failed, retrying in {int(CLEANUP_RETRY)}s: {error}"
