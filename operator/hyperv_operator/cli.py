@@ -9,6 +9,16 @@ import sys
 from collections.abc import Sequence
 
 
+class _RetryIsNotAnError(logging.Filter):
+    """kopf logs every `TemporaryError` at ERROR; for this operator that is how a handler says
+    "call me again in N seconds" while a phase progresses. Keep such lines, at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and "failed temporarily" in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
@@ -18,6 +28,7 @@ def _run(args: argparse.Namespace) -> int:
 
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat.FULL)
     logging.getLogger("hyperv_operator").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    logging.getLogger("kopf.objects").addFilter(_RetryIsNotAnError())
     for noisy in ("pypsrp", "psrpcore", "spnego", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
     config = OperatorConfig(drift_interval=args.drift_interval, host_probe_interval=args.host_probe_interval)

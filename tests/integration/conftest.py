@@ -22,8 +22,8 @@ from tests.integration import hostview
 from tests.integration.kube import Kube
 
 NAMESPACE = "hv-test"
-TIME_SCALE = 25.0
-"""Simulated seconds per wall second: the 9 GB base copies in ~5 s of wall time."""
+TIME_SCALE = 60.0
+"""Simulated seconds per wall second: the 9 GB base copies (120 s of host time) in ~2 s of wall time."""
 
 
 @pytest.fixture(scope="session")
