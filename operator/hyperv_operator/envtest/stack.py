@@ -32,6 +32,8 @@ class SimulatedHyperV:
     time_scale: float = 1.0
     copy_bytes_per_second: float = 75e6
     merge_bytes_per_second: float = 300e6
+    guest_write_bytes_per_second: float = 1.5e6
+    free_bytes: int = 2 * 10**12
     username: str = "hvadmin"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     host: SimulatedHost = field(init=False)
@@ -45,6 +47,8 @@ class SimulatedHyperV:
             time_scale=self.time_scale,
             copy_bytes_per_second=self.copy_bytes_per_second,
             merge_bytes_per_second=self.merge_bytes_per_second,
+            guest_write_bytes_per_second=self.guest_write_bytes_per_second,
+            free_bytes=self.free_bytes,
         )
         self.host.add_folder(SHARE)
         self.host.add_folder(VM_ROOT)
