@@ -30,7 +30,9 @@ TIME_SCALE = 60.0
 def sim() -> Iterator[SimulatedHyperV]:
     # Dozens of VMs stay running for the whole session on a clock running x60: guests that write
     # 1.5 MB/s each would fill a 2 TB share within the run, so they write less on a bigger share.
-    simulated = SimulatedHyperV(time_scale=TIME_SCALE, guest_write_bytes_per_second=20e3, free_bytes=20 * 10**12).start()
+    simulated = SimulatedHyperV(
+        time_scale=TIME_SCALE, guest_write_bytes_per_second=20e3, free_bytes=20 * 10**12
+    ).start()
     yield simulated
     simulated.stop()
 
