@@ -249,17 +249,6 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.resume(*host_resource, id="probe", registry=registry)
     @kopf.on.create(*host_resource, id="probe", registry=registry)
     @kopf.on.update(*host_resource, id="probe", field="spec", registry=registry)
-    async def host_changed(
-        namespace: str | None,
-        name: str,
-        spec: kopf.Spec,
-        status: kopf.Status,
-        meta: kopf.Meta,
-        patch: kopf.Patch,
-        **_: Any,
-    ) -> None:
-        await probe_host(str(namespace), name, spec, status, patch, int(meta.get("generation") or 0))
-
     @kopf.timer(
         *host_resource,
         id="probe-timer",
@@ -267,16 +256,16 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         initial_delay=runtime.config.host_probe_interval,
         registry=registry,
     )
-    async def host_probe_timer(
-        namespace: str | None,
-        name: str,
-        spec: kopf.Spec,
-        status: kopf.Status,
-        meta: kopf.Meta,
-        patch: kopf.Patch,
-        **_: Any,
-    ) -> None:
-        await probe_host(str(namespace), name, spec, status, patch, int(meta.get("generation") or 0))
+    async def probe_host_handler(**kwargs: Any) -> None:
+        meta: kopf.Meta = kwargs["meta"]
+        await probe_host(
+            str(kwargs["namespace"]),
+            kwargs["name"],
+            kwargs["spec"],
+            kwargs["status"],
+            kwargs["patch"],
+            int(meta.get("generation") or 0),
+        )
 
     @kopf.on.delete(*host_resource, id="forget", optional=True, registry=registry)
     async def host_deleted(namespace: str | None, name: str, **_: Any) -> None:
