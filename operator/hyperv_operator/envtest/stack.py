@@ -36,6 +36,8 @@ class SimulatedHyperV:
     free_bytes: int = 2 * 10**12
     username: str = "hvadmin"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    jea_configurations: tuple[str, ...] = ()
+    """Session configurations served as JEA endpoints with the operator's role (besides Microsoft.PowerShell)."""
     host: SimulatedHost = field(init=False)
     server: WSManServer = field(init=False)
     tls: TLSFiles = field(init=False)
@@ -54,7 +56,8 @@ class SimulatedHyperV:
         self.host.add_folder(VM_ROOT)
         self.host.add_base_disk(BASE_VHD, self.base_size, acl_read_only=True)
         self.tls = generate_tls(self.workdir)
-        self.server = WSManServer(self.host, username=self.username, password=self.password)
+        self.server = WSManServer(self.host, username=self.username, password=self.password,
+                                  jea_configurations=self.jea_configurations)
         self.server.start(host="127.0.0.1", port=0, tls=self.tls.server_pair)
         return self
 

@@ -113,6 +113,9 @@ class WinRMSettings:
     cert_validation: bool = True
     configuration_name: str = "Microsoft.PowerShell"
     """The PSSession configuration (a JEA endpoint name for least privilege)."""
+    restricted: bool | None = None
+    """The endpoint is a JEA (NoLanguage) endpoint; None: any configuration other than Windows'
+    built-in full-language ones (see `restricted_endpoint`)."""
     connection_timeout: float = 30
     read_timeout: float = 30
     operation_timeout: float = 20
@@ -130,6 +133,16 @@ class WinRMSettings:
     @property
     def effective_port(self) -> int:
         return self.port if self.port is not None else (5986 if self.ssl else 5985)
+
+    @property
+    def restricted_endpoint(self) -> bool:
+        """Commands go out as a JEA endpoint accepts them (`hyperv.jea`): no script text, unqualified
+        cmdlet names."""
+        if self.restricted is not None:
+            return self.restricted
+        from hyperv_operator.hyperv.jea import FULL_LANGUAGE_ENDPOINTS
+
+        return self.configuration_name.lower() not in FULL_LANGUAGE_ENDPOINTS
 
     @property
     def endpoint(self) -> str:
@@ -232,19 +245,36 @@ def wire_value(value: ParameterValue) -> Any:
     raise TypeError(f"unsupported parameter value type {type(value).__name__}")
 
 
-def add_statements(ps: Any, statements: Sequence[Statement]) -> None:
-    """Append the statements to a pypsrp `PowerShell`, one statement after the other."""
+def add_statements(ps: Any, statements: Sequence[Statement], *, restricted: bool = False) -> None:
+    """Append the statements to a pypsrp `PowerShell`, one statement after the other.
+
+    `restricted` (a JEA endpoint, NoLanguage): a fixed script goes out as the role's function of the
+    same body (`hyperv.jea.FUNCTIONS`) without the parameters the function embeds, and cmdlet names
+    go out unqualified (the role's proxy functions carry the plain names)."""
+    from hyperv_operator.hyperv import jea
+
     for index, statement in enumerate(statements):
         if not statement.commands:
             raise ValueError("empty statement")
         if index:
             ps.add_statement()
         for command in statement.commands:
-            if command.is_script:
+            skip: set[str] = set()
+            if command.is_script and restricted:
+                function = jea.function_for_script(command.name)
+                if function is None:
+                    raise PermanentHostError(
+                        "this script has no function in the JEA role capability (regenerate manifests/jea)"
+                    )
+                ps.add_cmdlet(function.name)
+                skip = {name.lower() for name, _ in function.embedded}
+            elif command.is_script:
                 ps.add_script(command.name)
             else:
-                ps.add_cmdlet(command.name)
+                ps.add_cmdlet(command.name.rsplit("\\", 1)[-1] if restricted else command.name)
             for name, value in command.parameters:
+                if name.lower() in skip:
+                    continue
                 if isinstance(value, Switch):
                     ps.add_parameter(name)
                 else:
@@ -520,7 +550,7 @@ class WinRMClient:
             for attempt in (1, 2):
                 pool = self._ensure_pool()
                 ps = PowerShell(pool)
-                add_statements(ps, statements)
+                add_statements(ps, statements, restricted=self.settings.restricted_endpoint)
                 try:
                     ps.begin_invoke()
                 except WSManFaultError as err:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperv_operator.hyperv.commands import Command
+from hyperv_operator.simulator.jea import RestrictedExecutor
 from hyperv_operator.simulator.wsman import soap
 from hyperv_operator.simulator.wsman.psrp import Executor, PipelineSession, ReceivedPipeline, ShellSession
 
@@ -59,6 +60,7 @@ class WSManServer:
         machine: str = "HYPERV-SIM",
         configurations: Iterable[str] = _DEFAULT_CONFIGURATIONS,
         max_receive_wait: float | None = None,
+        jea_configurations: Iterable[str] = (),
     ) -> None:
         """`max_receive_wait` caps how long a Receive waits for output (default: the client's
         OperationTimeout, like Windows)."""
@@ -68,7 +70,9 @@ class WSManServer:
         self.basic = basic
         self.ntlm = ntlm
         self.machine = machine
-        self.configurations = {c.lower() for c in configurations}
+        self.jea_configurations = {c.lower() for c in jea_configurations}
+        """Configurations that are JEA endpoints with the operator's role (`simulator.jea`)."""
+        self.configurations = {c.lower() for c in configurations} | self.jea_configurations
         self.max_receive_wait = max_receive_wait
 
         self.shells: dict[str, ShellSession] = {}
@@ -289,7 +293,10 @@ class WSManServer:
             raise soap.SoapError("w:InvalidMessageInformationHeader", 2150858817, "The Create request has no shell.")
         shell_id = (body.attrib.get("ShellId") or str(uuid.uuid4())).upper()
         creation = body.find("pwsh:creationXml", soap.NS)
-        shell = ShellSession(shell_id, uri, self.executor, self._execute_lock, self._record)
+        executor: Executor = self.executor
+        if configuration.lower() in self.jea_configurations:
+            executor = RestrictedExecutor(self.executor)
+        shell = ShellSession(shell_id, uri, executor, self._execute_lock, self._record)
         with self._lock:
             self.shells[shell_id] = shell
         if creation is not None and creation.text:
