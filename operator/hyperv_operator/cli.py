@@ -1,4 +1,4 @@
-"""`hyperv-operator run | simulate | demo | check-host`."""
+"""`hyperv-operator run | simulate | demo | check-host | conformance`."""
 
 from __future__ import annotations
 
@@ -78,6 +78,12 @@ def _check_host(args: argparse.Namespace) -> int:
     return run_check_host(args)
 
 
+def _conformance(args: argparse.Namespace) -> int:
+    from hyperv_operator.conformance import run_conformance
+
+    return run_conformance(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hyperv-operator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_check_arguments(check)
     check.set_defaults(func=_check_host)
+
+    conformance = commands.add_parser(
+        "conformance", help="prove the operator's assumptions on a real host with scratch VMs (removes them)"
+    )
+    from hyperv_operator.conformance import add_arguments as add_conformance_arguments
+
+    add_conformance_arguments(conformance)
+    conformance.set_defaults(func=_conformance)
     return parser
 
 

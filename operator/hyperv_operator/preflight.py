@@ -26,6 +26,13 @@ class Check:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_connection_arguments(parser)
+    parser.add_argument("--base", default=None, help="base VHDX path to check")
+    parser.add_argument("--vm-path", default=None, help="folder for VMs to check")
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to reach the host (shared with `conformance`)."""
     parser.add_argument("--address", required=True)
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--transport", choices=["https", "http"], default="https")
@@ -41,8 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-bundle", default=None, help="PEM CA bundle for the host's certificate")
     parser.add_argument("--insecure-skip-tls-verify", action="store_true")
     parser.add_argument("--configuration-name", default="Microsoft.PowerShell", help="JEA endpoint")
-    parser.add_argument("--base", default=None, help="base VHDX path to check")
-    parser.add_argument("--vm-path", default=None, help="folder for VMs to check")
 
 
 async def run_checks(client: WinRMClient, base: str | None, vm_path: str | None) -> list[Check]:
@@ -109,9 +114,9 @@ async def run_checks(client: WinRMClient, base: str | None, vm_path: str | None)
     return checks
 
 
-def run_check_host(args: argparse.Namespace) -> int:
+def settings_from_args(args: argparse.Namespace) -> WinRMSettings:
     password = os.environ.get(args.password_env) if args.password_env else None
-    settings = WinRMSettings(
+    return WinRMSettings(
         server=args.address,
         port=args.port,
         ssl=args.transport == "https",
@@ -122,7 +127,10 @@ def run_check_host(args: argparse.Namespace) -> int:
         cert_validation=not args.insecure_skip_tls_verify,
         configuration_name=args.configuration_name,
     )
-    client = WinRMClient(settings)
+
+
+def run_check_host(args: argparse.Namespace) -> int:
+    client = WinRMClient(settings_from_args(args))
     try:
         checks = asyncio.run(run_checks(client, args.base, args.vm_path))
     finally:

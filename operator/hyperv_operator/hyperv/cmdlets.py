@@ -8,7 +8,7 @@ VMs are always addressed by Id (`Get-VM -Id <guid> | <cmdlet>`), never by name: 
 
 from __future__ import annotations
 
-from hyperv_operator.hyperv.commands import SWITCH, Int64, Statement, cmd, pipe
+from hyperv_operator.hyperv.commands import SWITCH, Int64, Statement, UInt64, cmd, pipe
 
 HYPERV = "Hyper-V\\"
 MGMT = "Microsoft.PowerShell.Management\\"
@@ -77,6 +77,11 @@ def new_directory(path: str) -> Statement:
 def new_differencing_vhd(path: str, parent_path: str) -> Statement:
     """Output: the new VirtualHardDisk. Fails if `path` exists or the parent is an .avhdx."""
     return pipe(cmd(HYPERV + "New-VHD", Path=path, ParentPath=parent_path, Differencing=SWITCH))
+
+
+def new_dynamic_vhd(path: str, size_bytes: int) -> Statement:
+    """Output: the new (empty) dynamic VirtualHardDisk. Used only by `conformance` for its scratch base."""
+    return pipe(cmd(HYPERV + "New-VHD", Path=path, SizeBytes=UInt64(size_bytes), Dynamic=SWITCH))
 
 
 def new_vm(
