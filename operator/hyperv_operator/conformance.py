@@ -110,6 +110,10 @@ class Conformance:
             missing = ", ".join(found.missing_commands)
             self.record("Hyper-V module", FAILED if missing else HELD,
                         f"missing: {missing}" if missing else f"version {found.hyperv_version or '?'}")
+        (exists,) = await self.client.run([cmdlets.test_path(self.folder)])
+        if exists.value is not True:
+            # New-Item would create it, and cleanup removes only the scratch folder inside it.
+            raise ValueError(f"--folder {self.folder} does not exist on the host (or is not reachable from it)")
         self.created.root = self.root
         await self.client.run([cmdlets.new_directory(self.root), cmdlets.new_directory(self.vm_root)])
         await self.client.run([cmdlets.new_dynamic_vhd(self.base, BASE_SIZE)])

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per wall second")
     parser.add_argument("--copy-bytes-per-second", type=float, default=75e6)
     parser.add_argument("--tls-dir", default=None, help="where to write ca.pem / server.pem (default: a temp dir)")
+    parser.add_argument("--jea", action="append", default=[], metavar="NAME",
+                        help="also serve session configuration NAME as a JEA endpoint with the operator's role "
+                             "(e.g. HyperVOperator; repeatable)")
 
 
 def serve_forever(args: argparse.Namespace) -> int:
@@ -45,17 +48,19 @@ def serve_forever(args: argparse.Namespace) -> int:
     tls_dir = Path(args.tls_dir or tempfile.mkdtemp(prefix="hyperv-sim-tls-"))
     tls = generate_tls(tls_dir)
     servers = []
-    https = WSManServer(host, username=args.username, password=password)
+    https = WSManServer(host, username=args.username, password=password, jea_configurations=args.jea)
     https.start(host=args.address, port=args.https_port, tls=tls.server_pair)
     servers.append(https)
     print(f"WinRM HTTPS: https://{args.address}:{https.port}/wsman (CA bundle: {tls.ca_cert})")
     if args.http_port:
-        http = WSManServer(host, username=args.username, password=password)
+        http = WSManServer(host, username=args.username, password=password, jea_configurations=args.jea)
         http.start(host=args.address, port=args.http_port, tls=None)
         servers.append(http)
         print(f"WinRM HTTP:  http://{args.address}:{http.port}/wsman")
     print(f"Basic auth: {args.username} / {password}")
     print(f"bases: {', '.join(bases)}; folders: {', '.join(folders)}")
+    if args.jea:
+        print(f"JEA endpoints (NoLanguage, the operator's role): {', '.join(args.jea)}")
     try:
         while True:
             time.sleep(3600)

@@ -51,3 +51,13 @@ def test_interrupted_at_any_phase_cleanup_removes_everything(phase: str) -> None
     assert _leftovers(host) != []
     assert asyncio.run(conformance.cleanup(timeout=30)) == []
     assert _leftovers(host) == []
+
+
+def test_a_missing_folder_is_refused_and_nothing_is_created() -> None:
+    host = _host()
+    folders = host.folders()
+    conformance = Conformance(inprocess.InProcessClient(host), SHARE + "\\nope", poll_cap=0.05)
+    with pytest.raises(ValueError, match="does not exist"):
+        asyncio.run(conformance.run())
+    assert asyncio.run(conformance.cleanup(timeout=5)) == []
+    assert host.folders() == folders
