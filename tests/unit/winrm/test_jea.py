@@ -250,3 +250,19 @@ def test_role_commands_run_as_their_cmdlet_or_script() -> None:
     (command,) = run.commands
     assert command.is_script and command.name == scripts.START_BACKGROUND_COPY
     assert command.parameter("Worker") == scripts.COPY_WORKER
+
+
+def test_every_fixed_script_has_a_role_function() -> None:
+    """A new fixed script in scripts.py must get a JEA function, or a JEA endpoint could not run it."""
+    texts = [v for v in vars(scripts).values() if isinstance(v, str) and scripts.script_name(v) is not None]
+    assert len(texts) == len(scripts.SCRIPT_IDS)
+    for text in texts:
+        assert jea.function_for_script(text) is not None, scripts.script_name(text)
+
+
+def test_a_script_without_role_function_is_refused_by_the_client() -> None:
+    from hyperv_operator.hyperv.commands import script
+    from hyperv_operator.hyperv.errors import PermanentHostError
+
+    with pytest.raises(PermanentHostError, match="JEA"):
+        add_statements(Recorder(), [pipe(script("param($A) $A", A="x"))], restricted=True)
