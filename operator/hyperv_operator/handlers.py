@@ -241,25 +241,28 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         # ClusterHyperVHost.namespaceSelector is matched against these (admission and controller).
         return {name: dict(labels)}
 
-    @kopf.on.validate(*vm_resource, id=VALIDATE_VM_ID, operations=["CREATE", "UPDATE"], registry=registry)
-    def validate_vm(body: kopf.Body, warnings: list[str], **kwargs: Any) -> None:
-        meta = body.get("metadata") or {}
-        spec = dict(body.get("spec") or {})
-        old = kwargs.get("old")
-        # kopf's own writes (finalizers, annotations) and deletions must never be blocked: only a
-        # new or changed spec is judged.
-        unchanged = old is not None and dict(old.get("spec") or {}) == spec
-        if kwargs.get("operation") == "UPDATE" and (meta.get("deletionTimestamp") or unchanged):
-            return
-        namespace = str(meta.get("namespace") or "")
-        resolved = resolve_host(namespace, spec, kwargs, runtime.config.operator_namespace)
-        if resolved.refusal is None:
-            return
-        if resolved.refusal.host_missing:
-            # GitOps may apply the VM before its host: accept, the controller waits (Stalled).
-            warnings.append(resolved.refusal.message)
-            return
-        raise kopf.AdmissionError(f"{resolved.refusal.reason}: {resolved.refusal.message}", code=403)
+    # kopf refuses to start with admission handlers but no server: register only with a webhook.
+    if runtime.config.webhook is not None:
+
+        @kopf.on.validate(*vm_resource, id=VALIDATE_VM_ID, operations=["CREATE", "UPDATE"], registry=registry)
+        def validate_vm(body: kopf.Body, warnings: list[str], **kwargs: Any) -> None:
+            meta = body.get("metadata") or {}
+            spec = dict(body.get("spec") or {})
+            old = kwargs.get("old")
+            # kopf's own writes (finalizers, annotations) and deletions must never be blocked: only a
+            # new or changed spec is judged.
+            unchanged = old is not None and dict(old.get("spec") or {}) == spec
+            if kwargs.get("operation") == "UPDATE" and (meta.get("deletionTimestamp") or unchanged):
+                return
+            namespace = str(meta.get("namespace") or "")
+            resolved = resolve_host(namespace, spec, kwargs, runtime.config.operator_namespace)
+            if resolved.refusal is None:
+                return
+            if resolved.refusal.host_missing:
+                # GitOps may apply the VM before its host: accept, the controller waits (Stalled).
+                warnings.append(resolved.refusal.message)
+                return
+            raise kopf.AdmissionError(f"{resolved.refusal.reason}: {resolved.refusal.message}", code=403)
 
     async def step(kwargs: Mapping[str, Any], *, deleting: bool) -> StepOutcome:
         """One engine step for the VM in kopf's handler kwargs; writes its outcome into `patch`."""
