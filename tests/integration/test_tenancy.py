@@ -73,7 +73,8 @@ HOLES = [
     Hole("vmpath-system", {"vmPath": "C:\\Tenant"}, "VmPathOutsideAllowedRoots", "C:\\Tenant"),
     Hole("vmpath-pipe", {"vmPath": "\\\\.\\pipe\\evil"}, "InvalidPath", "evil"),
     Hole("short-name", {"baseVhd": BASES + "\\BASE~1.VHDX"}, "InvalidPath", "~1"),
-    Hole("dotdot", {"baseVhd": BASES + "\\sub\\..\\..\\VMS\\x.vhdx"}, "InvalidPath", "\\sub\\"),
+    # ('..' never gets this far: the CRD's own rule refuses it.) Win32 strips a trailing dot.
+    Hole("trailing-dot", {"baseVhd": BASES + "\\team.\\BASE.VHDX"}, "InvalidPath", "team."),
     Hole("quick-readonly-base", {"baseVhd": GOLD_BASE, "strategy": "Quick"}, "QuickCheckpointOutsideAllowedRoots",
          "GOLD"),
     Hole("namespace-not-admitted", {}, "NamespaceNotAdmitted", "hole-namespace-not-admitted", TEAM_C),
@@ -333,9 +334,9 @@ def test_tenant_editor_manages_vms_and_reads_no_credentials(tenancy: Tenancy) ->
     assert can("get", "hypervhosts.hyperv-operator.io", "-n", TEAM_A)
     for args in (("create", "hypervhosts.hyperv-operator.io", "-n", TEAM_A),
                  ("create", "clusterhypervhosts.hyperv-operator.io"),
-                 ("patch", "clusterhypervhosts.hyperv-operator.io", SHARED),
+                 ("patch", f"clusterhypervhosts.hyperv-operator.io/{SHARED}"),
                  ("get", "secrets", "-n", OPERATOR_NAMESPACE),
-                 ("get", "secrets", f"{SHARED}-credentials", "-n", OPERATOR_NAMESPACE),
+                 ("get", f"secrets/{SHARED}-credentials", "-n", OPERATOR_NAMESPACE),
                  ("list", "secrets", "-n", TEAM_A),
                  ("get", "secrets", "-n", TEAM_A),
                  ("create", "virtualmachines.hyperv-operator.io", "-n", TEAM_B),
