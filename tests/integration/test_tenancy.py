@@ -369,3 +369,27 @@ def test_tenant_editor_manages_vms_and_reads_no_credentials(tenancy: Tenancy) ->
     tenancy.tenant.wait_gone(TEAM_A, "tenant-vm", timeout=90)
     watcher.join(timeout=30)
     assert "ADDED tenant-vm" in seen and "DELETED tenant-vm" in seen
+
+
+def test_drift_timer_does_not_retry_a_failed_vm_once_its_path_is_refused(tenancy: Tenancy) -> None:
+    # A Failed VM is re-checked by the drift timer (so it starts once its base appears). Allowed, its
+    # missing base is looked up on the host; once the admin narrows the roots, it never is again.
+    missing = BASES + "\\MISSING.VHDX"
+    tenancy.create(vm_body(TEAM_A, "failed-then-refused", baseVhd=missing))
+    tenancy.admin.wait_phase(TEAM_A, "failed-then-refused", "Failed", timeout=60)
+    _wait(lambda: len(tenancy.recorder.carrying(missing)) >= 2, 30, "the drift timer to re-check the base")
+    narrowed = {"spec": {"storage": {"baseRoots": [GOLD], "vmRoots": [VMS, BASES]}}}
+    restored = {"spec": {"storage": {"baseRoots": [BASES, GOLD], "vmRoots": [VMS, BASES]}}}
+    objects = tenancy.admin.objects
+    objects.patch_cluster_custom_object(api.GROUP, api.VERSION, "clusterhypervhosts", SHARED, narrowed)
+    try:
+        tenancy.admin.wait_vm(TEAM_A, "failed-then-refused",
+                              lambda o: (condition(o, "Stalled") or {}).get("reason") == "BaseOutsideAllowedRoots",
+                              timeout=30, what="Stalled BaseOutsideAllowedRoots")
+        before = len(tenancy.recorder.carrying(missing))
+        time.sleep(RETRY_SECONDS + 3)  # many drift ticks (1 s) and a re-check
+        assert len(tenancy.recorder.carrying(missing)) == before
+    finally:
+        objects.patch_cluster_custom_object(api.GROUP, api.VERSION, "clusterhypervhosts", SHARED, restored)
+    tenancy.admin.delete_vm(TEAM_A, "failed-then-refused")
+    tenancy.admin.wait_gone(TEAM_A, "failed-then-refused", timeout=60)
