@@ -19,6 +19,8 @@ VM_KIND = "VirtualMachine"
 VM_PLURAL = "virtualmachines"
 HOST_KIND = "HyperVHost"
 HOST_PLURAL = "hypervhosts"
+CLUSTER_HOST_KIND = "ClusterHyperVHost"
+CLUSTER_HOST_PLURAL = "clusterhypervhosts"
 FINALIZER = f"{GROUP}/finalizer"
 ANNOTATION_PREFIX = GROUP
 UID_TAG_PREFIX = f"{GROUP}/uid="
@@ -68,11 +70,13 @@ class VirtualMachineSpec:
     switch_name: str | None = None
     power_state: PowerState = PowerState.RUNNING
     deletion_policy: DeletionPolicy = DeletionPolicy.DELETE
+    host_kind: str = HOST_KIND
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> VirtualMachineSpec:
         return cls(
             host_name=str(spec["hostRef"]["name"]),
+            host_kind=str(spec["hostRef"].get("kind") or HOST_KIND),
             base_vhd=str(spec["baseVhd"]),
             strategy=Strategy(spec["strategy"]),
             memory_bytes=parse_memory(spec.get("memory", "1Gi")),

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hyperv_operator.handlers import WebhookConfig
 
 
 class _RetryIsNotAnError(logging.Filter):
@@ -31,7 +36,12 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf.objects").addFilter(_RetryIsNotAnError())
     for noisy in ("pypsrp", "psrpcore", "spnego", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.WARNING)
-    config = OperatorConfig(drift_interval=args.drift_interval, host_probe_interval=args.host_probe_interval)
+    config = OperatorConfig(
+        drift_interval=args.drift_interval,
+        host_probe_interval=args.host_probe_interval,
+        operator_namespace=args.operator_namespace,
+        webhook=_webhook_config(args),
+    )
     runtime = Runtime(
         config=config,
         connections=HostConnections(
@@ -58,6 +68,27 @@ def _run(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _webhook_config(args: argparse.Namespace) -> WebhookConfig | None:
+    """kopf's WebhookServer settings: cert-manager's files if given, else a self-signed certificate."""
+    from hyperv_operator.handlers import WebhookConfig
+    from hyperv_operator.tenancy import webhook
+
+    if not args.webhook_port:
+        return None
+    names = tuple(args.webhook_name or webhook.DEFAULT_SERVICE_NAMES)
+    certificate = (
+        webhook.from_cert_dir(args.webhook_cert_dir) if args.webhook_cert_dir else webhook.generate_self_signed(names)
+    )
+    return WebhookConfig(
+        port=args.webhook_port,
+        certificate=certificate,
+        address=args.webhook_address,
+        host=names[0],
+        configuration=args.webhook_configuration or None,
+        webhook_names=(webhook.VM_WEBHOOK_NAME,),
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -100,6 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--winrm-connection-timeout", type=float, default=30.0)
     run.add_argument("--winrm-read-timeout", type=float, default=30.0)
     run.add_argument("--winrm-operation-timeout", type=float, default=20.0)
+    run.add_argument(
+        "--operator-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "hyperv-operator-system",
+        help="namespace holding ClusterHyperVHost Secrets (default: $POD_NAMESPACE or hyperv-operator-system)",
+    )
+    run.add_argument("--webhook-port", type=int, default=9443, help="admission webhook HTTPS port (0 disables)")
+    run.add_argument("--webhook-address", default="0.0.0.0")  # noqa: S104 - called by the API server
+    run.add_argument(
+        "--webhook-name",
+        action="append",
+        default=[],
+        help="DNS name or IP in the self-signed webhook certificate (repeatable; default: the webhook Service)",
+    )
+    run.add_argument("--webhook-cert-dir", default="", help="tls.crt/tls.key/ca.crt to serve (e.g. cert-manager's)")
+    run.add_argument(
+        "--webhook-configuration",
+        default="hyperv-operator",
+        help="ValidatingWebhookConfiguration to write the self-signed CA into ('' when cert-manager injects it)",
+    )
     run.add_argument("--verbose", "-v", action="store_true")
     run.add_argument("--debug", action="store_true")
     run.set_defaults(func=_run)

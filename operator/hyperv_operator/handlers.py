@@ -3,6 +3,11 @@
 No decisions here. Each VirtualMachine handler call runs one engine step under a per-object lock,
 writes the complete status the engine returns, posts its events, and asks kopf to call again after
 the engine's delay (`kopf.TemporaryError(delay=...)`) until the engine says it has converged.
+
+Before any engine call the VM passes the tenancy check (`tenancy.policy.check_vm`: the host exists,
+admits the VM's namespace, and the VM's paths are inside the host's storage roots), the same check
+the admission webhook (`validate-vm`) makes at apply time. A refused VM is Stalled and re-checked in
+the cluster only: the engine, hence the host, never sees it.
 """
 
 from __future__ import annotations
@@ -24,10 +29,26 @@ from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnection
 from hyperv_operator.hyperv.errors import HostError
 from hyperv_operator.provisioning import engine
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
+from hyperv_operator.tenancy import policy
+from hyperv_operator.tenancy.webhook import VALIDATE_VM_ID, WebhookCertificate, inject_ca_bundle
 
 logger = logging.getLogger("hyperv_operator.handlers")
 
 HOST_MISSING_RETRY_SECONDS = 10.0
+"""How often a refused or waiting VM is re-checked (in the cluster only) for its host to appear or admit it."""
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """Where kopf's WebhookServer listens and with which certificate (see tenancy/webhook.py)."""
+
+    port: int
+    certificate: WebhookCertificate
+    address: str = "0.0.0.0"  # noqa: S104 - reached by the API server through the webhook Service
+    host: str | None = None
+    configuration: str | None = None
+    """ValidatingWebhookConfiguration to write the CA bundle into (None: cert-manager injects it)."""
+    webhook_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -36,6 +57,9 @@ class OperatorConfig:
     host_probe_interval: float = 60.0
     client_factory: ClientFactory | None = None
     secret_reader: SecretReader | None = None
+    operator_namespace: str = "hyperv-operator-system"
+    """Where ClusterHyperVHosts' Secrets live."""
+    webhook: WebhookConfig | None = None
 
 
 @dataclass
@@ -86,10 +110,47 @@ def _host_of(
     return next(iter(store), None)
 
 
+def _one(index: kopf.Index[Any, dict[str, Any]], key: Any) -> dict[str, Any] | None:
+    store = index.get(key)
+    return next(iter(store), None) if store else None
+
+
+@dataclass(frozen=True)
+class ResolvedHost:
+    spec: dict[str, Any] | None
+    secret_namespace: str
+    """Where the host's Secrets are read: the VM's namespace, or the operator's for a ClusterHyperVHost."""
+    key: str
+    """Copy slots, metrics and status use this ("ns/name", or "ClusterHyperVHost/name")."""
+    refusal: policy.Refusal | None
+
+
+def resolve_host(
+    namespace: str,
+    spec: Mapping[str, Any],
+    indices: Mapping[str, kopf.Index[Any, dict[str, Any]]],
+    operator_namespace: str,
+) -> ResolvedHost:
+    """The VM's host from the indices, and the tenancy verdict (no host I/O)."""
+    ref = policy.HostRef.from_vm_spec(spec)
+    if ref.kind == policy.CLUSTER_HOST_KIND:
+        host = _one(indices["cluster_hosts_by_name"], ref.name)
+        labels = _one(indices["namespace_labels"], namespace)
+        secret_namespace, key = operator_namespace, f"{policy.CLUSTER_HOST_KIND}/{ref.name}"
+    else:
+        host = _host_of(indices["hosts_by_name"], namespace, ref.name)
+        labels, secret_namespace, key = None, namespace, f"{namespace}/{ref.name}"
+    return ResolvedHost(host, secret_namespace, key, policy.check_vm(namespace, spec, host, labels))
+
+
 def _apply_outcome(
-    body: kopf.Body, patch: kopf.Patch, old_status: Mapping[str, Any], outcome: StepOutcome, spec: VirtualMachineSpec
+    body: kopf.Body,
+    patch: kopf.Patch,
+    old_status: Mapping[str, Any],
+    outcome: StepOutcome,
+    spec: VirtualMachineSpec,
+    host_key: str,
 ) -> None:
-    namespace = str(body.get("metadata", {}).get("namespace"))
     uid = str(body.get("metadata", {}).get("uid"))
     new_status = {k: v for k, v in outcome.status.items() if v is not None}
     for key, value in merge_patch(old_status, new_status).items():
@@ -97,7 +158,7 @@ def _apply_outcome(
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     metrics.observe_status_change(
-        spec.strategy.value, f"{namespace}/{spec.host_name}", old_status, new_status, _now(), uid=uid
+        spec.strategy.value, host_key, old_status, new_status, _now(), uid=uid
     )
     if outcome.finished:
         metrics.forget(uid)
@@ -134,6 +195,28 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        webhook = runtime.config.webhook
+        if webhook is not None:
+            settings.admission.server = kopf.WebhookServer(
+                addr=webhook.address,
+                port=webhook.port,
+                host=webhook.host,
+                certfile=webhook.certificate.cert_file,
+                pkeyfile=webhook.certificate.key_file,
+                cadata=webhook.certificate.ca_pem or None,
+            )
+
+    @kopf.on.startup(registry=registry)
+    async def publish_ca_bundle(**_: Any) -> None:
+        webhook = runtime.config.webhook
+        if webhook is None or not webhook.configuration or not webhook.certificate.ca_pem:
+            return
+        try:
+            await asyncio.to_thread(
+                inject_ca_bundle, webhook.configuration, webhook.certificate.ca_pem, webhook.webhook_names
+            )
+        except Exception as exc:  # the controller enforces the same rules without the webhook
+            logger.error("cannot write the webhook CA bundle into %s: %s", webhook.configuration, exc)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -149,38 +232,83 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     ) -> dict[tuple[str, str], dict[str, Any]]:
         return {(str(namespace), name): dict(spec)}
 
+    @kopf.index(api.GROUP, api.VERSION, api.CLUSTER_HOST_PLURAL, id="cluster_hosts_by_name", registry=registry)
+    def cluster_hosts_by_name(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
+        return {name: dict(spec)}
+
+    @kopf.index("v1", "namespaces", id="namespace_labels", registry=registry)
+    def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+        # ClusterHyperVHost.namespaceSelector is matched against these (admission and controller).
+        return {name: dict(labels)}
+
+    # kopf refuses to start with admission handlers but no server: register only with a webhook.
+    if runtime.config.webhook is not None:
+
+        @kopf.on.validate(*vm_resource, id=VALIDATE_VM_ID, operations=["CREATE", "UPDATE"], registry=registry)
+        def validate_vm(body: kopf.Body, warnings: list[str], **kwargs: Any) -> None:
+            meta = body.get("metadata") or {}
+            spec = dict(body.get("spec") or {})
+            old = kwargs.get("old")
+            # kopf's own writes (finalizers, annotations) and deletions must never be blocked: only a
+            # new or changed spec is judged.
+            unchanged = old is not None and dict(old.get("spec") or {}) == spec
+            if kwargs.get("operation") == "UPDATE" and (meta.get("deletionTimestamp") or unchanged):
+                return
+            namespace = str(meta.get("namespace") or "")
+            resolved = resolve_host(namespace, spec, kwargs, runtime.config.operator_namespace)
+            if resolved.refusal is None:
+                return
+            if resolved.refusal.host_missing:
+                # GitOps may apply the VM before its host: accept, the controller waits (Stalled).
+                warnings.append(resolved.refusal.message)
+                return
+            raise kopf.AdmissionError(f"{resolved.refusal.reason}: {resolved.refusal.message}", code=403)
+
     async def step(kwargs: Mapping[str, Any], *, deleting: bool) -> StepOutcome:
         """One engine step for the VM in kopf's handler kwargs; writes its outcome into `patch`."""
         body: kopf.Body = kwargs["body"]
         meta: kopf.Meta = kwargs["meta"]
         patch: kopf.Patch = kwargs["patch"]
-        hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["hosts_by_name"]
         namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         generation = int(meta.get("generation") or 0)
         vm_spec = VirtualMachineSpec.from_dict(kwargs["spec"])
         old_status = dict(kwargs["status"])
-        host_body = _host_of(hosts_by_name, namespace, vm_spec.host_name)
-        if host_body is None:
-            if deleting and not old_status.get("vmId") and not old_status.get("createdFiles"):
+        resolved = resolve_host(namespace, dict(kwargs["spec"]), kwargs, runtime.config.operator_namespace)
+        host_key = resolved.key
+        refusal = resolved.refusal
+        if refusal is not None:
+            recorded = bool(old_status.get("vmId") or old_status.get("createdFiles"))
+            if deleting and not recorded:
                 return StepOutcome(status=old_status, requeue_after=None, events=(), finished=True)
-            message = f"waiting for HyperVHost {namespace}/{vm_spec.host_name} to exist"
-            new = _waiting_status(old_status, generation, "HostNotFound", message, stalled=False)
-            _apply_outcome(body, patch, old_status, StepOutcome(new, HOST_MISSING_RETRY_SECONDS, ()), vm_spec)
-            raise kopf.TemporaryError(message, delay=HOST_MISSING_RETRY_SECONDS)
-        host_spec = HyperVHostSpec.from_dict(host_body)
+            if deleting and resolved.spec is not None and refusal.reason == "NamespaceNotAdmitted":
+                # The host stopped admitting this namespace after provisioning: removing what the
+                # operator itself created there is not new access, so deletion cleans up.
+                refusal = policy.check_paths(kwargs["spec"], resolved.spec)
+            if refusal is not None and deleting and not refusal.host_missing:
+                # The recorded paths are no longer allowed on this host: send it nothing, leave them.
+                kopf.event(body, type="Warning", reason="LeftOnHost",
+                           message=f"not cleaned up on the host ({refusal.message}): vmId "
+                           f"{old_status.get('vmId')}, files {old_status.get('createdFiles') or []}")
+                return StepOutcome(status=old_status, requeue_after=None, events=(), finished=True)
+            if refusal is not None:
+                new = _waiting_status(old_status, generation, refusal.reason, refusal.message, stalled=True)
+                outcome = StepOutcome(new, HOST_MISSING_RETRY_SECONDS, ())
+                _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
+                raise kopf.TemporaryError(refusal.message, delay=HOST_MISSING_RETRY_SECONDS)
+        assert resolved.spec is not None  # a refusal covers a missing host
+        host_spec = HyperVHostSpec.from_dict(resolved.spec)
         try:
-            client = await runtime.connections.client_for(namespace, vm_spec.host_name, host_spec)
+            client = await runtime.connections.client_for(resolved.secret_namespace, vm_spec.host_name, host_spec)
         except HostConfigError as exc:
             new = _waiting_status(old_status, generation, "HostMisconfigured", str(exc), stalled=True)
-            _apply_outcome(body, patch, old_status, StepOutcome(new, 30.0, ()), vm_spec)
+            _apply_outcome(body, patch, old_status, StepOutcome(new, 30.0, ()), vm_spec, host_key)
             raise kopf.TemporaryError(str(exc), delay=30.0) from exc
         ref = VmRef(namespace=namespace, name=name, uid=uid, generation=generation)
-        host_key = f"{namespace}/{vm_spec.host_name}"
         metered = metrics.MeteredClient(client, host_key)
         async with runtime.lock(uid):
             run = engine.finalize if deleting else engine.reconcile
             outcome = await run(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots, _now())
-        _apply_outcome(body, patch, old_status, outcome, vm_spec)
+        _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
         return outcome
 
     @kopf.on.resume(*vm_resource, id="reconcile", registry=registry)
@@ -214,7 +342,13 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             raise kopf.TemporaryError(outcome.status.get("message") or "deleting", delay=delay)
 
     async def probe_host(
-        namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, generation: int
+        namespace: str,
+        name: str,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        patch: kopf.Patch,
+        generation: int,
+        slots_key: str | None = None,
     ) -> None:
         host_spec = HyperVHostSpec.from_dict(spec)
         now = _now()
@@ -244,7 +378,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                     patch.status[target] = value
         patch.status["lastProbeTime"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         patch.status["observedGeneration"] = generation
-        patch.status["copiesInFlight"] = len(runtime.slots.holders(f"{namespace}/{name}"))
+        patch.status["copiesInFlight"] = len(runtime.slots.holders(slots_key or f"{namespace}/{name}"))
 
     @kopf.on.resume(*host_resource, id="probe", registry=registry)
     @kopf.on.create(*host_resource, id="probe", registry=registry)
@@ -270,5 +404,34 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.delete(*host_resource, id="forget", optional=True, registry=registry)
     async def host_deleted(namespace: str | None, name: str, **_: Any) -> None:
         await runtime.connections.forget(str(namespace), name)
+
+    cluster_host_resource = (api.GROUP, api.VERSION, api.CLUSTER_HOST_PLURAL)
+
+    @kopf.on.resume(*cluster_host_resource, id="probe", registry=registry)
+    @kopf.on.create(*cluster_host_resource, id="probe", registry=registry)
+    @kopf.on.update(*cluster_host_resource, id="probe", field="spec", registry=registry)
+    @kopf.timer(
+        *cluster_host_resource,
+        id="probe-timer",
+        interval=runtime.config.host_probe_interval,
+        initial_delay=runtime.config.host_probe_interval,
+        registry=registry,
+    )
+    async def probe_cluster_host_handler(**kwargs: Any) -> None:
+        # Same probe; the Secrets are read from the operator's namespace.
+        meta: kopf.Meta = kwargs["meta"]
+        await probe_host(
+            runtime.config.operator_namespace,
+            kwargs["name"],
+            kwargs["spec"],
+            kwargs["status"],
+            kwargs["patch"],
+            int(meta.get("generation") or 0),
+            slots_key=f"{policy.CLUSTER_HOST_KIND}/{kwargs['name']}",
+        )
+
+    @kopf.on.delete(*cluster_host_resource, id="forget", optional=True, registry=registry)
+    async def cluster_host_deleted(name: str, **_: Any) -> None:
+        await runtime.connections.forget(runtime.config.operator_namespace, name)
 
     return registry

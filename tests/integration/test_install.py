@@ -31,10 +31,12 @@ REPO = repo_root()
 
 
 class Installed:
-    def __init__(self, plane: ControlPlane, install_yaml: str, apply_stderr: str) -> None:
+    def __init__(self, plane: ControlPlane, install_yaml: str, apply_stderr: str,
+                 webhook_configuration: dict[str, Any]) -> None:
         self.plane = plane
         self.install_yaml = install_yaml
         self.apply_stderr = apply_stderr
+        self.webhook_configuration = webhook_configuration
 
     def admin(self, *args: str, check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
         return self.plane.kubectl(*args, check=check, input_text=input_text)
@@ -79,8 +81,15 @@ def installed() -> Iterator[Installed]:
         applied = plane.kubectl("apply", "--server-side", "--field-manager=hyperv-operator-installer", "-f", "-",
                                 input_text=install_yaml)
         plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                      "crd/virtualmachines.hyperv-operator.io", "crd/hypervhosts.hyperv-operator.io")
-        yield Installed(plane, install_yaml, applied.stderr)
+                      "crd/virtualmachines.hyperv-operator.io", "crd/hypervhosts.hyperv-operator.io",
+                      "crd/clusterhypervhosts.hyperv-operator.io")
+        # The webhook configuration as the server stored it; then removed, because no operator
+        # serves it here (failurePolicy Fail would refuse the samples this module applies).
+        # tests/integration/test_tenancy.py exercises it with the operator serving it.
+        webhook = json.loads(plane.kubectl("get", "validatingwebhookconfiguration", "hyperv-operator",
+                                           "-o", "json").stdout)
+        plane.kubectl("delete", "validatingwebhookconfiguration", "hyperv-operator")
+        yield Installed(plane, install_yaml, applied.stderr, webhook)
 
 
 def get_json(inst: Installed, *args: str) -> dict[str, Any]:
@@ -90,17 +99,34 @@ def get_json(inst: Installed, *args: str) -> dict[str, Any]:
 def test_installer_is_accepted_with_no_pod_security_warnings(installed: Installed) -> None:
     assert "Warning" not in installed.apply_stderr, installed.apply_stderr
     kinds = {(d["kind"], d["metadata"]["name"]) for d in
-             json.loads(installed.admin("get", "-f", "-", "-o", "json", input_text=installed.install_yaml).stdout)[
+             json.loads(installed.admin("get", "-f", "-", "-o", "json", "--ignore-not-found",
+                                        input_text=installed.install_yaml).stdout)[
                  "items"]}
     assert {("Namespace", NS), ("ServiceAccount", "hyperv-operator"), ("ClusterRole", "hyperv-operator"),
             ("ClusterRoleBinding", "hyperv-operator"), ("Deployment", "hyperv-operator"),
             ("Service", "hyperv-operator-metrics"),
             ("CustomResourceDefinition", "virtualmachines.hyperv-operator.io"),
-            ("CustomResourceDefinition", "hypervhosts.hyperv-operator.io")} <= kinds
+            ("CustomResourceDefinition", "hypervhosts.hyperv-operator.io"),
+            ("CustomResourceDefinition", "clusterhypervhosts.hyperv-operator.io"),
+            ("Service", "hyperv-operator-webhook")} <= kinds
+    # Stored by the server before the fixture removed it (see `installed`).
+    assert installed.webhook_configuration["kind"] == "ValidatingWebhookConfiguration"
+
+
+def test_webhook_configuration_as_stored_by_the_server(installed: Installed) -> None:
+    (hook,) = installed.webhook_configuration["webhooks"]
+    assert hook["name"] == "virtualmachines.validate.hyperv-operator.io"
+    assert hook["clientConfig"]["service"] == {"name": "hyperv-operator-webhook", "namespace": NS,
+                                              "path": "/validate-vm", "port": 443}
+    assert hook["rules"] == [{"apiGroups": ["hyperv-operator.io"], "apiVersions": ["v1alpha1"],
+                              "operations": ["CREATE", "UPDATE"], "resources": ["virtualmachines"],
+                              "scope": "Namespaced"}]
+    assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
 
 
 def test_installed_crds_are_current_for_kstatus(installed: Installed) -> None:
-    for name in ("virtualmachines.hyperv-operator.io", "hypervhosts.hyperv-operator.io"):
+    for name in ("virtualmachines.hyperv-operator.io", "hypervhosts.hyperv-operator.io",
+                 "clusterhypervhosts.hyperv-operator.io"):
         assert kstatus_verdict(get_json(installed, "crd", name)) == ("Current", "CRD is established")
 
 
@@ -135,7 +161,15 @@ GRANTED = [
     ("watch", "hypervhosts.hyperv-operator.io", "--all-namespaces"),
     ("patch", "hypervhosts.hyperv-operator.io", "-n", "default"),
     ("patch", "hypervhosts.hyperv-operator.io", "--subresource=status", "-n", "default"),
+    ("list", "clusterhypervhosts.hyperv-operator.io", "--all-namespaces"),
+    ("watch", "clusterhypervhosts.hyperv-operator.io", "--all-namespaces"),
+    ("patch", "clusterhypervhosts.hyperv-operator.io", "--all-namespaces"),
+    ("patch", "clusterhypervhosts.hyperv-operator.io", "--subresource=status", "--all-namespaces"),
+    ("list", "namespaces", "--all-namespaces"),
+    ("watch", "namespaces", "--all-namespaces"),
+    ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/hyperv-operator"),
     ("get", "secrets", "-n", "team-a"),
+    ("get", "secrets", "-n", NS),
     ("create", "events", "-n", "team-a"),
 ]
 
@@ -156,7 +190,15 @@ DENIED = [
     ("create", "customresourcedefinitions.apiextensions.k8s.io", "--all-namespaces"),
     ("patch", "events", "-n", "team-a"),
     ("create", "events.events.k8s.io", "-n", "team-a"),
-    ("list", "namespaces", "--all-namespaces"),
+    ("get", "namespaces", "--all-namespaces"),
+    ("patch", "namespaces", "--all-namespaces"),
+    ("create", "clusterhypervhosts.hyperv-operator.io", "--all-namespaces"),
+    ("delete", "clusterhypervhosts.hyperv-operator.io", "--all-namespaces"),
+    ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/other-webhook"),
+    ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io"),
+    ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io"),
+    ("delete", "validatingwebhookconfigurations.admissionregistration.k8s.io/hyperv-operator"),
+    ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/hyperv-operator"),
     ("create", "clusterkopfpeerings.kopf.dev", "--all-namespaces"),
     ("create", "leases.coordination.k8s.io", "-n", NS),
     ("get", "configmaps", "-n", "team-a"),
@@ -192,9 +234,14 @@ def test_rules_review_shows_exactly_the_role(installed: Installed) -> None:
     expected = {
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-        *(("hyperv-operator.io", r, v) for r in ("virtualmachines", "hypervhosts") for v in ("list", "watch", "patch")),
+        *(("hyperv-operator.io", r, v) for r in ("virtualmachines", "hypervhosts", "clusterhypervhosts")
+          for v in ("list", "watch", "patch")),
         ("hyperv-operator.io", "virtualmachines/status", "patch"),
         ("hyperv-operator.io", "hypervhosts/status", "patch"),
+        ("hyperv-operator.io", "clusterhypervhosts/status", "patch"),
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
+        ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
         ("", "secrets", "get"),
         ("", "events", "create"),
     }

@@ -36,6 +36,9 @@ OPERATOR_SERVICE_ACCOUNT = "hyperv-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
 OPERATOR_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}", "system:authenticated")
 
+TENANT_USER = "tenant"
+"""A person with no cluster role of their own: tests bind roles to it (multi-tenancy checks)."""
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -67,6 +70,7 @@ class ControlPlane:
     etcd_port: int = 0
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     operator_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    tenant_token: str = field(default_factory=lambda: secrets.token_hex(16))
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -86,6 +90,11 @@ class ControlPlane:
     def operator_kubeconfig(self) -> Path:
         """Kubeconfig for the operator's ServiceAccount identity: only what RBAC grants it."""
         return self.workdir / "operator.kubeconfig"
+
+    @property
+    def tenant_kubeconfig(self) -> Path:
+        """Kubeconfig for TENANT_USER: nothing but what tests bind to it."""
+        return self.workdir / "tenant.kubeconfig"
 
     @property
     def log_dir(self) -> Path:
@@ -159,6 +168,7 @@ class ControlPlane:
         self._wait_ready(timeout - (time.monotonic() - started))
         self._write_kubeconfig(self.kubeconfig, "admin", self.admin_token)
         self._write_kubeconfig(self.operator_kubeconfig, "operator", self.operator_token)
+        self._write_kubeconfig(self.tenant_kubeconfig, TENANT_USER, self.tenant_token)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
@@ -181,6 +191,7 @@ class ControlPlane:
         (self.workdir / "tokens.csv").write_text(
             f'{self.admin_token},admin,admin,"system:masters"\n'
             f'{self.operator_token},{OPERATOR_USER},operator-uid,"{groups}"\n'
+            f'{self.tenant_token},{TENANT_USER},tenant-uid,"system:authenticated"\n'
         )
 
     def _check_alive(self) -> None:

@@ -28,6 +28,7 @@ class OperatorProcess:
         host_probe_interval: float = 5.0,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        webhook_port: int = 0,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
@@ -35,6 +36,8 @@ class OperatorProcess:
         self.host_probe_interval = host_probe_interval
         self.extra_args = extra_args
         self.env = env or {}
+        self.webhook_port = webhook_port
+        """0: no admission webhook server (the shared test stack has no webhook configuration)."""
         self.metrics_port = 0
         self.liveness_port = 0
         self.starts = 0
@@ -73,6 +76,13 @@ class OperatorProcess:
             "8",
             "--winrm-connection-timeout",
             "5",
+            "--webhook-port",
+            str(self.webhook_port),
+            *(
+                ("--webhook-address", "127.0.0.1", "--webhook-name", "127.0.0.1")
+                if self.webhook_port
+                else ()
+            ),
             *self.extra_args,
         ]
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1", **self.env)

@@ -117,6 +117,8 @@ def host_objects(
                 "caBundleSecretRef": {"name": f"{name}-ca"},
                 "defaultVmPath": VM_ROOT,
                 "maxConcurrentCopies": max_concurrent_copies,
+                # The base and Quick's checkpoint beside it are on the share root.
+                "storage": {"baseRoots": [SHARE], "vmRoots": [SHARE]},
             },
         },
     ]
@@ -145,3 +147,20 @@ def install_operator_rbac(plane: ControlPlane) -> None:
     this RBAC.
     """
     plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(repo_root() / "manifests"))
+    # The webhook configuration points at a Service; with no pod network here the API server cannot
+    # reach it (failurePolicy Fail would refuse every VirtualMachine). Tests that exercise the
+    # webhook install it with a loopback URL (webhook_configuration_for_loopback); the controller
+    # enforces the same rules without it.
+    plane.kubectl("delete", "validatingwebhookconfiguration", "hyperv-operator", "--ignore-not-found")
+
+
+def webhook_configuration_for_loopback(port: int) -> dict[str, Any]:
+    """manifests/webhook's configuration, pointed at an operator serving its webhook on 127.0.0.1:port."""
+    import yaml
+
+    path = repo_root() / "manifests" / "webhook" / "validating_webhook.yaml"
+    config: dict[str, Any] = yaml.safe_load(path.read_text())
+    for hook in config["webhooks"]:
+        service = hook["clientConfig"].pop("service")
+        hook["clientConfig"]["url"] = f"https://127.0.0.1:{port}{service['path']}"
+    return config

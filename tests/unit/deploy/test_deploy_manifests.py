@@ -62,12 +62,16 @@ def _normalized(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     }
 
 
+HOST_KINDS = ("hypervhosts", "clusterhypervhosts")
 EXPECTED_OPERATOR_GRANTS = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-    *(("hyperv-operator.io", r, v) for r in ("virtualmachines", "hypervhosts") for v in ("list", "watch", "patch")),
+    *(("hyperv-operator.io", r, v) for r in ("virtualmachines", *HOST_KINDS) for v in ("list", "watch", "patch")),
     ("hyperv-operator.io", "virtualmachines/status", "patch"),
-    ("hyperv-operator.io", "hypervhosts/status", "patch"),
+    *(("hyperv-operator.io", f"{r}/status", "patch") for r in HOST_KINDS),
+    ("", "namespaces", "list"),
+    ("", "namespaces", "watch"),
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
     ("", "secrets", "get"),
     ("", "events", "create"),
 }
@@ -76,6 +80,10 @@ EXPECTED_OPERATOR_GRANTS = {
 def test_operator_cluster_role_is_exactly_least_privilege() -> None:
     role = _one("ClusterRole", "hyperv-operator")
     for rule in role["rules"]:
+        if rule["resources"] == ["validatingwebhookconfigurations"]:
+            # Only its own configuration (the webhook's caBundle), never another webhook.
+            assert rule["resourceNames"] == ["hyperv-operator"] and rule["verbs"] == ["patch"]
+            continue
         assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames/nonResourceURLs tricks"
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
     assert _normalized(role["rules"]) == EXPECTED_OPERATOR_GRANTS
@@ -98,6 +106,40 @@ def test_aggregated_user_roles_never_touch_status() -> None:
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
     assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit["metadata"]["labels"]
+
+
+def test_tenant_roles_cannot_manage_hosts_and_host_admin_is_not_aggregated() -> None:
+    # Whoever edits a namespace may manage its VMs, and only read its hosts: a host names the
+    # credentials and the storage roots that confine every tenant.
+    tenant_roles = [_one("ClusterRole", n) for n in ("hyperv-operator-view", "hyperv-operator-edit")]
+    for role in tenant_roles:
+        for _, resource, verb in _normalized(role["rules"]):
+            assert resource.startswith("virtualmachines") or verb in {"get", "list", "watch"}
+            assert "clusterhypervhosts" not in resource
+    assert {r for _, r, _ in _normalized(tenant_roles[1]["rules"])} == {"virtualmachines"}
+    for name in ("hyperv-operator-host-admin", "hyperv-operator-clusterhost-view"):
+        role = _one("ClusterRole", name)
+        assert not any("aggregate" in k for k in (role["metadata"].get("labels") or {})), name
+    admin = _normalized(_one("ClusterRole", "hyperv-operator-host-admin")["rules"])
+    assert ("hyperv-operator.io", "clusterhypervhosts", "create") in admin
+    assert not any(r == "secrets" for _, r, _ in admin)
+
+
+def test_webhook_configuration_targets_the_operator_service() -> None:
+    config = _one("ValidatingWebhookConfiguration", "hyperv-operator")
+    (hook,) = config["webhooks"]
+    assert hook["name"] == "virtualmachines.validate.hyperv-operator.io"
+    assert hook["clientConfig"]["service"] == {"name": "hyperv-operator-webhook", "namespace": NAMESPACE,
+                                              "path": "/validate-vm", "port": 443}
+    assert hook["rules"][0]["resources"] == ["virtualmachines"]
+    assert hook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
+    assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
+    service = _one("Service", "hyperv-operator-webhook")
+    assert service["spec"]["selector"].items() <= _deployment()["spec"]["template"]["metadata"]["labels"].items()
+    (container,) = _deployment()["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert service["spec"]["ports"][0]["targetPort"] == "webhook" and ports["webhook"] == 9443
+    assert "--webhook-port=9443" in container["args"]
 
 
 def test_namespace_enforces_restricted_pod_security() -> None:
@@ -127,7 +169,7 @@ def test_deployment_runs_one_operator_recreated_on_upgrade() -> None:
 def test_deployment_probes_kopf_liveness_endpoint() -> None:
     (container,) = _deployment()["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"metrics": 8080, "healthz": 8081}
+    assert ports == {"metrics": 8080, "healthz": 8081, "webhook": 9443}
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz"
     assert ports[probe["port"]] == 8081
