@@ -14,7 +14,12 @@ NAMESPACE ?= hyperv-operator-system
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n\n"} /^[a-zA-Z_-]+:.*##/ { printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
+.PHONY: system-deps
+system-deps: ## Debian packages: MIT KDC for the tests, Kerberos headers for gssapi/krb5 (idempotent)
+	@bash scripts/install-system-deps.sh
+
 $(STAMP): pyproject.toml
+	@bash scripts/install-system-deps.sh
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e '.[dev]'

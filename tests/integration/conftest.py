@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hyperv_operator.envtest.controlplane import ControlPlane
+from hyperv_operator.envtest.kdc import KDC
 from hyperv_operator.envtest.operator_process import OperatorProcess
 from hyperv_operator.envtest.stack import (
     SimulatedHyperV,
@@ -77,3 +78,15 @@ def _session_command_hook(sim: SimulatedHyperV) -> hostview.CommandHook:
 def command_hook(_session_command_hook: hostview.CommandHook) -> Iterator[hostview.CommandHook]:
     yield _session_command_hook
     _session_command_hook.clear()
+
+
+@pytest.fixture(scope="session")
+def kdc() -> Iterator[KDC]:
+    """A throwaway MIT Kerberos realm on loopback (krb5kdc from Debian's krb5-kdc), started on first use:
+    the operator's user principal (password and keytab) and the simulated host's HTTP/localhost keytab."""
+    realm = KDC(realm="HV.TEST").start()
+    realm.add_principal("hvoperator", password="Kerb-Passw0rd-it", keytab=True)
+    realm.add_service("HTTP/localhost")
+    print(f"\nKDC started in {realm.startup_seconds:.2f}s")
+    yield realm
+    realm.stop()

@@ -104,6 +104,8 @@ class WinRMSettings:
     auth: str = "negotiate"
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    keytab: str | None = None
+    """kerberos/negotiate: path of a keytab holding `username`'s keys (instead of a password)."""
     cert_pem: str | None = None
     """certificate auth: client certificate (PEM path)."""
     key_pem: str | None = None
@@ -157,6 +159,11 @@ class WinRMSettings:
                 problems.append("certificate auth needs cert_pem and key_pem")
         elif self.auth in ("basic", "ntlm", "credssp") and (not self.username or self.password is None):
             problems.append(f"{self.auth} auth needs username and password")
+        if self.keytab is not None:
+            if self.auth not in ("kerberos", "negotiate"):
+                problems.append(f"a keytab works only with kerberos or negotiate auth, not {self.auth}")
+            if not self.username or self.password is not None:
+                problems.append("a keytab needs the principal as username and no password")
         if not self.ssl:
             wraps = self.auth in _ENCRYPTING_AUTHS and self.encryption != "never"
             if not wraps and not self.allow_unencrypted:
@@ -190,6 +197,16 @@ class WinRMSettings:
             "reconnection_backoff": self.reconnection_backoff,
             "no_proxy": True,
         }
+        if self.auth in ("kerberos", "negotiate"):
+            # The SPN Windows' own WinRM client asks for (HTTP/<host>); pyspnego would ask for host/<host>.
+            kwargs["negotiate_service"] = "HTTP"
+        if self.keytab is not None:
+            # pyspnego takes a credential object in place of the user name: it gets a ticket from the
+            # keytab into a private in-memory cache (no kinit, no shared ccache between hosts).
+            import spnego
+
+            kwargs["username"] = spnego.KerberosKeytab(keytab=self.keytab, principal=self.username)
+            kwargs["password"] = None
         if self.auth == "certificate":
             kwargs["certificate_pem"] = self.cert_pem
             kwargs["certificate_key_pem"] = self.key_pem
