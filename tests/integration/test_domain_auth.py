@@ -135,7 +135,8 @@ def test_second_hop_kerberos_without_delegation_ntlm_and_basic_are_denied(domain
         assert _test_path(domain, settings) is False, settings.auth
         with pytest.raises(HostError) as info:
             _run(settings, [cmdlets.get_item(BASE)])
-        assert info.value.fq_error_id == "ItemExistsUnauthorizedAccessError,Microsoft.PowerShell.Commands.GetItemCommand"
+        assert info.value.fq_error_id == (
+            "ItemExistsUnauthorizedAccessError,Microsoft.PowerShell.Commands.GetItemCommand")
         with pytest.raises(HostError) as vhd:
             _run(settings, [cmdlets.get_vhd(BASE)])
         assert vhd.value.fq_error_id == "AccessDenied,Microsoft.Vhd.PowerShell.Cmdlets.GetVHD"
