@@ -45,14 +45,17 @@ def kube(control_plane: ControlPlane) -> Kube:
 
 @pytest.fixture(scope="session")
 def operator(
-    control_plane: ControlPlane, sim: SimulatedHyperV, tmp_path_factory: pytest.TempPathFactory
+    control_plane: ControlPlane, sim: SimulatedHyperV, kdc: KDC, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     install_operator_rbac(control_plane)
     ensure_namespace(control_plane, NAMESPACE)
     apply_objects(control_plane, host_objects(NAMESPACE, "hv01", sim))
     # Outside pytest's rotating basetemp, so the log of a failed run survives later runs.
     log = Path(tempfile.mkdtemp(prefix="hyperv-operator-it-")) / "operator.log"
-    process = OperatorProcess(control_plane.operator_kubeconfig, log, drift_interval=1.5, host_probe_interval=3.0)
+    # The operator finds the test realm's KDC through KRB5_CONFIG, as a pod would through /etc/krb5.conf.
+    process = OperatorProcess(
+        control_plane.operator_kubeconfig, log, drift_interval=1.5, host_probe_interval=3.0, env=kdc.env
+    )
     process.start()
     yield process
     process.stop()

@@ -151,3 +151,21 @@ def test_second_hop_credssp_and_kerberos_with_smb_delegation_succeed(domain: Dom
         assert not _test_path(domain, domain.settings("ntlm", username="hvadmin", password="Ntlm-Passw0rd"))
     finally:
         domain.host.second_hop.kerberos_delegation_to.clear()
+
+
+def test_check_host_detects_the_second_hop_and_prints_the_fix(domain: Domain) -> None:
+    from hyperv_operator.preflight import run_checks
+
+    def checks(settings: WinRMSettings) -> dict[str, str]:
+        client = WinRMClient(settings)
+        try:
+            found = asyncio.run(run_checks(client, BASE, None))
+        finally:
+            client.close_sync()
+        return {c.name: f"{c.verdict} {c.detail}" for c in found}
+
+    denied = checks(domain.settings("kerberos", username=PRINCIPAL, password=PASSWORD))["second hop"]
+    assert denied.startswith("FAIL") and f"session of {PRINCIPAL} over kerberos" in denied
+    assert "Enable-SmbDelegation -SmbServer FS -SmbClient HV01" in denied and "auth: credssp" in denied
+    ok = checks(domain.settings("credssp", username="hvadmin", password="Ntlm-Passw0rd"))["second hop"]
+    assert ok.startswith("OK") and "FS is reachable" in ok

@@ -522,7 +522,9 @@ class _Handler(BaseHTTPRequestHandler):
                 wsman.auth_failures += 1
                 self._unauthorized()
                 return
-            self._identity = SessionIdentity(user, "certificate")
+            # WinRM's certificate mapping stores the mapped account's password and logs it on with it, so
+            # the session holds a credential of its own (not a bare network logon).
+            self._identity = SessionIdentity(user, "certificate", delegated_credential=True)
         elif self._ntlm_ctx is not None and self._ntlm_ctx.complete:
             user = self._ntlm_user  # connection-based auth: already authenticated on this connection
         else:
