@@ -169,3 +169,15 @@ def test_check_host_detects_the_second_hop_and_prints_the_fix(domain: Domain) ->
     assert "Enable-SmbDelegation -SmbServer FS -SmbClient HV01" in denied and "auth: credssp" in denied
     ok = checks(domain.settings("credssp", username="hvadmin", password="Ntlm-Passw0rd"))["second hop"]
     assert ok.startswith("OK") and "FS is reachable" in ok
+
+
+def test_kerberos_failures_name_the_cause_and_are_permanent(domain: Domain) -> None:
+    from hyperv_operator.hyperv.errors import PermanentHostError
+
+    with pytest.raises(PermanentHostError) as wrong:
+        _run(domain.settings("kerberos", username=PRINCIPAL, password="wrong-one"), [cmdlets.test_path("C:\\")])
+    assert "refused the password" in str(wrong.value) and "wrong-one" not in str(wrong.value)
+    with pytest.raises(PermanentHostError) as by_ip:
+        _run(domain.settings("kerberos", server="127.0.0.1", username=PRINCIPAL, password=PASSWORD,
+                             cert_validation=False, ca_bundle=None), [cmdlets.test_path("C:\\")])
+    assert "no service principal HTTP/127.0.0.1" in str(by_ip.value)

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 STRATEGIES = ["Differencing", "Copy", "Quick"]
 PRINCIPAL = "hvoperator@HV.TEST"
+PASSWORD = "Kerb-Passw0rd-it"  # the conftest's kdc fixture
 
 
 def _start(kdc: KDC, delegation: bool, host_name: str) -> DomainHyperV:
@@ -42,10 +43,12 @@ def domain_hosts(kdc: KDC, control_plane: ControlPlane, operator: OperatorProces
         *domain_host_objects(NAMESPACE, "dom-certificate", plain, "certificate"),
         *domain_host_objects(NAMESPACE, "dom-kerberos-nodeleg", plain, "kerberos", principal=PRINCIPAL,
                              keytab=keytab),
+        *domain_host_objects(NAMESPACE, "dom-negotiate-password", delegating, "negotiate", principal=PRINCIPAL,
+                             password=PASSWORD),
     ]
     apply_objects(control_plane, objects)
     assert plain.tls.client_key is not None
-    secrets = [base64.b64encode(keytab).decode(), plain.password, delegating.password,
+    secrets = [base64.b64encode(keytab).decode(), PASSWORD, plain.password, delegating.password,
                plain.tls.client_key.read_text().splitlines()[1]]
     yield {"delegating": delegating, "plain": plain, "secrets": secrets}
     delegating.stop()
@@ -84,6 +87,23 @@ def test_every_strategy_on_a_unc_base_over_domain_auth(
         assert PRINCIPAL in {i.user for i in sim.server.identities if i.auth == "kerberos"}
 
 
+def test_negotiate_with_a_password_in_the_secret_chooses_kerberos(
+    domain_hosts: dict[str, Any], kube: Kube, running_operator: OperatorProcess
+) -> None:
+    import time
+
+    sim: DomainHyperV = domain_hosts["delegating"]
+    deadline = time.monotonic() + 60
+    reachable: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        reachable = condition(kube.get_host(NAMESPACE, "dom-negotiate-password"), "Reachable")
+        if reachable is not None and reachable["status"] == "True":
+            break
+        time.sleep(0.3)
+    assert reachable is not None and reachable["status"] == "True", reachable
+    assert ("kerberos", PRINCIPAL) in {(i.auth, i.user) for i in sim.server.identities}
+
+
 def test_kerberos_without_delegation_stalls_with_the_second_hop_reason(
     domain_hosts: dict[str, Any], kube: Kube, running_operator: OperatorProcess
 ) -> None:
@@ -109,7 +129,7 @@ def test_no_domain_credential_in_log_status_or_events(
     log = running_operator.log_text()
     assert log
     texts = [log]
-    for host in ("dom-kerberos", "dom-credssp", "dom-certificate", "dom-kerberos-nodeleg"):
+    for host in ("dom-kerberos", "dom-credssp", "dom-certificate", "dom-kerberos-nodeleg", "dom-negotiate-password"):
         texts.append(repr(kube.get_host(NAMESPACE, host).get("status")))
     vms = kube.objects.list_namespaced_custom_object("hyperv-operator.io", "v1alpha1", NAMESPACE, "virtualmachines")
     texts += [repr(v.get("status")) for v in vms["items"]]

@@ -415,6 +415,32 @@ def _tls_detail(text: str) -> str:
     return match.group(1).strip() if match else "the host's certificate is not trusted"
 
 
+def _kerberos_error(text: str, settings: WinRMSettings) -> HostError:
+    """A failure inside pyspnego/GSSAPI (before any HTTP 401): no ticket could be had or used."""
+    lowered = text.lower()
+    user = settings.username or "(current user)"
+    if "cannot contact any kdc" in lowered or "cannot find kdc" in lowered:
+        return HostUnreachableError(
+            f"cannot reach a Kerberos KDC for '{user}' (check krb5.conf: the realm's kdc entries or DNS SRV records)",
+            category="ConnectionError", fq_error_id="KerberosKdcUnreachable",
+        )
+    if "not found in kerberos database" in lowered and "server" in lowered:
+        reason = (f"the KDC knows no service principal HTTP/{settings.server}: use the host's DNS name as address "
+                  f"(Kerberos does not work with IP addresses) or register the SPN")
+    elif any(m in lowered for m in ("preauthentication failed", "password incorrect", "integrity check failed")):
+        reason = f"the KDC refused the password (or keytab key) of '{user}'"
+    elif "not found in kerberos database" in lowered:
+        reason = f"the KDC knows no principal '{user}' (use user@REALM)"
+    elif "key table" in lowered or "keytab" in lowered:
+        reason = f"the keytab holds no usable key for '{user}'"
+    else:
+        reason = f"Kerberos failed for '{user}': {_short(text, 200)}"
+    return PermanentHostError(
+        f"{settings.auth} authentication to {settings.endpoint} failed: {reason}",
+        category="AuthenticationError", fq_error_id="KerberosAuthenticationFailed",
+    )
+
+
 def transport_error(err: BaseException, settings: WinRMSettings, *, during: str) -> HostError:
     """A pypsrp/requests exception -> HostUnreachableError or PermanentHostError with a human reason."""
     import requests
@@ -429,6 +455,8 @@ def transport_error(err: BaseException, settings: WinRMSettings, *, during: str)
             category="AuthenticationError",
             fq_error_id="WinRMAuthenticationFailed",
         )
+    if type(err).__module__.split(".")[0] in ("spnego", "krb5", "gssapi"):
+        return _kerberos_error(text, settings)
     if isinstance(err, requests.exceptions.SSLError):
         if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text or "match" in text:
             return PermanentHostError(
