@@ -42,11 +42,11 @@ test-unit: venv ## Unit tests (no servers)
 	$(VENV)/bin/pytest -q tests/unit
 
 .PHONY: test-integration
-test-integration: venv control-plane ## Integration tests: real kube-apiserver + etcd, simulated Hyper-V host over WinRM
+test-integration: venv system-deps control-plane ## Integration tests: real kube-apiserver + etcd, simulated Hyper-V host over WinRM
 	$(VENV)/bin/pytest -q -m integration tests
 
 .PHONY: test
-test: venv lint control-plane ## Everything: lint, unit and integration tests
+test: venv system-deps lint control-plane ## Everything: lint, unit and integration tests
 	$(VENV)/bin/pytest -q tests
 
 .PHONY: test-e2e
