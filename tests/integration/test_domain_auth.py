@@ -181,3 +181,16 @@ def test_kerberos_failures_name_the_cause_and_are_permanent(domain: Domain) -> N
         _run(domain.settings("kerberos", server="127.0.0.1", username=PRINCIPAL, password=PASSWORD,
                              cert_validation=False, ca_bundle=None), [cmdlets.test_path("C:\\")])
     assert "no service principal HTTP/127.0.0.1" in str(by_ip.value)
+
+
+def test_credssp_over_http_uses_credssp_message_encryption(domain: Domain) -> None:
+    plain = WSManServer(domain.host, username="hvadmin", password="Ntlm-Passw0rd", basic=False,
+                        credssp=True).start(host="127.0.0.1")
+    try:
+        settings = WinRMSettings(server="localhost", port=plain.port, ssl=False, auth="credssp", username="hvadmin",
+                                 password="Ntlm-Passw0rd", read_timeout=10, operation_timeout=8)
+        assert _test_path(domain, settings)  # the share: the delegated credential reaches FS
+        assert plain.encrypted_requests > 0
+        assert [(i.auth, i.delegated_credential) for i in plain.identities] == [("credssp", True)]
+    finally:
+        plain.stop()
