@@ -52,3 +52,14 @@ def test_local_paths_and_hosts_without_the_model_are_unaffected(sim: Sim, domain
         assert domain_sim.one(cmdlets.test_path("C:\\nothing")).value is False
         domain_sim.host.second_hop = None
         assert domain_sim.one(cmdlets.test_path(BASE)).value is True
+
+
+def test_a_vm_on_the_share_runs_as_the_computer_account(domain_sim: Sim) -> None:
+    disk = "\\\\FS\\VMSHARE\\VMs\\vm1\\vm1.vhdx"
+    with acting_as(CREDSSP):  # creating files on the share needs the session's own access
+        domain_sim.run(cmdlets.new_directory("\\\\FS\\VMSHARE\\VMs\\vm1"), cmdlets.new_differencing_vhd(disk, BASE))
+        vm = domain_sim.one(cmdlets.new_vm("vm1", "\\\\FS\\VMSHARE\\VMs", disk, 2**30, 2, None))
+    with acting_as(KERBEROS):  # no delegation: the share is out of reach for the session ...
+        assert domain_sim.one(cmdlets.test_path(disk)).value is False
+        domain_sim.run(cmdlets.start_vm(str(vm.get("Id"))))  # ... but the VM's I/O is the host's own
+    assert [v["State"] for v in domain_sim.host.vms()] == ["Running"]
