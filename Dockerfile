@@ -7,6 +7,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# gssapi and krb5 (Kerberos auth) build from source against MIT Kerberos' headers.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libkrb5-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml ./
 COPY operator/ operator/
 # A virtual environment in /opt/venv: copied whole into the runtime stage, no build tools there.
@@ -26,6 +31,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp
+# MIT Kerberos runtime libraries for Kerberos/Negotiate/CredSSP auth (krb5.conf: mount at /etc/krb5.conf).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgssapi-krb5-2 libkrb5-3 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 # 65532: the conventional unprivileged "nonroot" uid/gid; no login shell, no home directory.
 USER 65532:65532

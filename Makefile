@@ -14,7 +14,12 @@ NAMESPACE ?= hyperv-operator-system
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n\n"} /^[a-zA-Z_-]+:.*##/ { printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
+.PHONY: system-deps
+system-deps: ## Debian packages: MIT KDC for the tests, Kerberos headers for gssapi/krb5 (idempotent)
+	@bash scripts/install-system-deps.sh
+
 $(STAMP): pyproject.toml
+	@bash scripts/install-system-deps.sh
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -e '.[dev]'
@@ -37,11 +42,11 @@ test-unit: venv ## Unit tests (no servers)
 	$(VENV)/bin/pytest -q tests/unit
 
 .PHONY: test-integration
-test-integration: venv control-plane ## Integration tests: real kube-apiserver + etcd, simulated Hyper-V host over WinRM
+test-integration: venv system-deps control-plane ## Integration tests: real kube-apiserver + etcd, simulated Hyper-V host over WinRM
 	$(VENV)/bin/pytest -q -m integration tests
 
 .PHONY: test
-test: venv lint control-plane ## Everything: lint, unit and integration tests
+test: venv system-deps lint control-plane ## Everything: lint, unit and integration tests
 	$(VENV)/bin/pytest -q tests
 
 .PHONY: test-e2e

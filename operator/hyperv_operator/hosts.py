@@ -34,12 +34,13 @@ class HostCredentials:
     client_cert_pem: bytes | None = None
     client_key_pem: bytes | None = None
     ca_bundle_pem: bytes | None = None
+    keytab: bytes | None = None
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         for part in (self.username, self.password):
             digest.update((part or "").encode() + b"\0")
-        for blob in (self.client_cert_pem, self.client_key_pem, self.ca_bundle_pem):
+        for blob in (self.client_cert_pem, self.client_key_pem, self.ca_bundle_pem, self.keytab):
             digest.update((blob or b"") + b"\0")
         return digest.hexdigest()
 
@@ -80,7 +81,7 @@ def _decode(data: Mapping[str, str], key: str) -> bytes | None:
 
 async def load_credentials(spec: HyperVHostSpec, namespace: str, read_secret: SecretReader) -> HostCredentials:
     username = password = None
-    cert = key = ca = None
+    cert = key = ca = keytab = None
     if spec.credentials_secret:
         data = await asyncio.to_thread(read_secret, namespace, spec.credentials_secret)
         if data is None:
@@ -93,9 +94,14 @@ async def load_credentials(spec: HyperVHostSpec, namespace: str, read_secret: Se
                 )
         else:
             raw_user, raw_password = _decode(data, "username"), _decode(data, "password")
-            if not raw_user or raw_password is None:
-                raise HostConfigError(f"Secret {namespace}/{spec.credentials_secret} needs keys username and password")
-            username, password = raw_user.decode(), raw_password.decode()
+            if spec.auth in ("kerberos", "negotiate"):
+                keytab = _decode(data, "keytab")  # a keytab instead of the password (Kerberos only)
+            if not raw_user or (raw_password is None and keytab is None):
+                needs = "username and password (or keytab)" if spec.auth in ("kerberos", "negotiate") else (
+                    "username and password")
+                raise HostConfigError(f"Secret {namespace}/{spec.credentials_secret} needs keys {needs}")
+            username = raw_user.decode()
+            password = raw_password.decode() if raw_password is not None and keytab is None else None
     elif spec.auth != "kerberos":
         raise HostConfigError(f"auth {spec.auth} needs credentialsSecretRef")
     if spec.ca_bundle_secret:
@@ -105,7 +111,7 @@ async def load_credentials(spec: HyperVHostSpec, namespace: str, read_secret: Se
         ca = _decode(data, "ca.crt")
         if not ca:
             raise HostConfigError(f"Secret {namespace}/{spec.ca_bundle_secret} has no key ca.crt")
-    return HostCredentials(username, password, cert, key, ca)
+    return HostCredentials(username, password, cert, key, ca, keytab)
 
 
 @dataclass
@@ -190,6 +196,7 @@ def winrm_client_factory(
             key_pem = write_private_file(folder, "client-key.pem", credentials.client_key_pem)
         if credentials.ca_bundle_pem:
             ca_bundle = write_private_file(folder, "ca.pem", credentials.ca_bundle_pem)
+        keytab = write_private_file(folder, "client.keytab", credentials.keytab) if credentials.keytab else None
         try:
             settings = WinRMSettings(
                 server=spec.address,
@@ -198,6 +205,7 @@ def winrm_client_factory(
                 auth=spec.auth,
                 username=credentials.username,
                 password=credentials.password,
+                keytab=keytab,
                 cert_pem=cert_pem,
                 key_pem=key_pem,
                 ca_bundle=ca_bundle,

@@ -1,7 +1,8 @@
 """`hyperv-operator check-host`: a read-only preflight against a real (or simulated) Hyper-V host.
 
-Every check is a read: connectivity and auth (the probe), the Hyper-V module, the base disk (exists,
-is a full disk, carries the read-only attribute), the VM folder (exists, is a folder). Nothing is
+Every check is a read: connectivity and auth (the probe), the Hyper-V module, the second hop (a base or
+VM folder on a file server: readable from this session, or access denied, with the exact fix), the base
+disk (exists, is a full disk, carries the read-only attribute), the VM folder (exists, is a folder). Nothing is
 created, changed or deleted on the host.
 """
 
@@ -13,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from hyperv_operator.hyperv import cmdlets
+from hyperv_operator.hyperv import cmdlets, second_hop
 from hyperv_operator.hyperv.errors import HostError
 from hyperv_operator.hyperv.winrm import WinRMClient, WinRMSettings
 
@@ -45,6 +46,9 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         default="HV_PASSWORD",
         help="environment variable holding the password (never pass it on the command line)",
     )
+    parser.add_argument("--keytab", default=None, help="kerberos/negotiate: keytab of --username (no password)")
+    parser.add_argument("--client-cert", default=None, help="certificate auth: client certificate (PEM file)")
+    parser.add_argument("--client-key", default=None, help="certificate auth: its private key (PEM file)")
     parser.add_argument("--ca-bundle", default=None, help="PEM CA bundle for the host's certificate")
     parser.add_argument("--insecure-skip-tls-verify", action="store_true")
     parser.add_argument("--configuration-name", default="Microsoft.PowerShell", help="JEA endpoint")
@@ -67,6 +71,7 @@ async def run_checks(client: WinRMClient, base: str | None, vm_path: str | None)
         checks.append(Check("hyper-v module", "FAIL", f"missing commands: {', '.join(probe.missing_commands)}"))
     else:
         checks.append(Check("hyper-v module", "OK", f"Hyper-V module {probe.hyperv_version or '?'}"))
+    checks += await second_hop_checks(client, [p for p in (base, vm_path) if p], probe.host_name)
     if base:
         try:
             disk = (await client.run([cmdlets.get_vhd(base)]))[0]
@@ -114,8 +119,29 @@ async def run_checks(client: WinRMClient, base: str | None, vm_path: str | None)
     return checks
 
 
+async def second_hop_checks(client: WinRMClient, paths: list[str], host_computer: str | None) -> list[Check]:
+    """For each path on a file server: can this session read it, or is it denied (the second hop)?"""
+    settings = client.settings
+    who = f"{settings.username or 'the mapped certificate user'} over {settings.auth}"
+    checks: list[Check] = []
+    for path in paths:
+        server = second_hop.unc_server(path)
+        if server is None:
+            continue
+        if await second_hop.read_denied(client, path):
+            checks.append(Check("second hop", "FAIL",
+                                f"{path}: access denied on {server} for the session of {who} (the WinRM session "
+                                f"holds no credential for {server}). Fix: "
+                                f"{second_hop.fix(server, host_computer or settings.server)}"))
+        else:
+            checks.append(Check("second hop", "OK", f"{server} is reachable from the session of {who} ({path})"))
+    return checks
+
+
 def settings_from_args(args: argparse.Namespace) -> WinRMSettings:
     password = os.environ.get(args.password_env) if args.password_env else None
+    if args.keytab:
+        password = None
     return WinRMSettings(
         server=args.address,
         port=args.port,
@@ -123,6 +149,9 @@ def settings_from_args(args: argparse.Namespace) -> WinRMSettings:
         auth=args.auth,
         username=args.username,
         password=password,
+        keytab=args.keytab,
+        cert_pem=args.client_cert,
+        key_pem=args.client_key,
         ca_bundle=args.ca_bundle,
         cert_validation=not args.insecure_skip_tls_verify,
         configuration_name=args.configuration_name,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hyperv_operator.envtest.controlplane import ControlPlane
+from hyperv_operator.envtest.kdc import KDC
 from hyperv_operator.envtest.operator_process import OperatorProcess
 from hyperv_operator.envtest.stack import (
     SimulatedHyperV,
@@ -44,14 +45,17 @@ def kube(control_plane: ControlPlane) -> Kube:
 
 @pytest.fixture(scope="session")
 def operator(
-    control_plane: ControlPlane, sim: SimulatedHyperV, tmp_path_factory: pytest.TempPathFactory
+    control_plane: ControlPlane, sim: SimulatedHyperV, kdc: KDC, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     install_operator_rbac(control_plane)
     ensure_namespace(control_plane, NAMESPACE)
     apply_objects(control_plane, host_objects(NAMESPACE, "hv01", sim))
     # Outside pytest's rotating basetemp, so the log of a failed run survives later runs.
     log = Path(tempfile.mkdtemp(prefix="hyperv-operator-it-")) / "operator.log"
-    process = OperatorProcess(control_plane.operator_kubeconfig, log, drift_interval=1.5, host_probe_interval=3.0)
+    # The operator finds the test realm's KDC through KRB5_CONFIG, as a pod would through /etc/krb5.conf.
+    process = OperatorProcess(
+        control_plane.operator_kubeconfig, log, drift_interval=1.5, host_probe_interval=3.0, env=kdc.env
+    )
     process.start()
     yield process
     process.stop()
@@ -77,3 +81,15 @@ def _session_command_hook(sim: SimulatedHyperV) -> hostview.CommandHook:
 def command_hook(_session_command_hook: hostview.CommandHook) -> Iterator[hostview.CommandHook]:
     yield _session_command_hook
     _session_command_hook.clear()
+
+
+@pytest.fixture(scope="session")
+def kdc() -> Iterator[KDC]:
+    """A throwaway MIT Kerberos realm on loopback (krb5kdc from Debian's krb5-kdc), started on first use:
+    the operator's user principal (password and keytab) and the simulated host's HTTP/localhost keytab."""
+    realm = KDC(realm="HV.TEST").start()
+    realm.add_principal("hvoperator", password="Kerb-Passw0rd-it", keytab=True)
+    realm.add_service("HTTP/localhost")
+    print(f"\nKDC started in {realm.startup_seconds:.2f}s")
+    yield realm
+    realm.stop()

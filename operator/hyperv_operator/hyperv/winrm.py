@@ -104,6 +104,8 @@ class WinRMSettings:
     auth: str = "negotiate"
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    keytab: str | None = None
+    """kerberos/negotiate: path of a keytab holding `username`'s keys (instead of a password)."""
     cert_pem: str | None = None
     """certificate auth: client certificate (PEM path)."""
     key_pem: str | None = None
@@ -170,6 +172,11 @@ class WinRMSettings:
                 problems.append("certificate auth needs cert_pem and key_pem")
         elif self.auth in ("basic", "ntlm", "credssp") and (not self.username or self.password is None):
             problems.append(f"{self.auth} auth needs username and password")
+        if self.keytab is not None:
+            if self.auth not in ("kerberos", "negotiate"):
+                problems.append(f"a keytab works only with kerberos or negotiate auth, not {self.auth}")
+            if not self.username or self.password is not None:
+                problems.append("a keytab needs the principal as username and no password")
         if not self.ssl:
             wraps = self.auth in _ENCRYPTING_AUTHS and self.encryption != "never"
             if not wraps and not self.allow_unencrypted:
@@ -203,6 +210,16 @@ class WinRMSettings:
             "reconnection_backoff": self.reconnection_backoff,
             "no_proxy": True,
         }
+        if self.auth in ("kerberos", "negotiate"):
+            # The SPN Windows' own WinRM client asks for (HTTP/<host>); pyspnego would ask for host/<host>.
+            kwargs["negotiate_service"] = "HTTP"
+        if self.keytab is not None:
+            # pyspnego takes a credential object in place of the user name: it gets a ticket from the
+            # keytab into a private in-memory cache (no kinit, no shared ccache between hosts).
+            import spnego
+
+            kwargs["username"] = spnego.KerberosKeytab(keytab=self.keytab, principal=self.username)
+            kwargs["password"] = None
         if self.auth == "certificate":
             kwargs["certificate_pem"] = self.cert_pem
             kwargs["certificate_key_pem"] = self.key_pem
@@ -428,6 +445,32 @@ def _tls_detail(text: str) -> str:
     return match.group(1).strip() if match else "the host's certificate is not trusted"
 
 
+def _kerberos_error(text: str, settings: WinRMSettings) -> HostError:
+    """A failure inside pyspnego/GSSAPI (before any HTTP 401): no ticket could be had or used."""
+    lowered = text.lower()
+    user = settings.username or "(current user)"
+    if "cannot contact any kdc" in lowered or "cannot find kdc" in lowered:
+        return HostUnreachableError(
+            f"cannot reach a Kerberos KDC for '{user}' (check krb5.conf: the realm's kdc entries or DNS SRV records)",
+            category="ConnectionError", fq_error_id="KerberosKdcUnreachable",
+        )
+    if "not found in kerberos database" in lowered and "server" in lowered:
+        reason = (f"the KDC knows no service principal HTTP/{settings.server}: use the host's DNS name as address "
+                  f"(Kerberos does not work with IP addresses) or register the SPN")
+    elif any(m in lowered for m in ("preauthentication failed", "password incorrect", "integrity check failed")):
+        reason = f"the KDC refused the password (or keytab key) of '{user}'"
+    elif "not found in kerberos database" in lowered:
+        reason = f"the KDC knows no principal '{user}' (use user@REALM)"
+    elif "key table" in lowered or "keytab" in lowered:
+        reason = f"the keytab holds no usable key for '{user}'"
+    else:
+        reason = f"Kerberos failed for '{user}': {_short(text, 200)}"
+    return PermanentHostError(
+        f"{settings.auth} authentication to {settings.endpoint} failed: {reason}",
+        category="AuthenticationError", fq_error_id="KerberosAuthenticationFailed",
+    )
+
+
 def transport_error(err: BaseException, settings: WinRMSettings, *, during: str) -> HostError:
     """A pypsrp/requests exception -> HostUnreachableError or PermanentHostError with a human reason."""
     import requests
@@ -442,6 +485,8 @@ def transport_error(err: BaseException, settings: WinRMSettings, *, during: str)
             category="AuthenticationError",
             fq_error_id="WinRMAuthenticationFailed",
         )
+    if type(err).__module__.split(".")[0] in ("spnego", "krb5", "gssapi"):
+        return _kerberos_error(text, settings)
     if isinstance(err, requests.exceptions.SSLError):
         if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text or "match" in text:
             return PermanentHostError(

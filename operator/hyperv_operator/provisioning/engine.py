@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from hyperv_operator.api import DeletionPolicy, HyperVHostSpec, VirtualMachineSpec
-from hyperv_operator.hyperv import cmdlets
+from hyperv_operator.hyperv import cmdlets, second_hop
 from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, PermanentHostError, TransientHostError
@@ -253,6 +253,14 @@ async def observe(
     def exists(path: str | None) -> bool:
         return path is not None and path.rstrip("\\").lower() in existing
 
+    # Test-Path answers $false for a share the session may not read (the second hop): ask again.
+    denied = frozenset(
+        [spec.base_vhd.rstrip("\\").lower()]
+        if phase == Phase.PENDING.value and not deleting and not exists(spec.base_vhd)
+        and second_hop.unc_server(spec.base_vhd) and await second_hop.read_denied(client, spec.base_vhd)
+        else []
+    )
+
     vhd_paths = _unique([
         *([spec.base_vhd] if phase in _BASE_READ and not deleting and exists(spec.base_vhd) else []),
         *([layout.disk] if exists(layout.disk) and not deleting else []),
@@ -297,6 +305,7 @@ async def observe(
         drives=tuple(drives),
         snapshots=tuple(snapshots),
         existing=frozenset(extra_existing),
+        denied=denied,
         vhds=vhds,
         copy=job,
         slot=slot,

@@ -92,12 +92,16 @@ class Observation:
     drives: tuple[str, ...] = ()  # paths of the VM's hard disk drives
     snapshots: tuple[str, ...] = ()  # names of the VM's checkpoints
     existing: frozenset[str] = frozenset()  # lower-cased paths that Test-Path found
+    denied: frozenset[str] = frozenset()  # lower-cased paths the host answered access denied for
     vhds: Mapping[str, VhdInfo] = field(default_factory=dict)  # by lower-cased path
     copy: CopyJob | None = None
     slot: SlotView = SlotView(True, 0, 2)
 
     def exists(self, path: str | None) -> bool:
         return path is not None and path.rstrip("\\").lower() in self.existing
+
+    def is_denied(self, path: str | None) -> bool:
+        return path is not None and path.rstrip("\\").lower() in self.denied
 
     def vhd(self, path: str | None) -> VhdInfo | None:
         return self.vhds.get(path.rstrip("\\").lower()) if path else None

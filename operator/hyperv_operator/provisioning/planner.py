@@ -17,7 +17,7 @@ from typing import Any
 
 from hyperv_operator import conditions as cond
 from hyperv_operator.api import UID_TAG_PREFIX, DeletionPolicy, PowerState, Strategy, VirtualMachineSpec
-from hyperv_operator.hyperv import cmdlets, scripts
+from hyperv_operator.hyperv import cmdlets, scripts, second_hop
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, TransientHostError
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, same_path
@@ -175,6 +175,8 @@ def _vm_gone(w: _Work) -> _Fail | None:
 
 def _pending(w: _Work) -> _Result:
     base = w.spec.base_vhd
+    if w.obs.is_denied(base):
+        return _Fail(second_hop.REASON, second_hop.denied_message(base, w.obs.host_name))
     if not w.obs.exists(base):
         return _Fail("BaseDiskNotFound", f"base disk {base} not found on host {w.obs.host_name}; nothing was created")
     info = w.obs.vhd(base)
@@ -558,9 +560,11 @@ def _phase_of(status: Mapping[str, Any]) -> Phase:
 
 
 def retryable_failure(status: Mapping[str, Any]) -> bool:
-    """A missing base is re-checked (e.g. by the periodic timer) while nothing was created."""
+    """A missing (or, across the second hop, unreadable) base is re-checked (e.g. by the periodic timer)
+    while nothing was created."""
     stalled = cond.find(status.get("conditions"), cond.STALLED)
-    return (stalled is not None and stalled.get("reason") == "BaseDiskNotFound" and not status.get("vmId")
+    return (stalled is not None and stalled.get("reason") in ("BaseDiskNotFound", second_hop.REASON)
+            and not status.get("vmId")
             and not status.get("createdFiles"))
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from hyperv_operator.hyperv.commands import Command, HostObject, Statement
 from hyperv_operator.hyperv.scripts import script_name
+from hyperv_operator.simulator import identity
 from hyperv_operator.simulator.cmdlets import (
     SCRIPTS,
     Cmdlet,
@@ -34,6 +35,7 @@ from hyperv_operator.simulator.cmdlets import (
     bind_named,
     bind_pipeline,
     check_complete,
+    primitive,
     resolve,
     unknown_script,
 )
@@ -108,6 +110,8 @@ class SimulatedHost:
         self._fault_commands: set[tuple[str | None, str]] | None = None
         self._fault_per = "command"
         self._batch = threading.local()  # per-batch mode: position of the current command, target
+        self.second_hop: identity.SecondHop | None = None
+        """When set, WinRM sessions reach file servers only with a delegated credential (see `identity`)."""
         self.random_faults: list[tuple[str, str]] = []
         """(qualified command, kind) of every fault injected by `set_fault_rate`, in order."""
 
@@ -178,11 +182,44 @@ class SimulatedHost:
                 raise self._fault_error(kind, spec)
         out: list[HostObject] = []
         for bound in bounds:
+            denied = self._second_hop_denied(bound)
+            if denied is not None:
+                if spec.name == "Test-Path":
+                    out.append(primitive(False))  # Test-Path answers $false, not an error
+                    continue
+                raise self._unc_access_denied(spec, denied)
             try:
                 out.extend(spec.impl(ctx, bound))
             except ModelError as err:
                 raise ctx.error(err) from None
         return out
+
+    def _second_hop_denied(self, bound: Any) -> str | None:
+        """The first UNC path among the bound values that this session's identity cannot reach."""
+        if self.second_hop is None:
+            return None
+        who = identity.current()
+        values = bound.values() if isinstance(bound, dict) else []
+        for value in values:
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                server = identity.unc_server(item) if isinstance(item, str) else None
+                if server is not None and not self.second_hop.may_reach(who, server):
+                    return str(item)
+        return None
+
+    @staticmethod
+    def _unc_access_denied(spec: Cmdlet, path: str) -> CmdletError:
+        if spec.module == "Hyper-V":
+            return CmdletError(f"Failed to open the virtual hard disk '{path}'. General access denied error "
+                               f"(0x80070005).", category="PermissionDenied",
+                               fq_error_id=f"AccessDenied,{spec.type_name}", target=path,
+                               exception_type=HYPERV_EXCEPTION)
+        ids = {"Get-Item": "ItemExistsUnauthorizedAccessError", "Get-ChildItem": "DirUnauthorizedAccessError",
+               "Get-Content": "GetContentReaderUnauthorizedAccessError",
+               "New-Item": "NewItemUnauthorizedAccessError", "Remove-Item": "RemoveItemUnauthorizedAccessError"}
+        return CmdletError(f"Access to the path '{path}' is denied.", category="PermissionDenied",
+                           fq_error_id=f"{ids.get(spec.name, 'System.UnauthorizedAccessException')},{spec.type_name}",
+                           target=path, exception_type="System.UnauthorizedAccessException")
 
     # --- faults, latency, callbacks ------------------------------------------------------------
 

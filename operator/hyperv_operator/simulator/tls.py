@@ -27,6 +27,9 @@ class TLSFiles:
     """PEM: the server certificate (leaf only)."""
     server_key: Path
     """PEM: the server's private key (unencrypted)."""
+    client_cert: Path | None = None
+    """PEM: a client certificate (clientAuth) from the same CA, when asked for (certificate auth)."""
+    client_key: Path | None = None
 
     @property
     def server_pair(self) -> tuple[str, str]:
@@ -50,6 +53,7 @@ def generate_tls(
     extra_ips: tuple[str, ...] = (),
     valid_days: int = 30,
     ca_common_name: str = "hyperv-operator simulator CA",
+    client_common_name: str | None = None,
 ) -> TLSFiles:
     """Create a CA and a server certificate for loopback; write them as PEM files under `directory`."""
     out = Path(directory)
@@ -110,6 +114,29 @@ def generate_tls(
     )
 
     files = TLSFiles(out / "ca.pem", out / "server.pem", out / "server-key.pem")
+    if client_common_name is not None:
+        client_key = ec.generate_private_key(ec.SECP256R1())
+        client_cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(client_common_name))
+            .issuer_name(ca_name)
+            .public_key(client_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        files = TLSFiles(files.ca_cert, files.server_cert, files.server_key, out / "client.pem", out / "client-key.pem")
+        assert files.client_cert is not None and files.client_key is not None
+        files.client_cert.write_bytes(client_cert.public_bytes(serialization.Encoding.PEM))
+        files.client_key.write_bytes(
+            client_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        files.client_key.chmod(0o600)
     files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     files.server_key.write_bytes(

@@ -55,6 +55,7 @@ from hyperv_operator.hyperv.commands import (
     UInt64,
 )
 from hyperv_operator.simulator.errors import CmdletError
+from hyperv_operator.simulator.identity import SessionIdentity, acting_as
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,8 @@ class ShellSession:
         self._executor = executor
         self._execute_lock = execute_lock
         self._on_received = on_received
+        self.identity: SessionIdentity | None = None
+        """Who opened the shell (set by the WinRM server); pipelines run as this identity."""
 
     # -- data in --
 
@@ -381,7 +384,7 @@ class ShellSession:
         outputs: list[HostObject] = []
         error: CmdletError | None = None
         try:
-            with self._execute_lock:
+            with self._execute_lock, acting_as(self.identity):
                 outputs = list(self._executor.execute(statements))
         except CmdletError as err:
             error = err

@@ -7,6 +7,11 @@
 
 Authentication: Basic (username/password from the constructor) and, when `ntlm=True`, NTLM/Negotiate
 through pyspnego's acceptor with WinRM message encryption (multipart/encrypted bodies) over HTTP.
+`kerberos_keytab` adds Kerberos (Negotiate choosing Kerberos, and the `Kerberos` scheme) with that
+service keytab through gssapi; `credssp=True` adds CredSSP (pyspnego's acceptor, NTLM inside TLS), after
+which the session holds the user's delegated credential; `client_certificates` (HTTPS only) maps client
+certificates issued by `client_ca` to users by their subject's common name, like WinRM's certificate
+mapping (`auth.SessionIdentity` records who each shell is and how it authenticated).
 A failed or missing authentication is answered like Windows: HTTP 401, empty body, one
 `WWW-Authenticate` header per enabled scheme.
 
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperv_operator.hyperv.commands import Command
+from hyperv_operator.simulator.identity import SessionIdentity
 from hyperv_operator.simulator.jea import RestrictedExecutor
 from hyperv_operator.simulator.wsman import soap
 from hyperv_operator.simulator.wsman.psrp import Executor, PipelineSession, ReceivedPipeline, ShellSession
@@ -61,6 +67,10 @@ class WSManServer:
         configurations: Iterable[str] = _DEFAULT_CONFIGURATIONS,
         max_receive_wait: float | None = None,
         jea_configurations: Iterable[str] = (),
+        kerberos_keytab: str | None = None,
+        credssp: bool = False,
+        client_ca: str | None = None,
+        client_certificates: dict[str, str] | None = None,
     ) -> None:
         """`max_receive_wait` caps how long a Receive waits for output (default: the client's
         OperationTimeout, like Windows)."""
@@ -74,6 +84,12 @@ class WSManServer:
         """Configurations that are JEA endpoints with the operator's role (`simulator.jea`)."""
         self.configurations = {c.lower() for c in configurations} | self.jea_configurations
         self.max_receive_wait = max_receive_wait
+        self.kerberos_keytab = kerberos_keytab
+        self.credssp = credssp
+        self.client_ca = client_ca
+        self.client_certificates = {k.lower(): v for k, v in (client_certificates or {}).items()}
+        self.identities: list[SessionIdentity] = []
+        """The identity of every shell created, in order."""
 
         self.shells: dict[str, ShellSession] = {}
         self.received: list[ReceivedPipeline] = []
@@ -107,14 +123,20 @@ class WSManServer:
     ) -> WSManServer:
         if self._httpd is not None:
             raise RuntimeError("server already started")
-        if self.ntlm:
+        if self.ntlm or self.credssp:
             self._setup_ntlm_store()
+        if self.kerberos_keytab:
+            # gssapi's acceptor reads the service keys from the default keytab.
+            os.environ["KRB5_KTNAME"] = "FILE:" + self.kerberos_keytab
         httpd = _HTTPServer((host, port), _Handler)
         httpd.wsman = self
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(tls[0], tls[1])
+            if self.client_ca:
+                context.verify_mode = ssl.CERT_OPTIONAL
+                context.load_verify_locations(self.client_ca)
             httpd.tls_context = context
             self._scheme = "https"
         self._host = host
@@ -237,23 +259,38 @@ class WSManServer:
         path.chmod(0o600)
         os.environ["NTLM_USER_FILE"] = str(path)
 
+    def certificate_user(self, der: bytes | None) -> str | None:
+        """The user a verified client certificate maps to (by its subject's common name), or None."""
+        if not der or not self.client_certificates:
+            return None
+        from cryptography import x509
+
+        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        return self.client_certificates.get(str(names[0].value).lower()) if names else None
+
     def auth_schemes(self) -> list[str]:
         schemes = []
-        if self.ntlm:
+        if self.ntlm or self.kerberos_keytab:
             schemes.append("Negotiate")
+        if self.kerberos_keytab:
+            schemes.append("Kerberos")
+        if self.credssp:
+            schemes.append("CredSSP")
         if self.basic:
             schemes.append('Basic realm="WSMAN"')
         return schemes
 
     # -- SOAP dispatch --
 
-    def handle_soap(self, data: bytes, user: str, client_ip: str) -> tuple[int, bytes]:
+    def handle_soap(
+        self, data: bytes, user: str, client_ip: str, identity: SessionIdentity | None = None
+    ) -> tuple[int, bytes]:
         request: soap.Request | None = None
         try:
             request = soap.parse_request(data)
             action = request.action
             if action == soap.ACTION_CREATE:
-                body = self._create(request, user, client_ip)
+                body = self._create(request, user, client_ip, identity)
             elif action == soap.ACTION_COMMAND:
                 body = self._command(request)
             elif action == soap.ACTION_RECEIVE:
@@ -281,7 +318,7 @@ class WSManServer:
             raise soap.shell_not_found(shell_id)
         return shell
 
-    def _create(self, request: soap.Request, user: str, client_ip: str) -> str:
+    def _create(self, request: soap.Request, user: str, client_ip: str, identity: SessionIdentity | None) -> str:
         uri = request.resource_uri
         if not uri.startswith(soap.POWERSHELL_URI_PREFIX):
             raise soap.action_not_supported(f"Create {uri}")
@@ -297,8 +334,11 @@ class WSManServer:
         if configuration.lower() in self.jea_configurations:
             executor = RestrictedExecutor(self.executor)
         shell = ShellSession(shell_id, uri, executor, self._execute_lock, self._record)
+        shell.identity = identity
         with self._lock:
             self.shells[shell_id] = shell
+            if identity is not None:
+                self.identities.append(identity)
         if creation is not None and creation.text:
             shell.feed(base64.b64decode(creation.text))
         return soap.create_response(self.url, shell_id, uri, user, client_ip)
@@ -427,6 +467,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 _BOUNDARY = "Encrypted Boundary"
+_CERT_AUTH_SCHEME = "http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/https/mutual"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -439,6 +480,8 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self._ntlm_ctx: Any = None
         self._ntlm_user = ""
+        self._identity: SessionIdentity | None = None
+        self._final_auth: str | None = None  # the acceptor's last token (Kerberos mutual auth), sent with 200
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - " + format, self.client_address[0], *args)
@@ -470,10 +513,25 @@ class _Handler(BaseHTTPRequestHandler):
                 wsman.auth_failures += 1
                 self._unauthorized()
                 return
-        elif scheme in ("negotiate", "ntlm") and wsman.ntlm:
+            self._identity = SessionIdentity(user, "basic")
+        elif scheme in ("negotiate", "ntlm", "kerberos") and (wsman.ntlm or wsman.kerberos_keytab):
             if not self._ntlm_step(auth):
                 return
             user = self._ntlm_user
+        elif scheme == "credssp" and wsman.credssp:
+            if not self._ntlm_step(auth, protocol="credssp"):
+                return
+            user = self._ntlm_user
+        elif scheme == _CERT_AUTH_SCHEME and wsman.client_certificates and self.server.tls_context is not None:
+            der = self.connection.getpeercert(binary_form=True) if hasattr(self.connection, "getpeercert") else None
+            user = wsman.certificate_user(der)
+            if user is None:
+                wsman.auth_failures += 1
+                self._unauthorized()
+                return
+            # WinRM's certificate mapping stores the mapped account's password and logs it on with it, so
+            # the session holds a credential of its own (not a bare network logon).
+            self._identity = SessionIdentity(user, "certificate", delegated_credential=True)
         elif self._ntlm_ctx is not None and self._ntlm_ctx.complete:
             user = self._ntlm_user  # connection-based auth: already authenticated on this connection
         else:
@@ -495,9 +553,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not data:
             self._reply(200, b"", "application/soap+xml;charset=UTF-8")
             return
-        status, body = wsman.handle_soap(data, user, self.client_address[0])
+        status, body = wsman.handle_soap(data, user, self.client_address[0], self._identity)
         if encrypted:
             protocol = "application/HTTP-SPNEGO-session-encrypted"
+            if "credssp" in content_type.lower():
+                protocol = "application/HTTP-CredSSP-session-encrypted"
+            elif "kerberos-session" in content_type.lower():
+                protocol = "application/HTTP-Kerberos-session-encrypted"
             payload = self._wrap(body, protocol)
             self._reply(status, payload, f'multipart/encrypted;protocol="{protocol}";boundary="{_BOUNDARY}"')
         else:
@@ -505,6 +567,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, body: bytes, content_type: str, headers: Iterable[tuple[str, str]] = ()) -> None:
         self.send_response(status)
+        if self._final_auth is not None and status != 401:
+            self.send_header("WWW-Authenticate", self._final_auth)
+            self._final_auth = None
         for name, value in headers:
             self.send_header(name, value)
         if body or status != 401:
@@ -514,17 +579,18 @@ class _Handler(BaseHTTPRequestHandler):
         if body:
             self.wfile.write(body)
 
-    def _unauthorized(self, token: bytes | None = None) -> None:
+    def _unauthorized(self, token: bytes | None = None, scheme: str = "Negotiate") -> None:
         wsman = self.server.wsman
         if token is not None:
-            headers = [("WWW-Authenticate", "Negotiate " + base64.b64encode(token).decode("ascii"))]
+            headers = [("WWW-Authenticate", f"{scheme} " + base64.b64encode(token).decode("ascii"))]
         else:
             headers = [("WWW-Authenticate", s) for s in wsman.auth_schemes()]
         self._reply(401, b"", "", headers)
 
     # -- NTLM (pyspnego acceptor) with WinRM message encryption --
 
-    def _ntlm_step(self, auth: str) -> bool:
+    def _ntlm_step(self, auth: str, protocol: str | None = None) -> bool:
+        """One leg of NTLM, Kerberos (raw or inside SPNEGO) or CredSSP; True once authenticated."""
         import spnego
 
         wsman = self.server.wsman
@@ -535,18 +601,30 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         try:
             if self._ntlm_ctx is None or self._ntlm_ctx.complete:
-                self._ntlm_ctx = spnego.server(protocol="negotiate" if token.startswith(b"\x60") else "ntlm")
+                if protocol is None:
+                    protocol = "negotiate" if token.startswith(b"\x60") else "ntlm"
+                self._ntlm_ctx = spnego.server(protocol=protocol)
             out = self._ntlm_ctx.step(token)
         except Exception as err:  # spnego raises its own error family for bad credentials
-            log.info("NTLM authentication failed: %s", err)
+            log.info("%s authentication failed: %s", protocol or "NTLM", err)
             wsman.auth_failures += 1
             self._ntlm_ctx = None
             self._unauthorized()
             return False
         if not self._ntlm_ctx.complete:
-            self._unauthorized(out)
+            self._unauthorized(out, auth.split(" ", 1)[0])
             return False
-        self._ntlm_user = str(getattr(self._ntlm_ctx, "client_principal", "") or wsman.username)
+        ctx = self._ntlm_ctx
+        if out:
+            scheme = auth.split(" ", 1)[0]
+            self._final_auth = f"{scheme} " + base64.b64encode(out).decode("ascii")
+        self._ntlm_user = str(getattr(ctx, "client_principal", "") or wsman.username)
+        if protocol == "credssp":
+            delegated = ctx.get_extra_info("client_credential") is not None
+            self._identity = SessionIdentity(self._ntlm_user, "credssp", delegated_credential=delegated)
+        else:
+            method = "kerberos" if str(getattr(ctx, "negotiated_protocol", "")).lower() == "kerberos" else "ntlm"
+            self._identity = SessionIdentity(self._ntlm_user, method)
         return True
 
     def _unwrap(self, data: bytes) -> bytes:
