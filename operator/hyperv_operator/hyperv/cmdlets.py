@@ -129,9 +129,34 @@ def start_vm(vm_id: str) -> Statement:
 
 
 def stop_vm(vm_id: str, *, turn_off: bool) -> Statement:
-    """Graceful shutdown through the guest (`-Force`, no confirmation), or pull the plug (`-TurnOff`)."""
-    stop = cmd(HYPERV + "Stop-VM", TurnOff=SWITCH) if turn_off else cmd(HYPERV + "Stop-VM", Force=SWITCH)
-    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), stop)
+    """Graceful shutdown through the guest, or pull the plug (`-TurnOff`, immediate).
+
+    The graceful form runs `-Force -AsJob`: a synchronous `Stop-VM -Force` blocks until the guest is
+    off, up to five minutes, and holds this host's connection (every VM on the host would wait); it
+    can also fail ("Failed to stop") when the guest has no shutdown integration service. As a job it
+    returns at once; the planner observes the state and escalates to `-TurnOff` after its timeout,
+    whatever became of the job (a job's failure is not read back: the state is what counts)."""
+    graceful = cmd(HYPERV + "Stop-VM", Force=SWITCH, AsJob=SWITCH)
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Stop-VM", TurnOff=SWITCH) if turn_off else graceful)
+
+
+def resume_vm(vm_id: str) -> Statement:
+    """Resume a Paused VM (Start-VM does not apply to a paused VM)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Resume-VM"))
+
+
+SECURE_BOOT_TEMPLATES = ("MicrosoftWindows", "MicrosoftUEFICertificateAuthority", "OpenSourceShieldedVM")
+"""The templates Hyper-V ships (Get-VMHost | Get-VMSecureBootTemplate); Linux guests need
+MicrosoftUEFICertificateAuthority."""
+
+
+def set_vm_firmware(vm_id: str, *, secure_boot: bool, template: str | None) -> Statement:
+    """Generation 2 only, while the VM is Off. `-EnableSecureBoot` is an OnOffState (On/Off)."""
+    return pipe(
+        cmd(HYPERV + "Get-VM", Id=vm_id),
+        cmd(HYPERV + "Set-VMFirmware", EnableSecureBoot="On" if secure_boot else "Off",
+            SecureBootTemplate=template if secure_boot else None),
+    )
 
 
 def reparent_vhd(path: str, new_parent_path: str) -> Statement:
@@ -179,6 +204,8 @@ ALL_CMDLETS: frozenset[str] = frozenset(
         HYPERV + "Checkpoint-VM",
         HYPERV + "Start-VM",
         HYPERV + "Stop-VM",
+        HYPERV + "Resume-VM",
+        HYPERV + "Set-VMFirmware",
         HYPERV + "Set-VHD",
         HYPERV + "Remove-VMSnapshot",
         HYPERV + "Remove-VM",
