@@ -448,7 +448,7 @@ class SimulatedHost:
         with self._lock:
             model = self._now()
             return [{
-                "Name": vm.name, "Id": vm.id, "State": vm.state, "Status": model.vm_status(vm),
+                "Name": vm.name, "Id": vm.id, "State": model.vm_state(vm), "Status": model.vm_status(vm),
                 "Uptime": model.uptime(vm), "Path": vm.path, "Notes": vm.notes, "CheckpointType": vm.checkpoint_type,
                 "Generation": vm.generation, "MemoryStartup": vm.memory_startup,
                 "ProcessorCount": vm.processor_count, "SwitchName": vm.switch_name,
