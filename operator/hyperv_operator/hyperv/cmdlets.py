@@ -19,7 +19,8 @@ UTILITY = "Microsoft.PowerShell.Utility\\"
 
 def get_vm_by_id(vm_id: str) -> Statement:
     """Output: one Microsoft.HyperV.PowerShell.VirtualMachine (Name, Id, State, Status, Notes, Path,
-    Uptime, CheckpointType, Generation, MemoryStartup, ProcessorCount); ObjectNotFound if absent."""
+    Uptime, CheckpointType, Generation, MemoryStartup, ProcessorCount). Absent: InvalidArgument,
+    `InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM` (not ObjectNotFound; errors.is_not_found)."""
     return pipe(cmd(HYPERV + "Get-VM", Id=vm_id))
 
 
@@ -41,7 +42,8 @@ def get_vm_snapshots(vm_id: str) -> Statement:
 
 def get_vhd(path: str) -> Statement:
     """Output: Microsoft.Vhd.PowerShell.VirtualHardDisk (Path, VhdFormat, VhdType, ParentPath,
-    FileSize, Size, MinimumSize, BlockSize, Attached, DiskIdentifier); ObjectNotFound if absent."""
+    FileSize, Size, MinimumSize, BlockSize, Attached, DiskIdentifier); ObjectNotFound if absent; "in use"
+    on shared storage while another host has the disk open (engine reads the base by file then)."""
     return pipe(cmd(HYPERV + "Get-VHD", Path=path))
 
 
