@@ -752,7 +752,8 @@ def get_module(ctx: Context, b: Bound) -> list[HostObject]:
     return [HostObject(MODULE_TYPES, {
         "Name": name, "Version": version, "ModuleType": module_type, "Path": path,
         "ModuleBase": path.rsplit("\\", 1)[0],
-    }, value=name) for name, version, module_type, path in LOADED_MODULES if _matches(name, patterns)]
+    }, value=name) for name, version, module_type, path in LOADED_MODULES if _matches(name, patterns)
+        and (name != "Hyper-V" or ctx.model.hyperv_module)]
 
 
 def get_psdrive(ctx: Context, b: Bound) -> list[HostObject]:

@@ -34,6 +34,7 @@ from hyperv_operator.simulator.cmdlets import (
     bind_named,
     bind_pipeline,
     check_complete,
+    not_recognized,
     resolve,
     unknown_script,
 )
@@ -195,6 +196,8 @@ class SimulatedHost:
             spec = SCRIPTS[sname]
         else:
             spec = resolve(command.name)
+            if spec.module == "Hyper-V" and not self._model.hyperv_module:
+                raise not_recognized(command.name)  # the module is not installed (seflerZ/oneclick-gpu-pv#4)
         named = bind_named(spec, command.parameters)
         bounds = []
         for item in [None] if upstream is None else upstream:
@@ -415,6 +418,11 @@ class SimulatedHost:
                 vm.shutdown_service = shutdown_service
             if shutdown_seconds is not None:
                 vm.shutdown_seconds = shutdown_seconds
+
+    def set_hyperv_module(self, installed: bool) -> None:
+        """Install or remove the Hyper-V PowerShell module: without it every Hyper-V\\ cmdlet is CommandNotFound."""
+        with self._lock:
+            self._model.hyperv_module = installed
 
     def hold_elsewhere(self, path: str, other_host: str = "HV02") -> None:
         """Another host on the same shared storage has this disk open (e.g. a VM there uses it)."""

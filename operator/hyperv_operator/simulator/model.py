@@ -482,6 +482,7 @@ class HostModel:
         self.merges: list[MergeJob] = []
         self.held_elsewhere: dict[str, str] = {}  # file key -> other host holding it open (shared storage)
         self.job_ids = 0
+        self.hyperv_module = True  # False: a host without the Hyper-V PowerShell module (CommandNotFound)
         self._next_pid = FIRST_PID
         self.add_root("C:\\")
         self.add_switch("Default Switch")
