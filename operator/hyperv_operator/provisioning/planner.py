@@ -866,6 +866,15 @@ def error_status(
             cond.make(prev, cond.RECONCILING, True, "PowerActionFailed", s["message"], gen, now),
         ])
         return s, CLEANUP_RETRY, (Event("Warning", "PowerActionFailed", f"{step} on host {host_name}: {error}"),)
+    if phase is Phase.CHECKPOINTING and error.category == "PermissionDenied":
+        # Checkpoint-VM puts Quick's .avhdx beside the base: the base's folder must be writable.
+        folder = spec.base_vhd.rsplit("\\", 1)[0]
+        result = _fail(w, phase, _Fail("BaseFolderNotWritable",
+                                       f"{step} failed on host {host_name}: Hyper-V creates Quick's checkpoint disk "
+                                       f"beside the base, in {folder}, and may not write there ({error}). Make that "
+                                       f"folder writable for the host (the base file itself stays read-only), or use "
+                                       f"strategy Copy or Differencing"))
+        return result.status, None, result.events
     reason = "BaseDiskNotFound" if (is_not_found(error) and phase is Phase.PENDING) else "HostRejected"
     result = _fail(w, phase, _Fail(reason, f"{step} failed on host {host_name}: {error}"))
     return result.status, None, result.events

@@ -419,6 +419,11 @@ class SimulatedHost:
             if shutdown_seconds is not None:
                 vm.shutdown_seconds = shutdown_seconds
 
+    def protect_folder(self, path: str) -> None:
+        """An ACL on `path` that lets the host read but not create files (a read-only base share)."""
+        with self._lock:
+            self._model.read_only_folders.add(canonical_path(path).lower())
+
     def set_hyperv_module(self, installed: bool) -> None:
         """Install or remove the Hyper-V PowerShell module: without it every Hyper-V\\ cmdlet is CommandNotFound."""
         with self._lock:

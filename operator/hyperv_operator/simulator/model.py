@@ -58,7 +58,8 @@ Modelling choices. Where Microsoft's documentation leaves room, the STRICTER beh
   CheckpointType may change while running.
 - Checkpoint-VM: CheckpointType Disabled fails; on a running VM Production falls back to a Standard
   checkpoint and ProductionOnly fails (the simulated guest has no VSS integration). The new .avhdx is
-  `<folder of the drive's current file>\\<its base name without a _GUID suffix>_<GUID>.avhdx`, 4 MiB.
+  `<folder of the drive's current file>\\<its base name without a _GUID suffix>_<GUID>.avhdx`, 4 MiB;
+  a folder whose ACL denies creating files (`protect_folder`) fails it with PermissionDenied.
   Fails with ResourceBusy while the VM is Stopping or merging [strict]. Checkpoint configuration
   files go to `<VM Path>\\Snapshots`.
 - Remove-VMSnapshot merges each checkpoint .avhdx into its CURRENT parent. The parent is opened for
@@ -482,6 +483,7 @@ class HostModel:
         self.merges: list[MergeJob] = []
         self.held_elsewhere: dict[str, str] = {}  # file key -> other host holding it open (shared storage)
         self.job_ids = 0
+        self.read_only_folders: set[str] = set()  # folder keys whose ACL denies creating files
         self.hyperv_module = True  # False: a host without the Hyper-V PowerShell module (CommandNotFound)
         self._next_pid = FIRST_PID
         self.add_root("C:\\")
@@ -1136,6 +1138,12 @@ class HostModel:
             if top.path.lower().endswith(".avhdx") and len(stem) > 37 and stem[-37] == "_":
                 stem = stem[:-37]
             folder = parent_path(top.path)
+            if folder is not None and folder.lower() in self.read_only_folders:
+                # The .avhdx goes beside its parent: a folder the host may not write fails the checkpoint.
+                raise ModelError(f"Checkpoint operation failed for '{vm.name}'. Could not create the differencing disk "
+                                 f"in '{folder}': General access denied error (0x80070005).",
+                                 category="PermissionDenied", reason="AccessDenied", target=folder,
+                                 exception_type=HYPERV_EXCEPTION)
             plans.append((index, top, f"{folder}\\{stem}_{new_guid().upper()}.avhdx"))
         snap_dir = vm.path + "\\Snapshots"
         config_files = [f"{snap_dir}\\{snap_id.upper()}.vmcx"] + ([f"{snap_dir}\\{snap_id.upper()}.VMRS"]

@@ -324,3 +324,19 @@ def test_quick_restores_the_vms_checkpoint_type_after_the_merge() -> None:
     status = run(provision(world, ref("cktype"), spec("Quick")))
     vm = next(v for v in world.host.vms() if v["Id"] == status["vmId"])
     assert vm["CheckpointType"] == "Production" and not status.get("checkpointTypeBefore")
+
+
+def test_quick_with_a_read_only_base_folder_stalls_with_the_reason_and_leaves_it_untouched() -> None:
+    """Checkpoint-VM writes Quick's .avhdx beside the base: a base folder the host may not write
+    stalls with BaseFolderNotWritable (not a bare host error), and nothing is written there."""
+    world = World()
+    world.host.protect_folder(SHARE)
+    base_print = world.host.disk_fingerprint(BASE)
+    status = run(provision(world, ref("rofolder"), spec("Quick")))
+    assert status["phase"] == "Failed"
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "BaseFolderNotWritable" and SHARE in stalled["message"]
+    assert not any(f.endswith(".avhdx") for f in world.files())
+    assert world.host.disk_fingerprint(BASE) == base_print
+    copy = run(provision(world, ref("rofolder-copy"), spec("Copy")))  # Copy never writes beside the base
+    assert copy["phase"] == "Provisioned"
