@@ -58,6 +58,27 @@ def parse_memory(quantity: str | int) -> int:
     return int(match.group(1)) * _FACTORS[match.group(2)]
 
 
+SECURE_BOOT_TEMPLATES = ("MicrosoftWindows", "MicrosoftUEFICertificateAuthority", "OpenSourceShieldedVM")
+
+
+@dataclass(frozen=True)
+class SecureBoot:
+    """Generation 2 firmware: Secure Boot on/off and its template (Linux needs
+    MicrosoftUEFICertificateAuthority; Hyper-V's default, MicrosoftWindows, refuses Linux loaders)."""
+
+    enabled: bool = True
+    template: str | None = None
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any] | None) -> SecureBoot | None:
+        if not spec:
+            return None
+        template = spec.get("template")
+        if template is not None and template not in SECURE_BOOT_TEMPLATES:
+            raise ValueError(f"secureBoot.template {template!r} is not one of {', '.join(SECURE_BOOT_TEMPLATES)}")
+        return cls(enabled=bool(spec.get("enabled", True)), template=template)
+
+
 @dataclass(frozen=True)
 class VirtualMachineSpec:
     host_name: str
@@ -71,6 +92,7 @@ class VirtualMachineSpec:
     power_state: PowerState = PowerState.RUNNING
     deletion_policy: DeletionPolicy = DeletionPolicy.DELETE
     host_kind: str = HOST_KIND
+    secure_boot: SecureBoot | None = None  # None: leave Hyper-V's firmware defaults
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> VirtualMachineSpec:
@@ -86,6 +108,7 @@ class VirtualMachineSpec:
             switch_name=spec.get("switchName") or None,
             power_state=PowerState(spec.get("powerState", PowerState.RUNNING)),
             deletion_policy=DeletionPolicy(spec.get("deletionPolicy", DeletionPolicy.DELETE)),
+            secure_boot=SecureBoot.from_dict(spec.get("secureBoot")),
         )
 
 

@@ -365,9 +365,16 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             )
         else:
             metrics.HOST_REACHABLE.labels(namespace=namespace, host=name).set(1)
-            patch.status["conditions"] = set_condition(
-                conditions, "Reachable", "True", "Probed", f"WinRM reachable at {host_spec.address}", generation, now
-            )
+            missing = tuple(getattr(facts, "missing_commands", ()) or ())
+            if missing:  # WinRM answers but the host cannot run Hyper-V cmdlets: say so, not "Unreachable"
+                patch.status["conditions"] = set_condition(
+                    conditions, "Reachable", "False", "HyperVModuleMissing",
+                    f"WinRM reachable at {host_spec.address}, but these commands are missing: {', '.join(missing)} "
+                    "(install the Hyper-V PowerShell module, or allow them in the JEA endpoint)", generation, now)
+            else:
+                patch.status["conditions"] = set_condition(
+                    conditions, "Reachable", "True", "Probed", f"WinRM reachable at {host_spec.address}", generation,
+                    now)
             for source, target in (
                 ("host_name", "hostName"),
                 ("hyperv_version", "hyperVVersion"),

@@ -2,8 +2,9 @@
 
 Every check is a read: connectivity and auth (the probe), the Hyper-V module, the second hop (a base or
 VM folder on a file server: readable from this session, or access denied, with the exact fix), the base
-disk (exists, is a full disk, carries the read-only attribute), the VM folder (exists, is a folder). Nothing is
-created, changed or deleted on the host.
+disk (exists, is a full disk, carries the read-only attribute), the VM folder (exists, is a folder), and with
+`--strategy Quick` the base's folder, where Checkpoint-VM puts Quick's .avhdx (it must be writable
+there while the base file stays read-only). Nothing is created, changed or deleted on the host.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser)
     parser.add_argument("--base", default=None, help="base VHDX path to check")
     parser.add_argument("--vm-path", default=None, help="folder for VMs to check")
+    parser.add_argument("--strategy", choices=["Differencing", "Copy", "Quick"], default=None,
+                        help="check what this strategy needs (Quick writes its checkpoint beside the base)")
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +57,23 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configuration-name", default="Microsoft.PowerShell", help="JEA endpoint")
 
 
-async def run_checks(client: WinRMClient, base: str | None, vm_path: str | None) -> list[Check]:
+
+def quick_checkpoint_folder_check(base: str, folder_item: object | None, error: str | None) -> Check:
+    """Quick's checkpoint (.avhdx) lands beside its parent disk, i.e. in the base's FOLDER (Checkpoint-VM
+    has no option to put it elsewhere), so Quick needs write access to that folder while the base FILE
+    stays read-only. check-host writes nothing, so it reports what is needed rather than testing it."""
+    folder = base.rsplit("\\", 1)[0]
+    if error is not None:
+        return Check("quick: base folder", "FAIL", f"{folder}: {error}")
+    return Check("quick: base folder", "WARN",
+                 f"Quick creates <base name>_<GUID>.avhdx in {folder} (beside the base: Hyper-V puts a checkpoint "
+                 f"disk next to its parent); the Hyper-V host must be able to CREATE and DELETE files in {folder}, "
+                 f"while {base} itself stays read-only. If that folder must be read-only, use Copy or Differencing. "
+                 "Not tested (check-host writes nothing): run `hyperv-operator conformance` to prove it.")
+
+
+async def run_checks(client: WinRMClient, base: str | None, vm_path: str | None,
+                     strategy: str | None = None) -> list[Check]:
     checks: list[Check] = []
     try:
         probe = await client.probe()
@@ -115,7 +134,16 @@ async def run_checks(client: WinRMClient, base: str | None, vm_path: str | None)
                     "(write access is not tested: this check writes nothing)",
                 )
             )
-    checks.append(Check("checkpoint type", "OK", "the operator sets CheckpointType Standard on Quick VMs itself"))
+    if base and strategy == "Quick":
+        base_folder = base.rsplit("\\", 1)[0]
+        try:
+            folder_item = (await client.run([cmdlets.get_item(base_folder)]))[0]
+        except HostError as exc:
+            checks.append(quick_checkpoint_folder_check(base, None, str(exc)))
+        else:
+            checks.append(quick_checkpoint_folder_check(base, folder_item, None))
+    checks.append(Check("checkpoint type", "OK", "the operator sets CheckpointType Standard on Quick VMs itself "
+                                                  "and restores the previous type once the checkpoint is merged"))
     return checks
 
 
@@ -161,7 +189,7 @@ def settings_from_args(args: argparse.Namespace) -> WinRMSettings:
 def run_check_host(args: argparse.Namespace) -> int:
     client = WinRMClient(settings_from_args(args))
     try:
-        checks = asyncio.run(run_checks(client, args.base, args.vm_path))
+        checks = asyncio.run(run_checks(client, args.base, args.vm_path, args.strategy))
     finally:
         asyncio.run(client.close())
     for check in checks:

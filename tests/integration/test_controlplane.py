@@ -141,3 +141,32 @@ def test_operator_identity_is_not_an_admin(control_plane: ControlPlane) -> None:
         "auth", "can-i", "delete", "namespaces", kubeconfig=control_plane.operator_kubeconfig, check=False
     )
     assert result.stdout.strip() == "no"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"vmPath": "C:\\VMs.\\web"}, "ending in a space or a period"),
+        ({"vmPath": "C:\\VMs \\web"}, "ending in a space or a period"),
+        ({"vmPath": "C:\\CON\\web"}, "reserved Windows device name"),
+        ({"baseVhd": "\\\\FS\\VMSHARE\\nul.txt\\BASE.VHDX"}, "reserved Windows device name"),
+        ({"vmPath": "C:\\VMs\\a\tb"}, "spec.vmPath"),  # control characters: the pattern refuses them
+        ({"generation": 1, "secureBoot": {"enabled": True}}, "generation 2 VMs only"),
+        ({"secureBoot": {"template": "Linux"}}, "spec.secureBoot.template"),
+    ],
+)
+def test_names_windows_forbids_and_secure_boot_rules_are_rejected_at_apply(
+    control_plane: ControlPlane, extra: dict[str, object], expected: str
+) -> None:
+    body = json.loads(_vm(_name()))
+    body["spec"].update(extra)
+    result = control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(body), check=False)
+    assert result.returncode != 0 and expected in result.stderr, result.stderr
+
+
+def test_secure_boot_for_linux_is_accepted(control_plane: ControlPlane) -> None:
+    body = json.loads(_vm(_name()))
+    body["spec"]["secureBoot"] = {"template": "MicrosoftUEFICertificateAuthority"}
+    control_plane.kubectl("apply", "-f", "-", input_text=json.dumps(body))
+    obj = json.loads(control_plane.kubectl("get", "hvvm", body["metadata"]["name"], "-o", "json").stdout)
+    assert obj["spec"]["secureBoot"] == {"enabled": True, "template": "MicrosoftUEFICertificateAuthority"}

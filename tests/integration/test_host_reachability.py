@@ -163,3 +163,22 @@ def test_vm_on_a_host_that_rejects_the_credentials_stalls_then_resumes_when_fixe
     kube.wait_gone(NAMESPACE, vm_name, timeout=60)
     assert hostview.vms_tagged(sim, uid) == []
     _assert_no_secret_in_log(running_operator, wrong, sim.password)
+
+
+def test_host_without_the_hyperv_module_says_so_and_is_not_unreachable(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess
+) -> None:
+    """CommandNotFound ends "...try again." and used to be retried as transient, so the probe failed
+    and the host showed Unreachable; it is permanent, the probe lists the missing commands."""
+    _wait_host(kube, "hv01", _reachable("True"), what="Reachable=True")
+    sim.host.set_hyperv_module(False)
+    try:
+        obj = _wait_host(kube, "hv01",
+                         lambda o: (condition(o, "Reachable") or {}).get("reason") == "HyperVModuleMissing",
+                         what="Reachable=False HyperVModuleMissing", timeout=90)
+        reachable = condition(obj, "Reachable")
+        assert reachable is not None and reachable["status"] == "False"
+        assert "Hyper-V\\Get-VMHost" in reachable["message"] and "WinRM reachable" in reachable["message"]
+    finally:
+        sim.host.set_hyperv_module(True)
+    _wait_host(kube, "hv01", _reachable("True"), what="Reachable=True again", timeout=90)

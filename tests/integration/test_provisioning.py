@@ -182,6 +182,56 @@ def test_drift_stopped_vm_is_started_and_deleted_vm_stalls(
     assert disk.lower() in {p.lower() for p in hostview.file_paths(sim)}
 
 
+def test_paused_and_critical_vm_states_have_outcomes(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess
+) -> None:
+    """A VM paused out of band is resumed with an event; a VM that lost its storage (RunningCritical)
+    stalls with reason VMCritical instead of waiting silently, and recovers when storage returns."""
+    name = _name("states")
+    kube.create_vm(NAMESPACE, name, "Differencing")
+    obj = kube.wait_phase(NAMESPACE, name, "Provisioned")
+    vm_id = obj["status"]["vmId"]
+    sim.host.set_vm_state(vm_id, "Paused")
+    kube.wait_vm(
+        NAMESPACE,
+        name,
+        lambda o: any(e.reason == "VMPausedOutOfBand" for e in kube.events_for(NAMESPACE, name)),
+        what="VMPausedOutOfBand event",
+        timeout=30,
+    )
+    kube.wait_vm(NAMESPACE, name, lambda _: hostview.vm(sim, vm_id)["State"] == "Running", what="resumed", timeout=30)
+    sim.host.lose_storage(vm_id)
+    stalled = kube.wait_vm(
+        NAMESPACE,
+        name,
+        lambda o: (condition(o, "Stalled") or {}).get("reason") == "VMCritical",
+        what="Stalled VMCritical",
+        timeout=30,
+    )
+    assert "RunningCritical" in (condition(stalled, "Stalled") or {}).get("message", "")
+    sim.host.lose_storage(vm_id, False)
+    kube.wait_vm(
+        NAMESPACE,
+        name,
+        lambda o: (condition(o, "Stalled") or {}).get("status") == "False"
+        and (condition(o, "Ready") or {}).get("status") == "True",
+        what="recovered",
+        timeout=60,
+    )
+
+
+def test_secure_boot_is_applied_before_the_first_start(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess
+) -> None:
+    name = _name("sboot")
+    kube.create_vm(NAMESPACE, name, "Quick",
+                   secureBoot={"enabled": True, "template": "MicrosoftUEFICertificateAuthority"})
+    obj = kube.wait_phase(NAMESPACE, name, "Provisioned")
+    assert sim.host.firmware(obj["status"]["vmId"]) == (True, "MicrosoftUEFICertificateAuthority")
+    vm = hostview.vm(sim, obj["status"]["vmId"])
+    assert vm["CheckpointType"] == "Production"  # Standard only while Quick's checkpoint existed
+
+
 def test_copies_queue_beyond_max_concurrent_copies(
     sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess, control_plane: ControlPlane
 ) -> None:

@@ -67,3 +67,16 @@ def test_missing_vhd_is_a_permanent_error_with_the_host_message(client: WinRMCli
         asyncio.run(client.run([cmdlets.get_vhd(FOLDER + "\\nope.vhdx")]))
     assert info.value.category == "ObjectNotFound"
     assert info.value.message
+
+
+def test_check_host_for_quick_names_the_base_folder_it_writes_into(client: WinRMClient) -> None:
+    """Quick's checkpoint lands beside the base (Checkpoint-VM): check-host says that folder must be
+    writable while the base file stays read-only, and writes nothing itself."""
+    from hyperv_operator.preflight import run_checks
+
+    checks = {c.name: c for c in asyncio.run(run_checks(client, BASE, None, "Quick"))}
+    folder = checks["quick: base folder"]
+    assert folder.verdict == "WARN" and "\\\\FS\\VMSHARE" in folder.detail and "read-only" in folder.detail
+    assert "quick: base folder" not in {c.name for c in asyncio.run(run_checks(client, BASE, None, "Copy"))}
+    missing = asyncio.run(run_checks(client, "\\\\FS\\NOPE\\BASE.VHDX", None, "Quick"))
+    assert {c.name: c.verdict for c in missing}["quick: base folder"] == "FAIL"

@@ -19,7 +19,8 @@ UTILITY = "Microsoft.PowerShell.Utility\\"
 
 def get_vm_by_id(vm_id: str) -> Statement:
     """Output: one Microsoft.HyperV.PowerShell.VirtualMachine (Name, Id, State, Status, Notes, Path,
-    Uptime, CheckpointType, Generation, MemoryStartup, ProcessorCount); ObjectNotFound if absent."""
+    Uptime, CheckpointType, Generation, MemoryStartup, ProcessorCount). Absent: InvalidArgument,
+    `InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM` (not ObjectNotFound; errors.is_not_found)."""
     return pipe(cmd(HYPERV + "Get-VM", Id=vm_id))
 
 
@@ -41,7 +42,8 @@ def get_vm_snapshots(vm_id: str) -> Statement:
 
 def get_vhd(path: str) -> Statement:
     """Output: Microsoft.Vhd.PowerShell.VirtualHardDisk (Path, VhdFormat, VhdType, ParentPath,
-    FileSize, Size, MinimumSize, BlockSize, Attached, DiskIdentifier); ObjectNotFound if absent."""
+    FileSize, Size, MinimumSize, BlockSize, Attached, DiskIdentifier); ObjectNotFound if absent; "in use"
+    on shared storage while another host has the disk open (engine reads the base by file then)."""
     return pipe(cmd(HYPERV + "Get-VHD", Path=path))
 
 
@@ -134,9 +136,34 @@ def start_vm(vm_id: str) -> Statement:
 
 
 def stop_vm(vm_id: str, *, turn_off: bool) -> Statement:
-    """Graceful shutdown through the guest (`-Force`, no confirmation), or pull the plug (`-TurnOff`)."""
-    stop = cmd(HYPERV + "Stop-VM", TurnOff=SWITCH) if turn_off else cmd(HYPERV + "Stop-VM", Force=SWITCH)
-    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), stop)
+    """Graceful shutdown through the guest, or pull the plug (`-TurnOff`, immediate).
+
+    The graceful form runs `-Force -AsJob`: a synchronous `Stop-VM -Force` blocks until the guest is
+    off, up to five minutes, and holds this host's connection (every VM on the host would wait); it
+    can also fail ("Failed to stop") when the guest has no shutdown integration service. As a job it
+    returns at once; the planner observes the state and escalates to `-TurnOff` after its timeout,
+    whatever became of the job (a job's failure is not read back: the state is what counts)."""
+    graceful = cmd(HYPERV + "Stop-VM", Force=SWITCH, AsJob=SWITCH)
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Stop-VM", TurnOff=SWITCH) if turn_off else graceful)
+
+
+def resume_vm(vm_id: str) -> Statement:
+    """Resume a Paused VM (Start-VM does not apply to a paused VM)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Resume-VM"))
+
+
+SECURE_BOOT_TEMPLATES = ("MicrosoftWindows", "MicrosoftUEFICertificateAuthority", "OpenSourceShieldedVM")
+"""The templates Hyper-V ships (Get-VMHost | Get-VMSecureBootTemplate); Linux guests need
+MicrosoftUEFICertificateAuthority."""
+
+
+def set_vm_firmware(vm_id: str, *, secure_boot: bool, template: str | None) -> Statement:
+    """Generation 2 only, while the VM is Off. `-EnableSecureBoot` is an OnOffState (On/Off)."""
+    return pipe(
+        cmd(HYPERV + "Get-VM", Id=vm_id),
+        cmd(HYPERV + "Set-VMFirmware", EnableSecureBoot="On" if secure_boot else "Off",
+            SecureBootTemplate=template if secure_boot else None),
+    )
 
 
 def reparent_vhd(path: str, new_parent_path: str) -> Statement:
@@ -184,6 +211,8 @@ ALL_CMDLETS: frozenset[str] = frozenset(
         HYPERV + "Checkpoint-VM",
         HYPERV + "Start-VM",
         HYPERV + "Stop-VM",
+        HYPERV + "Resume-VM",
+        HYPERV + "Set-VMFirmware",
         HYPERV + "Set-VHD",
         HYPERV + "Remove-VMSnapshot",
         HYPERV + "Remove-VM",

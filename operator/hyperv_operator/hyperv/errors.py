@@ -41,32 +41,77 @@ class HostUnreachableError(TransientHostError):
     """The WinRM endpoint could not be reached or refused the connection (TLS, auth, network)."""
 
 
+# How a PowerShell ErrorRecord is classified. The FullyQualifiedErrorId (`<ErrorId>,<command type>`), the
+# exception's .NET type and the CategoryInfo category decide; the message text never does (it is
+# localized, and "...try again." ends the permanent CommandNotFound message). Real ids, with sources:
+#
+# - CommandNotFoundException; ObjectNotFound / CommandNotFoundException: no such cmdlet (the Hyper-V
+#   module is missing) -> permanent, never "not found". seflerZ/oneclick-gpu-pv#4
+# - InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM; InvalidArgument / VirtualizationException:
+#   Get-VM found no such VM -> not found. pluralsight/PS-AutoLab-Env#133
+# - ObjectNotFound,Microsoft.HyperV.PowerShell.Commands.<cmdlet>; ObjectNotFound -> not found. same issue
+# - PathNotFound,...GetItemCommand; ObjectNotFound / ItemNotFoundException -> not found. Get-Item docs
+# - OperationFailed,Microsoft.HyperV.PowerShell.Commands.StopVM; NotSpecified: "Failed to stop." (no
+#   shutdown integration service, guest too slow) -> permanent. MattHodge/PackerTemplates#18
+# - ParameterArgumentValidationError,...; InvalidData / ParameterBindingValidationException -> permanent.
+#   microsoft/MSLab#518
+# - NamedParameterNotFound,...; InvalidArgument / ParameterBindingException -> permanent.
+#   MicrosoftDocs/azure-docs#85995
+# - Unspecified,...Commands.GetVM; NotSpecified (a localized access-denied text) -> permanent.
+#   kubernetes/minikube#13111
+# - JobFailure; OperationStopped / PSRemotingTransportException: a value over the endpoint's
+#   MaximumReceivedObjectSizeMB -> permanent. dpaulson45/ExchangeLogCollector#29
+# - ObjectInUse / *IOError with System.IO.IOException, ResourceBusy: in use -> transient. Get-VHD docs
+
+_NOT_FOUND_EXCEPTIONS = frozenset({
+    "System.Management.Automation.ItemNotFoundException",
+    "System.IO.FileNotFoundException",
+    "System.IO.DirectoryNotFoundException",
+})
+_PERMANENT_IDS = frozenset({
+    "CommandNotFoundException",  # a host without the Hyper-V module: retrying cannot load it
+    "ParameterArgumentValidationError",
+    "NamedParameterNotFound",
+    "MissingMandatoryParameter",
+    "ParameterBindingFailed",
+    "JobFailure",  # a parameter value over the endpoint's MaximumReceivedObjectSizeMB
+    "ScriptNotRecognized",
+})
+_TRANSIENT_IDS = frozenset({"ObjectInUse", "OperationTimeout", "ResourceBusy"})
 _TRANSIENT_CATEGORIES = frozenset({"ResourceBusy", "ResourceUnavailable", "OperationTimeout", "ConnectionError"})
-_PERMANENT_CATEGORIES = frozenset(
-    {
-        "ObjectNotFound",
-        "InvalidArgument",
-        "InvalidData",
-        "PermissionDenied",
-        "SecurityError",
-        "NotImplemented",
-        "InvalidType",
-        "ParserError",
-        "SyntaxError",
-        "NotInstalled",
-        "AuthenticationError",
-        "MetadataError",
-    }
-)
-_TRANSIENT_MARKERS = (
-    "object is in use",
-    "being used by another process",
-    "0x80070020",
-    "resource busy",
-    "timed out",
-    "timeout",
-    "try again",
-)
+_TRANSIENT_EXCEPTIONS = frozenset({"System.TimeoutException"})
+# Sharing violations surface as System.IO.IOException with category WriteError/ReadError and an id
+# like RemoveFileSystemItemIOError; the same exception type also carries "disk full". The HResult
+# (0x80070020) is not part of the record's fields we receive, so a sharing violation is told apart by
+# its HRESULT when Hyper-V prints it, else by .NET's ERROR_SHARING_VIOLATION text (English hosts only:
+# elsewhere it stays permanent and stalls with the host's message, the safe direction).
+_SHARING_VIOLATION = ("0x80070020", "being used by another process")
+
+
+def error_id(fq_error_id: str) -> str:
+    """The ErrorId part of a FullyQualifiedErrorId ("InvalidParameter,Microsoft...GetVM" -> "InvalidParameter")."""
+    return fq_error_id.split(",", 1)[0].strip()
+
+
+def command_type(fq_error_id: str) -> str:
+    """The command type part of a FullyQualifiedErrorId ("" when absent)."""
+    return fq_error_id.split(",", 1)[1].strip() if "," in fq_error_id else ""
+
+
+def is_not_found(error: HostError) -> bool:
+    """The object the command addressed does not exist (by id, type and category, never by text).
+
+    `Get-VM -Id <guid>` of a VM that is gone fails with InvalidParameter / InvalidArgument (not
+    ObjectNotFound), so that id counts as not found when Get-VM raised it."""
+    eid = error_id(error.fq_error_id)
+    if eid == "CommandNotFoundException":
+        return False  # category ObjectNotFound, but the *command* is missing, not the object
+    if error.category == "ObjectNotFound" or error.exception_type in _NOT_FOUND_EXCEPTIONS:
+        return True
+    if eid in ("ObjectNotFound", "PathNotFound", "ItemNotFound"):
+        return True
+    return eid == "InvalidParameter" and command_type(error.fq_error_id).endswith(".GetVM") and (
+        error.category == "InvalidArgument")
 
 
 def classify(
@@ -80,16 +125,15 @@ def classify(
 ) -> HostError:
     """Map a PowerShell ErrorRecord's fields to a transient or permanent error.
 
-    Unknown categories are permanent: a wrong guess towards "transient" would retry forever with
-    no reason shown, while a wrong guess towards "permanent" stalls with the host's own message.
+    Unknown ids and categories are permanent: a wrong guess towards "transient" would retry forever
+    with no reason shown, while a wrong guess towards "permanent" stalls with the host's own message.
     """
     kwargs = dict(fq_error_id=fq_error_id, category=category, target=target, exception_type=exception_type,
                   command=command)
-    lowered = message.lower()
-    if category in _TRANSIENT_CATEGORIES or any(marker in lowered for marker in _TRANSIENT_MARKERS):
+    eid = error_id(fq_error_id)
+    if eid in _PERMANENT_IDS:
+        return PermanentHostError(message, **kwargs)
+    if (eid in _TRANSIENT_IDS or category in _TRANSIENT_CATEGORIES or exception_type in _TRANSIENT_EXCEPTIONS
+            or (exception_type == "System.IO.IOException" and any(m in message for m in _SHARING_VIOLATION))):
         return TransientHostError(message, **kwargs)
-    if category in _PERMANENT_CATEGORIES or fq_error_id.startswith("CommandNotFoundException"):
-        return PermanentHostError(message, **kwargs)
-    if category == "ResourceExists" or category == "InvalidOperation" or category == "WriteError":
-        return PermanentHostError(message, **kwargs)
     return PermanentHostError(message, **kwargs)

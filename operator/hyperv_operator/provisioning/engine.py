@@ -17,7 +17,7 @@ from hyperv_operator.api import DeletionPolicy, HyperVHostSpec, VirtualMachineSp
 from hyperv_operator.hyperv import cmdlets, second_hop
 from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
-from hyperv_operator.hyperv.errors import HostError, PermanentHostError, TransientHostError
+from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, PermanentHostError, TransientHostError
 from hyperv_operator.provisioning import planner
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, layout_for, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
@@ -220,6 +220,30 @@ def _unique(paths: Sequence[str]) -> list[str]:
     return result
 
 
+async def _read_base(client: HyperVClient, base: str) -> VhdInfo:
+    """Get-VHD of the base, in its own round trip: on shared storage Get-VHD fails ("in use") on
+    every host but the one that has the disk open (Get-VHD documentation), and a base shared by
+    several hosts is the normal case. Then the file itself (Get-Item) stands in: its size, its format
+    by extension; the chain checks that need Get-VHD are left to New-VHD / Start-VM, which fail
+    loudly on a differencing or broken base."""
+    try:
+        out = await client.run([cmdlets.get_vhd(base)])
+    except HostError as error:
+        if planner.is_not_found(error) or isinstance(error, HostUnreachableError):
+            raise
+        log.info("Get-VHD %s failed (%s); reading the base as a file", base, error.message)
+        item = (await client.run([cmdlets.get_item(base)]))[0]
+        extension = str(item.get("Extension") or "").lower()
+        return VhdInfo(path=str(item.get("FullName") or base), vhd_type="",
+                       file_size=int(item.get("Length") or 0) or None,
+                       vhd_format={".vhdx": "VHDX", ".vhd": "VHD"}.get(extension, ""),
+                       in_use_elsewhere=True)
+    for obj in out:
+        if kind_of(obj) == "vhd":
+            return parse_vhd(obj)
+    raise TransientHostError(f"Get-VHD {base} returned no disk")
+
+
 async def observe(
     client: HyperVClient,
     vm: VmRef,
@@ -261,8 +285,11 @@ async def observe(
         else []
     )
 
+    vhds: dict[str, VhdInfo] = {}
+    if phase in _BASE_READ and not deleting and exists(spec.base_vhd):
+        base = await _read_base(client, spec.base_vhd)
+        vhds[base.path.rstrip("\\").lower()] = base
     vhd_paths = _unique([
-        *([spec.base_vhd] if phase in _BASE_READ and not deleting and exists(spec.base_vhd) else []),
         *([layout.disk] if exists(layout.disk) and not deleting else []),
         *([p for p in [*recorded, *([str(disk_path)] if disk_path else [])]
            if is_avhdx(p) and exists(p) and not deleting]),
@@ -274,7 +301,6 @@ async def observe(
     if host_vm is not None:
         second += [cmdlets.get_vm_hard_disk_drives(host_vm.id), cmdlets.get_vm_snapshots(host_vm.id)]
     out: list[HostObject] = await client.run(second) if second else []
-    vhds: dict[str, VhdInfo] = {}
     drives: list[str] = []
     snapshots: list[str] = []
     job: CopyJob | None = None

@@ -13,6 +13,8 @@ the layout's files as well as status.createdFiles. Paths are compared case-insen
 
 from __future__ import annotations
 
+import ntpath
+import re
 from dataclasses import dataclass
 
 QUICK_CHECKPOINT_NAME = "hyperv-operator-quick-provision"
@@ -31,6 +33,23 @@ def same_path(a: str | None, b: str | None) -> bool:
 
 def is_avhdx(path: str | None) -> bool:
     return bool(path) and str(path).lower().endswith(".avhdx")
+
+
+_GUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+
+
+def is_checkpoint_of(path: str | None, base: str) -> bool:
+    """Is `path` a checkpoint disk Checkpoint-VM made of `base`: `<base folder>\\<base stem>_<GUID>.avhdx`?
+
+    Hyper-V creates a checkpoint's .avhdx beside the disk it differences (for Quick: in the base's
+    folder), named after that disk with a GUID suffix."""
+    if not path or not is_avhdx(path):
+        return False
+    folder, name = ntpath.split(path.rstrip("\\"))
+    base_folder, base_name = ntpath.split(base.rstrip("\\"))
+    stem = ntpath.splitext(base_name)[0]
+    return same_path(folder, base_folder) and re.fullmatch(re.escape(stem) + "_" + _GUID + r"\.avhdx", name,
+                                                           re.IGNORECASE) is not None
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ class VhdInfo:
     parent_path: str | None = None
     size: int | None = None
     file_size: int | None = None
+    vhd_format: str = ""  # VHD | VHDX
+    in_use_elsewhere: bool = False  # Get-VHD refused (another host has it open); read by file instead
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ def parse_vhd(obj: HostObject) -> VhdInfo:
         parent_path=parent,
         size=_int(_prop(obj, "Size")),
         file_size=_int(_prop(obj, "FileSize")),
+        vhd_format=_text(_prop(obj, "VhdFormat")),
     )
 
 

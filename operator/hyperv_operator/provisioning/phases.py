@@ -72,15 +72,17 @@ PHASE_TABLES: dict[Strategy, tuple[Step, ...]] = {
         Step(Phase.CREATING_VM, "New-VM -VHDPath base (NOT started: the base is read-only); then Set-VM Notes=uid "
                                 "tag, CPUs, CheckpointType Standard", "a VM with our tag exists, configured"),
         Step(Phase.CHECKPOINTING, "Checkpoint-VM hyperv-operator-quick-provision (the VM moves onto "
-                                  "<base>_<GUID>.avhdx next to the base; recorded in createdFiles)",
+                                  "<base>_<GUID>.avhdx next to the base, so the base's FOLDER must be writable "
+                                  "for the host; recorded in createdFiles)",
              "the checkpoint exists"),
         Step(Phase.STARTING, "Start-VM: the VM runs on the .avhdx (Ready=True from here)", "VM State Running"),
         Step(Phase.COPYING_BASE, "wait for a copy slot; background copy base -> disk.partial -> disk; poll",
              "disk exists"),
         Step(Phase.REPARENTING, "Set-VHD avhdx -ParentPath disk -LeafPath avhdx (never -IgnoreIdMismatch)",
              "Get-VHD avhdx ParentPath = disk"),
-        Step(Phase.MERGING, "Remove-VMSnapshot (merges the .avhdx into disk online; never into the base); poll",
-             "drive = disk, .avhdx gone, disk has no parent, VM Status not 'Merging disks'"),
+        Step(Phase.MERGING, "Remove-VMSnapshot (merges the .avhdx into disk online; never into the base); poll "
+                            "(Stalled MergeTimedOut after an hour); then Set-VM -CheckpointType <the type before>",
+             "drive = disk, .avhdx gone, disk has no parent, VM Status not 'Merging disks', checkpoint type restored"),
         Step(Phase.PROVISIONED, "power and drift (Independent=True)", "converged"),
     ),
 }

@@ -17,10 +17,10 @@ from typing import Any
 
 from hyperv_operator import conditions as cond
 from hyperv_operator.api import UID_TAG_PREFIX, DeletionPolicy, PowerState, Strategy, VirtualMachineSpec
-from hyperv_operator.hyperv import cmdlets, scripts, second_hop
+from hyperv_operator.hyperv import cmdlets, errors, scripts, second_hop
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, TransientHostError
-from hyperv_operator.provisioning.layout import Layout, is_avhdx, same_path
+from hyperv_operator.provisioning.layout import Layout, is_avhdx, is_checkpoint_of, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import Observation, kind_of, parse_vm
 from hyperv_operator.provisioning.phases import Phase, is_before, next_phase, phases
@@ -36,9 +36,22 @@ POWER_POLL = 5.0
 TRANSIENT_BACKOFF = 5.0
 CLEANUP_RETRY = 30.0
 STOP_TIMEOUT = 60.0  # graceful shutdown, then -TurnOff
+MERGE_TIMEOUT = 3600.0  # a checkpoint merge still running after this stalls with a reason (it may still finish)
+CRITICAL_POLL = 30.0  # re-check a VM Hyper-V reports as *Critical (lost storage) or Saved
+
+# Hyper-V's VMState values (Microsoft.HyperV.PowerShell.VMState): Other, Running, Off, Stopping, Saved,
+# Paused, Starting, Reset, Saving, Pausing, Resuming, FastSaved, FastSaving, and a *Critical twin of
+# each (RunningCritical, OffCritical, ...), which Hyper-V reports when the VM lost access to its
+# storage. Every state has an outcome below; none is waited for without a word.
+PAUSED = "Paused"
+SAVED_STATES = frozenset({"Saved", "FastSaved"})
 
 RUNNING = "Running"
 OFF = "Off"
+
+
+def is_critical(state: str) -> bool:
+    return state.endswith("Critical")
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class _Act:
 class _Wait:
     message: str
     requeue: float | None
+    stall: str | None = None  # Stalled=True with this reason (the user must act; re-checked every `requeue`)
 
 
 @dataclass(frozen=True)
@@ -182,6 +196,13 @@ def _pending(w: _Work) -> _Result:
     info = w.obs.vhd(base)
     if info is None:
         return _Wait(f"reading base disk {base}", SHORT_WAIT)
+    if info.vhd_format and w.spec.generation == 2 and info.vhd_format.upper() != "VHDX":
+        return _Fail("BaseFormatUnsupported",
+                     f"base disk {base} is in {info.vhd_format} format; generation 2 VMs need a VHDX base (with a "
+                     f"GPT/UEFI image); use generation 1 or convert the base (Convert-VHD); nothing was created")
+    if info.in_use_elsewhere and not (w.status.get("timings") or {}).get("createdAt"):
+        w.event("BaseInUseElsewhere", f"Get-VHD cannot read base disk {base}: another host has it open (shared "
+                                      f"storage); checked it by file instead ({info.file_size} bytes)")
     if is_avhdx(base) or info.vhd_type.lower() == "differencing" or info.parent_path:
         return _Fail("BaseIsDifferencing",
                      f"base disk {base} is a differencing disk (parent {info.parent_path}); use a standalone VHDX "
@@ -292,6 +313,8 @@ def _creating_vm(w: _Work) -> _Result:
     tagged = vm.tagged_for(w.vm.uid)
     wrong_cpus = vm.processor_count is not None and vm.processor_count != w.spec.cpus
     wrong_checkpoint = quick and vm.checkpoint_type is not None and vm.checkpoint_type != "Standard"
+    if wrong_checkpoint and not w.status.get("checkpointTypeBefore"):
+        w.status["checkpointTypeBefore"] = vm.checkpoint_type  # restored once the checkpoint is merged
     if not tagged or wrong_cpus or wrong_checkpoint:
         return _Act(Action("ConfigureVM",
                            (cmdlets.set_vm(vm.id, notes=f"{UID_TAG_PREFIX}{w.vm.uid}", processor_count=w.spec.cpus,
@@ -299,6 +322,18 @@ def _creating_vm(w: _Work) -> _Result:
                            f"Set-VM {vm.id} -Notes <uid tag> -ProcessorCount {w.spec.cpus}"
                            + (" -CheckpointType Standard" if quick else "")),
                     f"configuring VM {vm.id} (uid tag, CPUs" + (", standard checkpoints)" if quick else ")"))
+    boot = w.spec.secure_boot
+    if boot is not None and w.spec.generation == 2 and not w.status.get("firmwareConfigured"):
+        if vm.state != OFF:
+            return _Wait(f"VM {vm.id} is {vm.state} before its secure boot settings were applied; Set-VMFirmware "
+                         f"needs the VM off: turn it off to continue", CRITICAL_POLL, stall="FirmwareNotApplied")
+        w.status["firmwareConfigured"] = True
+        template = boot.template if boot.enabled else None
+        return _Act(Action("ConfigureFirmware",
+                           (cmdlets.set_vm_firmware(vm.id, secure_boot=boot.enabled, template=template),),
+                           f"Set-VMFirmware {vm.id} -EnableSecureBoot {'On' if boot.enabled else 'Off'}"
+                           + (f" -SecureBootTemplate {template}" if template else "")),
+                    f"applying secure boot settings to VM {vm.id} before its first start")
     if w.strategy is Strategy.COPY and not (w.status.get("timings") or {}).get("independentAt"):
         w.timing("independentAt", cond.timestamp(w.now))
         seconds = _seconds_between((w.status.get("timings") or {}).get("createdAt"), w.now)
@@ -342,7 +377,10 @@ def _starting(w: _Work) -> _Result:
         return DONE
     if w.spec.power_state is PowerState.OFF:
         return DONE
-    if vm.state != OFF and vm.state != "Saved":
+    if vm.state == PAUSED:
+        return _Act(Action("ResumeVM", (cmdlets.resume_vm(vm.id),), f"Resume-VM {vm.id}"),
+                    f"resuming VM {vm.id} (it was paused)")
+    if vm.state != OFF and vm.state not in SAVED_STATES:
         return _Wait(f"waiting for VM {vm.id} to settle (state {vm.state})", SHORT_WAIT)
     return _Act(Action("StartVM", (cmdlets.start_vm(vm.id),), f"Start-VM {vm.id}"), f"starting VM {vm.id}")
 
@@ -391,6 +429,14 @@ def _merging(w: _Work) -> _Result:
     avhdx_gone = avhdx is None or not w.obs.exists(avhdx)
     if on_disk and avhdx_gone and disk_info is not None and not disk_info.parent_path and not vm.merging:
         w.status["disk"] = {"path": disk, "type": disk_info.vhd_type or "Dynamic", "parentPath": None}
+        before = w.status.get("checkpointTypeBefore")
+        if before and before != "Standard" and vm.checkpoint_type == "Standard":
+            # Standard checkpoints were needed only for the quick-provision checkpoint.
+            w.status["checkpointTypeBefore"] = None
+            return _Act(Action("RestoreCheckpointType", (cmdlets.set_vm(vm.id, checkpoint_type=str(before)),),
+                               f"Set-VM {vm.id} -CheckpointType {before}"),
+                        f"merged; restoring the VM's checkpoint type {before}")
+        w.status["mergeStartedAt"] = None
         if not (w.status.get("timings") or {}).get("independentAt"):
             w.timing("independentAt", cond.timestamp(w.now))
             seconds = _seconds_between((w.status.get("timings") or {}).get("createdAt"), w.now)
@@ -408,11 +454,19 @@ def _merging(w: _Work) -> _Result:
             return _Fail("UnexpectedDiskChain", f"refusing to remove checkpoint {name}: {avhdx} has parent "
                                                 f"{info.parent_path}, not the copy {disk}")
         w.event("MergeStarted", f"removing checkpoint {name}: merging {avhdx} into {disk} online")
+        w.status["mergeStartedAt"] = cond.timestamp(w.now)
         return _Act(Action("RemoveCheckpoint", (cmdlets.remove_vm_snapshot(vm.id, name),),
                            f"Remove-VMSnapshot {vm.id} -Name {name}"),
                     f"removing checkpoint {name} (merges {avhdx} into {disk})", MERGE_POLL)
-    return _Wait(f"merging {avhdx} into {disk} (VM status: {vm.status or 'unknown'}; drives: "
-                 f"{', '.join(w.obs.drives) or 'none'})", MERGE_POLL)
+    message = (f"merging {avhdx} into {disk} (VM status: {vm.status or 'unknown'}; drives: "
+               f"{', '.join(w.obs.drives) or 'none'})")
+    merging_for = _seconds_between(w.status.get("mergeStartedAt"), w.now)
+    if merging_for is not None and merging_for > MERGE_TIMEOUT:
+        return _Wait(f"the merge of {avhdx} into {disk} has not finished after {int(merging_for)}s (limit "
+                     f"{int(MERGE_TIMEOUT)}s); VM status: {vm.status or 'unknown'}. Check the host (Hyper-V-VMMS "
+                     f"event log, free space on the disk's volume); the operator keeps watching", CRITICAL_POLL,
+                     stall="MergeTimedOut")
+    return _Wait(message, MERGE_POLL)
 
 
 def _provisioned(w: _Work) -> _Result:
@@ -423,11 +477,18 @@ def _provisioned(w: _Work) -> _Result:
     if vm is None:
         return _Fail("VMNotFound", f"no VM tagged for this resource on host {w.obs.host_name}")
     w.adopt_vm()
+    if vm.state == PAUSED:
+        # Paused: the guest does not run, so it can neither serve (Running) nor shut down (Off).
+        # Resume it first, in both cases; a graceful shutdown follows when spec.powerState is Off.
+        w.event("VMPausedOutOfBand", f"VM {vm.id} was paused outside the operator; resuming it "
+                                     f"(spec.powerState {w.spec.power_state.value})", warning=True)
+        return _Act(Action("ResumeVM", (cmdlets.resume_vm(vm.id),), f"Resume-VM {vm.id}"),
+                    f"resuming paused VM {vm.id}", POWER_POLL)
     if w.spec.power_state is PowerState.RUNNING:
         w.status["stopRequestedAt"] = None
         if vm.state == RUNNING:
             return _Wait(f"VM {vm.id} is running", None)
-        if vm.state in (OFF, "Saved"):
+        if vm.state == OFF or vm.state in SAVED_STATES:
             unchanged_spec = w.status.get("observedGeneration") == w.vm.generation
             if unchanged_spec and w.status.get("powerState") == RUNNING:
                 w.event("VMStoppedOutOfBand", f"VM {vm.id} was stopped outside the operator (state {vm.state}); "
@@ -440,6 +501,13 @@ def _provisioned(w: _Work) -> _Result:
     if vm.state == OFF:
         w.status["stopRequestedAt"] = None
         return _Wait(f"VM {vm.id} is off (spec.powerState Off)", None)
+    if vm.state in SAVED_STATES:
+        # Not off: its memory is saved to disk. Turning it off would discard that state, and the
+        # operator never loses data on its own; the user decides.
+        w.status["stopRequestedAt"] = None
+        return _Wait(f"VM {vm.id} is {vm.state} (its memory is saved to disk), not Off as spec.powerState asks; "
+                     f"the operator does not discard a saved state: start the VM (it is then shut down) or remove "
+                     f"its saved state (Remove-VMSavedState)", CRITICAL_POLL, stall="VMSaved")
     requested = cond.parse_timestamp(w.status.get("stopRequestedAt"))
     if requested is None:
         w.status["stopRequestedAt"] = cond.timestamp(w.now)
@@ -454,6 +522,18 @@ def _provisioned(w: _Work) -> _Result:
                     f"turning off VM {vm.id} (graceful shutdown timed out)", POWER_POLL)
     return _Wait(f"waiting for VM {vm.id} to shut down ({int(waited)}s of {int(STOP_TIMEOUT)}s, state {vm.state})",
                  POWER_POLL)
+
+
+def _critical(w: _Work) -> _Wait | None:
+    """A VM Hyper-V reports as *Critical lost access to its storage: nothing the operator sends can
+    help (Start-VM, checkpoints and merges fail on it), so stall with the reason and re-check."""
+    vm = w.obs.vm
+    if vm is None or not is_critical(vm.state):
+        return None
+    return _Wait(f"Hyper-V reports VM {vm.id} as {vm.state}: it has lost access to its storage (a disk or its "
+                 f"configuration folder is unreachable, e.g. the share is down or the volume is full). The "
+                 f"operator sends nothing until the host reports a normal state again", CRITICAL_POLL,
+                 stall="VMCritical")
 
 
 _HANDLERS: dict[Phase, Callable[[_Work], _Result]] = {
@@ -526,7 +606,8 @@ def _with_conditions(
     s["conditions"] = cond.merge(prev, updates)
 
 
-def _finish_status(w: _Work, phase: Phase, message: str, *, converged: bool) -> dict[str, Any]:
+def _finish_status(w: _Work, phase: Phase, message: str, *, converged: bool,
+                   stall: str | None = None) -> dict[str, Any]:
     s = w.status
     s["phase"] = phase.value
     s["message"] = message
@@ -535,7 +616,10 @@ def _finish_status(w: _Work, phase: Phase, message: str, *, converged: bool) -> 
     if w.obs.vm is not None:
         s["powerState"] = w.obs.vm.state
         s["vmName"] = w.obs.vm.name or s.get("vmName")
-    _with_conditions(w, phase, converged=converged)
+    if stall:
+        _with_conditions(w, phase, converged=False, failure=(stall, message))
+    else:
+        _with_conditions(w, phase, converged=converged)
     return s
 
 
@@ -575,6 +659,7 @@ def plan(
     """The next step of provisioning / power management. Pure."""
     w = _Work(spec, _copy.deepcopy(dict(status)), observation, now, vm, layout)
     start = _phase_of(status)
+    start_conditions = status.get("conditions")
     if start is Phase.DELETING:
         return Plan(None, w.status, None)
     phase: Phase = start
@@ -585,7 +670,8 @@ def plan(
     if phase not in phases(spec.strategy):
         return _fail(w, start, _Fail("UnknownPhase", f"phase {phase} is not part of the {spec.strategy} strategy"))
     while True:
-        result = _HANDLERS[phase](w)
+        critical = _critical(w) if phase is not Phase.PENDING else None
+        result: _Result = critical if critical is not None else _HANDLERS[phase](w)
         if isinstance(result, _Done):
             nxt = next_phase(spec.strategy, phase)
             if nxt == phase:  # Provisioned never reports done; guard anyway
@@ -600,7 +686,11 @@ def plan(
             return Plan(result.action, status_out, result.requeue, tuple(w.events))
         converged = result.requeue is None and phase is Phase.PROVISIONED
         status_out = _finish_status(w, phase, f"{phase.value}: {result.message}" if not converged
-                                    else result.message, converged=converged)
+                                    else result.message, converged=converged, stall=result.stall)
+        stalled_before = cond.find(start_conditions, cond.STALLED) or {}
+        if result.stall and not (stalled_before.get("status") == "True"
+                                 and stalled_before.get("reason") == result.stall):
+            w.event(result.stall, result.message, warning=True)  # once, when the stall begins
         return Plan(None, status_out, result.requeue, tuple(w.events))
 
 
@@ -612,8 +702,13 @@ def _deletable(w: _Work, path: str) -> bool:
     never the base, never anything else."""
     if same_path(path, w.spec.base_vhd):
         return False
-    under_vm_dir = path.lower().startswith(w.layout.vm_dir.lower() + "\\")
-    return under_vm_dir or is_avhdx(path)
+    if path.lower().startswith(w.layout.vm_dir.lower() + "\\"):
+        return True
+    # Outside vm_dir only the quick-provision checkpoint disk Hyper-V put beside the base:
+    # <base folder>\<base stem>_<GUID>.avhdx, and only if it was recorded for this VM.
+    recorded = any(same_path(path, f) for f in w.status.get("createdFiles") or []) or same_path(
+        path, (w.status.get("disk") or {}).get("path"))
+    return recorded and is_checkpoint_of(path, w.spec.base_vhd)
 
 
 def plan_delete(
@@ -719,9 +814,8 @@ def absorb(action: Action, status: Mapping[str, Any], output: Sequence[HostObjec
 
 
 def is_not_found(error: HostError) -> bool:
-    text = error.message.lower()
-    return error.category == "ObjectNotFound" or "not found" in text or "does not exist" in text or (
-        "cannot find" in text)
+    """By FullyQualifiedErrorId, exception type and category (see hyperv/errors.py), never by text."""
+    return errors.is_not_found(error)
 
 
 def error_status(
@@ -731,7 +825,8 @@ def error_status(
     """The status after a failed host call: keep the phase on transient errors (retry), Failed on
     permanent ones. `intended` is the plan's status; its createdFiles are kept (intent)."""
     s = _copy.deepcopy(dict(status))
-    for key in ("createdFiles", "vmId", "vmName", "vmDir", "disk", "checkpointName", "timings"):
+    for key in ("createdFiles", "vmId", "vmName", "vmDir", "disk", "checkpointName", "timings", "stopRequestedAt",
+                "checkpointTypeBefore"):
         if intended.get(key):  # intent and identity survive the failure
             s[key] = _copy.deepcopy(intended[key])
     if intended.get("phase") not in (None, Phase.FAILED.value):
@@ -775,6 +870,15 @@ def error_status(
             cond.make(prev, cond.RECONCILING, True, "PowerActionFailed", s["message"], gen, now),
         ])
         return s, CLEANUP_RETRY, (Event("Warning", "PowerActionFailed", f"{step} on host {host_name}: {error}"),)
+    if phase is Phase.CHECKPOINTING and error.category == "PermissionDenied":
+        # Checkpoint-VM puts Quick's .avhdx beside the base: the base's folder must be writable.
+        folder = spec.base_vhd.rsplit("\\", 1)[0]
+        result = _fail(w, phase, _Fail("BaseFolderNotWritable",
+                                       f"{step} failed on host {host_name}: Hyper-V creates Quick's checkpoint disk "
+                                       f"beside the base, in {folder}, and may not write there ({error}). Make that "
+                                       f"folder writable for the host (the base file itself stays read-only), or use "
+                                       f"strategy Copy or Differencing"))
+        return result.status, None, result.events
     reason = "BaseDiskNotFound" if (is_not_found(error) and phase is Phase.PENDING) else "HostRejected"
     result = _fail(w, phase, _Fail(reason, f"{step} failed on host {host_name}: {error}"))
     return result.status, None, result.events

@@ -30,6 +30,7 @@ from hyperv_operator.hyperv.commands import Int64, Switch, UInt64
 from hyperv_operator.simulator.errors import CmdletError
 from hyperv_operator.simulator.model import (
     CHECKPOINT_TYPES,
+    HYPERV_EXCEPTION,
     VM,
     Drive,
     FileNode,
@@ -38,7 +39,9 @@ from hyperv_operator.simulator.model import (
     ModelError,
     Snapshot,
     canonical_path,
+    failed_to_stop,
     leaf_name,
+    vhd_format,
     xs_duration,
 )
 
@@ -324,7 +327,7 @@ def drive_object(model: HostModel, vm: VM, drive: Drive) -> HostObject:
 def vm_object(model: HostModel, vm: VM) -> HostObject:
     current = next((s for s in vm.snapshots if s.id == vm.current_snapshot_id), None)
     return HostObject(VM_TYPES, {
-        "Name": vm.name, "VMName": vm.name, "Id": vm.id, "VMId": vm.id, "State": vm.state,
+        "Name": vm.name, "VMName": vm.name, "Id": vm.id, "VMId": vm.id, "State": model.vm_state(vm),
         "Status": model.vm_status(vm), "Uptime": xs_duration(model.uptime(vm)), "Path": vm.path,
         "ConfigurationLocation": vm.path, "SnapshotFileLocation": vm.path, "CheckpointFileLocation": vm.path,
         "Notes": vm.notes, "CheckpointType": vm.checkpoint_type, "Generation": vm.generation,
@@ -355,7 +358,8 @@ def snapshot_object(model: HostModel, vm: VM, snap: Snapshot) -> HostObject:
 def vhd_object(model: HostModel, node: FileNode) -> HostObject:
     assert node.vhd is not None
     return HostObject(VHD_TYPES, {
-        "ComputerName": model.host_name, "Path": node.path, "VhdFormat": "VHDX", "VhdType": node.vhd.vhd_type,
+        "ComputerName": model.host_name, "Path": node.path, "VhdFormat": vhd_format(node.path),
+        "VhdType": node.vhd.vhd_type,
         "FileSize": node.size, "Size": node.vhd.size, "MinimumSize": node.vhd.size, "LogicalSectorSize": 512,
         "PhysicalSectorSize": 4096, "BlockSize": node.vhd.block_size, "ParentPath": node.vhd.parent_path,
         "DiskIdentifier": node.vhd.disk_identifier, "FragmentationPercentage": 0, "Alignment": 1,
@@ -454,7 +458,17 @@ def get_vm_snapshot(ctx: Context, b: Bound) -> list[HostObject]:
 
 
 def get_vhd(ctx: Context, b: Bound) -> list[HostObject]:
-    return [vhd_object(ctx.model, ctx.model.vhd_node(p)) for p in b["Path"]]
+    out: list[HostObject] = []
+    for path in b["Path"]:
+        node = ctx.model.vhd_node(path)
+        other = ctx.model.held_elsewhere.get(node.key)
+        if other is not None:  # shared storage: only the host using the disk may Get-VHD it
+            raise ModelError(f"Getting the mounted storage instance for the path '{node.path}' failed. The process "
+                             "cannot access the file because it is being used by another process. (0x80070020)",
+                             category="ResourceBusy", reason="ObjectInUse", target=node.path,
+                             exception_type=HYPERV_EXCEPTION)
+        out.append(vhd_object(ctx.model, node))
+    return out
 
 
 def new_vhd(ctx: Context, b: Bound) -> list[HostObject]:
@@ -515,11 +529,51 @@ def start_vm(ctx: Context, b: Bound) -> list[HostObject]:
 
 def stop_vm(ctx: Context, b: Bound) -> list[HostObject]:
     out: list[HostObject] = []
+    as_job = bool(b.get("AsJob"))
     for vm in _vms_from(ctx, b):
-        ctx.model.stop_vm(vm, turn_off=bool(b.get("TurnOff")))
+        if as_job:  # the job runs the same stop; its failure shows only in the job and the VM's state
+            try:
+                ctx.model.stop_vm(vm, turn_off=bool(b.get("TurnOff")))
+                state = "Running"
+            except ModelError:
+                state = "Failed"
+            out.append(job_object(ctx.model, "Stop-VM", state))
+            continue
+        blocks = ctx.model.stop_vm(vm, turn_off=bool(b.get("TurnOff")))
+        if blocks > 0:  # synchronous graceful stop: the caller waits for the guest (host.py sleeps)
+            ctx.extra["block_seconds"] = max(float(ctx.extra.get("block_seconds", 0.0)), blocks)
+            if vm.stop_fails:
+                ctx.extra["then_fail"] = ctx.error(failed_to_stop(vm.name))
         if b.get("Passthru"):
             out.append(vm_object(ctx.model, vm))
     return out
+
+
+def resume_vm(ctx: Context, b: Bound) -> list[HostObject]:
+    out: list[HostObject] = []
+    for vm in _vms_from(ctx, b):
+        ctx.model.resume_vm(vm)
+        if b.get("Passthru"):
+            out.append(vm_object(ctx.model, vm))
+    return out
+
+
+def set_vm_firmware(ctx: Context, b: Bound) -> list[HostObject]:
+    for vm in _vms_from(ctx, b):
+        ctx.model.set_firmware(vm, secure_boot=b.get("EnableSecureBoot"), template=b.get("SecureBootTemplate"))
+    return []
+
+
+JOB_TYPES = ("Microsoft.HyperV.PowerShell.VMJob", "System.Management.Automation.Job", "System.Object")
+
+
+def job_object(model: HostModel, command: str, state: str) -> HostObject:
+    """What -AsJob writes: a job (Id, Name, State, Command); the job's type name is not documented
+    [not verified against a real host]."""
+    model.job_ids += 1
+    return HostObject(JOB_TYPES, {"Id": model.job_ids, "Name": f"Job{model.job_ids}", "State": state,
+                                  "Command": command, "HasMoreData": state == "Failed",
+                                  "PSJobTypeName": "VMJob", "Location": model.host_name})
 
 
 def remove_vm(ctx: Context, b: Bound) -> list[HostObject]:
@@ -698,7 +752,8 @@ def get_module(ctx: Context, b: Bound) -> list[HostObject]:
     return [HostObject(MODULE_TYPES, {
         "Name": name, "Version": version, "ModuleType": module_type, "Path": path,
         "ModuleBase": path.rsplit("\\", 1)[0],
-    }, value=name) for name, version, module_type, path in LOADED_MODULES if _matches(name, patterns)]
+    }, value=name) for name, version, module_type, path in LOADED_MODULES if _matches(name, patterns)
+        and (name != "Hyper-V" or ctx.model.hyperv_module)]
 
 
 def get_psdrive(ctx: Context, b: Bound) -> list[HostObject]:
@@ -785,8 +840,16 @@ def _cmdlets() -> dict[str, Cmdlet]:
         Cmdlet("Start-VM", HYPERV, _HV + "StartVM", (*_VM_INPUT, Param("Passthru", "switch")), start_vm,
                exclusive=_VM_EXCL, one_of=_VM_ONE_OF),
         Cmdlet("Stop-VM", HYPERV, _HV + "StopVM",
-               (*_VM_INPUT, Param("Force", "switch"), Param("TurnOff", "switch"), Param("Passthru", "switch")),
+               (*_VM_INPUT, Param("Force", "switch"), Param("TurnOff", "switch"), Param("Passthru", "switch"),
+                Param("AsJob", "switch")),
                stop_vm, exclusive=_VM_EXCL, one_of=_VM_ONE_OF),
+        Cmdlet("Resume-VM", HYPERV, _HV + "ResumeVM", (*_VM_INPUT, Param("Passthru", "switch")), resume_vm,
+               exclusive=_VM_EXCL, one_of=_VM_ONE_OF),
+        Cmdlet("Set-VMFirmware", HYPERV, _HV + "SetVMFirmware",
+               (*_VM_INPUT, Param("EnableSecureBoot", "enum", enum_type="Microsoft.HyperV.PowerShell.OnOffState",
+                                  choices=("On", "Off")),
+                Param("SecureBootTemplate", "string"), Param("Passthru", "switch")),
+               set_vm_firmware, exclusive=_VM_EXCL, one_of=_VM_ONE_OF),
         Cmdlet("Remove-VMSnapshot", HYPERV, _HV + "RemoveVMSnapshot",
                (Param("VMSnapshot", "snapshot", pipeline_type="Microsoft.HyperV.PowerShell.VMSnapshot"),
                 _VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string[]"),

@@ -35,6 +35,7 @@ from hyperv_operator.simulator.cmdlets import (
     bind_named,
     bind_pipeline,
     check_complete,
+    not_recognized,
     primitive,
     resolve,
     unknown_script,
@@ -58,6 +59,17 @@ from hyperv_operator.simulator.model import (
 )
 
 FAULT_KINDS = ("ObjectInUse", "DiskFull", "AccessDenied", "Transient")
+MAX_RECEIVED_OBJECT_MB = 10
+"""A remoting endpoint's default MaximumReceivedObjectSizeMB (about_Session_Configurations); a larger
+parameter value fails the whole command (dpaulson45/ExchangeLogCollector#29 shows the trace)."""
+
+
+def _value_bytes(value: object) -> int:
+    if isinstance(value, str):
+        return 2 * len(value)  # UTF-16 in the deserialized object
+    if isinstance(value, (tuple, list)):
+        return sum(_value_bytes(v) for v in value)
+    return 8
 
 CommandCallback = Callable[[str, dict[str, object], str], None]
 
@@ -136,19 +148,42 @@ class SimulatedHost:
             delay = self._latency_for(name)
             if delay > 0:
                 self._sleep(delay)
+            self._batch.block = (0.0, None)
             with self._lock:
                 self._model.advance(self.simulated_seconds())
                 self._log.append((name, dict(params)))
                 for callback in list(self._callbacks):
                     callback(name, dict(params), "before")
                 try:
+                    self._check_size(command)
                     items = self._run_command(command, None if index == 0 else (items or []))
                 except CmdletError as err:
                     shown = str(command) if not command.is_script else str(command).replace("<script>", name, 1)
                     raise CommandError(err, command=shown) from None
                 for callback in list(self._callbacks):
                     callback(name, dict(params), "after")
+            seconds, then_fail = self._batch.block
+            if seconds > 0:  # a synchronous cmdlet waiting (Stop-VM -Force): the session is held, not the host
+                deadline = self.simulated_seconds() + seconds
+                while self.simulated_seconds() < deadline:
+                    self._sleep(max(0.001, (deadline - self.simulated_seconds()) / self._scale))
+                with self._lock:
+                    self._model.advance(self.simulated_seconds())
+            if then_fail is not None:
+                raise CommandError(then_fail, command=str(command))
         return items or []
+
+    def _check_size(self, command: Command) -> None:
+        size = sum(_value_bytes(v) for _, v in command.parameters) + _value_bytes(command.name)
+        limit = MAX_RECEIVED_OBJECT_MB * 1024 * 1024
+        if size > limit:
+            raise CmdletError(
+                "Sending data to a remote command failed with the following error message: The current deserialized "
+                "object size of the data received from the remote client computer exceeded the allowed maximum object "
+                f"size. The current deserialized object size is {size}. The allowed maximum object size is {limit}. "
+                "For more information, see the about_Remote_Troubleshooting Help topic.",
+                category="OperationStopped", fq_error_id="JobFailure",
+                exception_type="System.Management.Automation.Remoting.PSRemotingTransportException")
 
     @staticmethod
     def _display_name(command: Command) -> str:
@@ -165,6 +200,8 @@ class SimulatedHost:
             spec = SCRIPTS[sname]
         else:
             spec = resolve(command.name)
+            if spec.module == "Hyper-V" and not self._model.hyperv_module:
+                raise not_recognized(command.name)  # the module is not installed (seflerZ/oneclick-gpu-pv#4)
         named = bind_named(spec, command.parameters)
         bounds = []
         for item in [None] if upstream is None else upstream:
@@ -192,6 +229,8 @@ class SimulatedHost:
                 out.extend(spec.impl(ctx, bound))
             except ModelError as err:
                 raise ctx.error(err) from None
+        if "block_seconds" in ctx.extra:
+            self._batch.block = (float(ctx.extra["block_seconds"]), ctx.extra.get("then_fail"))
         return out
 
     def _second_hop_denied(self, bound: Any) -> str | None:
@@ -388,6 +427,55 @@ class SimulatedHost:
 
     # --- inspection hooks ----------------------------------------------------------------------
 
+    def set_vm_state(self, vm_id: str, state: str) -> None:
+        """A user pausing or saving the VM in Hyper-V Manager (Paused, Saved) or resuming it (Running)."""
+        if state not in ("Paused", "Saved", "Running"):
+            raise ValueError(state)
+        with self._lock:
+            model = self._now()
+            vm = model.vm(vm_id)
+            if vm.state not in ("Running", "Paused", "Saved"):
+                raise ValueError(f"VM is {vm.state}")
+            if state == "Saved":
+                vm.started_at = None
+            vm.state = state
+            model.refresh_opens()
+
+    def lose_storage(self, vm_id: str, lost: bool = True) -> None:
+        """The VM's storage becomes unreachable (share down): State shows RunningCritical / OffCritical."""
+        with self._lock:
+            self._now().vm(vm_id).critical = lost
+
+    def set_guest(self, vm_id: str, *, shutdown_service: bool | None = None,
+                  shutdown_seconds: float | None = None) -> None:
+        """The guest: whether its shutdown integration service answers, how long it takes to shut down."""
+        with self._lock:
+            vm = self._now().vm(vm_id)
+            if shutdown_service is not None:
+                vm.shutdown_service = shutdown_service
+            if shutdown_seconds is not None:
+                vm.shutdown_seconds = shutdown_seconds
+
+    def protect_folder(self, path: str) -> None:
+        """An ACL on `path` that lets the host read but not create files (a read-only base share)."""
+        with self._lock:
+            self._model.read_only_folders.add(canonical_path(path).lower())
+
+    def set_hyperv_module(self, installed: bool) -> None:
+        """Install or remove the Hyper-V PowerShell module: without it every Hyper-V\\ cmdlet is CommandNotFound."""
+        with self._lock:
+            self._model.hyperv_module = installed
+
+    def hold_elsewhere(self, path: str, other_host: str = "HV02") -> None:
+        """Another host on the same shared storage has this disk open (e.g. a VM there uses it)."""
+        with self._lock:
+            self._model.held_elsewhere[canonical_path(path).lower()] = other_host
+
+    def firmware(self, vm_id: str) -> tuple[bool, str]:
+        with self._lock:
+            vm = self._now().vm(vm_id)
+            return vm.secure_boot, vm.secure_boot_template
+
     def guest_write(self, vm_id: str, block: int, data: bytes) -> None:
         with self._lock:
             model = self._now()
@@ -410,7 +498,7 @@ class SimulatedHost:
         with self._lock:
             model = self._now()
             return [{
-                "Name": vm.name, "Id": vm.id, "State": vm.state, "Status": model.vm_status(vm),
+                "Name": vm.name, "Id": vm.id, "State": model.vm_state(vm), "Status": model.vm_status(vm),
                 "Uptime": model.uptime(vm), "Path": vm.path, "Notes": vm.notes, "CheckpointType": vm.checkpoint_type,
                 "Generation": vm.generation, "MemoryStartup": vm.memory_startup,
                 "ProcessorCount": vm.processor_count, "SwitchName": vm.switch_name,

@@ -26,10 +26,30 @@ Modelling choices. Where Microsoft's documentation leaves room, the STRICTER beh
   a disk being copied or written by another VM fails with "being used by another process".
 - DataWriteGuid changes whenever a disk goes from closed to opened-for-write (becoming the top disk
   of a running VM, or a merge target); it is closed when the VM turns off.
-- Stop-VM -Force (graceful, through the guest) is modelled lazily: State "Stopping" for
-  `shutdown_seconds` simulated seconds, then "Off". Real Stop-VM blocks until Off; here a caller
-  must observe the state instead [strict]. -TurnOff is instant. Stop-VM on an Off VM and Start-VM
-  on a Running VM do nothing (real cmdlets only warn). Start-VM while Stopping: ResourceBusy.
+- Stop-VM -Force (graceful, through the guest): State "Stopping" for the guest's shutdown time
+  (`shutdown_seconds`, per VM overridable), then "Off". Without -AsJob the command BLOCKS the caller
+  until then, up to STOP_FORCE_LIMIT (5 minutes, Stop-VM documentation: "the virtual machine has five
+  minutes to save data and shut down"; kubev2v/forklift#8407: Stop-VM -Force is synchronous and holds
+  the WinRM session); a guest that takes longer, or has no shutdown integration service, makes it fail
+  with OperationFailed "Failed to stop." (NotSpecified, VirtualizationException; MattHodge/PackerTemplates#18)
+  and the VM keeps running [strict: the documentation does not say the VM is turned off]. With -AsJob it
+  returns a job at once and the same happens in the background (the job fails; the state shows it).
+  -TurnOff is instant. Stop-VM on an Off VM and Start-VM on a Running VM do nothing (real cmdlets only
+  warn). Start-VM while Stopping: ResourceBusy. Start-VM on a Saved VM restores it (Running).
+- VM states (Microsoft.HyperV.PowerShell.VMState): Paused and Saved are set by `set_vm_state` (a user in
+  Hyper-V Manager); Resume-VM resumes a Paused VM only. `lose_storage` puts a VM in its *Critical twin
+  (RunningCritical, OffCritical): Start-VM, Stop-VM -Force, Checkpoint-VM and Remove-VMSnapshot then fail
+  (InvalidOperation, "current state") [strict]; -TurnOff still works. `restore_storage` undoes it.
+- Set-VMFirmware: generation 2 only (Set-VMFirmware documentation), while Off [strict]; templates are
+  the ones Hyper-V ships (MicrosoftWindows default, MicrosoftUEFICertificateAuthority,
+  OpenSourceShieldedVM). New-VM -Generation 2 refuses a .vhd disk (generation 2 boots VHDX only).
+- Get-VHD of a disk another host holds open (`hold_elsewhere`, shared storage) fails "in use" (Get-VHD
+  documentation: "Any other server trying to run the Get-VHD cmdlet will get an error that it is in
+  use"); Get-Item, Test-Path, New-VHD -ParentPath and read-only copies of it work.
+- Names (Naming Files, Paths, and Namespaces): control characters (0-31), < > " | ? * and a colon after
+  the drive are refused in every path and VM name; so are path components ending in a space or a
+  period and the reserved device names (CON, PRN, AUX, NUL, COM1-9, LPT1-9) [strict: Win32 refuses or
+  silently strips them].
 - Remove-VM requires State Off: otherwise InvalidOperation "The operation cannot be performed while
   the virtual machine is in its current state." (permanent; the real cmdlet with -Force would turn
   the VM off) [strict]; while one of its merges runs: ResourceBusy. It deletes the VM's and its
@@ -38,7 +58,8 @@ Modelling choices. Where Microsoft's documentation leaves room, the STRICTER beh
   CheckpointType may change while running.
 - Checkpoint-VM: CheckpointType Disabled fails; on a running VM Production falls back to a Standard
   checkpoint and ProductionOnly fails (the simulated guest has no VSS integration). The new .avhdx is
-  `<folder of the drive's current file>\\<its base name without a _GUID suffix>_<GUID>.avhdx`, 4 MiB.
+  `<folder of the drive's current file>\\<its base name without a _GUID suffix>_<GUID>.avhdx`, 4 MiB;
+  a folder whose ACL denies creating files (`protect_folder`) fails it with PermissionDenied.
   Fails with ResourceBusy while the VM is Stopping or merging [strict]. Checkpoint configuration
   files go to `<VM Path>\\Snapshots`.
 - Remove-VMSnapshot merges each checkpoint .avhdx into its CURRENT parent. The parent is opened for
@@ -105,6 +126,10 @@ ARGUMENT_EXCEPTION = "System.ArgumentException"
 STATE_OFF = "Off"
 STATE_RUNNING = "Running"
 STATE_STOPPING = "Stopping"
+STATE_PAUSED = "Paused"
+STATE_SAVED = "Saved"
+STOP_FORCE_LIMIT = 300.0  # Stop-VM -Force gives the guest five minutes
+SECURE_BOOT_TEMPLATES = ("MicrosoftWindows", "MicrosoftUEFICertificateAuthority", "OpenSourceShieldedVM")
 ACTIVE_STATES = frozenset({STATE_RUNNING, STATE_STOPPING})
 STATUS_OK = "Operating normally"
 STATUS_MERGING = "Merging disks"
@@ -168,6 +193,10 @@ def object_in_use(target: str = "") -> ModelError:
                       reason="ObjectInUse", target=target)
 
 
+def failed_to_stop(vm_name: str) -> ModelError:
+    return ModelError("Failed to stop.", category="NotSpecified", reason="OperationFailed", target=vm_name)
+
+
 def invalid_state(vm_name: str) -> ModelError:
     return ModelError(f"The operation cannot be performed while the virtual machine '{vm_name}' is in its current "
                       "state.", category="InvalidOperation", reason="InvalidState", target=vm_name)
@@ -175,7 +204,29 @@ def invalid_state(vm_name: str) -> ModelError:
 
 # --- paths -------------------------------------------------------------------------------------
 
-_ILLEGAL_CHARS = frozenset('<>"|?*:')
+_ILLEGAL_CHARS = frozenset('<>"|?*:') | frozenset(chr(c) for c in range(32))
+_RESERVED_NAMES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                             *(f"LPT{i}" for i in range(1, 10))})
+
+
+def check_name(name: str, *, what: str = "path") -> None:
+    """NTFS/Win32 naming rules for one path component or VM name."""
+    if any(ch in _ILLEGAL_CHARS for ch in name):
+        raise ModelError("Illegal characters in path." if what == "path" else
+                         f"The {what} '{name!r}' contains characters that are not allowed.",
+                         category="InvalidArgument",
+                         reason="ArgumentException" if what == "path" else "InvalidParameter", target=name,
+                         exception_type=ARGUMENT_EXCEPTION if what == "path" else HYPERV_EXCEPTION)
+    stem = name.split(".", 1)[0].upper()
+    if name and ((name[-1] in " ." and name not in (".", "..")) or stem in _RESERVED_NAMES):
+        raise ModelError(f"The name '{name}' is not valid on Windows (reserved device name, or ending in a space "
+                         "or a period).", category="InvalidArgument",
+                         reason="ArgumentException" if what == "path" else "InvalidParameter", target=name,
+                         exception_type=ARGUMENT_EXCEPTION if what == "path" else HYPERV_EXCEPTION)
+
+
+def vhd_format(path: str) -> str:
+    return "VHD" if path.lower().endswith(".vhd") else "VHDX"
 
 
 def canonical_path(path: str) -> str:
@@ -199,6 +250,9 @@ def canonical_path(path: str) -> str:
     if any(ch in _ILLEGAL_CHARS for ch in rest):
         raise ModelError("Illegal characters in path.", category="InvalidArgument", reason="ArgumentException",
                          target=path, exception_type=ARGUMENT_EXCEPTION)
+    for part in rest.split("\\"):
+        if part:
+            check_name(part)
     return result
 
 
@@ -344,6 +398,12 @@ class VM:
     stop_at: float | None = None
     growth_t: float = 0.0
     current_snapshot_id: str | None = None
+    shutdown_service: bool = True  # the guest's shutdown integration service answers
+    shutdown_seconds: float | None = None  # the guest's own shutdown time (None: the host default)
+    stop_fails: bool = False  # the running graceful stop gives up at stop_at (the VM stays Running)
+    secure_boot: bool = True
+    secure_boot_template: str = "MicrosoftWindows"
+    critical: bool = False  # lost its storage: State shows the *Critical twin
 
 
 @dataclass
@@ -421,6 +481,10 @@ class HostModel:
         self.switches: dict[str, str] = {}
         self.copies: dict[int, CopyJob] = {}
         self.merges: list[MergeJob] = []
+        self.held_elsewhere: dict[str, str] = {}  # file key -> other host holding it open (shared storage)
+        self.job_ids = 0
+        self.read_only_folders: set[str] = set()  # folder keys whose ACL denies creating files
+        self.hyperv_module = True  # False: a host without the Hyper-V PowerShell module (CommandNotFound)
         self._next_pid = FIRST_PID
         self.add_root("C:\\")
         self.add_switch("Default Switch")
@@ -866,12 +930,18 @@ class HostModel:
     def vm(self, vm_id: str) -> VM:
         vm = self.vms.get(vm_id.lower())
         if vm is None:
-            raise ModelError(f"Hyper-V was unable to find a virtual machine with ID '{vm_id}'.",
-                             category="ObjectNotFound", reason="ObjectNotFound", target=vm_id)
+            # Get-VM reports a missing VM as InvalidParameter / InvalidArgument, not ObjectNotFound
+            # (pluralsight/PS-AutoLab-Env#133 shows the trace for -Name; -Id takes the same path).
+            raise ModelError(f"Hyper-V was unable to find a virtual machine with ID \"{vm_id}\".",
+                             category="InvalidArgument", reason="InvalidParameter", target=vm_id)
         return vm
 
     def vms_named(self, name: str) -> list[VM]:
         return [vm for vm in self.vms.values() if vm.name.lower() == name.lower()]
+
+    def vm_state(self, vm: VM) -> str:
+        """State as Get-VM shows it (Microsoft.HyperV.PowerShell.VMState)."""
+        return vm.state + "Critical" if vm.critical else vm.state
 
     def vm_status(self, vm: VM) -> str:
         return STATUS_MERGING if any(m.vm_id == vm.id for m in self.merges) else STATUS_OK
@@ -884,6 +954,7 @@ class HostModel:
         if not name or len(name) > 100:
             raise ModelError("The virtual machine name must be 1 to 100 characters long.",
                              category="InvalidArgument", reason="InvalidParameter", target=name)
+        check_name(name, what="virtual machine name")
         if memory < 32 * MiB or memory % (2 * MiB):
             raise ModelError(f"Failed to modify device 'Memory'. Invalid startup memory amount assigned for '{name}': "
                              "it must be at least 32 MB and a multiple of 2 MB.", category="InvalidArgument",
@@ -905,6 +976,10 @@ class HostModel:
                 raise ModelError("Failed to add device 'Virtual Hard Disk'. The system cannot find the file "
                                  f"specified: '{vhd_path}'.", category="ObjectNotFound", reason="ObjectNotFound",
                                  target=vhd_path)
+            if generation == 2 and vhd_format(vhd_node.path) != "VHDX":
+                raise ModelError(f"Failed to add device 'Virtual Hard Disk'. '{vhd_node.path}' is a VHD: generation 2 "
+                                 "virtual machines support only VHDX disks.", category="InvalidArgument",
+                                 reason="InvalidParameter", target=vhd_path)
         vm_id = new_guid()
         vm_path = canonical_path(folder + "\\" + name)
         config_dir = vm_path + "\\Virtual Machines"
@@ -938,10 +1013,14 @@ class HostModel:
             vm.checkpoint_type = checkpoint_type
 
     def start_vm(self, vm: VM) -> None:
+        if vm.critical:
+            raise invalid_state(vm.name)
         if vm.state == STATE_RUNNING:
             return
         if vm.state == STATE_STOPPING:
             raise object_in_use(vm.name)
+        if vm.state == STATE_PAUSED:
+            raise invalid_state(vm.name)  # Resume-VM resumes a paused VM [strict]
         prefix = f"'{vm.name}' failed to start"
         attached = self.attached_keys()
         for drive in vm.drives:
@@ -961,20 +1040,59 @@ class HostModel:
         vm.stop_at = None
         self.refresh_opens()
 
-    def stop_vm(self, vm: VM, *, turn_off: bool) -> None:
-        if vm.state == STATE_OFF:
-            return
+    def stop_vm(self, vm: VM, *, turn_off: bool) -> float:
+        """Returns how long a synchronous graceful Stop-VM blocks (simulated seconds); a graceful
+        stop that will fail raises `failed_to_stop` only for the caller that waits (see cmdlets)."""
+        if vm.state == STATE_OFF and not vm.critical:
+            return 0.0
         if turn_off:
+            vm.critical = False if vm.state == STATE_OFF else vm.critical
             self._finish_stop(vm)
-        elif vm.state == STATE_RUNNING:
-            vm.state = STATE_STOPPING
-            vm.stop_at = self.now + self.shutdown_seconds
+            return 0.0
+        if vm.critical or vm.state in (STATE_PAUSED, STATE_SAVED):
+            raise invalid_state(vm.name)
+        if not vm.shutdown_service:
+            raise failed_to_stop(vm.name)
+        if vm.state == STATE_STOPPING:
+            return max(0.0, (vm.stop_at or self.now) - self.now)
+        guest = self.shutdown_seconds if vm.shutdown_seconds is None else vm.shutdown_seconds
+        vm.state = STATE_STOPPING
+        vm.stop_fails = guest > STOP_FORCE_LIMIT
+        vm.stop_at = self.now + min(guest, STOP_FORCE_LIMIT)
+        return min(guest, STOP_FORCE_LIMIT)
+
+    def resume_vm(self, vm: VM) -> None:
+        if vm.critical or vm.state != STATE_PAUSED:
+            raise invalid_state(vm.name)
+        vm.state = STATE_RUNNING
+        vm.growth_t = self.now
+
+    def set_firmware(self, vm: VM, *, secure_boot: str | None, template: str | None) -> None:
+        if vm.generation != 2:
+            raise ModelError(f"The operation is not supported for generation 1 virtual machine '{vm.name}': "
+                             "Set-VMFirmware applies to generation 2 virtual machines.", category="InvalidArgument",
+                             reason="InvalidParameter", target=vm.name)
+        if vm.state != STATE_OFF or vm.critical:
+            raise invalid_state(vm.name)
+        if template is not None and template not in SECURE_BOOT_TEMPLATES:
+            raise ModelError(f"The secure boot template '{template}' was not found.", category="InvalidArgument",
+                             reason="InvalidParameter", target=template)
+        if secure_boot is not None:
+            vm.secure_boot = secure_boot.lower() == "on"
+        if template is not None:
+            vm.secure_boot_template = template
 
     def _finish_stop_at(self, vm: VM, t: float) -> None:
         if vm.state == STATE_STOPPING:
+            if vm.stop_fails:  # the guest did not shut down in time: Stop-VM gave up, the VM runs on
+                vm.state = STATE_RUNNING
+                vm.stop_at = None
+                vm.stop_fails = False
+                return
             self._finish_stop(vm)
 
     def _finish_stop(self, vm: VM) -> None:
+        vm.stop_fails = False
         vm.state = STATE_OFF
         vm.started_at = None
         vm.stop_at = None
@@ -994,6 +1112,8 @@ class HostModel:
         self.refresh_opens()
 
     def checkpoint_vm(self, vm: VM, name: str | None) -> Snapshot:
+        if vm.critical:
+            raise invalid_state(vm.name)
         if vm.checkpoint_type == "Disabled":
             raise ModelError(f"Checkpoint operation failed for '{vm.name}'. Checkpoints are disabled for this "
                              "virtual machine.", category="InvalidOperation", reason="OperationFailed", target=vm.name)
@@ -1018,6 +1138,12 @@ class HostModel:
             if top.path.lower().endswith(".avhdx") and len(stem) > 37 and stem[-37] == "_":
                 stem = stem[:-37]
             folder = parent_path(top.path)
+            if folder is not None and folder.lower() in self.read_only_folders:
+                # The .avhdx goes beside its parent: a folder the host may not write fails the checkpoint.
+                raise ModelError(f"Checkpoint operation failed for '{vm.name}'. Could not create the differencing disk "
+                                 f"in '{folder}': General access denied error (0x80070005).",
+                                 category="PermissionDenied", reason="AccessDenied", target=folder,
+                                 exception_type=HYPERV_EXCEPTION)
             plans.append((index, top, f"{folder}\\{stem}_{new_guid().upper()}.avhdx"))
         snap_dir = vm.path + "\\Snapshots"
         config_files = [f"{snap_dir}\\{snap_id.upper()}.vmcx"] + ([f"{snap_dir}\\{snap_id.upper()}.VMRS"]
@@ -1044,6 +1170,8 @@ class HostModel:
         return snap
 
     def remove_snapshot(self, vm: VM, snap: Snapshot) -> None:
+        if vm.critical:
+            raise invalid_state(vm.name)
         merges: list[tuple[FileNode, FileNode]] = []
         for _index, _captured, avhdx in snap.disks:
             child = self.files.get(path_key(avhdx))

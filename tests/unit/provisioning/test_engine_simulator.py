@@ -292,3 +292,51 @@ def test_concurrent_reconciles_never_exceed_the_copy_limit() -> None:
     copies = [c for c in world.host.call_log() if "StartBackgroundCopy" in str(c[0])]
     assert len(copies) == 1
     assert sorted(bool((st.get("copy") or {}).get("queued")) for st in statuses) == [False, True]
+
+
+@pytest.mark.parametrize("strategy", ["Differencing", "Copy", "Quick"])
+def test_a_base_another_host_holds_open_still_provisions(strategy: str) -> None:
+    """Shared storage: Get-VHD of the base fails "in use" on this host (another host runs a VM on it);
+    the base is read as a file instead and every strategy still provisions."""
+    world = World()
+    world.host.hold_elsewhere(BASE)
+    vm = ref(f"shared-{strategy.lower()}")
+    base_print = world.host.disk_fingerprint(BASE)
+    status = run(provision(world, vm, spec(strategy)))
+    assert_final(world, vm, status, strategy, base_print)
+
+
+def test_graceful_stop_without_shutdown_service_escalates_to_turn_off() -> None:
+    world = World()
+    vm = ref("noshutdown")
+    status = run(provision(world, vm, spec("Differencing")))
+    world.host.set_guest(status["vmId"], shutdown_service=False)
+    calls_before = len(world.host.call_log())
+    off = run(provision(world, VmRef(vm.namespace, vm.name, vm.uid, 2), spec("Differencing", powerState="Off"),
+                        status))
+    assert off["powerState"] == "Off"
+    stops = [dict(p) for n, p in world.host.call_log()[calls_before:] if n.endswith("Stop-VM")]
+    assert "AsJob" in stops[0] and "TurnOff" in stops[-1]
+
+
+def test_quick_restores_the_vms_checkpoint_type_after_the_merge() -> None:
+    world = World()
+    status = run(provision(world, ref("cktype"), spec("Quick")))
+    vm = next(v for v in world.host.vms() if v["Id"] == status["vmId"])
+    assert vm["CheckpointType"] == "Production" and not status.get("checkpointTypeBefore")
+
+
+def test_quick_with_a_read_only_base_folder_stalls_with_the_reason_and_leaves_it_untouched() -> None:
+    """Checkpoint-VM writes Quick's .avhdx beside the base: a base folder the host may not write
+    stalls with BaseFolderNotWritable (not a bare host error), and nothing is written there."""
+    world = World()
+    world.host.protect_folder(SHARE)
+    base_print = world.host.disk_fingerprint(BASE)
+    status = run(provision(world, ref("rofolder"), spec("Quick")))
+    assert status["phase"] == "Failed"
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "BaseFolderNotWritable" and SHARE in stalled["message"]
+    assert not any(f.endswith(".avhdx") for f in world.files())
+    assert world.host.disk_fingerprint(BASE) == base_print
+    copy = run(provision(world, ref("rofolder-copy"), spec("Copy")))  # Copy never writes beside the base
+    assert copy["phase"] == "Provisioned"

@@ -32,6 +32,7 @@ class Sim:
 
     def __init__(self, **kwargs: object) -> None:
         self.clock = FakeClock()
+        kwargs.setdefault("sleep", self.clock.advance)  # a blocking cmdlet advances the fake clock
         self.host = SimulatedHost(clock=self.clock, **kwargs)  # type: ignore[arg-type]
         self.host.add_folder(SHARE)
         self.host.add_folder(VM_ROOT)

@@ -67,8 +67,9 @@ ERROR_CASES: list[tuple[str, Statement, str, str, str]] = [
      "InvalidArgument", "ParameterAlreadyBound,Microsoft.Vhd.PowerShell.Cmdlets.GetVHD", "more than once"),
     ("pipeline object not bindable", pipe(cmd("Hyper-V\\Get-VHD", Path=BASE), cmd("Hyper-V\\Start-VM")),
      "InvalidArgument", "InputObjectNotBound,Microsoft.HyperV.PowerShell.Commands.StartVM", "input object"),
-    ("Get-VM by unknown id", c.get_vm_by_id("9a5f2b4e-0000-4000-8000-000000000000"), "ObjectNotFound",
-     "ObjectNotFound,Microsoft.HyperV.PowerShell.Commands.GetVM", "unable to find a virtual machine"),
+    # Hyper-V reports a missing VM as InvalidArgument / InvalidParameter (pluralsight/PS-AutoLab-Env#133)
+    ("Get-VM by unknown id", c.get_vm_by_id("9a5f2b4e-0000-4000-8000-000000000000"), "InvalidArgument",
+     "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM", "unable to find a virtual machine"),
     ("Get-Item of a missing file", c.get_item(SHARE + "\\none.txt"), "ObjectNotFound",
      "PathNotFound,Microsoft.PowerShell.Commands.GetItemCommand", "because it does not exist"),
     ("Get-VHD of a missing file", c.get_vhd(SHARE + "\\none.vhdx"), "ObjectNotFound",
@@ -221,6 +222,6 @@ def test_inprocess_client_permanent_error_carries_command(sim: Sim) -> None:
     client = InProcessClient(sim.host)
     with pytest.raises(PermanentHostError) as info:
         asyncio.run(client.run([c.get_vm_by_id("9a5f2b4e-0000-4000-8000-000000000000")]))
-    assert info.value.fq_error_id == "ObjectNotFound,Microsoft.HyperV.PowerShell.Commands.GetVM"
+    assert info.value.fq_error_id == "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM"
     assert "Get-VM" in info.value.command
     asyncio.run(client.close())

@@ -90,7 +90,7 @@ def test_remove_vm_needs_off_and_keeps_disks_and_folders(sim: Sim) -> None:
     assert child in files and any(p.endswith(".avhdx") for p in files)
     assert not any(p.lower().endswith((".vmcx", ".vmgs", ".vmrs")) for p in files)
     assert VM_ROOT + "\\vm\\Virtual Machines" in sim.host.folders()
-    assert sim.fails(c.get_vm_by_id(vm_id)).category == "ObjectNotFound"
+    assert sim.fails(c.get_vm_by_id(vm_id)).fq_error_id.startswith("InvalidParameter,")  # VM gone
 
 
 def test_remove_item_rules(sim: Sim) -> None:

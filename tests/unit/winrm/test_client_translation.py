@@ -202,7 +202,8 @@ def test_dotnet_datetime_parsing() -> None:
 
 def record(**fields: Any) -> SimpleNamespace:
     exception = GenericComplexObject()
-    exception.types = ["Microsoft.HyperV.PowerShell.VirtualizationException", "System.Exception", "System.Object"]
+    exception.types = fields.pop("types", None) or [
+        "Microsoft.HyperV.PowerShell.VirtualizationException", "System.Exception", "System.Object"]
     exception.adapted_properties = {"Message": fields.pop("message")}
     base: dict[str, Any] = dict(
         exception=exception, fq_error="", category=0, target_object=None, target_name="", activity="", _to_string=None
@@ -219,10 +220,24 @@ def record(**fields: Any) -> SimpleNamespace:
         (5, "Cannot validate argument on parameter 'MemoryStartupBytes'.", PermanentHostError),
         (18, "Access is denied.", PermanentHostError),
         (0, "The process cannot access the file because it is being used by another process.", TransientHostError),
+        # CommandNotFound ends "...try again." and is permanent (seflerZ/oneclick-gpu-pv#4 has the record)
+        (13, "The term 'Hyper-V\\Get-VHD' is not recognized as the name of a cmdlet, function, script file, or "
+             "operable program. Check the spelling of the name, or if a path was included, verify that the path is "
+             "correct and try again.", PermanentHostError),
+        (0, "Failed to stop.", PermanentHostError),  # OperationFailed,...StopVM (MattHodge/PackerTemplates#18)
     ],
 )
 def test_error_records_are_classified(category: int, message: str, expected: type) -> None:
-    err = error_from_record(record(message=message, category=category), [cmdlets.get_vhd("C:\\x")])
+    fields: dict[str, Any] = {}
+    if "being used by another process" in message:  # a sharing violation is a System.IO.IOException
+        fields = {"types": ["System.IO.IOException", "System.SystemException", "System.Exception", "System.Object"],
+                  "fq_error": "RemoveFileSystemItemIOError,Microsoft.PowerShell.Commands.RemoveItemCommand"}
+    elif "is not recognized" in message:
+        fields = {"types": ["System.Management.Automation.CommandNotFoundException", "System.Object"],
+                  "fq_error": "CommandNotFoundException"}
+    elif message == "Failed to stop.":
+        fields = {"fq_error": "OperationFailed,Microsoft.HyperV.PowerShell.Commands.StopVM"}
+    err = error_from_record(record(message=message, category=category, **fields), [cmdlets.get_vhd("C:\\x")])
     assert type(err) is expected
     assert err.message == message
 
