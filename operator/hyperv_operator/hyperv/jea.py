@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyperv_operator.hyperv import scripts
-from hyperv_operator.hyperv.cmdlets import ALL_CMDLETS, HYPERV, MGMT
+from hyperv_operator.hyperv.cmdlets import ALL_CMDLETS, HYPERV, MGMT, SECURE_BOOT_TEMPLATES
 from hyperv_operator.hyperv.probe import CORE, PROBE_CMDLETS
 
 ROLE_NAME = "HyperVOperator"
@@ -72,7 +72,13 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     ),
     VisibleCmdlet(HYPERV + "Checkpoint-VM", ("VM", "SnapshotName", "Passthru")),
     VisibleCmdlet(HYPERV + "Start-VM", ("VM",)),
-    VisibleCmdlet(HYPERV + "Stop-VM", ("VM", "Force", "TurnOff")),
+    VisibleCmdlet(HYPERV + "Stop-VM", ("VM", "Force", "TurnOff", "AsJob")),
+    VisibleCmdlet(HYPERV + "Resume-VM", ("VM",)),
+    VisibleCmdlet(
+        HYPERV + "Set-VMFirmware",
+        ("VM", "EnableSecureBoot", "SecureBootTemplate"),
+        (("EnableSecureBoot", ("On", "Off")), ("SecureBootTemplate", SECURE_BOOT_TEMPLATES)),
+    ),
     VisibleCmdlet(HYPERV + "Set-VHD", ("Path", "ParentPath", "LeafPath")),
     VisibleCmdlet(HYPERV + "Remove-VMSnapshot", ("VMSnapshot",)),
     VisibleCmdlet(HYPERV + "Remove-VM", ("VM", "Force")),

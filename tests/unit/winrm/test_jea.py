@@ -122,6 +122,9 @@ def _every_statement() -> list[Statement]:
         if name == "stop_vm":
             out.append(builder(**{**args, "turn_off": True}))
             args["turn_off"] = False
+        if name == "set_vm_firmware":
+            out.append(builder(**{**args, "secure_boot": False, "template": None}))
+            args.update(secure_boot=True, template="MicrosoftUEFICertificateAuthority")
         if name == "get_drive":
             args = {"drive": "C"}
         out.append(builder(**args))
