@@ -67,3 +67,58 @@ def test_missing_vhd_is_a_permanent_error_with_the_host_message(client: WinRMCli
         asyncio.run(client.run([cmdlets.get_vhd(FOLDER + "\\nope.vhdx")]))
     assert info.value.category == "ObjectNotFound"
     assert info.value.message
+
+
+def test_each_reply_leaves_in_one_write_on_a_nodelay_socket(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes on the wire: every HTTP reply of the simulated WinRM server is ONE send (status line,
+    headers and body together) on a socket with TCP_NODELAY. Headers and body in two sends on a
+    Nagle socket wait for the client's delayed ACK: ~40 ms per request that real WinRM does not add."""
+    import socket
+    import socketserver
+    import threading
+
+    from hyperv_operator.simulator.wsman import server as server_module
+
+    sends: list[bytes] = []
+    nodelay: list[int] = []
+    guard = threading.Lock()
+    real_write = socketserver._SocketWriter.write  # type: ignore[attr-defined]
+    real_setup = server_module._Handler.setup
+
+    def counting_write(self: object, data: bytes) -> int:
+        with guard:
+            sends.append(bytes(data))
+        return int(real_write(self, data))
+
+    def recording_setup(self: server_module._Handler) -> None:
+        real_setup(self)
+        with guard:
+            nodelay.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(socketserver._SocketWriter, "write", counting_write)  # type: ignore[attr-defined]
+    monkeypatch.setattr(server_module._Handler, "setup", recording_setup)
+
+    host = host_module.SimulatedHost()
+    host.add_folder("\\\\FS\\VMSHARE")
+    tls = generate_tls(tmp_path_factory.mktemp("tls-wire"))
+    server = WSManServer(host, username="hvadmin", password="pw").start(tls=tls.server_pair)
+    c = WinRMClient(
+        WinRMSettings(
+            server="127.0.0.1", port=server.port, auth="basic", username="hvadmin", password="pw",
+            ca_bundle=str(tls.ca_cert), read_timeout=10, operation_timeout=8,
+        )
+    )
+    try:
+        for _ in range(3):
+            asyncio.run(c.run([cmdlets.get_all_vms()]))
+    finally:
+        c.close_sync()
+        server.stop()
+    assert server.request_count >= 8  # open the pool (2) + 3 pipelines (2 each)
+    assert len(sends) == server.request_count, [s[:40] for s in sends]
+    assert all(s.startswith(b"HTTP/1.1 ") for s in sends)
+    bodies = [s.split(b"\r\n\r\n", 1)[1] for s in sends]
+    assert all(b"Envelope" in b for b in bodies)  # the body travelled in the same write as the headers
+    assert nodelay and all(nodelay), nodelay

@@ -41,6 +41,11 @@ class HostUnreachableError(TransientHostError):
     """The WinRM endpoint could not be reached or refused the connection (TLS, auth, network)."""
 
 
+class ClientClosedError(TransientHostError):
+    """The client was closed (replaced after a HyperVHost or Secret edit) before or during the call.
+    Transient by construction: the next attempt gets the new client; the VM never fails for it."""
+
+
 _TRANSIENT_CATEGORIES = frozenset({"ResourceBusy", "ResourceUnavailable", "OperationTimeout", "ConnectionError"})
 _PERMANENT_CATEGORIES = frozenset(
     {
