@@ -68,7 +68,7 @@ EXPECTED_OPERATOR_GRANTS = {
     *(("hyperv-operator.io", r, v) for r in ("virtualmachines", "hypervhosts") for v in ("list", "watch", "patch")),
     ("hyperv-operator.io", "virtualmachines/status", "patch"),
     ("hyperv-operator.io", "hypervhosts/status", "patch"),
-    ("", "secrets", "get"),
+    *(("", "secrets", v) for v in ("get", "list", "watch")),
     ("", "events", "create"),
 }
 
