@@ -31,6 +31,7 @@ control-plane: venv ## Build kube-apiserver, kubectl and etcd from Go modules (c
 lint: venv ## ruff + mypy (strict)
 	$(VENV)/bin/ruff check operator tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 .PHONY: test-unit
 test-unit: venv ## Unit tests (no servers)
@@ -49,7 +50,7 @@ test-e2e: test-integration ## Alias: the end-to-end suite is the integration sui
 
 .PHONY: demo
 demo: venv control-plane ## Control plane + simulated host with a 9 GB base + operator + one VM per strategy
-	$(VPY) -m hyperv_operator.cli demo
+	$(VPY) -m hyperv_operator.demo
 
 .PHONY: run
 run: venv ## Run the operator against the current kubeconfig
@@ -57,7 +58,7 @@ run: venv ## Run the operator against the current kubeconfig
 
 .PHONY: simulate
 simulate: venv ## Serve a simulated Hyper-V host over WinRM on loopback
-	$(VPY) -m hyperv_operator.cli simulate
+	$(VPY) -m hyperv_operator.simulator.serve
 
 .PHONY: install
 install: ## Install the CRDs into the current kubeconfig's cluster
