@@ -15,7 +15,7 @@ COPY operator/ operator/
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --no-compile . \
     && pkg="$(/opt/venv/bin/python -c 'import hyperv_operator, os; print(os.path.dirname(hyperv_operator.__file__))')" \
-    && rm -rf "$pkg/simulator" "$pkg/envtest" "$pkg/demo.py" "$pkg/bench_roundtrips.py" \
+    && rm -rf "$pkg/simulator" "$pkg/envtest" "$pkg/demo.py" "$pkg/bench.py" "$pkg/bench_roundtrips.py" \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
     && /opt/venv/bin/hyperv-operator --help > /dev/null
 

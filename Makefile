@@ -90,8 +90,14 @@ docker-build: ## Build the operator image (needs a Docker engine)
 docker-lint: venv ## Lint the Dockerfile with hadolint
 	$(VENV)/bin/hadolint Dockerfile
 
+BENCH_SCALE ?= small
+
 .PHONY: bench
-bench: venv ## WinRM round trips per strategy against the simulated host (no Kubernetes)
+bench: venv control-plane ## Operator vs a sequential pypsrp script, one table (BENCH_SCALE=tiny|small|full)
+	$(VPY) -m hyperv_operator.bench --scale $(BENCH_SCALE)
+
+.PHONY: bench-roundtrips
+bench-roundtrips: venv ## WinRM round trips per strategy against the simulated host (no Kubernetes)
 	$(VPY) -m hyperv_operator.bench_roundtrips
 
 .PHONY: clean

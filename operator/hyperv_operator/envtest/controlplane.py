@@ -67,6 +67,8 @@ class ControlPlane:
     etcd_port: int = 0
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     operator_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    audit: bool = False
+    """Write an audit log of the operator's writes (create/update/patch/delete) to `audit_log`."""
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -90,6 +92,21 @@ class ControlPlane:
     @property
     def log_dir(self) -> Path:
         return self.workdir / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.log_dir / "audit.jsonl"
+
+    def _audit_args(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
+            f'  - level: Metadata\n    users: ["{OPERATOR_USER}"]\n    verbs: [create, update, patch, delete]\n'
+            "  - level: None\n"
+        )
+        return ["--audit-policy-file", str(policy), "--audit-log-path", str(self.audit_log), "--audit-log-maxsize=0"]
 
     def start(self, timeout: float = 60.0) -> None:
         started = time.monotonic()
@@ -154,6 +171,7 @@ class ControlPlane:
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--v=0",
+                *self._audit_args(),
             ],
         )
         self._wait_ready(timeout - (time.monotonic() - started))
@@ -264,11 +282,13 @@ class ControlPlane:
 
 
 @contextlib.contextmanager
-def running_control_plane(apply_crds: bool = True, keep_dir: bool = False) -> Iterator[ControlPlane]:
+def running_control_plane(
+    apply_crds: bool = True, keep_dir: bool = False, audit: bool = False
+) -> Iterator[ControlPlane]:
     """Build (once per machine) and start a control plane; stop it and delete its data on exit."""
     binaries = build()
     workdir = Path(tempfile.mkdtemp(prefix="hyperv-operator-envtest-"))
-    plane = ControlPlane(binaries=binaries, workdir=workdir)
+    plane = ControlPlane(binaries=binaries, workdir=workdir, audit=audit)
     previous_sigterm = signal.getsignal(signal.SIGTERM)
 
     def _on_sigterm(signum: int, frame: object) -> None:

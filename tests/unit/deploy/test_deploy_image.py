@@ -142,7 +142,7 @@ def test_cli_accepts_the_deployment_arguments() -> None:
     assert args.liveness_port == 8081
 
 
-DEV_CODE = ("simulator", "envtest", "demo.py", "bench_roundtrips.py")
+DEV_CODE = ("simulator", "envtest", "demo.py", "bench.py", "bench_roundtrips.py")
 
 
 def test_image_drops_the_development_code_and_the_runtime_still_starts(tmp_path: Path) -> None:
