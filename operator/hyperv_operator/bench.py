@@ -18,7 +18,6 @@ Development code: not imported by the runtime package, not in the image.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 import uuid
@@ -119,14 +118,7 @@ def _vm(namespace: str, name: str, host: str, strategy: str) -> dict[str, Any]:
 
 
 def _operator_writes(plane: ControlPlane) -> int:
-    if not plane.audit_log.exists():
-        return 0
-    count = 0
-    for line in plane.audit_log.read_text().splitlines():
-        event = json.loads(line)
-        if event.get("stage") == "ResponseComplete" and event.get("verb") in ("create", "update", "patch", "delete"):
-            count += 1
-    return count
+    return sum(1 for e in plane.audit_events() if e.get("verb") in ("create", "update", "patch", "delete"))
 
 
 def _peak_rss_mb(pid: int | None) -> float:

@@ -190,3 +190,54 @@ def test_an_unreachable_client_without_probe_is_not_reported_reachable() -> None
 
     with pytest.raises(HostUnreachableError):
         asyncio.run(probe_client(Down(None), "hv01"))
+
+
+def _handler(registry: Any, kind: str, handler_id: str) -> Any:
+    handlers = getattr(registry, kind)._handlers
+    return next(h.fn for h in handlers if h.id == handler_id)
+
+
+def test_drift_timer_that_waited_behind_a_step_does_not_act_on_its_stale_view(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The drift timer's spec/status were captured before it waited for the VM's lock; a reconcile
+    step held the lock and changed the VM meanwhile. The timer must not run the engine on the old view."""
+    import kopf
+
+    from hyperv_operator import handlers
+    from hyperv_operator.provisioning.engine import StepOutcome
+
+    seen: list[str] = []
+
+    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any) -> StepOutcome:
+        seen.append(str(status.get("phase")))
+        await asyncio.sleep(0.2)
+        return StepOutcome(status={**status, "phase": "Provisioned"}, requeue_after=None, events=(), finished=False)
+
+    monkeypatch.setattr(handlers.engine, "reconcile", fake_engine)
+    secrets = CountingSecrets()
+    runtime = handlers.Runtime(handlers.OperatorConfig(), make_connections(secrets))
+    registry = handlers.build_registry(runtime)
+    reconcile = _handler(registry, "_changing", "reconcile")
+    drift = _handler(registry, "_spawning", "drift")
+    host_spec = {"address": "hv01", "defaultVmPath": "C:\\VMs", "auth": "basic",
+                 "credentialsSecretRef": {"name": "creds"}, "caBundleSecretRef": {"name": "ca"}}
+    vm_spec = {"hostRef": {"name": "hv01"}, "baseVhd": "\\\\FS\\S\\B.VHDX", "strategy": "Differencing",
+               "memory": "1Gi", "cpus": 2}
+
+    def kwargs(phase: str) -> dict[str, Any]:
+        raw = {"metadata": {"namespace": "ns", "name": "vm1", "uid": "u1", "generation": 1},
+               "spec": vm_spec, "status": {"phase": phase}}
+        body = kopf.Body(raw)
+        return {"body": body, "meta": body.metadata, "spec": body.spec, "status": body.status,
+                "patch": kopf.Patch(), "hosts_by_name": {("ns", "hv01"): [host_spec]}}
+
+    async def scenario() -> None:
+        step = asyncio.create_task(reconcile(**kwargs("Starting")))
+        await asyncio.sleep(0.05)  # the step holds the VM's lock now
+        await drift(**kwargs("Failed"))  # the timer's view: captured before the step's patch landed
+        await step
+
+    asyncio.run(scenario())
+    assert seen == ["Starting"], seen  # only the step ran the engine
+    assert len(runtime.locks) == 0

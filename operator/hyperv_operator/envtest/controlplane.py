@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import secrets
 import shutil
@@ -24,6 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -68,7 +70,8 @@ class ControlPlane:
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     operator_token: str = field(default_factory=lambda: secrets.token_hex(16))
     audit: bool = False
-    """Write an audit log of the operator's writes (create/update/patch/delete) to `audit_log`."""
+    """Write an audit log of the operator's writes (create/update/patch/delete) and of its Secret
+    reads (get/list/watch) to `audit_log`: tests and the benchmark count them."""
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -104,9 +107,25 @@ class ControlPlane:
         policy.write_text(
             "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
             f'  - level: Metadata\n    users: ["{OPERATOR_USER}"]\n    verbs: [create, update, patch, delete]\n'
+            f'  - level: Metadata\n    users: ["{OPERATOR_USER}"]\n'
+            '    resources: [{group: "", resources: [secrets]}]\n'
             "  - level: None\n"
         )
         return ["--audit-policy-file", str(policy), "--audit-log-path", str(self.audit_log), "--audit-log-maxsize=0"]
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The audit log so far (completed requests only)."""
+        if not self.audit_log.exists():
+            return []
+        events = []
+        for line in self.audit_log.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:  # a line being written right now
+                continue
+            if event.get("stage") == "ResponseComplete":
+                events.append(event)
+        return events
 
     def start(self, timeout: float = 60.0) -> None:
         started = time.monotonic()
