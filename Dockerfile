@@ -15,8 +15,12 @@ RUN apt-get update \
 COPY pyproject.toml ./
 COPY operator/ operator/
 # A virtual environment in /opt/venv: copied whole into the runtime stage, no build tools there.
+# The development code (simulated host, local control plane, demo, benchmarks) is removed: the
+# runtime never imports it (import-linter contract in pyproject.toml, `make lint`).
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --no-compile . \
+    && pkg="$(/opt/venv/bin/python -c 'import hyperv_operator, os; print(os.path.dirname(hyperv_operator.__file__))')" \
+    && rm -rf "$pkg/simulator" "$pkg/envtest" "$pkg/demo.py" "$pkg/bench.py" "$pkg/bench_roundtrips.py" \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
     && /opt/venv/bin/hyperv-operator --help > /dev/null
 

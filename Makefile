@@ -36,6 +36,7 @@ control-plane: venv ## Build kube-apiserver, kubectl and etcd from Go modules (c
 lint: venv ## ruff + mypy (strict)
 	$(VENV)/bin/ruff check operator tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 .PHONY: test-unit
 test-unit: venv ## Unit tests (no servers)
@@ -54,7 +55,7 @@ test-e2e: test-integration ## Alias: the end-to-end suite is the integration sui
 
 .PHONY: demo
 demo: venv control-plane ## Control plane + simulated host with a 9 GB base + operator + one VM per strategy
-	$(VPY) -m hyperv_operator.cli demo
+	$(VPY) -m hyperv_operator.demo
 
 .PHONY: run
 run: venv ## Run the operator against the current kubeconfig
@@ -62,7 +63,7 @@ run: venv ## Run the operator against the current kubeconfig
 
 .PHONY: simulate
 simulate: venv ## Serve a simulated Hyper-V host over WinRM on loopback
-	$(VPY) -m hyperv_operator.cli simulate
+	$(VPY) -m hyperv_operator.simulator.serve
 
 .PHONY: install
 install: ## Install the CRDs into the current kubeconfig's cluster
@@ -94,8 +95,14 @@ docker-build: ## Build the operator image (needs a Docker engine)
 docker-lint: venv ## Lint the Dockerfile with hadolint
 	$(VENV)/bin/hadolint Dockerfile
 
+BENCH_SCALE ?= small
+
 .PHONY: bench
-bench: venv ## WinRM round trips per strategy against the simulated host (no Kubernetes)
+bench: venv control-plane ## Operator vs a sequential pypsrp script, one table (BENCH_SCALE=tiny|small|full)
+	$(VPY) -m hyperv_operator.bench --scale $(BENCH_SCALE)
+
+.PHONY: bench-roundtrips
+bench-roundtrips: venv ## WinRM round trips per strategy against the simulated host (no Kubernetes)
 	$(VPY) -m hyperv_operator.bench_roundtrips
 
 .PHONY: clean

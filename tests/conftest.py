@@ -70,6 +70,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
-    """One real etcd + kube-apiserver for the whole session, CRDs applied."""
-    with running_control_plane() as plane:
+    """One real etcd + kube-apiserver for the whole session, CRDs applied; the operator's writes and
+    Secret reads are audited (`plane.audit_events()`)."""
+    with running_control_plane(audit=True) as plane:
         yield plane

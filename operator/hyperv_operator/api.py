@@ -135,6 +135,8 @@ class HyperVHostSpec:
     allow_unencrypted_http: bool = False
     configuration_name: str = "Microsoft.PowerShell"
     max_concurrent_copies: int = 2
+    max_connections: int = 4
+    """WinRM connections (RunspacePools) for VM work on this host; one more is reserved for probes."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -157,4 +159,5 @@ class HyperVHostSpec:
             allow_unencrypted_http=bool(spec.get("allowUnencryptedHttp", False)),
             configuration_name=str(spec.get("configurationName", "Microsoft.PowerShell")),
             max_concurrent_copies=int(spec.get("maxConcurrentCopies", 2)),
+            max_connections=int(spec.get("maxConnections", 4)),
         )

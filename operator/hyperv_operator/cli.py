@@ -1,4 +1,9 @@
-"""`hyperv-operator run | simulate | demo | check-host | conformance`."""
+"""`hyperv-operator run | check-host | conformance`: what the image ships.
+
+The development tools are not part of the runtime package's imports (and not in the image):
+`python -m hyperv_operator.demo` (`make demo`) and `python -m hyperv_operator.simulator.serve`
+(`make simulate`).
+"""
 
 from __future__ import annotations
 
@@ -91,18 +96,6 @@ def _webhook_config(args: argparse.Namespace) -> WebhookConfig | None:
     )
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from hyperv_operator.simulator.serve import serve_forever
-
-    return serve_forever(args)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from hyperv_operator.demo import run_demo
-
-    return run_demo(args)
-
-
 def _check_host(args: argparse.Namespace) -> int:
     from hyperv_operator.preflight import run_check_host
 
@@ -153,18 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", "-v", action="store_true")
     run.add_argument("--debug", action="store_true")
     run.set_defaults(func=_run)
-
-    simulate = commands.add_parser("simulate", help="serve a simulated Hyper-V host over WinRM on loopback")
-    from hyperv_operator.simulator.serve import add_arguments as add_simulate_arguments
-
-    add_simulate_arguments(simulate)
-    simulate.set_defaults(func=_simulate)
-
-    demo = commands.add_parser("demo", help="control plane + simulated host + operator + one VM per strategy")
-    demo.add_argument("--base-size", type=int, default=8_996_782_080, help="simulated base size in bytes")
-    demo.add_argument("--time-scale", type=float, default=8.0, help="simulated seconds per wall second")
-    demo.add_argument("--keep", action="store_true", help="keep running at the end until Ctrl-C")
-    demo.set_defaults(func=_demo)
 
     check = commands.add_parser("check-host", help="read-only preflight of a real Hyper-V host")
     from hyperv_operator.preflight import add_arguments as add_check_arguments

@@ -145,3 +145,18 @@ def run_demo(args: argparse.Namespace) -> int:
             return 0
         finally:
             sim.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hyperv_operator.demo", description=__doc__)
+    parser.add_argument("--base-size", type=int, default=8_996_782_080, help="simulated base size in bytes")
+    parser.add_argument("--time-scale", type=float, default=8.0, help="simulated seconds per wall second")
+    parser.add_argument("--keep", action="store_true", help="keep running at the end until Ctrl-C")
+    try:
+        return run_demo(parser.parse_args(argv))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +27,7 @@ from hyperv_operator import conditions as cond
 from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
 from hyperv_operator.hyperv.errors import HostError
+from hyperv_operator.hyperv.probe import probe_client
 from hyperv_operator.provisioning import engine
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
 from hyperv_operator.tenancy import policy
@@ -63,14 +64,51 @@ class OperatorConfig:
 
 
 @dataclass
+class _VmLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+    """Handler calls holding or waiting for the lock; the entry goes away at 0."""
+    steps: int = 0
+    """Steps finished under this lock while the entry lived."""
+
+
+@dataclass
+class Held:
+    stale: bool
+    """Another step ran while this caller waited: what it read before waiting is out of date."""
+
+
+class VmLocks:
+    """One lock per VirtualMachine uid, kept only while someone holds or waits for it (a table of
+    every VM ever seen would grow for the operator's lifetime)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _VmLock] = {}
+
+    @contextlib.asynccontextmanager
+    async def held(self, uid: str) -> AsyncIterator[Held]:
+        entry = self._entries.setdefault(uid, _VmLock())
+        entry.users += 1
+        seen = entry.steps
+        try:
+            async with entry.lock:
+                yield Held(stale=entry.steps != seen)
+                entry.steps += 1
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._entries[uid]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
 class Runtime:
     config: OperatorConfig
     connections: HostConnections
     slots: CopySlots = field(default_factory=CopySlots)
-    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-
-    def lock(self, uid: str) -> asyncio.Lock:
-        return self._locks.setdefault(uid, asyncio.Lock())
+    locks: VmLocks = field(default_factory=VmLocks)
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -264,8 +302,26 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 return
             raise kopf.AdmissionError(f"{resolved.refusal.reason}: {resolved.refusal.message}", code=403)
 
-    async def step(kwargs: Mapping[str, Any], *, deleting: bool) -> StepOutcome:
-        """One engine step for the VM in kopf's handler kwargs; writes its outcome into `patch`."""
+    async def step(kwargs: Mapping[str, Any], *, deleting: bool, drift: bool = False) -> StepOutcome | None:
+        """One engine step for the VM in kopf's handler kwargs; writes its outcome into `patch`.
+
+        Spec and status are read only once this call holds the VM's lock. A drift check that had to
+        wait for the lock does nothing (None): the step that held it changed the VM, and its status
+        patch may not be visible yet, so acting on what the timer saw would act on a stale VM."""
+        meta: kopf.Meta = kwargs["meta"]
+        async with runtime.locks.held(str(meta["uid"])) as held:
+            if drift and (held.stale or not _settled(kwargs)):
+                return None
+            return await _step_locked(kwargs, deleting=deleting)
+
+    def _settled(kwargs: Mapping[str, Any]) -> bool:
+        # Only settled VMs: the change handlers own everything in flight. Failed is re-checked
+        # too, so a VM waiting for a missing base disk starts once the base appears.
+        return kwargs["status"].get("phase") in ("Provisioned", "Failed") and not kwargs["meta"].get(
+            "deletionTimestamp"
+        )
+
+    async def _step_locked(kwargs: Mapping[str, Any], *, deleting: bool) -> StepOutcome:
         body: kopf.Body = kwargs["body"]
         meta: kopf.Meta = kwargs["meta"]
         patch: kopf.Patch = kwargs["patch"]
@@ -295,7 +351,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 outcome = StepOutcome(new, HOST_MISSING_RETRY_SECONDS, ())
                 _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
                 raise kopf.TemporaryError(refusal.message, delay=HOST_MISSING_RETRY_SECONDS)
-        assert resolved.spec is not None  # a refusal covers a missing host
+        if resolved.spec is None:  # a refusal covers a missing host; this is unreachable
+            raise kopf.TemporaryError(f"host of {namespace}/{name} not resolved", delay=HOST_MISSING_RETRY_SECONDS)
         host_spec = HyperVHostSpec.from_dict(resolved.spec)
         try:
             client = await runtime.connections.client_for(resolved.secret_namespace, vm_spec.host_name, host_spec)
@@ -305,9 +362,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             raise kopf.TemporaryError(str(exc), delay=30.0) from exc
         ref = VmRef(namespace=namespace, name=name, uid=uid, generation=generation)
         metered = metrics.MeteredClient(client, host_key)
-        async with runtime.lock(uid):
-            run = engine.finalize if deleting else engine.reconcile
-            outcome = await run(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots, _now())
+        run = engine.finalize if deleting else engine.reconcile
+        outcome = await run(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots, _now())
         _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
         return outcome
 
@@ -316,7 +372,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.update(*vm_resource, id="reconcile", field="spec", registry=registry)
     async def reconcile_vm(**kwargs: Any) -> None:
         outcome = await step(kwargs, deleting=False)
-        if outcome.requeue_after is not None:
+        if outcome is not None and outcome.requeue_after is not None:
             raise kopf.TemporaryError(outcome.status.get("message") or "in progress", delay=outcome.requeue_after)
 
     @kopf.timer(
@@ -327,17 +383,15 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         registry=registry,
     )
     async def check_drift(**kwargs: Any) -> None:
-        # Only settled VMs: the change handlers own everything in flight. Failed is re-checked
-        # too, so a VM waiting for a missing base disk starts once the base appears.
-        if kwargs["status"].get("phase") not in ("Provisioned", "Failed") or kwargs["meta"].get("deletionTimestamp"):
+        if not _settled(kwargs):
             return
         with contextlib.suppress(kopf.TemporaryError):
-            await step(kwargs, deleting=False)
+            await step(kwargs, deleting=False, drift=True)
 
     @kopf.on.delete(*vm_resource, id="finalize", registry=registry)
     async def delete_vm(**kwargs: Any) -> None:
         outcome = await step(kwargs, deleting=True)
-        if not outcome.finished:
+        if outcome is not None and not outcome.finished:
             delay = outcome.requeue_after if outcome.requeue_after is not None else 2.0
             raise kopf.TemporaryError(outcome.status.get("message") or "deleting", delay=delay)
 
@@ -355,8 +409,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         conditions = list(status.get("conditions") or [])
         try:
             client = await runtime.connections.client_for(namespace, name, host_spec)
-            probe = getattr(client, "probe", None)
-            facts: Mapping[str, Any] = await probe() if probe is not None else {}
+            # Reachable only after a round trip: a client without its own probe runs the same
+            # read-only batch through `run`.
+            facts = await probe_client(client, host_spec.address)
         except (HostError, HostConfigError) as exc:
             metrics.HOST_REACHABLE.labels(namespace=namespace, host=name).set(0)
             reason = "HostMisconfigured" if isinstance(exc, HostConfigError) else "Unreachable"
@@ -380,7 +435,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 ("hyperv_version", "hyperVVersion"),
                 ("free_bytes", "freeBytes"),
             ):
-                value = facts.get(source) if isinstance(facts, Mapping) else getattr(facts, source, None)
+                value = getattr(facts, source, None)
                 if value is not None:
                     patch.status[target] = value
         patch.status["lastProbeTime"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -407,6 +462,14 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             kwargs["patch"],
             int(meta.get("generation") or 0),
         )
+
+    @kopf.on.event("v1", "secrets", id="secrets", registry=registry)
+    def secret_changed(type: str | None, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
+        # Keeps the Secret cache current: an edited credentials or CA Secret changes the host's
+        # fingerprint, so its next use builds a new client (the old one's calls become retries).
+        data = None if type == "DELETED" else dict(body.get("data") or {})
+        if runtime.connections.secrets.observe(str(namespace), name, data):
+            logger.info("Secret %s/%s changed: its hosts reconnect on their next call", namespace, name)
 
     @kopf.on.delete(*host_resource, id="forget", optional=True, registry=registry)
     async def host_deleted(namespace: str | None, name: str, **_: Any) -> None:

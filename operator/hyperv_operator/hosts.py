@@ -2,6 +2,11 @@
 
 Credentials come from Secrets in the host's namespace, are kept in memory only (client-certificate
 files go to a private temporary folder, mode 0600) and never reach logs, status or events.
+
+Secrets are cached (`SecretCache`): read from the API once per referenced Secret, then kept current
+by the operator's Secret watch (`SecretCache.observe`, fed by a kopf event handler), so a reconcile
+step costs no Secret GET and an edited Secret changes the credentials' fingerprint, which replaces
+the host's client on its next use.
 """
 
 from __future__ import annotations
@@ -48,6 +53,58 @@ class HostCredentials:
 SecretReader = Callable[[str, str], Mapping[str, str] | None]
 """(namespace, name) -> the Secret's base64 `data`, or None if it does not exist."""
 
+SecretKey = tuple[str, str]
+
+
+class SecretCache:
+    """(namespace, name) -> a Secret's `data` (None: it does not exist), read once, then watched.
+
+    Only Secrets some HyperVHost asked for are kept: watch events for other Secrets are ignored, so
+    memory does not grow with the cluster's Secrets. A watch event that arrives while the first read
+    of that Secret is in flight wins over the read's (possibly older) answer.
+    """
+
+    def __init__(self, read: SecretReader) -> None:
+        self._read = read
+        self._data: dict[SecretKey, Mapping[str, str] | None] = {}
+        self._reading: dict[SecretKey, int] = {}
+        """Secrets being read now -> watch events seen for them meanwhile."""
+        self.reads = 0
+        """GETs sent to the API (observability and tests)."""
+
+    async def get(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        key = (namespace, name)
+        if key in self._data:
+            return self._data[key]
+        self._reading.setdefault(key, 0)
+        self.reads += 1
+        try:
+            data = await asyncio.to_thread(self._read, namespace, name)
+        finally:
+            raced = self._reading.pop(key, 0)
+        if key in self._data:  # a watch event (or a concurrent read) got there first: it is newer
+            return self._data[key]
+        if not raced:
+            self._data[key] = data
+        return data
+
+    def observe(self, namespace: str, name: str, data: Mapping[str, str] | None) -> bool:
+        """A watch event: the Secret now has `data` (None: deleted). True if a cached Secret changed."""
+        key = (namespace, name)
+        if key in self._reading:
+            self._reading[key] += 1
+        if key not in self._data:
+            return False
+        changed = self._data[key] != data
+        self._data[key] = None if data is None else {str(k): str(v) for k, v in data.items()}
+        return changed
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._data.pop((namespace, name), None)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
 ClientFactory = Callable[[HyperVHostSpec, HostCredentials, str], HyperVClient]
 """(spec, credentials, private folder for cert files) -> a client for that host."""
 
@@ -79,11 +136,11 @@ def _decode(data: Mapping[str, str], key: str) -> bytes | None:
     return base64.b64decode(value) if value else None
 
 
-async def load_credentials(spec: HyperVHostSpec, namespace: str, read_secret: SecretReader) -> HostCredentials:
+async def load_credentials(spec: HyperVHostSpec, namespace: str, secrets: SecretCache) -> HostCredentials:
     username = password = None
     cert = key = ca = keytab = None
     if spec.credentials_secret:
-        data = await asyncio.to_thread(read_secret, namespace, spec.credentials_secret)
+        data = await secrets.get(namespace, spec.credentials_secret)
         if data is None:
             raise HostConfigError(f"credentials Secret {namespace}/{spec.credentials_secret} not found")
         if spec.auth == "certificate":
@@ -105,7 +162,7 @@ async def load_credentials(spec: HyperVHostSpec, namespace: str, read_secret: Se
     elif spec.auth != "kerberos":
         raise HostConfigError(f"auth {spec.auth} needs credentialsSecretRef")
     if spec.ca_bundle_secret:
-        data = await asyncio.to_thread(read_secret, namespace, spec.ca_bundle_secret)
+        data = await secrets.get(namespace, spec.ca_bundle_secret)
         if data is None:
             raise HostConfigError(f"CA bundle Secret {namespace}/{spec.ca_bundle_secret} not found")
         ca = _decode(data, "ca.crt")
@@ -126,12 +183,12 @@ class HostConnections:
 
     def __init__(self, factory: ClientFactory, read_secret: SecretReader) -> None:
         self._factory = factory
-        self._read_secret = read_secret
+        self.secrets = SecretCache(read_secret)
         self._entries: dict[str, _Entry] = {}
         self._lock = asyncio.Lock()
 
     async def client_for(self, namespace: str, name: str, spec: HyperVHostSpec) -> HyperVClient:
-        credentials = await load_credentials(spec, namespace, self._read_secret)
+        credentials = await load_credentials(spec, namespace, self.secrets)
         fingerprint = hashlib.sha256(repr(spec).encode() + credentials.fingerprint().encode()).hexdigest()
         key = f"{namespace}/{name}"
         async with self._lock:
@@ -216,6 +273,7 @@ def winrm_client_factory(
                 operation_timeout=operation_timeout,
                 allow_unencrypted=spec.allow_unencrypted_http,
                 reconnection_backoff=0.5,
+                max_connections=spec.max_connections,
             )
         except ValueError as exc:
             raise HostConfigError(str(exc)) from exc

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -276,13 +277,20 @@ def test_lost_shell_is_rebuilt_transparently(client: WinRMClient, server: WSManS
     assert client.pools_opened == 2
 
 
-def test_concurrent_calls_share_one_pool(client: WinRMClient) -> None:
+def test_concurrent_calls_share_at_most_max_connections_pools(server: WSManServer, tls: TLSFiles) -> None:
+    """6 calls at once on a host with maxConnections 2: two RunspacePools, opened once and reused."""
+    client = WinRMClient(replace(settings(server, tls), max_connections=2))
+
     async def many() -> list[list]:  # type: ignore[type-arg]
         return await asyncio.gather(*(client.run([cmdlets.test_path(f"C:\\{i}")]) for i in range(6)))
 
-    results = asyncio.run(many())
-    assert all(r[0].value is True for r in results)
-    assert client.pools_opened == 1
+    try:
+        for _ in range(2):
+            results = asyncio.run(many())
+            assert all(r[0].value is True for r in results)
+        assert client.pools_opened == 2 and client.max_in_use == 2
+    finally:
+        client.close_sync()
 
 
 def test_probe_tolerates_missing_commands(client: WinRMClient) -> None:

@@ -80,3 +80,127 @@ def test_check_host_for_quick_names_the_base_folder_it_writes_into(client: WinRM
     assert "quick: base folder" not in {c.name for c in asyncio.run(run_checks(client, BASE, None, "Copy"))}
     missing = asyncio.run(run_checks(client, "\\\\FS\\NOPE\\BASE.VHDX", None, "Quick"))
     assert {c.name: c.verdict for c in missing}["quick: base folder"] == "FAIL"
+
+
+def test_each_reply_leaves_in_one_write_on_a_nodelay_socket(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes on the wire: every HTTP reply of the simulated WinRM server is ONE send (status line,
+    headers and body together) on a socket with TCP_NODELAY. Headers and body in two sends on a
+    Nagle socket wait for the client's delayed ACK: ~40 ms per request that real WinRM does not add."""
+    import socket
+    import socketserver
+    import threading
+
+    from hyperv_operator.simulator.wsman import server as server_module
+
+    sends: list[bytes] = []
+    nodelay: list[int] = []
+    guard = threading.Lock()
+    real_write = socketserver._SocketWriter.write  # type: ignore[attr-defined]
+    real_setup = server_module._Handler.setup
+
+    def counting_write(self: object, data: bytes) -> int:
+        with guard:
+            sends.append(bytes(data))
+        return int(real_write(self, data))
+
+    def recording_setup(self: server_module._Handler) -> None:
+        real_setup(self)
+        with guard:
+            nodelay.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(socketserver._SocketWriter, "write", counting_write)  # type: ignore[attr-defined]
+    monkeypatch.setattr(server_module._Handler, "setup", recording_setup)
+
+    host = host_module.SimulatedHost()
+    host.add_folder("\\\\FS\\VMSHARE")
+    tls = generate_tls(tmp_path_factory.mktemp("tls-wire"))
+    server = WSManServer(host, username="hvadmin", password="pw").start(tls=tls.server_pair)
+    c = WinRMClient(
+        WinRMSettings(
+            server="127.0.0.1", port=server.port, auth="basic", username="hvadmin", password="pw",
+            ca_bundle=str(tls.ca_cert), read_timeout=10, operation_timeout=8,
+        )
+    )
+    try:
+        for _ in range(3):
+            asyncio.run(c.run([cmdlets.get_all_vms()]))
+    finally:
+        c.close_sync()
+        server.stop()
+    assert server.request_count >= 8  # open the pool (2) + 3 pipelines (2 each)
+    assert len(sends) == server.request_count, [s[:40] for s in sends]
+    assert all(s.startswith(b"HTTP/1.1 ") for s in sends)
+    bodies = [s.split(b"\r\n\r\n", 1)[1] for s in sends]
+    assert all(b"Envelope" in b for b in bodies)  # the body travelled in the same write as the headers
+    assert nodelay and all(nodelay), nodelay
+
+
+@pytest.fixture
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WSManServer, WinRMClient]]:
+    host = host_module.SimulatedHost()
+    host.add_folder("\\\\FS\\VMSHARE")
+    tls = generate_tls(tmp_path_factory.mktemp("tls-pools"))
+    server = WSManServer(host, username="hvadmin", password="pw").start(tls=tls.server_pair)
+    c = WinRMClient(
+        WinRMSettings(
+            server="127.0.0.1", port=server.port, auth="basic", username="hvadmin", password="pw",
+            ca_bundle=str(tls.ca_cert), read_timeout=10, operation_timeout=8, max_connections=3,
+        )
+    )
+    yield server, c
+    c.close_sync()
+    server.stop()
+
+
+def test_calls_overlap_on_several_shells_and_a_probe_passes_busy_vm_work(
+    fresh: tuple[WSManServer, WinRMClient],
+) -> None:
+    """3 VM calls at once open 3 shells (one per RunspacePool) and run side by side; a probe sent
+    while all 3 are held by a slow host still answers first, on its own reserved shell."""
+    server, c = fresh
+
+    async def scenario() -> tuple[list[str], int]:
+        server.delay_next(1.5, n=3)  # the 3 VM calls' first requests are held by the host
+        order: list[str] = []
+
+        async def vm(i: int) -> None:
+            await c.run([cmdlets.get_all_vms()])
+            order.append(f"vm{i}")
+
+        tasks = [asyncio.create_task(vm(i)) for i in range(3)]
+        while server.request_count < 3:
+            await asyncio.sleep(0.01)
+        probe = await c.probe()
+        order.append("probe" if probe.host_name else "probe-empty")
+        await asyncio.gather(*tasks)
+        return order, len(server.shells)
+
+    order, shells = asyncio.run(scenario())
+    assert order[0] == "probe", order
+    assert c.max_in_use == 3 and c.pools_opened == 4  # 3 VM shells + the probe's
+    assert shells == 4
+
+
+def test_a_closed_client_is_a_retry_never_a_permanent_failure(fresh: tuple[WSManServer, WinRMClient]) -> None:
+    """A HyperVHost or Secret edit closes the host's client while VMs still use it: their calls
+    (queued, in flight or later) must come back as transient errors, never as PermanentHostError."""
+    from hyperv_operator.hyperv.errors import ClientClosedError, TransientHostError
+
+    server, c = fresh
+
+    async def scenario() -> list[BaseException | object]:
+        await c.run([cmdlets.get_all_vms()])  # pools open
+        server.delay_next(0.5, n=1)
+        in_flight = asyncio.create_task(c.run([cmdlets.get_all_vms()]))
+        while server.request_count < 3:
+            await asyncio.sleep(0.01)
+        await c.close()
+        after = c.run([cmdlets.get_all_vms()])
+        return list(await asyncio.gather(in_flight, after, return_exceptions=True))
+
+    results = asyncio.run(scenario())
+    for result in results:
+        assert isinstance(result, ClientClosedError), results
+        assert isinstance(result, TransientHostError) and not isinstance(result, PermanentHostError)

@@ -41,6 +41,12 @@ class HostUnreachableError(TransientHostError):
     """The WinRM endpoint could not be reached or refused the connection (TLS, auth, network)."""
 
 
+class ClientClosedError(TransientHostError):
+    """The client was closed (replaced after a HyperVHost or Secret edit) before or during the call.
+    Transient by construction: the next attempt gets the new client; the VM never fails for it."""
+
+
+
 # How a PowerShell ErrorRecord is classified. The FullyQualifiedErrorId (`<ErrorId>,<command type>`), the
 # exception's .NET type and the CategoryInfo category decide; the message text never does (it is
 # localized, and "...try again." ends the permanent CommandNotFound message). Real ids, with sources:

@@ -10,17 +10,40 @@
 
 A host (or simulator) that lacks one of them answers CommandNotFound; the probe then runs them one by
 one and reports the missing ones instead of failing.
+
+This module depends on the command contract only (never on the WinRM client), so any `HyperVClient`
+can be probed: `probe_client` uses a client's own `probe` (the WinRM client's reserved connection)
+or else sends the same statements through its `run`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement, cmd, pipe
+from hyperv_operator.hyperv.errors import PermanentHostError
 
-if TYPE_CHECKING:
-    from hyperv_operator.hyperv.winrm import HostProbe
+
+@dataclass(frozen=True)
+class HostProbe:
+    """What a cheap check of a host found."""
+
+    endpoint: str
+    host_name: str | None = None
+    hyperv_version: str | None = None
+    virtual_machine_path: str | None = None
+    virtual_hard_disk_path: str | None = None
+    logical_processors: int | None = None
+    memory_bytes: int | None = None
+    drive: str | None = None
+    free_bytes: int | None = None
+    missing_commands: tuple[str, ...] = ()
+    """Probe commands the host does not know (CommandNotFound); their fields stay None."""
+    latency_seconds: float = 0.0
 
 CORE = "Microsoft.PowerShell.Core\\"
 MGMT = "Microsoft.PowerShell.Management\\"
@@ -72,8 +95,6 @@ def build_probe(
     *,
     latency: float,
 ) -> HostProbe:
-    from hyperv_operator.hyperv.winrm import HostProbe
-
     missing = tuple(s.commands[0].name for s, r in zip(statements, results, strict=False) if r is None)
     padded = list(results) + [None] * (3 - len(results))
     host = padded[0][0] if padded[0] else None
@@ -92,3 +113,62 @@ def build_probe(
         missing_commands=missing,
         latency_seconds=latency,
     )
+
+
+def _command_not_found(err: PermanentHostError) -> bool:
+    return err.fq_error_id.startswith("CommandNotFoundException")
+
+
+def probe_sync(run: Callable[[Sequence[Statement]], list[HostObject]], endpoint: str, drive: str = "C") -> HostProbe:
+    """The probe over a synchronous `run`: one batch; one statement at a time only if the host lacks a command."""
+    started = time.monotonic()
+    statements = probe_statements(drive)
+    results: list[list[HostObject] | None]
+    try:
+        results = split_outputs(run(statements))
+    except PermanentHostError as err:
+        if not _command_not_found(err):
+            raise
+        results = []
+        for statement in statements:  # find out which ones exist, one at a time
+            try:
+                results.append(run([statement]))
+            except PermanentHostError as inner:
+                if not _command_not_found(inner):
+                    raise
+                results.append(None)
+    return build_probe(endpoint, drive, statements, results, latency=time.monotonic() - started)
+
+
+async def probe_async(
+    run: Callable[[Sequence[Statement]], Awaitable[list[HostObject]]], endpoint: str, drive: str = "C"
+) -> HostProbe:
+    """`probe_sync` over an asynchronous `run` (any `HyperVClient`)."""
+    started = time.monotonic()
+    statements = probe_statements(drive)
+    results: list[list[HostObject] | None]
+    try:
+        results = split_outputs(await run(statements))
+    except PermanentHostError as err:
+        if not _command_not_found(err):
+            raise
+        results = []
+        for statement in statements:
+            try:
+                results.append(await run([statement]))
+            except PermanentHostError as inner:
+                if not _command_not_found(inner):
+                    raise
+                results.append(None)
+    return build_probe(endpoint, drive, statements, results, latency=time.monotonic() - started)
+
+
+async def probe_client(client: HyperVClient, endpoint: str, drive: str = "C") -> HostProbe:
+    """Probe any client: its own `probe` when it has one (WinRM: a connection VM work cannot take),
+    otherwise the same read-only batch through `run`. Never "reachable" without a round trip."""
+    own: Callable[..., Awaitable[Any]] | None = getattr(client, "probe", None)
+    if own is not None:
+        result = await own(drive)
+        if isinstance(result, HostProbe):
+            return result
+    return await probe_async(client.run, endpoint, drive)

@@ -1,9 +1,14 @@
 """The production Hyper-V client: pypsrp (WinRM / PSRP) to a Windows host, or to the simulator.
 
-One pypsrp `RunspacePool` per client, opened lazily on the first call and reused across calls; a
-`threading.Lock` serialises its use (pypsrp is not thread-safe) and every call runs through
-`asyncio.to_thread`, so kopf's event loop never blocks. A pool broken by a timeout, a reset or a
-WinRM fault is discarded and rebuilt on the next call (pypsrp issue #21).
+Up to `max_connections` pypsrp `RunspacePool`s per host (one WinRM shell each), opened lazily when
+calls overlap and reused across calls; each pool serves one call at a time (pypsrp is not
+thread-safe), so that many pipelines run on the host at once. Calls run on the client's own thread
+pool, one thread per connection (not asyncio's shared default pool), so kopf's event loop never
+blocks and one host's slow calls never hold another host's threads. Probes use one more, reserved
+connection and thread: VM work can never starve them. A pool broken by a timeout, a reset or a
+WinRM fault is discarded and rebuilt on the next call (pypsrp issue #21). Once the client is closed
+(its HyperVHost or Secret changed and a new client replaced it) every call, including one in
+flight, raises `ClientClosedError`: a retry with the new client, never a failure of the VM.
 
 Every command travels structured (`add_cmdlet` / `add_script` + `add_parameter`): user values are
 typed CLIXML arguments and never PowerShell text. `Int64`/`UInt64` are tagged `<I64>`/`<U64>`,
@@ -22,15 +27,17 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import queue
 import re
 import threading
-import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from hyperv_operator.hyperv import probe as probe_cmds
 from hyperv_operator.hyperv.commands import (
     HostObject,
     Int64,
@@ -40,12 +47,14 @@ from hyperv_operator.hyperv.commands import (
     UInt64,
 )
 from hyperv_operator.hyperv.errors import (
+    ClientClosedError,
     HostError,
     HostUnreachableError,
     PermanentHostError,
     TransientHostError,
     classify,
 )
+from hyperv_operator.hyperv.probe import HostProbe
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +98,11 @@ _ERROR_CATEGORIES = [
     "NotEnabled",
 ]
 
+MAX_CONNECTIONS = 24
+"""24 VM connections + 1 probe connection = 25 shells: the Microsoft.PowerShell plugin's default
+MaxShellsPerUser quota (MS-WSMV 3.1.4.1.34.3.4; winrm/config/winrs allows 30, MS-WSMV 2.2.4.42).
+https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-wsmv/7ffb4acd-cf01-4fbe-9e48-7746f5001957"""
+
 _WSMAN_TIMED_OUT = 2150858793
 _WSMAN_SHELL_NOT_FOUND = 2150858843
 
@@ -128,6 +142,10 @@ class WinRMSettings:
     reconnection_retries: int = 0
     reconnection_backoff: float = 2.0
     """pypsrp retries a Receive that hit a read timeout after sleeping backoff*(2^n-1) seconds."""
+    max_connections: int = 4
+    """RunspacePools (WinRM shells) for VM work, plus one reserved for probes. Windows allows
+    MaxShellsPerUser shells per user (winrm/config/winrs default 30, the Microsoft.PowerShell plugin's
+    quota 25: MS-WSMV 2.2.4.42 and 3.1.4.1.34.3.4), so at most MAX_CONNECTIONS."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -163,6 +181,8 @@ class WinRMSettings:
             problems.append(
                 f"operation_timeout ({self.operation_timeout}s) must be below read_timeout ({self.read_timeout}s)"
             )
+        if not 1 <= self.max_connections <= MAX_CONNECTIONS:
+            problems.append(f"max_connections must be between 1 and {MAX_CONNECTIONS}, not {self.max_connections}")
         if self.connection_timeout <= 0 or self.operation_timeout <= 0:
             problems.append("timeouts must be positive")
         if self.auth == "certificate":
@@ -224,24 +244,6 @@ class WinRMSettings:
             kwargs["certificate_pem"] = self.cert_pem
             kwargs["certificate_key_pem"] = self.key_pem
         return kwargs
-
-
-@dataclass(frozen=True)
-class HostProbe:
-    """What a cheap check of a host found (see `WinRMClient.probe`)."""
-
-    endpoint: str
-    host_name: str | None = None
-    hyperv_version: str | None = None
-    virtual_machine_path: str | None = None
-    virtual_hard_disk_path: str | None = None
-    logical_processors: int | None = None
-    memory_bytes: int | None = None
-    drive: str | None = None
-    free_bytes: int | None = None
-    missing_commands: tuple[str, ...] = ()
-    """Probe commands the host does not know (CommandNotFound); their fields stay None."""
-    latency_seconds: float = 0.0
 
 
 # --- statements -> pypsrp -------------------------------------------------------------------------
@@ -555,119 +557,189 @@ def _short(text: str, limit: int = 300) -> str:
 # --- the client -----------------------------------------------------------------------------------
 
 
+T = TypeVar("T")
+
+
+class _Connection:
+    """One WSMan session + RunspacePool (one shell on the host); used by one thread at a time."""
+
+    def __init__(self) -> None:
+        self.pool: Any = None
+        self.wsman: Any = None
+
+
 class WinRMClient:
-    """`HyperVClient` over WinRM with one lazily opened, reused RunspacePool."""
+    """`HyperVClient` over WinRM with up to `settings.max_connections` lazily opened, reused RunspacePools."""
 
     def __init__(self, settings: WinRMSettings) -> None:
         settings.validate()
         self.settings = settings
-        self._lock = threading.Lock()
-        self._pool: Any = None
-        self._wsman: Any = None
+        self._state = threading.Lock()
+        self._idle: queue.LifoQueue[_Connection] = queue.LifoQueue()
+        for _ in range(settings.max_connections):
+            self._idle.put(_Connection())
+        self._probe_connection = _Connection()
+        self._probe_lock = threading.Lock()
+        # One worker per connection: a call never waits in the thread pool for a connection another
+        # host's calls hold, and never waits for a thread once it has a connection.
+        name = f"winrm-{settings.server}"
+        self._executor = ThreadPoolExecutor(max_workers=settings.max_connections, thread_name_prefix=name)
+        self._probe_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name + "-probe")
         self.pools_opened = 0
         """How many RunspacePools this client has opened (a rebuilt pool counts again)."""
+        self.max_in_use = 0
+        """The most connections used at the same time (observability and tests)."""
+        self._in_use = 0
         self._closed = False
 
     def __repr__(self) -> str:
         return f"WinRMClient({self.settings.endpoint}, auth={self.settings.auth}, user={self.settings.username!r})"
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _in(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise self._closed_error()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except RuntimeError as err:  # the executor was shut down by close() meanwhile
+            if self._closed:
+                raise self._closed_error() from err
+            raise
+
     async def run(self, statements: Sequence[Statement]) -> list[HostObject]:
         batch = list(statements)
         if not batch:
             return []
-        return await asyncio.to_thread(self.run_sync, batch)
+        return await self._in(self._executor, self.run_sync, batch)
 
     async def close(self) -> None:
+        # Not on our own executors: close_sync shuts them down.
         await asyncio.to_thread(self.close_sync)
 
     async def probe(self, drive: str = "C") -> HostProbe:
-        return await asyncio.to_thread(self.probe_sync, drive)
+        return await self._in(self._probe_executor, self.probe_sync, drive)
 
     # -- synchronous core (also usable from threads) --
 
+    def _closed_error(self) -> ClientClosedError:
+        return ClientClosedError(
+            f"the WinRM client for {self.settings.endpoint} was replaced (its HyperVHost or Secret changed); "
+            "retrying with the new one"
+        )
+
     def run_sync(self, statements: Sequence[Statement]) -> list[HostObject]:
+        """Run on a free VM connection (waits for one when all are busy)."""
+        if self._closed:
+            raise self._closed_error()
+        connection = self._idle.get()
+        with self._state:
+            self._in_use += 1
+            self.max_in_use = max(self.max_in_use, self._in_use)
+        try:
+            return self._run_on(connection, statements)
+        finally:
+            with self._state:
+                self._in_use -= 1
+            if self._closed:
+                self._close_connection(connection)
+            self._idle.put(connection)
+
+    def _run_on(self, connection: _Connection, statements: Sequence[Statement]) -> list[HostObject]:
+        try:
+            return self._pipeline(connection, statements)
+        except HostError as err:
+            # Closed while this call was in flight: whatever happened, it is a retry on the new client.
+            if self._closed and not isinstance(err, ClientClosedError):
+                raise self._closed_error() from err
+            raise
+
+    def _pipeline(self, connection: _Connection, statements: Sequence[Statement]) -> list[HostObject]:
         from pypsrp.exceptions import WSManFaultError
         from pypsrp.powershell import PowerShell
 
-        with self._lock:
+        for attempt in (1, 2):
             if self._closed:
-                raise PermanentHostError(f"the WinRM client for {self.settings.endpoint} is closed")
-            for attempt in (1, 2):
-                pool = self._ensure_pool()
-                ps = PowerShell(pool)
-                add_statements(ps, statements, restricted=self.settings.restricted_endpoint)
-                try:
-                    ps.begin_invoke()
-                except WSManFaultError as err:
-                    # The host answered with a fault: the pipeline was not created. A shell the host has
-                    # forgotten (idle timeout, WinRM restart) is rebuilt once, transparently.
-                    self._discard_pool(f"Command rejected: {err}")
-                    if attempt == 1 and err.code == _WSMAN_SHELL_NOT_FOUND:
-                        continue
-                    raise transport_error(err, self.settings, during="starting the pipeline") from err
-                except Exception as err:
-                    self._discard_pool(f"Command failed: {type(err).__name__}")
-                    raise transport_error(err, self.settings, during="starting the pipeline") from err
-                try:
-                    ps.end_invoke()
-                except Exception as err:
-                    self._discard_pool(f"Receive failed: {type(err).__name__}")
-                    raise transport_error(err, self.settings, during="waiting for the pipeline") from err
-                finally:
-                    pool.pipelines.pop(ps.id, None)
-                errors = list(ps.streams.error)
-                if ps.had_errors or errors:
-                    if not errors:
-                        raise TransientHostError(
-                            "the pipeline failed without an error record", command=" ; ".join(map(str, statements))
-                        )
-                    record = errors[-1] if ps.had_errors else errors[0]
-                    raise error_from_record(record, statements)
-                return [to_host_object(o) for o in ps.output]
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise self._closed_error()
+            pool = self._ensure_pool(connection)
+            ps = PowerShell(pool)
+            add_statements(ps, statements, restricted=self.settings.restricted_endpoint)
+            try:
+                ps.begin_invoke()
+            except WSManFaultError as err:
+                # The host answered with a fault: the pipeline was not created. A shell the host has
+                # forgotten (idle timeout, WinRM restart) is rebuilt once, transparently.
+                self._discard_pool(connection, f"Command rejected: {err}")
+                if attempt == 1 and err.code == _WSMAN_SHELL_NOT_FOUND:
+                    continue
+                raise transport_error(err, self.settings, during="starting the pipeline") from err
+            except Exception as err:
+                self._discard_pool(connection, f"Command failed: {type(err).__name__}")
+                raise transport_error(err, self.settings, during="starting the pipeline") from err
+            try:
+                ps.end_invoke()
+            except Exception as err:
+                self._discard_pool(connection, f"Receive failed: {type(err).__name__}")
+                raise transport_error(err, self.settings, during="waiting for the pipeline") from err
+            finally:
+                pool.pipelines.pop(ps.id, None)
+            errors = list(ps.streams.error)
+            if ps.had_errors or errors:
+                if not errors:
+                    raise TransientHostError(
+                        "the pipeline failed without an error record", command=" ; ".join(map(str, statements))
+                    )
+                record = errors[-1] if ps.had_errors else errors[0]
+                raise error_from_record(record, statements)
+            return [to_host_object(o) for o in ps.output]
+        # Only reached when the rebuilt shell was also not found: the loop's second attempt raises.
+        raise TransientHostError(f"the WinRM shell on {self.settings.endpoint} could not be rebuilt")
 
     def close_sync(self) -> None:
-        with self._lock:
+        """Close every idle connection now; a connection in use closes when its call returns."""
+        with self._state:
+            if self._closed:
+                return
             self._closed = True
-            pool, wsman = self._pool, self._wsman
-            self._pool = self._wsman = None
-            if pool is not None:
-                try:
-                    pool.close()
-                except Exception as err:  # closing is best effort
-                    log.debug("closing the RunspacePool on %s failed: %s", self.settings.endpoint, err)
-            if wsman is not None:
-                wsman.close()
+        # Queued calls still run and raise ClientClosedError (cancelling them would surface as a
+        # CancelledError in the awaiting handler).
+        self._executor.shutdown(wait=False)
+        self._probe_executor.shutdown(wait=False)
+        idle: list[_Connection] = []
+        while True:
+            try:
+                idle.append(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        for connection in idle:
+            self._close_connection(connection)
+            self._idle.put(connection)
+        if self._probe_lock.acquire(blocking=False):
+            try:
+                self._close_connection(self._probe_connection)
+            finally:
+                self._probe_lock.release()
 
     def probe_sync(self, drive: str = "C") -> HostProbe:
-        from hyperv_operator.hyperv import probe as probe_cmds
+        """The host probe on the reserved probe connection (never queued behind VM work)."""
 
-        started = time.monotonic()
-        statements = probe_cmds.probe_statements(drive)
-        results: list[list[HostObject] | None]
-        try:
-            outputs = self.run_sync(statements)
-            results = probe_cmds.split_outputs(outputs)
-        except PermanentHostError as err:
-            if not err.fq_error_id.startswith("CommandNotFoundException"):
-                raise
-            results = []
-            for statement in statements:  # find out which ones exist, one at a time
-                try:
-                    results.append(self.run_sync([statement]))
-                except PermanentHostError as inner:
-                    if not inner.fq_error_id.startswith("CommandNotFoundException"):
-                        raise
-                    results.append(None)
-        return probe_cmds.build_probe(
-            self.settings.endpoint, drive, statements, results, latency=time.monotonic() - started
-        )
+        def run(statements: Sequence[Statement]) -> list[HostObject]:
+            return self._run_on(self._probe_connection, statements)
+
+        with self._probe_lock:
+            try:
+                return probe_cmds.probe_sync(run, self.settings.endpoint, drive)
+            finally:
+                if self._closed:
+                    self._close_connection(self._probe_connection)
 
     # -- pool management --
 
-    def _ensure_pool(self) -> Any:
-        if self._pool is not None:
-            return self._pool
+    def _ensure_pool(self, connection: _Connection) -> Any:
+        if connection.pool is not None:
+            return connection.pool
         from pypsrp.powershell import RunspacePool
         from pypsrp.wsman import WSMan
 
@@ -682,19 +754,35 @@ class WinRMClient:
             wsman.close()
             log.info("opening a RunspacePool on %s failed: %s", self.settings.endpoint, type(err).__name__)
             raise transport_error(err, self.settings, during="opening the session") from err
-        self._pool, self._wsman = pool, wsman
-        self.pools_opened += 1
+        connection.pool, connection.wsman = pool, wsman
+        with self._state:
+            self.pools_opened += 1
         log.info("opened a RunspacePool on %s (%s)", self.settings.endpoint, self.settings.configuration_name)
         return pool
 
-    def _discard_pool(self, why: str) -> None:
-        """Forget a pool that may be broken; the next call opens a new one. No network I/O here: the
-        host drops the abandoned shell after its idle timeout."""
-        log.info("discarding the RunspacePool on %s: %s", self.settings.endpoint, why)
-        wsman = self._wsman
-        self._pool = self._wsman = None
+    def _close_connection(self, connection: _Connection) -> None:
+        pool, wsman = connection.pool, connection.wsman
+        connection.pool = connection.wsman = None
+        if pool is not None:
+            try:
+                pool.close()
+            except Exception as err:  # closing is best effort
+                log.debug("closing the RunspacePool on %s failed: %s", self.settings.endpoint, err)
         if wsman is not None:
             try:
                 wsman.close()
             except Exception:  # the session may already be half-closed
                 log.debug("closing the HTTP session failed", exc_info=True)
+
+    def _discard_pool(self, connection: _Connection, why: str) -> None:
+        """Forget a pool that may be broken; the next call opens a new one. No network I/O here: the
+        host drops the abandoned shell after its idle timeout."""
+        log.info("discarding the RunspacePool on %s: %s", self.settings.endpoint, why)
+        wsman = connection.wsman
+        connection.pool = connection.wsman = None
+        if wsman is not None:
+            try:
+                wsman.close()
+            except Exception:  # the session may already be half-closed
+                log.debug("closing the HTTP session failed", exc_info=True)
+

@@ -1,4 +1,5 @@
-"""`hyperv-operator simulate`: a simulated Hyper-V host on loopback, over WinRM (HTTPS and HTTP)."""
+"""`python -m hyperv_operator.simulator.serve` (`make simulate`): a simulated Hyper-V host on loopback,
+over WinRM (HTTPS and HTTP)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,13 @@ def serve_forever(args: argparse.Namespace) -> int:
         for server in servers:
             server.stop()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hyperv_operator.simulator.serve", description=__doc__)
+    add_arguments(parser)
+    return serve_forever(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

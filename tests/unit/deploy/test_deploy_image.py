@@ -140,3 +140,32 @@ def test_cli_accepts_the_deployment_arguments() -> None:
     assert args.all_namespaces is True
     assert args.metrics_port == 8080
     assert args.liveness_port == 8081
+
+
+DEV_CODE = ("simulator", "envtest", "demo.py", "bench.py", "bench_roundtrips.py")
+
+
+def test_image_drops_the_development_code_and_the_runtime_still_starts(tmp_path: Path) -> None:
+    """The Dockerfile removes the simulator, envtest, demo and benchmarks from the installed
+    package; the runtime (CLI, handlers, hosts, WinRM client) imports and starts without them, and
+    psrpcore (the simulator's PSRP library) is not a runtime dependency."""
+    import shutil
+
+    build = " ".join(args for word, args in _instructions() if word == "RUN")
+    for item in DEV_CODE:
+        assert f'"$pkg/{item}"' in build, f"the image still ships {item}"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert not any(d.startswith("psrpcore") for d in pyproject["project"]["dependencies"])
+    assert any(d.startswith("psrpcore==") for d in pyproject["project"]["optional-dependencies"]["dev"])
+    shipped = tmp_path / "hyperv_operator"
+    shutil.copytree(REPO / "operator" / "hyperv_operator", shipped,
+                    ignore=shutil.ignore_patterns("__pycache__", *DEV_CODE))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "import hyperv_operator; assert hyperv_operator.__file__.startswith(sys.argv[1]); "
+            "import hyperv_operator.cli, hyperv_operator.handlers, hyperv_operator.hosts, "
+            "hyperv_operator.hyperv.winrm, hyperv_operator.preflight; "
+            "assert 'psrpcore' not in sys.modules, 'runtime imported psrpcore'; "
+            "sys.argv = ['hyperv-operator', 'run', '--help']; hyperv_operator.cli.main()")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert "--all-namespaces" in result.stdout, result.stderr

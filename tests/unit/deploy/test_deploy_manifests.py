@@ -72,7 +72,7 @@ EXPECTED_OPERATOR_GRANTS = {
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
     ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
-    ("", "secrets", "get"),
+    *(("", "secrets", v) for v in ("get", "list", "watch")),
     ("", "events", "create"),
 }
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hyperv_operator.conformance import FAILED, HELD, Conformance
-from hyperv_operator.hyperv import inprocess
+from hyperv_operator.simulator import inprocess
 from hyperv_operator.simulator.host import SimulatedHost
 
 SHARE = "\\\\FS\\VMSHARE"

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from hyperv_operator.api import UID_TAG_PREFIX, HyperVHostSpec, VirtualMachineSpec
-from hyperv_operator.hyperv import cmdlets, inprocess
+from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef, finalize, reconcile
 from hyperv_operator.simulator import host as host_module
+from hyperv_operator.simulator import inprocess
 
 SHARE = "\\\\FS\\VMSHARE"
 BASE = SHARE + "\\BASE.VHDX"

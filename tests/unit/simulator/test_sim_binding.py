@@ -11,7 +11,7 @@ from hyperv_operator.hyperv import cmdlets as c
 from hyperv_operator.hyperv import scripts
 from hyperv_operator.hyperv.commands import SWITCH, Command, Int64, Statement, UInt64, cmd, pipe, script
 from hyperv_operator.hyperv.errors import PermanentHostError, TransientHostError
-from hyperv_operator.hyperv.inprocess import InProcessClient
+from hyperv_operator.simulator.inprocess import InProcessClient
 
 Sim = Any
 SHARE = "\\\\FS\\VMSHARE"

@@ -8,7 +8,7 @@ import base64
 import pytest
 
 from hyperv_operator.api import HyperVHostSpec
-from hyperv_operator.hosts import HostConfigError, load_credentials
+from hyperv_operator.hosts import HostConfigError, SecretCache, load_credentials
 from hyperv_operator.hyperv.winrm import WinRMSettings
 
 
@@ -20,7 +20,7 @@ def _spec(auth: str) -> HyperVHostSpec:
 
 def _reader(data: dict[str, bytes]):  # type: ignore[no-untyped-def]
     encoded = {k: base64.b64encode(v).decode() for k, v in data.items()}
-    return lambda namespace, name: encoded
+    return SecretCache(lambda namespace, name: encoded)
 
 
 def test_kerberos_secret_with_a_keytab_instead_of_a_password() -> None:

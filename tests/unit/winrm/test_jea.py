@@ -111,7 +111,7 @@ def _every_statement() -> list[Statement]:
         if builder.__module__ not in (cmdlets.__name__, probe.__name__) or name.startswith("_"):
             continue
         params = inspect.signature(builder).parameters
-        if name in ("split_outputs", "build_probe", "probe_statements"):
+        if name in ("split_outputs", "build_probe", "probe_statements", "probe_sync", "probe_async", "probe_client"):
             continue
         args: dict[str, Any] = {}
         for pname, param in params.items():

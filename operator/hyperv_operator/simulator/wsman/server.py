@@ -475,6 +475,11 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     server_version = "Microsoft-HTTPAPI/2.0"
     sys_version = ""
+    # Without TCP_NODELAY a reply that leaves in two writes (headers, then body) waits for the
+    # client's delayed ACK of the first segment (Nagle): ~40 ms added to every WinRM request, which
+    # real WinRM (HTTP.sys) does not add. StreamRequestHandler.setup() sets the option when this is True.
+    disable_nagle_algorithm = True
+    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's own buffer (send_response/send_header fill it)
 
     def setup(self) -> None:
         super().setup()
@@ -575,9 +580,12 @@ class _Handler(BaseHTTPRequestHandler):
         if body or status != 401:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        # Status line, headers and body leave in ONE write (end_headers() would flush the headers on
+        # their own first): one send per reply, as HTTP.sys answers.
+        self._headers_buffer.append(b"\r\n")
         if body:
-            self.wfile.write(body)
+            self._headers_buffer.append(body)
+        self.flush_headers()
 
     def _unauthorized(self, token: bytes | None = None, scheme: str = "Negotiate") -> None:
         wsman = self.server.wsman

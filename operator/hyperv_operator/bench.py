@@ -1,0 +1,281 @@
+"""`make bench`: the operator against a hand-written sequential pypsrp script, side by side in one run.
+
+Everything real but Windows: a local kube-apiserver + etcd (with an audit log of the operator's
+writes), the operator as a separate process under its least-privilege ServiceAccount (as in the
+integration tests), and simulated Hyper-V hosts speaking WinRM/PSRP over HTTPS. The script does what
+the source blog does by hand: one cmdlet per round trip, one VM after the other, on one RunspacePool.
+
+    python -m hyperv_operator.bench --scale small     # 1 VM; 10 VMs on 2 hosts (a few minutes)
+    python -m hyperv_operator.bench --scale full      # 1 VM; 100 VMs on 5 hosts; 1,000 VMs on 10 hosts
+
+Figures: apply -> Running (status.powerState) and apply -> Provisioned (status.phase) from a poll of
+the API every 50 ms; API writes per VM from the audit log (the operator's user, write verbs);
+WinRM pipelines per VM from the simulated hosts; the operator's peak RSS (VmHWM).
+
+Development code: not imported by the runtime package, not in the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hyperv_operator.envtest.controlplane import ControlPlane, running_control_plane
+from hyperv_operator.envtest.operator_process import OperatorProcess
+from hyperv_operator.envtest.stack import (
+    BASE_VHD,
+    VM_ROOT,
+    SimulatedHyperV,
+    apply_objects,
+    ensure_namespace,
+    host_objects,
+    install_operator_rbac,
+)
+from hyperv_operator.hyperv import cmdlets
+from hyperv_operator.hyperv.commands import Statement
+
+SCALES: dict[str, list[tuple[str, int, int]]] = {
+    # (strategy, VMs, hosts)
+    "tiny": [("Differencing", 1, 1)],
+    "small": [("Differencing", 1, 1), ("Quick", 1, 1), ("Differencing", 10, 2)],
+    "full": [("Differencing", 1, 1), ("Quick", 1, 1), ("Differencing", 100, 5), ("Differencing", 1000, 10),
+             ("Quick", 20, 2)],
+}
+MEMORY = 1024**3
+COPY_SLOTS = 2
+"""maxConcurrentCopies of every benchmark host (the HyperVHost default)."""
+
+
+# --- the hand-written script: the blog's manual way ------------------------------------------------
+
+
+def script_differencing(sim: SimulatedHyperV, names: Sequence[str]) -> float:
+    """New-Item, New-VHD -Differencing, New-VM, Start-VM: one pipeline each, one VM after the other."""
+    from pypsrp.powershell import PowerShell, RunspacePool
+    from pypsrp.wsman import WSMan
+
+    from hyperv_operator.hyperv.winrm import add_statements
+
+    ca: Any = str(sim.tls.ca_cert)  # pypsrp takes a CA bundle path here too (its stubs say bool)
+    wsman = WSMan("127.0.0.1", port=sim.port, ssl=True, auth="basic", username=sim.username,
+                  password=sim.password, cert_validation=ca, no_proxy=True)
+    started = time.monotonic()
+    with RunspacePool(wsman) as pool:
+        for name in names:
+            folder = f"{VM_ROOT}\\script-{name}"
+            disk = f"{folder}\\disk.vhdx"
+            steps: list[Statement] = [
+                cmdlets.new_directory(folder),
+                cmdlets.new_differencing_vhd(disk, BASE_VHD),
+                cmdlets.new_vm(f"script-{name}", folder, disk, MEMORY, 2, None),
+            ]
+            vm_id = ""
+            for statement in steps:
+                ps = PowerShell(pool)
+                add_statements(ps, [statement])
+                out = ps.invoke()
+                if ps.had_errors:
+                    raise RuntimeError(f"script failed at {statement}: {ps.streams.error}")
+                if out and statement is steps[-1]:
+                    vm_id = str(out[-1].adapted_properties.get("Id") or out[-1].extended_properties.get("Id"))
+            ps = PowerShell(pool)
+            add_statements(ps, [cmdlets.start_vm(vm_id)])
+            ps.invoke()
+            if ps.had_errors:
+                raise RuntimeError(f"Start-VM failed: {ps.streams.error}")
+    return time.monotonic() - started
+
+
+def script_quick(sim: SimulatedHyperV, names: Sequence[str]) -> float:
+    """Quick to Running, the blog's steps 1-2: New-Item, New-VM on the base, Checkpoint-VM, Start-VM."""
+    from pypsrp.powershell import PowerShell, RunspacePool
+    from pypsrp.wsman import WSMan
+
+    from hyperv_operator.hyperv.winrm import add_statements
+
+    ca: Any = str(sim.tls.ca_cert)
+    wsman = WSMan("127.0.0.1", port=sim.port, ssl=True, auth="basic", username=sim.username,
+                  password=sim.password, cert_validation=ca, no_proxy=True)
+    started = time.monotonic()
+    with RunspacePool(wsman) as pool:
+
+        def one(statement: Statement) -> list[Any]:
+            ps = PowerShell(pool)
+            add_statements(ps, [statement])
+            out: list[Any] = ps.invoke()
+            if ps.had_errors:
+                raise RuntimeError(f"script failed at {statement}: {ps.streams.error}")
+            return out
+
+        for name in names:
+            folder = f"{VM_ROOT}\\script-q-{name}"
+            one(cmdlets.new_directory(folder))
+            out = one(cmdlets.new_vm(f"script-q-{name}", folder, BASE_VHD, MEMORY, 2, None))
+            vm_id = str(out[-1].adapted_properties.get("Id") or out[-1].extended_properties.get("Id"))
+            one(cmdlets.checkpoint_vm(vm_id, "quick"))
+            one(cmdlets.start_vm(vm_id))
+    return time.monotonic() - started
+
+
+# --- the operator ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    label: str
+    vms: int
+    hosts: int
+    first_running: float
+    all_running: float
+    all_provisioned: float
+    all_independent: float | None
+    copy_bound: float | None
+    """Quick: rounds of copies (copies / slots) x copy time, in wall seconds: the hosts cannot do better."""
+    api_writes_per_vm: float
+    pipelines_per_vm: float
+    script_seconds: float | None
+
+
+def _vm(namespace: str, name: str, host: str, strategy: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "hyperv-operator.io/v1alpha1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"hostRef": {"name": host}, "baseVhd": BASE_VHD, "strategy": strategy, "memory": "1Gi",
+                 "cpus": 2, "generation": 2, "powerState": "Running", "deletionPolicy": "Delete"},
+    }
+
+
+def _operator_writes(plane: ControlPlane) -> int:
+    return sum(1 for e in plane.audit_events() if e.get("verb") in ("create", "update", "patch", "delete"))
+
+
+def _peak_rss_mb(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_fleet(plane: ControlPlane, sims: list[SimulatedHyperV], strategy: str, count: int,
+              timeout: float) -> tuple[float, float, float, float | None, int]:
+    """Apply `count` VMs spread over the hosts at once; times to first/all Running, all Provisioned,
+    all Independent (Quick); and how many VMs finished."""
+    import kubernetes
+
+    namespace = f"bench-{uuid.uuid4().hex[:6]}"
+    ensure_namespace(plane, namespace)
+    for i, sim in enumerate(sims):
+        apply_objects(plane, host_objects(namespace, f"hv{i:02d}", sim))
+    api = kubernetes.client.CustomObjectsApi(
+        kubernetes.config.new_client_from_config(str(plane.kubeconfig))  # type: ignore[no-untyped-call]
+    )
+    objects = [_vm(namespace, f"vm-{n:04d}", f"hv{n % len(sims):02d}", strategy) for n in range(count)]
+    started = time.monotonic()
+    apply_objects(plane, objects)
+    running: dict[str, float] = {}
+    provisioned: dict[str, float] = {}
+    independent: dict[str, float] = {}
+    while time.monotonic() - started < timeout and len(provisioned) < count:
+        listed: dict[str, Any] = api.list_namespaced_custom_object(  # type: ignore[assignment]
+            "hyperv-operator.io", "v1alpha1", namespace, "virtualmachines"
+        )
+        now = time.monotonic() - started
+        for item in listed["items"]:
+            name, status = item["metadata"]["name"], item.get("status") or {}
+            if status.get("powerState") == "Running":
+                running.setdefault(name, now)
+            if status.get("phase") == "Provisioned":
+                provisioned.setdefault(name, now)
+            if any(c.get("type") == "Independent" and c.get("status") == "True" for c in status.get("conditions", [])):
+                independent.setdefault(name, now)
+        time.sleep(0.05)
+    nan = float("nan")
+    return (
+        min(running.values(), default=nan),
+        max(running.values()) if len(running) == count else nan,
+        max(provisioned.values()) if len(provisioned) == count else nan,
+        (max(independent.values()) if len(independent) == count else nan) if strategy == "Quick" else None,
+        len(provisioned),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hyperv_operator.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per scenario")
+    parser.add_argument("--time-scale", type=float, default=60.0, help="simulated seconds per wall second")
+    args = parser.parse_args(argv)
+
+    results: list[Result] = []
+    peak_rss = 0.0
+    with running_control_plane(audit=True) as plane:
+        install_operator_rbac(plane)
+        log = Path(tempfile.mkdtemp(prefix="hyperv-bench-")) / "operator.log"
+        operator = OperatorProcess(plane.operator_kubeconfig, log, drift_interval=30.0, host_probe_interval=60.0)
+        operator.start()
+        try:
+            for strategy, count, hosts in SCALES[args.scale]:
+                sims = [SimulatedHyperV(time_scale=args.time_scale, free_bytes=50 * 10**12).start()
+                        for _ in range(hosts)]
+                try:
+                    writes_before = _operator_writes(plane)
+                    first, all_running, all_prov, all_indep, done = run_fleet(plane, sims, strategy, count,
+                                                                               args.timeout)
+                    time.sleep(1.0)  # let the audit log flush the last writes
+                    writes = _operator_writes(plane) - writes_before
+                    pipelines = sum(len(s.server.pipeline_requests) for s in sims)
+                    script = None
+                    if count <= 100:  # the script does them one after the other, on one host
+                        run_script = script_differencing if strategy == "Differencing" else script_quick
+                        script = run_script(sims[0], [f"{n:04d}" for n in range(count)])
+                    bound = None
+                    if strategy == "Quick":
+                        copy_wall = sims[0].base_size / sims[0].copy_bytes_per_second / args.time_scale
+                        bound = math.ceil(count / (hosts * COPY_SLOTS)) * copy_wall
+                    results.append(Result(f"{count} {strategy} on {hosts} host(s)", count, hosts, first, all_running,
+                                          all_prov, all_indep, bound, writes / count, pipelines / count, script))
+                    if done < count:
+                        print(f"  {strategy} x{count}: only {done} Provisioned within {args.timeout:.0f}s")
+                finally:
+                    for sim in sims:
+                        sim.stop()
+                peak_rss = max(peak_rss, _peak_rss_mb(operator.pid))
+        finally:
+            peak_rss = max(peak_rss, _peak_rss_mb(operator.pid))
+            operator.stop()
+    print(table(results, peak_rss, args.scale))
+    return 0
+
+
+def table(results: list[Result], peak_rss: float, scale: str) -> str:
+    head = ("| work | script to Running (sequential pypsrp) | operator: first Running | all Running "
+            "| ratio to script | all Provisioned | all Independent (copy-time bound) | API writes/VM "
+            "| WinRM pipelines/VM |")
+    lines = [f"scale={scale}; operator peak RSS {peak_rss:.0f} MB", "", head, "|" + "---|" * 9]
+    for r in results:
+        ratio = f"{r.all_running / r.script_seconds:.1f}x" if r.script_seconds else "-"
+        lines.append(
+            f"| {r.label} | {f'{r.script_seconds:.2f} s' if r.script_seconds is not None else '-'} "
+            f"| {r.first_running:.2f} s | {r.all_running:.2f} s | {ratio} | {r.all_provisioned:.2f} s "
+            f"| {f'{r.all_independent:.2f} s ({r.copy_bound:.2f} s)' if r.all_independent is not None else '-'} "
+            f"| {r.api_writes_per_vm:.1f} | {r.pipelines_per_vm:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
