@@ -279,11 +279,17 @@ def _creating_vm(w: _Work) -> _Result:
         if not quick and not w.obs.exists(vhd):
             return _Fail("DiskNotFound", f"the VM's disk {vhd} is missing on host {w.obs.host_name}")
         s = w.spec
+        # Tag and size it in the same statement (and start it, where the phase after is Starting):
+        # New-VM's output feeds Set-VM, so a crash half-way leaves an untagged VM in our folder.
+        start = not quick and s.power_state is PowerState.RUNNING
         return _Act(Action("NewVM",
                            (cmdlets.new_directory(w.layout.vm_dir),
-                            cmdlets.new_vm(w.layout.vm_name, w.layout.vm_dir, vhd, s.memory_bytes, s.generation,
-                                           s.switch_name)),
-                           f"New-VM {w.layout.vm_name} -Path {w.layout.vm_dir} -VHDPath {vhd}"),
+                            cmdlets.new_configured_vm(w.layout.vm_name, w.layout.vm_dir, vhd, s.memory_bytes,
+                                                      s.generation, s.switch_name,
+                                                      notes=f"{UID_TAG_PREFIX}{w.vm.uid}", processor_count=s.cpus,
+                                                      checkpoint_type="Standard" if quick else None, start=start)),
+                           f"New-VM {w.layout.vm_name} -Path {w.layout.vm_dir} -VHDPath {vhd} | Set-VM"
+                           + (" | Start-VM" if start else "")),
                     f"creating VM {w.layout.vm_name} on {vhd}" + (" (not started: the base is read-only)"
                                                                    if quick else ""))
     w.adopt_vm()

@@ -65,22 +65,52 @@ def merged(status: dict[str, Any], outcome: StepOutcome) -> dict[str, Any]:
     return {k: v for k, v in outcome.status.items() if v is not None}
 
 
+class Crash(Exception):
+    """The operator died right after a host command (its effects stay; this run's status is lost)."""
+
+
+def mutating(name: str) -> bool:
+    return not name.rsplit("\\", 1)[-1].lower().startswith(("get-", "test-"))
+
+
+def crash_after(world: World, k: int) -> list[int]:
+    """Kill the run right after the k-th state-changing host command, wherever it sits in a batch."""
+    seen = [0]
+
+    def hook(name: str, _params: dict[str, object], when: str) -> None:
+        if when == "after" and mutating(name) and seen[0] < k:
+            seen[0] += 1
+            if seen[0] == k:
+                raise Crash(name)
+
+    world.host.on_command(hook)
+    return seen
+
+
+def mutations(world: World) -> int:
+    return sum(1 for name, _ in world.host.call_log() if mutating(name))
+
+
 async def provision(world: World, vm: VmRef, s: VirtualMachineSpec, status: dict[str, Any] | None = None, *,
-                    drop_at: int | None = None, stop_after_actions: int | None = None,
+                    crash_at: int | None = None, stop_after_actions: int | None = None,
                     max_steps: int = 400) -> dict[str, Any]:
-    """Call reconcile until converged. `drop_at`: the n-th host action's status is lost (crash)."""
+    """Call reconcile until converged. `crash_at`: the operator dies right after the n-th state-changing
+    host command of this provisioning (any position in a pipeline); the run's status is lost and the
+    next run starts from the status written before. `stop_after_actions`: return once at least that
+    many state-changing commands ran (the status of the run that did them kept)."""
     status = dict(status or {})
-    actions = 0
+    start = mutations(world)
+    if crash_at is not None:
+        crash_after(world, crash_at)
     for _ in range(max_steps):
-        calls_before = len(world.host.call_log())
-        outcome = await reconcile(world.client, vm, s, status, HOST, "hv1", world.slots, world.now)
-        acted = any(not str(c[0]).rsplit("\\", 1)[-1].lower().startswith(("get-", "test-"))
-                    for c in world.host.call_log()[calls_before:])
-        if acted:
-            actions += 1
-        if not (drop_at is not None and acted and actions == drop_at):
-            status = merged(status, outcome)
-        if stop_after_actions is not None and actions >= stop_after_actions:
+        try:
+            outcome = await reconcile(world.client, vm, s, status, HOST, "hv1", world.slots, world.now)
+        except Crash:
+            world.slots = CopySlots()  # a new operator process: in-memory slots are gone too
+            await world.wait(1.0)
+            continue
+        status = merged(status, outcome)
+        if stop_after_actions is not None and mutations(world) - start >= stop_after_actions:
             return status
         if outcome.requeue_after is None:
             return status
@@ -138,37 +168,55 @@ def test_strategy_end_to_end(strategy: str) -> None:
 
 
 def _count_actions(strategy: str) -> int:
+    """State-changing host commands of one provisioning without crashes."""
     world = World()
-    counted: list[int] = []
-
-    async def go() -> None:
-        vm = ref(f"count-{strategy}")
-        status: dict[str, Any] = {}
-        n = 0
-        while True:
-            status = await provision(world, vm, spec(strategy), status, stop_after_actions=1)
-            n += 1
-            if status.get("phase") == "Provisioned" and status.get("observedGeneration"):
-                conds = {c["type"]: c["status"] for c in status.get("conditions", [])}
-                if conds.get("Reconciling") == "False":
-                    break
-            if n > 60:
-                break
-        counted.append(n)
-
-    run(go())
-    return counted[0]
+    run(provision(world, ref(f"count-{strategy}"), spec(strategy)))
+    return mutations(world)
 
 
 @pytest.mark.parametrize("strategy", ["Differencing", "Copy", "Quick"])
-def test_crash_after_every_step_converges_to_one_vm(strategy: str) -> None:
+def test_crash_after_every_command_of_every_batch_converges_to_one_vm(strategy: str) -> None:
     total = _count_actions(strategy)
+    assert total >= 3
     for k in range(1, total + 1):
         world = World()
         vm = ref(f"crash-{strategy.lower()}-{k}")
         base_print = world.host.disk_fingerprint(BASE)
-        status = run(provision(world, vm, spec(strategy), drop_at=k))
+        status = run(provision(world, vm, spec(strategy), crash_at=k))
         assert_final(world, vm, status, strategy, base_print)
+
+
+@pytest.mark.parametrize("strategy", ["Differencing", "Copy", "Quick"])
+def test_delete_after_a_crash_after_every_command_leaves_the_host_clean(strategy: str) -> None:
+    total = _count_actions(strategy)
+    for k in range(1, total + 1):
+        world = World()
+        vm = ref(f"del-{strategy.lower()}-{k}")
+        files_before = world.files()
+        base_print = world.host.disk_fingerprint(BASE)
+        status: dict[str, Any] = {}
+        crash_after(world, k)
+
+        async def until_crash() -> dict[str, Any]:
+            current: dict[str, Any] = {}
+            for _ in range(400):
+                try:
+                    outcome = await reconcile(world.client, vm, spec(strategy), current, HOST, "hv1", world.slots,
+                                              world.now)
+                except Crash:
+                    return current  # the status written before the crash
+                current = merged(current, outcome)
+                if outcome.requeue_after is None:
+                    return current
+                await world.wait(max(outcome.requeue_after, 0.05))
+            raise AssertionError("no crash")
+
+        status = run(until_crash())
+        world.slots = CopySlots()
+        run(delete(world, vm, spec(strategy), status))
+        assert world.tagged(vm.uid) == [], f"after {k} commands"
+        assert world.files() == files_before, f"after {k} commands: {sorted(world.files() ^ files_before)}"
+        assert world.host.disk_fingerprint(BASE) == base_print
 
 
 @pytest.mark.parametrize("strategy", ["Differencing", "Copy", "Quick"])
@@ -176,7 +224,7 @@ def test_delete_after_every_step_leaves_the_host_clean(strategy: str) -> None:
     total = _count_actions(strategy)
     for k in range(1, total + 1):
         world = World()
-        vm = ref(f"del-{strategy.lower()}-{k}")
+        vm = ref(f"delstep-{strategy.lower()}-{k}")
         files_before = world.files()
         base_print = world.host.disk_fingerprint(BASE)
         status = run(provision(world, vm, spec(strategy), stop_after_actions=k))

@@ -57,7 +57,7 @@ CASES = [
     Case("diff/pending->create-disk", "Differencing", status(), observe(), "CreatingDisk", "CreateDifferencingDisk",
          ("New-Item", "New-VHD")),
     Case("diff/died-after-new-vhd", "Differencing", status("CreatingDisk"),
-         observe(files=(BASE, DISK), vhds=(DIFF_CHILD,)), "CreatingVM", "NewVM", ("New-Item", "New-VM")),
+         observe(files=(BASE, DISK), vhds=(DIFF_CHILD,)), "CreatingVM", "NewVM", ("New-Item", "New-VM", "Set-VM", "Start-VM")),
     Case("diff/died-after-new-vm (adopt by tag)", "Differencing", status("CreatingVM"),
          observe(files=(BASE, DISK), vhds=(DIFF_CHILD,), host_vm=vm(), found_by="tag"), "Starting", "StartVM",
          ("Get-VM", "Start-VM")),
