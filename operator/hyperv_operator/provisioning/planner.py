@@ -23,7 +23,8 @@ from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, Trans
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import Observation, kind_of, parse_vm
-from hyperv_operator.provisioning.phases import Phase, is_before, next_phase, phases
+from hyperv_operator.provisioning.pacing import copy_poll_delay
+from hyperv_operator.provisioning.phases import COPY_PHASES, Phase, is_before, next_phase, phases
 
 # Requeue delays (seconds).
 HOST_ACCESS_CATEGORIES = frozenset({"AuthenticationError", "SecurityError"})
@@ -601,9 +602,12 @@ def plan(
             status_out = _finish_status(w, phase, f"{phase.value}: {result.message}", converged=False)
             return Plan(result.action, status_out, result.requeue, tuple(w.events))
         converged = result.requeue is None and phase is Phase.PROVISIONED
+        requeue = result.requeue
+        if phase in COPY_PHASES and requeue is not None and observation.copy is not None:
+            requeue = copy_poll_delay(observation.copy, requeue)  # poll by the copy's ETA
         status_out = _finish_status(w, phase, f"{phase.value}: {result.message}" if not converged
                                     else result.message, converged=converged)
-        return Plan(None, status_out, result.requeue, tuple(w.events))
+        return Plan(None, status_out, requeue, tuple(w.events))
 
 
 # --- finalize ------------------------------------------------------------------------------------

@@ -186,6 +186,21 @@ def test_crash_after_every_command_of_every_batch_converges_to_one_vm(strategy: 
         assert_final(world, vm, status, strategy, base_print)
 
 
+async def until_crash(world: World, vm: VmRef, s: VirtualMachineSpec) -> dict[str, Any]:
+    """Provision until the armed crash; return the status written before it."""
+    current: dict[str, Any] = {}
+    for _ in range(400):
+        try:
+            outcome = await reconcile(world.client, vm, s, current, HOST, "hv1", world.slots, world.now)
+        except Crash:
+            return current
+        current = merged(current, outcome)
+        if outcome.requeue_after is None:
+            return current
+        await world.wait(max(outcome.requeue_after, 0.05))
+    raise AssertionError("no crash")
+
+
 @pytest.mark.parametrize("strategy", ["Differencing", "Copy", "Quick"])
 def test_delete_after_a_crash_after_every_command_leaves_the_host_clean(strategy: str) -> None:
     total = _count_actions(strategy)
@@ -194,24 +209,9 @@ def test_delete_after_a_crash_after_every_command_leaves_the_host_clean(strategy
         vm = ref(f"del-{strategy.lower()}-{k}")
         files_before = world.files()
         base_print = world.host.disk_fingerprint(BASE)
-        status: dict[str, Any] = {}
         crash_after(world, k)
 
-        async def until_crash() -> dict[str, Any]:
-            current: dict[str, Any] = {}
-            for _ in range(400):
-                try:
-                    outcome = await reconcile(world.client, vm, spec(strategy), current, HOST, "hv1", world.slots,
-                                              world.now)
-                except Crash:
-                    return current  # the status written before the crash
-                current = merged(current, outcome)
-                if outcome.requeue_after is None:
-                    return current
-                await world.wait(max(outcome.requeue_after, 0.05))
-            raise AssertionError("no crash")
-
-        status = run(until_crash())
+        status = run(until_crash(world, vm, spec(strategy)))
         world.slots = CopySlots()
         run(delete(world, vm, spec(strategy), status))
         assert world.tagged(vm.uid) == [], f"after {k} commands"
@@ -340,3 +340,85 @@ def test_concurrent_reconciles_never_exceed_the_copy_limit() -> None:
     copies = [c for c in world.host.call_log() if "StartBackgroundCopy" in str(c[0])]
     assert len(copies) == 1
     assert sorted(bool((st.get("copy") or {}).get("queued")) for st in statuses) == [False, True]
+
+
+class PipelineCounter:
+    """Counts pipelines as the simulated host receives them (one `execute` per WinRM pipeline)."""
+
+    def __init__(self, world: World) -> None:
+        self.count = 0
+        original = world.host.execute
+
+        def execute(statements: Any) -> Any:
+            self.count += 1
+            return original(statements)
+
+        world.host.execute = execute  # type: ignore[method-assign]
+
+
+def _provision_counting(strategy: str, base_size: int) -> tuple[dict[str, Any], int, int, int]:
+    """(final status, pipelines, copy progress polls, runs): a poll is the first pipeline of a run that
+    starts while the copy is running."""
+    world = World()
+    if base_size != BASE_SIZE:
+        world.host.add_base_disk(SHARE + "\\BIG.VHDX", base_size, acl_read_only=True)
+    counter = PipelineCounter(world)
+    vm = ref(f"pipes-{strategy.lower()}")
+    s = spec(strategy, baseVhd=SHARE + "\\BIG.VHDX") if base_size != BASE_SIZE else spec(strategy)
+
+    async def go() -> tuple[dict[str, Any], int, int]:
+        status: dict[str, Any] = {}
+        polls = runs = 0
+        for _ in range(100):
+            copy = status.get("copy") or {}
+            if status.get("phase") in ("Copying", "CopyingBase") and copy.get("startedAt") and not copy.get(
+                    "finishedAt"):
+                polls += 1
+            outcome = await reconcile(world.client, vm, s, status, HOST, "hv1", world.slots, world.now)
+            runs += 1
+            status = merged(status, outcome)
+            if outcome.requeue_after is None:
+                return status, polls, runs
+            await world.wait(outcome.requeue_after)
+        raise AssertionError("did not converge")
+
+    status, polls, runs = run(go())
+    return status, counter.count, polls, runs
+
+
+@pytest.mark.parametrize(("strategy", "limit"), [("Differencing", 3), ("Copy", 4), ("Quick", 6)])
+@pytest.mark.parametrize("base_size", [BASE_SIZE, 40 * BASE_SIZE])
+def test_pipelines_per_vm_apart_from_copy_polls(strategy: str, limit: int, base_size: int) -> None:
+    """Issue 9's round-trip budget: one observation by Id, consecutive phases in one run, batched actions."""
+    status, pipelines, polls, runs = _provision_counting(strategy, base_size)
+    assert status["phase"] == "Provisioned", status.get("message")
+    assert pipelines - polls <= limit, (pipelines, polls)
+    if strategy == "Differencing":
+        assert (runs, pipelines) == (1, 2)  # observe; New-VHD + New-VM | Set-VM | Start-VM
+    else:
+        assert polls <= 6, f"{polls} polls for one copy of {base_size} bytes (the ETA should bound them)"
+
+
+def test_observation_reads_the_vm_by_id_not_every_vm() -> None:
+    """With many VMs on the host, a provisioned VM's observation asks for its own VM only."""
+    world = World()
+    vms = [ref(f"many-{i}") for i in range(5)]
+    statuses = [run(provision(world, vm, spec("Differencing"))) for vm in vms]
+    before = len(world.host.call_log())
+    outcome = run(reconcile(world.client, vms[0], spec("Differencing"), statuses[0], HOST, "hv1", world.slots,
+                            world.now))
+    calls = world.host.call_log()[before:]
+    assert outcome.requeue_after is None
+    get_vms = [params for name, params in calls if name.endswith("Get-VM")]
+    assert get_vms and all(params.get("Id") == statuses[0]["vmId"] for params in get_vms)
+
+
+def test_vm_deleted_out_of_band_is_seen_without_a_vm_id_lookup_failing_the_step() -> None:
+    world = World()
+    vm = ref("oob")
+    status = run(provision(world, vm, spec("Differencing")))
+    world.host.delete_vm_out_of_band(status["vmId"])
+    outcome = run(reconcile(world.client, vm, spec("Differencing"), status, HOST, "hv1", world.slots, world.now))
+    assert outcome.status["phase"] == "Failed"
+    stalled = next(c for c in outcome.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "VMDeletedOutOfBand"
