@@ -368,14 +368,13 @@ def _provision_counting(strategy: str, base_size: int) -> tuple[dict[str, Any], 
 
     async def go() -> tuple[dict[str, Any], int, int]:
         status: dict[str, Any] = {}
-        polls = runs = 0
-        for _ in range(100):
+        polls = 0
+        for runs in range(1, 101):
             copy = status.get("copy") or {}
             if status.get("phase") in ("Copying", "CopyingBase") and copy.get("startedAt") and not copy.get(
                     "finishedAt"):
                 polls += 1
             outcome = await reconcile(world.client, vm, s, status, HOST, "hv1", world.slots, world.now)
-            runs += 1
             status = merged(status, outcome)
             if outcome.requeue_after is None:
                 return status, polls, runs
