@@ -127,6 +127,18 @@ class _Work:
         timings[key] = value
         self.status["timings"] = timings
 
+    def reached(self, at_key: str, seconds_key: str | None = None) -> None:
+        """The first time the VM reaches a milestone: record when (ms precision) and, with
+        `seconds_key`, how long since createdAt. Later calls change nothing."""
+        timings = self.status.get("timings") or {}
+        if timings.get(at_key):
+            return
+        self.timing(at_key, cond.precise_timestamp(self.now))
+        if seconds_key:
+            seconds = _seconds_between(timings.get("createdAt"), self.now)
+            if seconds is not None:
+                self.timing(seconds_key, seconds)
+
     def copy_status(self, **values: Any) -> None:
         current = dict(self.status.get("copy") or {})
         current.update(values)
@@ -189,8 +201,7 @@ def _pending(w: _Work) -> _Result:
     w.status["vmDir"] = w.layout.vm_dir
     if w.strategy is Strategy.QUICK:
         w.status["checkpointName"] = w.layout.checkpoint_name
-    if not (w.status.get("timings") or {}).get("createdAt"):
-        w.timing("createdAt", cond.timestamp(w.now))
+    w.reached("createdAt")
     if w.strategy is not Strategy.QUICK and not w.status.get("disk"):
         diff = w.strategy is Strategy.DIFFERENCING
         w.status["disk"] = {"path": w.layout.disk, "type": "Differencing" if diff else "Dynamic",
@@ -304,11 +315,8 @@ def _creating_vm(w: _Work) -> _Result:
                            f"Set-VM {vm.id} -Notes <uid tag> -ProcessorCount {w.spec.cpus}"
                            + (" -CheckpointType Standard" if quick else "")),
                     f"configuring VM {vm.id} (uid tag, CPUs" + (", standard checkpoints)" if quick else ")"))
-    if w.strategy is Strategy.COPY and not (w.status.get("timings") or {}).get("independentAt"):
-        w.timing("independentAt", cond.timestamp(w.now))
-        seconds = _seconds_between((w.status.get("timings") or {}).get("createdAt"), w.now)
-        if seconds is not None:
-            w.timing("secondsToIndependent", seconds)
+    if w.strategy is Strategy.COPY:
+        w.reached("independentAt", "secondsToIndependent")
     return DONE
 
 
@@ -339,11 +347,7 @@ def _starting(w: _Work) -> _Result:
     assert vm is not None
     w.adopt_vm()
     if vm.state == RUNNING:
-        if not (w.status.get("timings") or {}).get("runningAt"):
-            w.timing("runningAt", cond.timestamp(w.now))
-            seconds = _seconds_between((w.status.get("timings") or {}).get("createdAt"), w.now)
-            if seconds is not None:
-                w.timing("secondsToRunning", seconds)
+        w.reached("runningAt", "secondsToRunning")
         return DONE
     if w.spec.power_state is PowerState.OFF:
         return DONE
@@ -396,11 +400,7 @@ def _merging(w: _Work) -> _Result:
     avhdx_gone = avhdx is None or not w.obs.exists(avhdx)
     if on_disk and avhdx_gone and disk_info is not None and not disk_info.parent_path and not vm.merging:
         w.status["disk"] = {"path": disk, "type": disk_info.vhd_type or "Dynamic", "parentPath": None}
-        if not (w.status.get("timings") or {}).get("independentAt"):
-            w.timing("independentAt", cond.timestamp(w.now))
-            seconds = _seconds_between((w.status.get("timings") or {}).get("createdAt"), w.now)
-            if seconds is not None:
-                w.timing("secondsToIndependent", seconds)
+        w.reached("independentAt", "secondsToIndependent")
         w.event("Independent", f"{w.vm_label} now runs on its own disk {disk}; the base is no longer used")
         return DONE
     name = w.layout.checkpoint_name
