@@ -10,7 +10,7 @@ the status; `error_status` turns a host error into the status the handler writes
 from __future__ import annotations
 
 import copy as _copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,7 +24,7 @@ from hyperv_operator.provisioning.layout import Layout, is_avhdx, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import Observation, kind_of, parse_vm
 from hyperv_operator.provisioning.pacing import copy_poll_delay
-from hyperv_operator.provisioning.phases import COPY_PHASES, Phase, is_before, next_phase, phases
+from hyperv_operator.provisioning.phases import COPY_PHASES, Phase, Step
 
 # Requeue delays (seconds).
 HOST_ACCESS_CATEGORIES = frozenset({"AuthenticationError", "SecurityError"})
@@ -230,9 +230,6 @@ def _creating_disk(w: _Work) -> _Result:
 
 
 def _copying(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
     base, disk, layout = w.spec.base_vhd, w.layout.disk, w.layout
     job = w.obs.copy
     if w.obs.exists(disk):
@@ -281,9 +278,6 @@ def _copying(w: _Work) -> _Result:
 
 
 def _creating_vm(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
     quick = w.strategy is Strategy.QUICK
     vhd = w.spec.base_vhd if quick else w.layout.disk
     vm = w.obs.vm
@@ -304,7 +298,6 @@ def _creating_vm(w: _Work) -> _Result:
                            + (" | Start-VM" if start else "")),
                     f"creating VM {w.layout.vm_name} on {vhd}" + (" (not started: the base is read-only)"
                                                                    if quick else ""))
-    w.adopt_vm()
     tagged = vm.tagged_for(w.vm.uid)
     wrong_cpus = vm.processor_count is not None and vm.processor_count != w.spec.cpus
     wrong_checkpoint = quick and vm.checkpoint_type is not None and vm.checkpoint_type != "Standard"
@@ -321,12 +314,8 @@ def _creating_vm(w: _Work) -> _Result:
 
 
 def _checkpointing(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
     vm = w.obs.vm
     assert vm is not None
-    w.adopt_vm()
     name = w.layout.checkpoint_name
     w.status["checkpointName"] = name
     if w.obs.has_snapshot(name):
@@ -340,12 +329,8 @@ def _checkpointing(w: _Work) -> _Result:
 
 
 def _starting(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
     vm = w.obs.vm
     assert vm is not None
-    w.adopt_vm()
     if vm.state == RUNNING:
         w.reached("runningAt", "secondsToRunning")
         return DONE
@@ -357,10 +342,6 @@ def _starting(w: _Work) -> _Result:
 
 
 def _reparenting(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
-    w.adopt_vm()
     disk, base = w.layout.disk, w.spec.base_vhd
     avhdx = w.recorded_avhdx()
     if avhdx is None or not w.obs.exists(avhdx):
@@ -387,12 +368,8 @@ def _reparenting(w: _Work) -> _Result:
 
 
 def _merging(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
     vm = w.obs.vm
     assert vm is not None
-    w.adopt_vm()
     disk = w.layout.disk
     avhdx = w.recorded_avhdx()
     disk_info = w.obs.vhd(disk)
@@ -421,13 +398,9 @@ def _merging(w: _Work) -> _Result:
 
 
 def _provisioned(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
     vm = w.obs.vm
     if vm is None:
         return _Fail("VMNotFound", f"no VM tagged for this resource on host {w.obs.host_name}")
-    w.adopt_vm()
     if w.spec.power_state is PowerState.RUNNING:
         w.status["stopRequestedAt"] = None
         if vm.state == RUNNING:
@@ -461,18 +434,71 @@ def _provisioned(w: _Work) -> _Result:
                  POWER_POLL)
 
 
-_HANDLERS: dict[Phase, Callable[[_Work], _Result]] = {
-    Phase.PENDING: _pending,
-    Phase.CREATING_DISK: _creating_disk,
-    Phase.COPYING: _copying,
-    Phase.COPYING_BASE: _copying,
-    Phase.CREATING_VM: _creating_vm,
-    Phase.CHECKPOINTING: _checkpointing,
-    Phase.STARTING: _starting,
-    Phase.REPARENTING: _reparenting,
-    Phase.MERGING: _merging,
-    Phase.PROVISIONED: _provisioned,
+PENDING = Step(Phase.PENDING, _pending,
+               "check the base: Get-VHD must find it, not a differencing disk; nothing is created",
+               "the base is a standalone VHDX", watches_vm=False)
+
+PHASE_TABLES: dict[Strategy, tuple[Step, ...]] = {
+    Strategy.DIFFERENCING: (
+        PENDING,
+        Step(Phase.CREATING_DISK, _creating_disk, "New-Item vm_dir; New-VHD disk -ParentPath base -Differencing",
+             "Get-VHD disk exists with ParentPath = base", watches_vm=False),
+        Step(Phase.CREATING_VM, _creating_vm, "New-VM -Path vm_dir -VHDPath disk | Set-VM Notes=uid tag, CPUs "
+                                              "-Passthru | Start-VM -Passthru (record vmId)",
+             "a VM with our uid tag (or status.vmId) exists, configured"),
+        Step(Phase.STARTING, _starting, "Start-VM (skipped when powerState is Off)", "VM State Running"),
+        Step(Phase.PROVISIONED, _provisioned, "power and drift: start/stop per spec.powerState; report "
+                                              "out-of-band changes", "converged"),
+    ),
+    Strategy.COPY: (
+        PENDING,
+        Step(Phase.COPYING, _copying, "wait for a copy slot; start the background copy base -> disk.partial "
+                                      "(renamed to disk when whole); poll its status file by its ETA",
+             "disk exists (the rename happened)"),
+        Step(Phase.CREATING_VM, _creating_vm, "New-VM -VHDPath disk | Set-VM Notes=uid tag, CPUs -Passthru | "
+                                              "Start-VM -Passthru (record vmId)",
+             "a VM with our uid tag exists, configured"),
+        Step(Phase.STARTING, _starting, "Start-VM (skipped when powerState is Off)", "VM State Running"),
+        Step(Phase.PROVISIONED, _provisioned, "power and drift", "converged"),
+    ),
+    Strategy.QUICK: (
+        PENDING,
+        Step(Phase.CREATING_VM, _creating_vm, "New-VM -VHDPath base | Set-VM Notes=uid tag, CPUs, CheckpointType "
+                                              "Standard -Passthru (NOT started: the base is read-only)",
+             "a VM with our tag exists, configured"),
+        Step(Phase.CHECKPOINTING, _checkpointing, "Checkpoint-VM hyperv-operator-quick-provision (the VM moves "
+                                                  "onto <base>_<GUID>.avhdx next to the base; recorded in "
+                                                  "createdFiles)", "the checkpoint exists"),
+        Step(Phase.STARTING, _starting, "Start-VM: the VM runs on the .avhdx (Ready=True from here)",
+             "VM State Running"),
+        Step(Phase.COPYING_BASE, _copying, "wait for a copy slot; background copy base -> disk.partial -> disk; "
+                                           "poll by its ETA", "disk exists"),
+        Step(Phase.REPARENTING, _reparenting, "Set-VHD avhdx -ParentPath disk -LeafPath avhdx (never "
+                                              "-IgnoreIdMismatch)", "Get-VHD avhdx ParentPath = disk"),
+        Step(Phase.MERGING, _merging, "Remove-VMSnapshot (merges the .avhdx into disk online; never into the "
+                                      "base); poll", "drive = disk, .avhdx gone, disk has no parent, VM Status "
+                                                     "not 'Merging disks'"),
+        Step(Phase.PROVISIONED, _provisioned, "power and drift (Independent=True)", "converged"),
+    ),
 }
+
+
+def phases(strategy: Strategy) -> tuple[Phase, ...]:
+    return tuple(step.phase for step in PHASE_TABLES[strategy])
+
+
+def step_of(strategy: Strategy, phase: Phase) -> Step:
+    return next(step for step in PHASE_TABLES[strategy] if step.phase is phase)
+
+
+def next_phase(strategy: Strategy, phase: Phase) -> Phase:
+    order = phases(strategy)
+    return order[min(order.index(phase) + 1, len(order) - 1)]
+
+
+def is_before(strategy: Strategy, phase: Phase, other: Phase) -> bool:
+    order = phases(strategy)
+    return phase in order and other in order and order.index(phase) < order.index(other)
 
 
 # --- conditions ----------------------------------------------------------------------------------
@@ -588,7 +614,13 @@ def plan(
     if phase not in phases(spec.strategy):
         return _fail(w, start, _Fail("UnknownPhase", f"phase {phase} is not part of the {spec.strategy} strategy"))
     while True:
-        result = _HANDLERS[phase](w)
+        step = step_of(spec.strategy, phase)
+        gone = _vm_gone(w) if step.watches_vm else None
+        if gone is not None:
+            return _fail(w, start, gone)
+        if step.watches_vm:
+            w.adopt_vm()
+        result = step.plan(w)
         if isinstance(result, _Done):
             nxt = next_phase(spec.strategy, phase)
             if nxt == phase:  # Provisioned never reports done; guard anyway
