@@ -22,8 +22,10 @@ from hyperv_operator import conditions as cond
 from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
 from hyperv_operator.hyperv.errors import HostError
-from hyperv_operator.provisioning import engine
+from hyperv_operator.provisioning import engine, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
+from hyperv_operator.provisioning.gate import HostGate
+from hyperv_operator.provisioning.phases import Phase
 
 logger = logging.getLogger("hyperv_operator.handlers")
 
@@ -43,6 +45,7 @@ class Runtime:
     config: OperatorConfig
     connections: HostConnections
     slots: CopySlots = field(default_factory=CopySlots)
+    gate: HostGate = field(default_factory=HostGate)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def lock(self, uid: str) -> asyncio.Lock:
@@ -103,22 +106,6 @@ def _apply_outcome(
         metrics.forget(uid)
 
 
-def _waiting_status(
-    old_status: Mapping[str, Any], generation: int, reason: str, message: str, *, stalled: bool
-) -> dict[str, Any]:
-    status = dict(old_status)
-    conditions = list(status.get("conditions") or [])
-    now = _now()
-    conditions = set_condition(
-        conditions, "Reconciling", "False" if stalled else "True", reason, message, generation, now
-    )
-    conditions = set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message, generation, now)
-    status["conditions"] = conditions
-    status["phase"] = status.get("phase") or "Pending"
-    status["message"] = message
-    return status
-
-
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     vm_resource = (api.GROUP, api.VERSION, api.VM_PLURAL)
@@ -161,23 +148,24 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         old_status = dict(kwargs["status"])
         host_body = _host_of(hosts_by_name, namespace, vm_spec.host_name)
         if host_body is None:
-            if deleting and not old_status.get("vmId") and not old_status.get("createdFiles"):
+            missing = settle.host_missing(old_status, generation, f"{namespace}/{vm_spec.host_name}", _now(),
+                                          deleting=deleting, retry=HOST_MISSING_RETRY_SECONDS)
+            if missing.finished:
                 return StepOutcome(status=old_status, requeue_after=None, events=(), finished=True)
-            message = f"waiting for HyperVHost {namespace}/{vm_spec.host_name} to exist"
-            new = _waiting_status(old_status, generation, "HostNotFound", message, stalled=False)
-            _apply_outcome(body, patch, old_status, StepOutcome(new, HOST_MISSING_RETRY_SECONDS, ()), vm_spec)
-            raise kopf.TemporaryError(message, delay=HOST_MISSING_RETRY_SECONDS)
+            _apply_outcome(body, patch, old_status, StepOutcome(missing.status, missing.requeue_after, ()), vm_spec)
+            raise kopf.TemporaryError(missing.status["message"], delay=missing.requeue_after)
         host_spec = HyperVHostSpec.from_dict(host_body)
         try:
             client = await runtime.connections.client_for(namespace, vm_spec.host_name, host_spec)
         except HostConfigError as exc:
-            new = _waiting_status(old_status, generation, "HostMisconfigured", str(exc), stalled=True)
-            _apply_outcome(body, patch, old_status, StepOutcome(new, 30.0, ()), vm_spec)
-            raise kopf.TemporaryError(str(exc), delay=30.0) from exc
+            wrong = settle.host_misconfigured(old_status, generation, str(exc), _now())
+            _apply_outcome(body, patch, old_status, StepOutcome(wrong.status, wrong.requeue_after, ()), vm_spec)
+            raise kopf.TemporaryError(str(exc), delay=wrong.requeue_after) from exc
         ref = VmRef(namespace=namespace, name=name, uid=uid, generation=generation)
         host_key = f"{namespace}/{vm_spec.host_name}"
         metered = metrics.MeteredClient(client, host_key)
-        async with runtime.lock(uid):
+        started = bool(old_status.get("vmId") or old_status.get("createdFiles"))
+        async with runtime.gate.turn(host_key, started=started or deleting), runtime.lock(uid):
             run = engine.finalize if deleting else engine.reconcile
             outcome = await run(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots, _now())
         _apply_outcome(body, patch, old_status, outcome, vm_spec)
@@ -201,7 +189,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     async def check_drift(**kwargs: Any) -> None:
         # Only settled VMs: the change handlers own everything in flight. Failed is re-checked
         # too, so a VM waiting for a missing base disk starts once the base appears.
-        if kwargs["status"].get("phase") not in ("Provisioned", "Failed") or kwargs["meta"].get("deletionTimestamp"):
+        settled = (Phase.PROVISIONED.value, Phase.FAILED.value)
+        if kwargs["status"].get("phase") not in settled or kwargs["meta"].get("deletionTimestamp"):
             return
         with contextlib.suppress(kopf.TemporaryError):
             await step(kwargs, deleting=False)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from hyperv_operator import conditions as cond
 from hyperv_operator.api import DeletionPolicy, VirtualMachineSpec
 from hyperv_operator.hyperv.errors import HostError, PermanentHostError, TransientHostError
 from hyperv_operator.provisioning import planner
@@ -97,3 +98,34 @@ def slot_use(action: planner.Action | None, obs: Observation, layout: Layout) ->
     if copy_running and not (action is not None and action.kind == "CancelCopy"):
         return "hold"
     return "free"
+
+
+HOST_MISCONFIGURED_RETRY = 30.0
+
+
+def _waiting(status: Mapping[str, Any], generation: int, reason: str, message: str, now: datetime, *,
+             stalled: bool) -> dict[str, Any]:
+    new = dict(status)
+    prev = new.get("conditions")
+    new["conditions"] = cond.merge(prev, [
+        cond.make(prev, cond.RECONCILING, not stalled, reason, message, generation, now),
+        cond.make(prev, cond.STALLED, stalled, reason, message, generation, now),
+    ])
+    new["phase"] = new.get("phase") or Phase.PENDING.value
+    new["message"] = message
+    return new
+
+
+def host_missing(status: Mapping[str, Any], generation: int, host: str, now: datetime, *, deleting: bool,
+                 retry: float) -> Settled:
+    """No HyperVHost of that name: wait for it; a deletion with nothing created on any host is done."""
+    if deleting and not status.get("vmId") and not status.get("createdFiles"):
+        return Settled(dict(status), None, finished=True)
+    message = f"waiting for HyperVHost {host} to exist"
+    return Settled(_waiting(status, generation, "HostNotFound", message, now, stalled=False), retry)
+
+
+def host_misconfigured(status: Mapping[str, Any], generation: int, message: str, now: datetime) -> Settled:
+    """The HyperVHost cannot be used as configured (its Secret, its settings): stalled until it changes."""
+    return Settled(_waiting(status, generation, "HostMisconfigured", message, now, stalled=True),
+                   HOST_MISCONFIGURED_RETRY)
