@@ -246,7 +246,8 @@ async def run_step(s: StepInput) -> StepOutcome:
             return _outcome(s, settle.Settled(final, result.requeue_after, finished=result.finished), events)
         status = final
         obs = effects.fold(action, obs, output, layout, s.spec, s.vm.uid)
-    return _outcome(s, settle.Settled(status, planner.AFTER_ACTION), events)
+    # Out of plans: actions still waiting to be sent were not run, so report the status before them.
+    return _outcome(s, settle.Settled(batch_from if batch else status, planner.AFTER_ACTION), events)
 
 
 def _slot_view(s: StepInput, limit: int) -> SlotView:
