@@ -430,7 +430,7 @@ async def _observe_by_id(
     recorded = [str(p) for p in status.get("createdFiles") or []]
     disk_path = (status.get("disk") or {}).get("path")
     paths = _unique([spec.base_vhd, layout.disk, layout.partial, layout.copy_status, *recorded,
-                     *([str(disk_path)] if disk_path else []), config_dir,
+                     *([str(disk_path)] if disk_path else []), layout.vm_dir, config_dir,
                      *((layout.copy_status_tmp, *layout.folders_bottom_up) if deleting else ())])
     want = expected_reads(phase, strategy, status, layout, spec.base_vhd, deleting=deleting)
     first: list[Statement] = [cmdlets.test_path(p) for p in paths]
@@ -453,8 +453,12 @@ async def _observe_by_id(
     read_copy = need.copy_status and not want.copy_status
     if read_copy:
         second.append(cmdlets.read_text_file(layout.copy_status))
-    list_vms = not vm_id and obs.exists(config_dir)
-    if list_vms:  # New-VM ran but its Id never reached the status: find the VM by tag / folder
+    # New-VM may have run without its Id reaching the status (a crash right after it) only if its
+    # folder exists, or if vm_dir and what New-VM needs exist (New-VM -VHDPath needs the disk; Quick's
+    # vm_dir is made right before New-VM). Only then list the host's VMs to find ours by tag / folder.
+    new_vm_possible = obs.exists(layout.vm_dir) and (strategy == "Quick" or obs.exists(layout.disk))
+    list_vms = not vm_id and (obs.exists(config_dir) or new_vm_possible)
+    if list_vms:
         second.append(cmdlets.get_all_vms())
     if second:
         vms2, _, vhds2, _, _, job2 = _parse(await client.run(second), copy_read=read_copy)

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import PermanentHostError, TransientHostError
@@ -20,6 +22,10 @@ REF = VmRef("default", "web", "1234abcd-0000-4000-8000-000000000001", 1)
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
 
+class Died(Exception):
+    """The operator process died mid-pipeline."""
+
+
 class FakeHost:
     def __init__(self) -> None:
         self.files: dict[str, dict[str, Any]] = {BASE.lower(): {"Path": BASE, "VhdType": "Dynamic"}}
@@ -27,6 +33,8 @@ class FakeHost:
         self.vms: dict[str, dict[str, Any]] = {}
         self.runs: list[list[str]] = []
         self.fail_next: Exception | None = None
+        self.config_folder = True  # New-VM -Path p makes p\\<name> (the fake can be told not to)
+        self.die_after_new_vm = False
 
     async def run(self, statements: Sequence[Statement]) -> list[HostObject]:
         self.runs.append([str(s) for s in statements])
@@ -70,7 +78,11 @@ class FakeHost:
             vm_id = str(uuid.uuid4())
             vm = self.vms[vm_id] = {"Id": vm_id, "Name": p("Name"), "State": "Off", "Notes": "", "ProcessorCount": 1,
                                     "Path": f"{p('Path')}\\{p('Name')}", "Drive": p("VHDPath")}
-            self.folders.add(f"{p('Path')}\\{p('Name')}".lower())
+            if self.config_folder:
+                self.folders.add(f"{p('Path')}\\{p('Name')}".lower())
+            if self.die_after_new_vm:
+                self.die_after_new_vm = False
+                raise Died("after New-VM")
         assert vm is not None
         out: list[HostObject] = [self._vm(vm)]
         for name, command in zip(names[1:], st.commands[1:], strict=True):
@@ -165,3 +177,20 @@ def test_missing_base_in_engine_creates_nothing() -> None:
     status, _ = _drive(host, s, {})
     assert status["phase"] == "Failed"
     assert all(not any(w in r for r in run for w in ("New-", "Set-", "Start-")) for run in host.runs)
+
+
+def test_crash_right_after_new_vm_finds_the_untagged_vm_without_relying_on_its_config_folder() -> None:
+    """New-VM ran, the operator died before Set-VM tagged it and before the status had its Id: the next
+    run must find that VM in our folder (vm_dir and the disk exist), never create a second one."""
+    host = FakeHost()
+    host.config_folder = False
+    host.die_after_new_vm = True
+    s = VirtualMachineSpec.from_dict({"hostRef": {"name": "hv1"}, "baseVhd": BASE, "strategy": "Differencing"})
+    with pytest.raises(Died):
+        asyncio.run(reconcile(host, REF, s, {}, HOST, "hv1", CopySlots(), NOW))
+    assert len(host.vms) == 1 and next(iter(host.vms.values()))["Notes"] == ""
+    status, _ = _drive(host, s, {})
+    assert status["phase"] == "Provisioned", status["message"]
+    assert len(host.vms) == 1
+    vm = next(iter(host.vms.values()))
+    assert status["vmId"] == vm["Id"] and vm["Notes"] == "hyperv-operator.io/uid=" + REF.uid
