@@ -7,9 +7,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hyperv_operator.api import UID_TAG_PREFIX
+from hyperv_operator.api import UID_TAG_PREFIX, Strategy
 from hyperv_operator.hyperv.commands import HostObject
 from hyperv_operator.provisioning.layout import Layout, same_path
+from hyperv_operator.provisioning.phases import Phase
 
 MERGING_STATUS = "merging disks"
 
@@ -223,16 +224,17 @@ def expected_reads(phase: str, strategy: str, status: Mapping[str, Any], layout:
     if deleting:
         return Reads((), copy_live)
     vhds: list[str] = []
-    if phase in ("Pending", "Failed"):
+    if phase in (Phase.PENDING, Phase.FAILED):
         vhds.append(base_vhd)
-    disk_made = (phase in ("CreatingVM", "Starting", "Provisioned") if strategy != "Quick"
-                 else phase in ("Reparenting", "Merging", "Provisioned"))
+    disk_made = (phase in (Phase.CREATING_VM, Phase.STARTING, Phase.PROVISIONED) if strategy != Strategy.QUICK.value
+                 else phase in (Phase.REPARENTING, Phase.MERGING, Phase.PROVISIONED))
     if disk_made:
         vhds.append(layout.disk)
     avhdx = recorded_avhdx(status)
-    if strategy == "Quick" and avhdx and phase in ("Starting", "CopyingBase", "Reparenting"):
+    quick = strategy == Strategy.QUICK.value
+    if quick and avhdx and phase in (Phase.STARTING, Phase.COPYING_BASE, Phase.REPARENTING):
         vhds.append(avhdx)
-    return Reads(tuple(vhds), copy_live and phase in ("Copying", "CopyingBase"))
+    return Reads(tuple(vhds), copy_live and phase in (Phase.COPYING, Phase.COPYING_BASE))
 
 
 def needed_reads(phase: str, strategy: str, status: Mapping[str, Any], layout: Layout, base_vhd: str,
@@ -241,15 +243,16 @@ def needed_reads(phase: str, strategy: str, status: Mapping[str, Any], layout: L
     if deleting:
         return Reads((), obs.exists(layout.copy_status))
     vhds: list[str] = []
-    if phase in ("Pending", "Failed") and obs.exists(base_vhd):
+    if phase in (Phase.PENDING, Phase.FAILED) and obs.exists(base_vhd):
         vhds.append(base_vhd)
-    if obs.exists(layout.disk) and phase in ("Pending", "CreatingDisk", "Merging"):
+    if obs.exists(layout.disk) and phase in (Phase.PENDING, Phase.CREATING_DISK, Phase.MERGING):
         vhds.append(layout.disk)
     avhdx = recorded_avhdx(status) or obs.avhdx_drive()
-    merging_done = phase == "Merging" and not obs.has_snapshot(layout.checkpoint_name)
-    if strategy == "Quick" and avhdx and obs.exists(avhdx) and not merging_done:
+    merging_done = phase == Phase.MERGING and not obs.has_snapshot(layout.checkpoint_name)
+    if strategy == Strategy.QUICK.value and avhdx and obs.exists(avhdx) and not merging_done:
         vhds.append(avhdx)
-    read_copy = obs.exists(layout.copy_status) and phase not in ("Provisioned", "Reparenting", "Merging", "Failed")
+    after_copy = (Phase.PROVISIONED, Phase.REPARENTING, Phase.MERGING, Phase.FAILED)
+    read_copy = obs.exists(layout.copy_status) and phase not in after_copy
     return Reads(tuple(vhds), read_copy)
 
 
