@@ -201,7 +201,11 @@ async def run_step(s: StepInput) -> StepOutcome:
             log.debug("%s [%s]: %s", who, result.status.get("phase"), result.status.get("message"))
             return _outcome(s, settle.Settled(result.status, result.requeue_after, finished=result.finished),
                             events)
-        if action is not None:
+        if action is not None and batch and action.kind in settle.ALONE:
+            # This action's failure must not be mistaken for another's: send the batch so far, then
+            # plan it again on its own.
+            result, action = batch[-1], batch[-1].action
+        elif action is not None:
             log.info("%s [%s]: host %s: %s", who, result.status.get("phase"), s.spec.host_name, action.description)
             if not batch:
                 batch_from = status

@@ -30,6 +30,11 @@ class Settled:
     observe_again: bool = False  # the run may go on: observe the host now instead of requeueing
 
 
+ALONE = frozenset({"RemoveFolders"})
+"""Actions sent in a pipeline of their own: their failure is settled differently from the others'
+(a folder that will not go ends the deletion), which needs to know that it was theirs."""
+
+
 def without_host(spec: VirtualMachineSpec, status: Mapping[str, Any], now: datetime, *, vm: VmRef, layout: Layout,
                  deleting: bool) -> Settled | None:
     """A step that needs nothing from the host: deletion with Retain, or a terminal phase."""

@@ -421,3 +421,19 @@ def test_vm_deleted_out_of_band_is_seen_without_a_vm_id_lookup_failing_the_step(
     assert outcome.status["phase"] == "Failed"
     stalled = next(c for c in outcome.status["conditions"] if c["type"] == "Stalled")
     assert stalled["reason"] == "VMDeletedOutOfBand"
+
+
+def test_a_folder_with_a_foreign_file_ends_the_deletion_in_one_run_and_keeps_the_file() -> None:
+    """Remove-VM and the files go in one pipeline; the folder removal is sent on its own, so its
+    "not empty" is told apart from a failure of the others: the finalizer goes, the foreign file stays."""
+    world = World()
+    vm = ref("foreign")
+    status = run(provision(world, vm, spec("Differencing")))
+    foreign = status["vmDir"] + "\\notes-from-an-admin.vhdx"
+    world.host.add_base_disk(foreign, 1024 * 1024, acl_read_only=False)
+    outcome = run(finalize(world.client, vm, spec("Differencing"), status, HOST, "hv1", world.slots, world.now))
+    assert outcome.finished
+    assert [e.reason for e in outcome.events if e.type == "Warning"] == ["FolderNotRemoved"]
+    assert world.tagged(vm.uid) == []
+    assert foreign.lower() in world.files()
+    assert status["disk"]["path"].lower() not in world.files()
