@@ -98,6 +98,9 @@ class StepInput:
 
 MAX_PLANS_PER_RUN = 16
 """Bound on plan() calls in one run (each may add an action to the batch or end the run)."""
+MAX_LOOKS_WITHOUT_ACTION = 2
+"""A plan that only asks to look again (the host is settling) is followed by a new observation at
+once, at most this many times in a row; then the run ends with that plan's short requeue."""
 MAX_BATCH = 6
 """Bound on actions sent in one pipeline."""
 
@@ -166,6 +169,7 @@ async def run_step(s: StepInput) -> StepOutcome:
     batch: list[planner.Plan] = []
     batch_from: dict[str, Any] = status  # the status the current batch started from
     limit = s.host.max_concurrent_copies
+    looks = 0  # plans in a row that only asked to look again
     for _ in range(MAX_PLANS_PER_RUN):
         if obs is None:
             try:
@@ -194,8 +198,9 @@ async def run_step(s: StepInput) -> StepOutcome:
         action = result.action
         if action is None and not batch:
             events += result.events
+            looks += 1
             if result.requeue_after is not None and result.requeue_after <= planner.AFTER_ACTION \
-                    and not result.finished:
+                    and not result.finished and looks <= MAX_LOOKS_WITHOUT_ACTION:
                 status, obs = result.status, None  # "look again now": no reason to sleep first
                 continue
             log.debug("%s [%s]: %s", who, result.status.get("phase"), result.status.get("message"))
@@ -206,6 +211,7 @@ async def run_step(s: StepInput) -> StepOutcome:
             # plan it again on its own.
             result, action = batch[-1], batch[-1].action
         elif action is not None:
+            looks = 0
             log.info("%s [%s]: host %s: %s", who, result.status.get("phase"), s.spec.host_name, action.description)
             if not batch:
                 batch_from = status
