@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
+from hyperv_operator.api import HyperVHostSpec, Strategy, VirtualMachineSpec
 from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
@@ -464,9 +464,12 @@ async def _observe_by_id(
     if read_copy:
         second.append(cmdlets.read_text_file(layout.copy_status))
     # New-VM may have run without its Id reaching the status (a crash right after it) only if its
-    # folder exists, or if vm_dir and what New-VM needs exist (New-VM -VHDPath needs the disk; Quick's
-    # vm_dir is made right before New-VM). Only then list the host's VMs to find ours by tag / folder.
-    new_vm_possible = obs.exists(layout.vm_dir) and (strategy == "Quick" or obs.exists(layout.disk))
+    # folder exists, or if vm_dir and what New-VM needs exist: New-VM -VHDPath needs the disk, and
+    # after a copy it is sent behind the removal of the copy's status file (so while that file is
+    # there, it has not run); Quick's vm_dir is made right before New-VM. Only then list the host's
+    # VMs to find ours by tag / folder.
+    disk_ready = obs.exists(layout.disk) and not obs.exists(layout.copy_status)
+    new_vm_possible = obs.exists(layout.vm_dir) and (strategy == Strategy.QUICK.value or disk_ready)
     list_vms = not vm_id and (obs.exists(config_dir) or new_vm_possible)
     if list_vms:
         second.append(cmdlets.get_all_vms())

@@ -437,3 +437,15 @@ def test_a_folder_with_a_foreign_file_ends_the_deletion_in_one_run_and_keeps_the
     assert world.tagged(vm.uid) == []
     assert foreign.lower() in world.files()
     assert status["disk"]["path"].lower() not in world.files()
+
+
+@pytest.mark.parametrize("strategy", ["Differencing", "Copy", "Quick"])
+def test_no_step_lists_every_vm_on_the_host_without_a_crash(strategy: str) -> None:
+    """Listing all VMs (Get-VM without -Id) grows with the host; it is for finding a VM whose Id a crash
+    lost, never part of a normal provisioning or deletion."""
+    world = World()
+    vm = ref(f"nolist-{strategy.lower()}")
+    status = run(provision(world, vm, spec(strategy)))
+    run(delete(world, vm, spec(strategy), status))
+    listings = [params for name, params in world.host.call_log() if name.endswith("Get-VM") and "Id" not in params]
+    assert listings == []
