@@ -24,7 +24,7 @@ from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnection
 from hyperv_operator.hyperv.errors import HostError
 from hyperv_operator.provisioning import engine, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
-from hyperv_operator.provisioning.gate import HostGate
+from hyperv_operator.provisioning.gate import HostGate, under_way
 from hyperv_operator.provisioning.phases import Phase
 
 logger = logging.getLogger("hyperv_operator.handlers")
@@ -164,8 +164,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         ref = VmRef(namespace=namespace, name=name, uid=uid, generation=generation)
         host_key = f"{namespace}/{vm_spec.host_name}"
         metered = metrics.MeteredClient(client, host_key)
-        started = bool(old_status.get("vmId") or old_status.get("createdFiles"))
-        async with runtime.gate.turn(host_key, started=started or deleting), runtime.lock(uid):
+        first = under_way(old_status, deleting=deleting)
+        async with runtime.gate.turn(host_key, started=first), runtime.lock(uid):
             run = engine.finalize if deleting else engine.reconcile
             outcome = await run(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots, _now())
         _apply_outcome(body, patch, old_status, outcome, vm_spec)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
+
+from hyperv_operator.provisioning.phases import Phase
 
 DEFAULT_RUNS_PER_HOST = 4
 
@@ -49,7 +52,9 @@ class HostGate:
                 if waiter.done() and not waiter.cancelled():
                     self._release(host_key, q)  # we were handed a place we will not use
                 else:
-                    (q.started if started else q.new).remove(waiter)
+                    queue = q.started if started else q.new
+                    if waiter in queue:  # else _release already dropped it
+                        queue.remove(waiter)
                 raise
         try:
             yield
@@ -66,3 +71,13 @@ class HostGate:
         q.active -= 1
         if q.active == 0:
             self._hosts.pop(host_key, None)  # the table does not grow with hosts ever seen
+
+
+def under_way(status: Mapping[str, Any], *, deleting: bool) -> bool:
+    """Goes before new VMs: a VM being provisioned that has created something, or being deleted.
+    A settled VM (Provisioned, Failed) checked for drift waits its turn with the new ones, first come
+    first served: otherwise a fleet's periodic drift checks would starve every new VM."""
+    if deleting:
+        return True
+    settled = status.get("phase") in (Phase.PROVISIONED.value, Phase.FAILED.value)
+    return not settled and bool(status.get("vmId") or status.get("createdFiles"))

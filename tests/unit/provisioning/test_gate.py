@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hyperv_operator.provisioning.gate import HostGate
+from hyperv_operator.provisioning.gate import HostGate, under_way
 
 
 def test_started_vms_go_before_new_ones_in_arrival_order() -> None:
@@ -83,3 +83,42 @@ def test_a_cancelled_waiter_does_not_leak_a_place() -> None:
         return gate.waiting("h")
 
     assert asyncio.run(go()) == 0
+
+
+def test_settled_vms_drift_checks_do_not_go_before_new_vms() -> None:
+    assert under_way({"phase": "CreatingVM", "vmId": "x"}, deleting=False)
+    assert under_way({"phase": "Copying", "createdFiles": ["a"]}, deleting=False)
+    assert under_way({"phase": "Provisioned", "vmId": "x"}, deleting=True)
+    assert not under_way({"phase": "Provisioned", "vmId": "x"}, deleting=False)
+    assert not under_way({"phase": "Failed", "createdFiles": ["a"]}, deleting=False)
+    assert not under_way({}, deleting=False)
+
+
+def test_an_endless_stream_of_drift_checks_does_not_starve_a_new_vm() -> None:
+    async def go() -> int:
+        gate = HostGate(limit=1)
+        stop = asyncio.Event()
+        done = asyncio.Event()
+        checks = 0
+
+        async def drift() -> None:
+            nonlocal checks
+            while not stop.is_set():
+                async with gate.turn("h", started=under_way({"phase": "Provisioned", "vmId": "x"},
+                                                            deleting=False)):
+                    checks += 1
+                    await asyncio.sleep(0)
+
+        async def new_vm() -> None:
+            async with gate.turn("h", started=under_way({}, deleting=False)):
+                done.set()
+
+        drifts = [asyncio.create_task(drift()) for _ in range(4)]
+        await asyncio.sleep(0.01)
+        before = checks
+        await asyncio.wait_for(asyncio.create_task(new_vm()), timeout=2)
+        stop.set()
+        await asyncio.gather(*drifts)
+        return checks - before
+
+    assert asyncio.run(go()) < 50
