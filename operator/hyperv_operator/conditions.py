@@ -29,6 +29,14 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def precise_timestamp(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and a trailing Z: for status.timings, where whole seconds would
+    make a 0.3 s step look like 1 s (conditions keep metav1.Time's second precision)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def parse_timestamp(text: str | None) -> datetime | None:
     if not text:
         return None

@@ -28,8 +28,10 @@ from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
 from hyperv_operator.hyperv.errors import HostError
 from hyperv_operator.hyperv.probe import probe_client
-from hyperv_operator.provisioning import engine
+from hyperv_operator.provisioning import engine, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
+from hyperv_operator.provisioning.gate import HostGate, under_way
+from hyperv_operator.provisioning.phases import Phase
 from hyperv_operator.tenancy import policy
 from hyperv_operator.tenancy.webhook import VALIDATE_VM_ID, WebhookCertificate, inject_ca_bundle
 
@@ -109,6 +111,7 @@ class Runtime:
     connections: HostConnections
     slots: CopySlots = field(default_factory=CopySlots)
     locks: VmLocks = field(default_factory=VmLocks)
+    gate: HostGate = field(default_factory=HostGate)
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,22 +203,6 @@ def _apply_outcome(
     )
     if outcome.finished:
         metrics.forget(uid)
-
-
-def _waiting_status(
-    old_status: Mapping[str, Any], generation: int, reason: str, message: str, *, stalled: bool
-) -> dict[str, Any]:
-    status = dict(old_status)
-    conditions = list(status.get("conditions") or [])
-    now = _now()
-    conditions = set_condition(
-        conditions, "Reconciling", "False" if stalled else "True", reason, message, generation, now
-    )
-    conditions = set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message, generation, now)
-    status["conditions"] = conditions
-    status["phase"] = status.get("phase") or "Pending"
-    status["message"] = message
-    return status
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
@@ -317,9 +304,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     def _settled(kwargs: Mapping[str, Any]) -> bool:
         # Only settled VMs: the change handlers own everything in flight. Failed is re-checked
         # too, so a VM waiting for a missing base disk starts once the base appears.
-        return kwargs["status"].get("phase") in ("Provisioned", "Failed") and not kwargs["meta"].get(
-            "deletionTimestamp"
-        )
+        settled = (Phase.PROVISIONED.value, Phase.FAILED.value)
+        return kwargs["status"].get("phase") in settled and not kwargs["meta"].get("deletionTimestamp")
 
     async def _step_locked(kwargs: Mapping[str, Any], *, deleting: bool) -> StepOutcome:
         body: kopf.Body = kwargs["body"]
@@ -347,8 +333,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                            f"{old_status.get('vmId')}, files {old_status.get('createdFiles') or []}")
                 return StepOutcome(status=old_status, requeue_after=None, events=(), finished=True)
             if refusal is not None:
-                new = _waiting_status(old_status, generation, refusal.reason, refusal.message, stalled=True)
-                outcome = StepOutcome(new, HOST_MISSING_RETRY_SECONDS, ())
+                refused = settle.refused(old_status, generation, refusal.reason, refusal.message, _now(),
+                                         retry=HOST_MISSING_RETRY_SECONDS)
+                outcome = StepOutcome(refused.status, refused.requeue_after, ())
                 _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
                 raise kopf.TemporaryError(refusal.message, delay=HOST_MISSING_RETRY_SECONDS)
         if resolved.spec is None:  # a refusal covers a missing host; this is unreachable
@@ -357,13 +344,16 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         try:
             client = await runtime.connections.client_for(resolved.secret_namespace, vm_spec.host_name, host_spec)
         except HostConfigError as exc:
-            new = _waiting_status(old_status, generation, "HostMisconfigured", str(exc), stalled=True)
-            _apply_outcome(body, patch, old_status, StepOutcome(new, 30.0, ()), vm_spec, host_key)
-            raise kopf.TemporaryError(str(exc), delay=30.0) from exc
+            wrong = settle.host_misconfigured(old_status, generation, str(exc), _now())
+            outcome = StepOutcome(wrong.status, wrong.requeue_after, ())
+            _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
+            raise kopf.TemporaryError(str(exc), delay=wrong.requeue_after) from exc
         ref = VmRef(namespace=namespace, name=name, uid=uid, generation=generation)
         metered = metrics.MeteredClient(client, host_key)
-        run = engine.finalize if deleting else engine.reconcile
-        outcome = await run(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots, _now())
+        first = under_way(old_status, deleting=deleting)
+        async with runtime.gate.turn(host_key, started=first):  # the VM's lock is held by step()
+            run = engine.finalize if deleting else engine.reconcile
+            outcome = await run(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots, _now())
         _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
         return outcome
 

@@ -10,8 +10,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 
+from hyperv_operator import api
 from hyperv_operator.envtest.controlplane import ControlPlane
 from hyperv_operator.envtest.operator_process import OperatorProcess
 from hyperv_operator.envtest.stack import BASE_VHD, SimulatedHyperV
@@ -306,3 +308,39 @@ def test_operator_cli_help_is_the_image_entrypoint() -> None:
     assert "{run,check-host}" in result.stdout
     run_help = subprocess.run([str(script), "run", "--help"], capture_output=True, text=True, check=False)
     assert "--all-namespaces" in run_help.stdout and "--metrics-port" in run_help.stdout
+
+
+def _versions_until_provisioned(kube: Kube, namespace: str, name: str, strategy: str) -> list[dict[str, Any]]:
+    """Every version of the object the API server stored, from creation until Provisioned and settled."""
+    listing = kube.objects.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VM_PLURAL)
+    watch = kubernetes.watch.Watch()
+    versions: list[dict[str, Any]] = []
+    kube.create_vm(namespace, name, strategy)
+    stream = watch.stream(kube.objects.list_namespaced_custom_object, api.GROUP, api.VERSION, namespace,
+                          api.VM_PLURAL, field_selector=f"metadata.name={name}",
+                          resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=120)
+    for event in stream:
+        obj = event["object"]
+        versions.append(obj)
+        status = obj.get("status") or {}
+        reconciling = condition(obj, "Reconciling")
+        if status.get("phase") == "Provisioned" and reconciling is not None and reconciling["status"] == "False":
+            watch.stop()
+    return versions
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_api_writes_per_vm_from_apply_to_provisioned(
+    strategy: str, sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess
+) -> None:
+    """Issue 9: at most 10 API writes per VM from apply to Provisioned (every stored version of the object
+    after the create is one write: finalizer, status patches, kopf's progress annotations and touches)."""
+    name = _name(f"writes-{strategy.lower()}")
+    versions = _versions_until_provisioned(kube, NAMESPACE, name, strategy)
+    writes = len(versions) - 1  # the first is the create itself
+    print(f"{strategy}: {writes} API writes from apply to Provisioned")
+    assert versions[-1]["status"]["phase"] == "Provisioned"
+    assert writes <= 10, [sorted((v["metadata"].get("annotations") or {}).keys()) for v in versions]
+    if strategy == "Differencing":
+        annotations = [a for v in versions for a in (v["metadata"].get("annotations") or {})]
+        assert not any("progress" in a or "reconcile" in a.split("/")[-1] for a in annotations), annotations

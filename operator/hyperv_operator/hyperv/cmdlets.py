@@ -122,6 +122,33 @@ def set_vm(
     )
 
 
+def new_configured_vm(
+    name: str,
+    folder: str,
+    vhd_path: str,
+    memory_bytes: int,
+    generation: int,
+    switch_name: str | None,
+    *,
+    notes: str,
+    processor_count: int,
+    checkpoint_type: str | None = None,
+    start: bool = False,
+) -> Statement:
+    """`New-VM ... | Set-VM ... -Passthru [| Start-VM -Passthru]`: one statement, output the VM as it is
+    after the last command. The VM reaches Set-VM through the pipeline, so no Id is needed up front;
+    if the pipeline stops half-way the VM exists untagged (found by its folder) or tagged and Off."""
+    created = new_vm(name, folder, vhd_path, memory_bytes, generation, switch_name).commands
+    configure = cmd(HYPERV + "Set-VM", Notes=notes, ProcessorCount=processor_count, CheckpointType=checkpoint_type,
+                    Passthru=SWITCH)
+    return pipe(*created, configure, *((cmd(HYPERV + "Start-VM", Passthru=SWITCH),) if start else ()))
+
+
+def start_vm_passthru(vm_id: str) -> Statement:
+    """Start-VM that outputs the VM (state Running once Start-VM returns)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Start-VM", Passthru=SWITCH))
+
+
 def checkpoint_vm(vm_id: str, snapshot_name: str) -> Statement:
     """Output (with -Passthru): the VMSnapshot. Creates `<parent>_<GUID>.avhdx` next to each disk's
     parent file and moves the VM's drive onto it."""

@@ -67,11 +67,11 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     VisibleCmdlet(HYPERV + "New-VM", ("Name", "Path", "VHDPath", "MemoryStartupBytes", "Generation", "SwitchName")),
     VisibleCmdlet(
         HYPERV + "Set-VM",
-        ("VM", "Notes", "ProcessorCount", "CheckpointType"),
+        ("VM", "Notes", "ProcessorCount", "CheckpointType", "Passthru"),
         (("CheckpointType", ("Disabled", "Production", "ProductionOnly", "Standard")),),
     ),
     VisibleCmdlet(HYPERV + "Checkpoint-VM", ("VM", "SnapshotName", "Passthru")),
-    VisibleCmdlet(HYPERV + "Start-VM", ("VM",)),
+    VisibleCmdlet(HYPERV + "Start-VM", ("VM", "Passthru")),
     VisibleCmdlet(HYPERV + "Stop-VM", ("VM", "Force", "TurnOff", "AsJob")),
     VisibleCmdlet(HYPERV + "Resume-VM", ("VM",)),
     VisibleCmdlet(

@@ -13,20 +13,22 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from hyperv_operator.api import DeletionPolicy, HyperVHostSpec, VirtualMachineSpec
+from hyperv_operator.api import HyperVHostSpec, Strategy, VirtualMachineSpec
 from hyperv_operator.hyperv import cmdlets, second_hop
 from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, PermanentHostError, TransientHostError
-from hyperv_operator.provisioning import planner
-from hyperv_operator.provisioning.layout import Layout, is_avhdx, layout_for, same_path
+from hyperv_operator.provisioning import effects, planner, settle
+from hyperv_operator.provisioning.layout import Layout, is_avhdx, join, layout_for, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import (
     CopyJob,
     Observation,
     SlotView,
     VhdInfo,
+    expected_reads,
     kind_of,
+    needed_reads,
     parse_vhd,
     parse_vm,
     pick_vm,
@@ -79,6 +81,30 @@ class CopySlots:
         return frozenset(self._holders.get(host_key, set()))
 
 
+@dataclass(frozen=True)
+class StepInput:
+    """Everything one engine run works from."""
+
+    client: HyperVClient
+    vm: VmRef
+    spec: VirtualMachineSpec
+    status: Mapping[str, Any]
+    host: HyperVHostSpec
+    host_key: str
+    slots: CopySlots
+    now: datetime
+    deleting: bool = False
+
+
+MAX_PLANS_PER_RUN = 16
+"""Bound on plan() calls in one run (each may add an action to the batch or end the run)."""
+MAX_LOOKS_WITHOUT_ACTION = 2
+"""A plan that only asks to look again (the host is settling) is followed by a new observation at
+once, at most this many times in a row; then the run ends with that plan's short requeue."""
+MAX_BATCH = 6
+"""Bound on actions sent in one pipeline."""
+
+
 async def reconcile(
     client: HyperVClient,
     vm: VmRef,
@@ -89,8 +115,9 @@ async def reconcile(
     slots: CopySlots,
     now: datetime,
 ) -> StepOutcome:
-    """One provisioning / power / drift step. Never raises HostError (it is folded into the status)."""
-    return await _step(client, vm, spec, status, host, host_key, slots, now, deleting=False)
+    """Provisioning / power / drift, as far as the host allows without waiting. Never raises HostError
+    (it is folded into the status)."""
+    return await run_step(StepInput(client, vm, spec, status, host, host_key, slots, now))
 
 
 async def finalize(
@@ -103,8 +130,8 @@ async def finalize(
     slots: CopySlots,
     now: datetime,
 ) -> StepOutcome:
-    """One deletion step; `finished=True` once the finalizer may be removed."""
-    return await _step(client, vm, spec, status, host, host_key, slots, now, deleting=True)
+    """Deletion, as far as it goes without waiting; `finished=True` once the finalizer may be removed."""
+    return await run_step(StepInput(client, vm, spec, status, host, host_key, slots, now, deleting=True))
 
 
 def _complete(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,94 +142,132 @@ def _complete(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-async def _step(
-    client: HyperVClient,
-    vm: VmRef,
-    spec: VirtualMachineSpec,
-    status: Mapping[str, Any],
-    host: HyperVHostSpec,
-    host_key: str,
-    slots: CopySlots,
-    now: datetime,
-    *,
-    deleting: bool,
-) -> StepOutcome:
-    who = f"{vm.namespace}/{vm.name}"
-    layout = layout_for(vm.name, vm.uid, spec.vm_path, host.default_vm_path)
-    phase = str(status.get("phase") or Phase.PENDING.value)
-    if deleting and spec.deletion_policy is DeletionPolicy.RETAIN:
-        result = planner.plan_delete(spec, status, Observation(host_name=spec.host_name), now, vm=vm, layout=layout)
-        slots.release(host_key, vm.uid)
-        log.info("%s: deletionPolicy Retain: leaving VM and files on host %s", who, spec.host_name)
-        return StepOutcome(_complete(result.status, status), None, result.events, finished=True)
-    if not deleting and (phase == Phase.DELETING.value
-                         or (phase == Phase.FAILED.value and not planner.retryable_failure(status))):
-        slots.release(host_key, vm.uid)
-        return StepOutcome(_complete(dict(status), status), None, ())  # terminal: nothing to observe
-    holders = slots.holders(host_key) - {vm.uid}
-    limit = host.max_concurrent_copies
-    slot = SlotView(available=slots.can_acquire(host_key, vm.uid, limit), running=len(holders), limit=limit)
-    try:
-        obs = await observe(client, vm, spec, status, layout, slot, deleting=deleting)
-    except HostError as error:
-        log.warning("%s [%s]: observing host %s failed: %s", who, phase, spec.host_name, error)
-        if isinstance(error, PermanentHostError) and planner.is_not_found(error):
-            error = TransientHostError(f"host state changed while observing: {error.message}",
-                                       category=error.category, command=error.command)
-        new, requeue, events = planner.error_status(
-            spec, status, status, error, now, vm=vm, layout=layout, host_name=spec.host_name, step="observe",
-            deleting=deleting)
-        return StepOutcome(_complete(new, status), requeue, events)
+async def run_step(s: StepInput) -> StepOutcome:
+    """observe -> plan -> act, repeated within one run while the host needs no waiting.
 
-    result = (planner.plan_delete if deleting else planner.plan)(spec, status, obs, now, vm=vm, layout=layout)
-    new_phase = str(result.status.get("phase"))
-    if new_phase != phase:
-        log.info("%s: phase %s -> %s", who, phase, new_phase)
+    Consecutive actions whose effect is known without their output (effects.expect) are planned on
+    the expected observation and sent together in one pipeline; after a pipeline the observation is
+    brought forward from its output (effects.fold), or read again when that is not possible. The run
+    ends at a wait on the host (copy, merge, shutdown), at convergence, at an error, or after
+    MAX_PLANS_PER_RUN plans. A crash at any point loses at most this run's status: the next run's
+    observation shows which prefix of the last pipeline ran.
+    """
+    who = f"{s.vm.namespace}/{s.vm.name}"
+    layout = layout_for(s.vm.name, s.vm.uid, s.spec.vm_path, s.host.default_vm_path)
+    early = settle.without_host(s.spec, s.status, s.now, vm=s.vm, layout=layout, deleting=s.deleting)
+    if early is not None:
+        if early.free_slot:
+            s.slots.release(s.host_key, s.vm.uid)
+        if s.deleting:
+            log.info("%s: deletionPolicy Retain: leaving VM and files on host %s", who, s.spec.host_name)
+        return _outcome(s, early)
 
-    if result.action is not None and result.action.starts_copy and not slots.try_acquire(host_key, vm.uid, limit):
-        # Another VM on this host took the last slot while we were observing: plan again without one.
-        running = len(slots.holders(host_key) - {vm.uid})
-        obs = replace(obs, slot=SlotView(available=False, running=running, limit=limit))
-        result = planner.plan(spec, status, obs, now, vm=vm, layout=layout)
-        new_phase = str(result.status.get("phase"))
+    plan_fn = planner.plan_delete if s.deleting else planner.plan
+    status: dict[str, Any] = dict(s.status)
+    events: list[Event] = []
+    obs: Observation | None = None
+    batch: list[planner.Plan] = []
+    batch_from: dict[str, Any] = status  # the status the current batch started from
+    limit = s.host.max_concurrent_copies
+    looks = 0  # plans in a row that only asked to look again
+    for _ in range(MAX_PLANS_PER_RUN):
+        if obs is None:
+            try:
+                obs = await observe(s.client, s.vm, s.spec, status, layout, SlotView(True, 0, limit),
+                                    deleting=s.deleting)
+            except HostError as error:
+                log.warning("%s [%s]: observing host %s failed: %s", who, status.get("phase"), s.spec.host_name,
+                            error)
+                failed = settle.observe_failed(s.spec, status, error, s.now, vm=s.vm, layout=layout,
+                                               deleting=s.deleting)
+                return _outcome(s, failed, events)
+        obs = replace(obs, slot=_slot_view(s, limit))
+        result = plan_fn(s.spec, status, obs, s.now, vm=s.vm, layout=layout)
+        if result.action is not None and result.action.starts_copy and not s.slots.try_acquire(
+                s.host_key, s.vm.uid, limit):
+            # Another VM on this host took the last slot while we were observing: plan again without one.
+            obs = replace(obs, slot=SlotView(False, len(s.slots.holders(s.host_key) - {s.vm.uid}), limit))
+            result = plan_fn(s.spec, status, obs, s.now, vm=s.vm, layout=layout)
+        use = settle.slot_use(result.action, obs, layout)
+        if use == "hold":
+            s.slots.adopt(s.host_key, s.vm.uid)
+        elif use == "free":
+            s.slots.release(s.host_key, s.vm.uid)
+        if str(result.status.get("phase")) != str(status.get("phase")):
+            log.info("%s: phase %s -> %s", who, status.get("phase"), result.status.get("phase"))
+        action = result.action
+        if action is None and not batch:
+            events += result.events
+            looks += 1
+            if result.requeue_after is not None and result.requeue_after <= planner.AFTER_ACTION \
+                    and not result.finished and looks <= MAX_LOOKS_WITHOUT_ACTION:
+                status, obs = result.status, None  # "look again now": no reason to sleep first
+                continue
+            log.debug("%s [%s]: %s", who, result.status.get("phase"), result.status.get("message"))
+            return _outcome(s, settle.Settled(result.status, result.requeue_after, finished=result.finished),
+                            events)
+        if action is not None and batch and action.kind in settle.ALONE:
+            # This action's failure must not be mistaken for another's: send the batch so far, then
+            # plan it again on its own.
+            result, action = batch[-1], batch[-1].action
+        elif action is not None:
+            looks = 0
+            log.info("%s [%s]: host %s: %s", who, result.status.get("phase"), s.spec.host_name, action.description)
+            if not batch:
+                batch_from = status
+            batch.append(result)
+            expected = effects.expect(action, obs, layout, s.spec, s.vm.uid)
+            if (expected is not None and len(batch) < MAX_BATCH and not action.starts_copy
+                    and result.requeue_after is not None and result.requeue_after <= planner.AFTER_ACTION):
+                status, obs = result.status, expected  # plan the next action on the expected host state
+                continue
+        # Send the batch: every action planned so far, in order, in one pipeline.
+        sent = [p.action for p in batch if p.action is not None]
+        try:
+            output = await s.client.run([st for a in sent for st in a.statements])
+        except HostError as error:
+            log.warning("%s [%s]: host %s: %s failed: %s", who, result.status.get("phase"), s.spec.host_name,
+                        "; ".join(a.kind for a in sent), error)
+            failed = settle.action_failed(s.spec, batch_from, batch, error, s.now, vm=s.vm, layout=layout,
+                                          deleting=s.deleting)
+            if failed.free_slot:
+                s.slots.release(s.host_key, s.vm.uid)
+            if failed.observe_again:
+                events += [e for p in batch for e in p.events]
+                status, obs, batch = failed.status, None, []
+                continue
+            return _outcome(s, failed, events)
+        for p in batch:
+            events += p.events
+        final = result.status
+        for a in sent:
+            final = planner.absorb(a, final, output)
+            if a.kind == "NewVM" and final.get("vmId"):
+                log.info("%s [%s]: created VM %s", who, final.get("phase"), final["vmId"])
+        batch = []
+        if action is None:  # the batch ran; this plan (made on its expected effect) says what is next
+            events += result.events
+            if result.requeue_after is not None and result.requeue_after <= planner.AFTER_ACTION \
+                    and not result.finished:
+                status, obs = final, None
+                continue
+            return _outcome(s, settle.Settled(final, result.requeue_after, finished=result.finished), events)
+        if result.finished or result.requeue_after is None or result.requeue_after > planner.AFTER_ACTION:
+            return _outcome(s, settle.Settled(final, result.requeue_after, finished=result.finished), events)
+        status = final
+        obs = effects.fold(action, obs, output, layout, s.spec, s.vm.uid)
+    # Out of plans: actions still waiting to be sent were not run, so report the status before them.
+    return _outcome(s, settle.Settled(batch_from if batch else status, planner.AFTER_ACTION), events)
 
-    copy_running = obs.copy is not None and obs.copy.state == "Running" and not obs.exists(layout.disk)
-    action = result.action
-    if action is not None and action.starts_copy:
-        pass  # the slot was taken just above, with no await in between
-    elif copy_running and not (action is not None and action.kind == "CancelCopy"):
-        slots.adopt(host_key, vm.uid)  # a copy running on the host keeps (or reclaims) its slot
-    else:
-        slots.release(host_key, vm.uid)
 
-    if action is None:
-        log.debug("%s [%s]: %s", who, new_phase, result.status.get("message"))
-        return StepOutcome(_complete(result.status, status), result.requeue_after, result.events, result.finished)
+def _slot_view(s: StepInput, limit: int) -> SlotView:
+    holders = s.slots.holders(s.host_key) - {s.vm.uid}
+    return SlotView(available=s.slots.can_acquire(s.host_key, s.vm.uid, limit), running=len(holders), limit=limit)
 
-    log.info("%s [%s]: host %s: %s", who, new_phase, spec.host_name, action.description)
-    try:
-        output = await client.run(action.statements)
-    except HostError as error:
-        if action.tolerate_not_found and planner.is_not_found(error):
-            log.info("%s [%s]: %s: already gone (%s)", who, new_phase, action.kind, error.message)
-            return StepOutcome(_complete(result.status, status), planner.AFTER_ACTION, result.events)
-        if deleting and action.kind == "RemoveFolders" and isinstance(error, PermanentHostError):
-            message = f"left folder(s) in place, not empty or not removable: {error.message}"
-            log.warning("%s [Deleting]: %s", who, message)
-            done = dict(result.status, message=f"deleted; {message}")
-            return StepOutcome(_complete(done, status), None,
-                               (*result.events, Event("Warning", "FolderNotRemoved", message)), finished=True)
-        if action.starts_copy:
-            slots.release(host_key, vm.uid)
-        log.warning("%s [%s]: host %s: %s failed: %s", who, new_phase, spec.host_name, action.kind, error)
-        new, requeue, events = planner.error_status(
-            spec, status, result.status, error, now, vm=vm, layout=layout, host_name=spec.host_name,
-            step=action.description, deleting=deleting)
-        return StepOutcome(_complete(new, status), requeue, events)
-    new_status = planner.absorb(action, result.status, output)
-    if action.kind == "NewVM" and new_status.get("vmId"):
-        log.info("%s [%s]: created VM %s", who, new_phase, new_status["vmId"])
-    return StepOutcome(_complete(new_status, status), result.requeue_after, result.events, result.finished)
+
+def _outcome(s: StepInput, settled: settle.Settled, events: Sequence[Event] = ()) -> StepOutcome:
+    return StepOutcome(_complete(settled.status, s.status), settled.requeue_after, (*events, *settled.events),
+                       settled.finished)
 
 
 # --- observe -------------------------------------------------------------------------------------
@@ -244,7 +309,17 @@ async def _read_base(client: HyperVClient, base: str) -> VhdInfo:
     raise TransientHostError(f"Get-VHD {base} returned no disk")
 
 
-async def observe(
+async def _denied_base(client: HyperVClient, spec: VirtualMachineSpec, phase: str, base_exists: bool, *,
+                       deleting: bool) -> frozenset[str]:
+    """Test-Path answers $false for a share the session may not read (the second hop): ask again, so
+    access denied is told from not found."""
+    if (phase == Phase.PENDING.value and not deleting and not base_exists and second_hop.unc_server(spec.base_vhd)
+            and await second_hop.read_denied(client, spec.base_vhd)):
+        return frozenset([spec.base_vhd.rstrip("\\").lower()])
+    return frozenset()
+
+
+async def _observe_listing(
     client: HyperVClient,
     vm: VmRef,
     spec: VirtualMachineSpec,
@@ -277,13 +352,7 @@ async def observe(
     def exists(path: str | None) -> bool:
         return path is not None and path.rstrip("\\").lower() in existing
 
-    # Test-Path answers $false for a share the session may not read (the second hop): ask again.
-    denied = frozenset(
-        [spec.base_vhd.rstrip("\\").lower()]
-        if phase == Phase.PENDING.value and not deleting and not exists(spec.base_vhd)
-        and second_hop.unc_server(spec.base_vhd) and await second_hop.read_denied(client, spec.base_vhd)
-        else []
-    )
+    denied = await _denied_base(client, spec, phase, exists(spec.base_vhd), deleting=deleting)
 
     vhds: dict[str, VhdInfo] = {}
     if phase in _BASE_READ and not deleting and exists(spec.base_vhd):
@@ -336,3 +405,145 @@ async def observe(
         copy=job,
         slot=slot,
     )
+
+
+async def observe(
+    client: HyperVClient,
+    vm: VmRef,
+    spec: VirtualMachineSpec,
+    status: Mapping[str, Any],
+    layout: Layout,
+    slot: SlotView,
+    *,
+    deleting: bool = False,
+) -> Observation:
+    """Read what exists on the host, normally in ONE round trip that does not grow with the host:
+    our VM by Id (`Get-VM -Id`, its drives and checkpoints), Test-Path of every path of interest,
+    Get-VHD of the disks the status says exist, the copy's status file while a copy runs.
+
+    A second round trip reads what exists and is needed but was not expected, and lists the host's
+    VMs only when we have no vmId yet and New-VM's folder exists (a crash right after New-VM). If an
+    expected object is gone (a read fails with not-found), the host changed under us: everything is
+    read again the safe way (`_observe_listing`), which never fails on a missing object.
+    """
+    try:
+        return await _observe_by_id(client, vm, spec, status, layout, slot, deleting=deleting)
+    except HostError as error:
+        if isinstance(error, PermanentHostError) and planner.is_not_found(error):
+            log.info("%s/%s: an expected object is gone (%s); reading the host again", vm.namespace, vm.name,
+                     error.message)
+            return await _observe_listing(client, vm, spec, status, layout, slot, deleting=deleting)
+        phase = str(status.get("phase") or Phase.PENDING.value)
+        about_base = spec.base_vhd.lower() in f"{error.target}\n{error.message}\n{error.command}".lower()
+        if phase not in _BASE_READ or deleting or isinstance(error, HostUnreachableError) or not about_base:
+            raise
+        # Get-VHD of a base on shared storage fails "in use" on the hosts that do not hold it open, and
+        # on a share the session may not read it is denied: read the base on its own (by file if need be).
+        log.info("%s/%s: reading the host with the base read apart (%s)", vm.namespace, vm.name, error.message)
+        return await _observe_by_id(client, vm, spec, status, layout, slot, deleting=deleting, base_apart=True)
+
+
+def _parse(out: Sequence[HostObject], *, copy_read: bool) -> tuple[
+        list[Any], list[bool], dict[str, VhdInfo], list[str], list[str], CopyJob | None]:
+    vms: list[Any] = []
+    flags: list[bool] = []
+    vhds: dict[str, VhdInfo] = {}
+    drives: list[str] = []
+    snapshots: list[str] = []
+    job: CopyJob | None = None
+    for obj in out:
+        kind = kind_of(obj)
+        if kind == "vm":
+            vms.append(parse_vm(obj))
+        elif kind == "bool":
+            flags.append(bool(obj.value))
+        elif kind == "vhd":
+            info = parse_vhd(obj)
+            vhds[info.path.rstrip("\\").lower()] = info
+        elif kind == "drive":
+            drives.append(str(obj.get("Path") or ""))
+        elif kind == "snapshot":
+            snapshots.append(str(obj.get("Name") or ""))
+        elif kind == "string" and copy_read:
+            job = CopyJob.parse(str(obj.value))
+    return vms, flags, vhds, drives, snapshots, job
+
+
+async def _observe_by_id(
+    client: HyperVClient,
+    vm: VmRef,
+    spec: VirtualMachineSpec,
+    status: Mapping[str, Any],
+    layout: Layout,
+    slot: SlotView,
+    *,
+    deleting: bool,
+    base_apart: bool = False,
+) -> Observation:
+    phase = str(status.get("phase") or Phase.PENDING.value)
+    strategy = spec.strategy.value
+    vm_id = str(status.get("vmId") or "")
+    config_dir = join(layout.vm_dir, layout.vm_name)  # New-VM -Path vm_dir creates it
+    recorded = [str(p) for p in status.get("createdFiles") or []]
+    disk_path = (status.get("disk") or {}).get("path")
+    paths = _unique([spec.base_vhd, layout.disk, layout.partial, layout.copy_status, *recorded,
+                     *([str(disk_path)] if disk_path else []), layout.vm_dir, config_dir,
+                     *((layout.copy_status_tmp, *layout.folders_bottom_up) if deleting else ())])
+    want = expected_reads(phase, strategy, status, layout, spec.base_vhd, deleting=deleting)
+    if base_apart:
+        want = replace(want, vhds=tuple(p for p in want.vhds if not same_path(p, spec.base_vhd)))
+    first: list[Statement] = [cmdlets.test_path(p) for p in paths]
+    first += [cmdlets.get_vhd(p) for p in want.vhds]
+    if want.copy_status:
+        first.append(cmdlets.read_text_file(layout.copy_status))
+    if vm_id:
+        first += [cmdlets.get_vm_by_id(vm_id), cmdlets.get_vm_hard_disk_drives(vm_id),
+                  cmdlets.get_vm_snapshots(vm_id)]
+    vms, flags, vhds, drives, snapshots, job = _parse(await client.run(first), copy_read=want.copy_status)
+    if len(flags) != len(paths):
+        raise TransientHostError(f"Test-Path returned {len(flags)} results for {len(paths)} paths")
+    existing = {p.rstrip("\\").lower() for p, flag in zip(paths, flags, strict=True) if flag}
+    host_vm, found_by = (vms[0], "id") if vm_id and vms else (None, "")
+    obs = Observation(host_name=spec.host_name, vm=host_vm, found_by=found_by, drives=tuple(drives),
+                      snapshots=tuple(snapshots), existing=frozenset(existing), vhds=vhds, copy=job, slot=slot)
+
+    need = needed_reads(phase, strategy, status, layout, spec.base_vhd, obs, deleting=deleting)
+    if base_apart:
+        obs = replace(obs, denied=await _denied_base(client, spec, phase, obs.exists(spec.base_vhd), deleting=deleting))
+        if obs.exists(spec.base_vhd) and any(same_path(p, spec.base_vhd) for p in need.vhds):
+            base = await _read_base(client, spec.base_vhd)
+            vhds[base.path.rstrip("\\").lower()] = base
+    second: list[Statement] = [cmdlets.get_vhd(p) for p in need.vhds if obs.vhd(p) is None]
+    read_copy = need.copy_status and not want.copy_status
+    if read_copy:
+        second.append(cmdlets.read_text_file(layout.copy_status))
+    # New-VM may have run without its Id reaching the status (a crash right after it) only if its
+    # folder exists, or if vm_dir and what New-VM needs exist: New-VM -VHDPath needs the disk, and
+    # after a copy it is sent behind the removal of the copy's status file (so while that file is
+    # there, it has not run); Quick's vm_dir is made right before New-VM. Only then list the host's
+    # VMs to find ours by tag / folder.
+    disk_ready = obs.exists(layout.disk) and not obs.exists(layout.copy_status)
+    new_vm_possible = obs.exists(layout.vm_dir) and (strategy == Strategy.QUICK.value or disk_ready)
+    list_vms = not vm_id and (obs.exists(config_dir) or new_vm_possible)
+    if list_vms:
+        second.append(cmdlets.get_all_vms())
+    if second:
+        vms2, _, vhds2, _, _, job2 = _parse(await client.run(second), copy_read=read_copy)
+        vhds.update(vhds2)
+        job = job2 if read_copy else job
+        if list_vms:
+            host_vm, found_by = pick_vm(vms2, None, vm.uid, layout)
+        if host_vm is not None and not vm_id:
+            third = [cmdlets.get_vm_hard_disk_drives(host_vm.id), cmdlets.get_vm_snapshots(host_vm.id)]
+            _, _, _, drives3, snapshots3, _ = _parse(await client.run(third), copy_read=False)
+            drives, snapshots = drives3, snapshots3
+    # After a crash mid-checkpoint the status may not know the .avhdx yet: read its chain too.
+    missing = [d for d in drives if is_avhdx(d) and d.rstrip("\\").lower() not in vhds and not deleting]
+    if missing:
+        for obj in await client.run([cmdlets.get_vhd(d) for d in missing]):
+            if kind_of(obj) == "vhd":
+                info = parse_vhd(obj)
+                vhds[info.path.rstrip("\\").lower()] = info
+                existing.add(info.path.rstrip("\\").lower())
+    return replace(obs, vm=host_vm, found_by=found_by, drives=tuple(drives), snapshots=tuple(snapshots),
+                   existing=frozenset(existing), vhds=vhds, copy=job)

@@ -7,9 +7,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hyperv_operator.api import UID_TAG_PREFIX
+from hyperv_operator.api import UID_TAG_PREFIX, Strategy
 from hyperv_operator.hyperv.commands import HostObject
 from hyperv_operator.provisioning.layout import Layout, same_path
+from hyperv_operator.provisioning.phases import Phase
 
 MERGING_STATUS = "merging disks"
 
@@ -208,3 +209,65 @@ def pick_vm(vms: Iterable[VmInfo], vm_id: str | None, uid: str, layout: Layout) 
         ):
             return vm, "folder"
     return None, ""
+
+
+# --- what to read in the one observing round trip (pure) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What an observation reads beyond Test-Path: each read fails the batch if its object is missing,
+    so only what the status says exists is read up front (`expected`); what turns out to exist and is
+    needed but was not expected is read in a second round trip (`needed`)."""
+
+    vhds: tuple[str, ...]
+    copy_status: bool
+
+
+def expected_reads(phase: str, strategy: str, status: Mapping[str, Any], layout: Layout, base_vhd: str, *,
+                   deleting: bool) -> Reads:
+    copy = status.get("copy") or {}
+    copy_live = bool(copy.get("startedAt")) and not copy.get("finishedAt")
+    if deleting:
+        return Reads((), copy_live)
+    vhds: list[str] = []
+    if phase in (Phase.PENDING, Phase.FAILED):
+        vhds.append(base_vhd)
+    disk_made = (phase in (Phase.CREATING_VM, Phase.STARTING, Phase.PROVISIONED) if strategy != Strategy.QUICK.value
+                 else phase in (Phase.REPARENTING, Phase.MERGING, Phase.PROVISIONED))
+    if disk_made:
+        vhds.append(layout.disk)
+    avhdx = recorded_avhdx(status)
+    quick = strategy == Strategy.QUICK.value
+    if quick and avhdx and phase in (Phase.STARTING, Phase.COPYING_BASE, Phase.REPARENTING):
+        vhds.append(avhdx)
+    return Reads(tuple(vhds), copy_live and phase in (Phase.COPYING, Phase.COPYING_BASE))
+
+
+def needed_reads(phase: str, strategy: str, status: Mapping[str, Any], layout: Layout, base_vhd: str,
+                 obs: Observation, *, deleting: bool) -> Reads:
+    """Everything the planner may consult, given what exists (`obs` from the first round trip)."""
+    if deleting:
+        return Reads((), obs.exists(layout.copy_status))
+    vhds: list[str] = []
+    if phase in (Phase.PENDING, Phase.FAILED) and obs.exists(base_vhd):
+        vhds.append(base_vhd)
+    if obs.exists(layout.disk) and phase in (Phase.PENDING, Phase.CREATING_DISK, Phase.MERGING):
+        vhds.append(layout.disk)
+    avhdx = recorded_avhdx(status) or obs.avhdx_drive()
+    merging_done = phase == Phase.MERGING and not obs.has_snapshot(layout.checkpoint_name)
+    if strategy == Strategy.QUICK.value and avhdx and obs.exists(avhdx) and not merging_done:
+        vhds.append(avhdx)
+    after_copy = (Phase.PROVISIONED, Phase.REPARENTING, Phase.MERGING, Phase.FAILED)
+    read_copy = obs.exists(layout.copy_status) and phase not in after_copy
+    return Reads(tuple(vhds), read_copy)
+
+
+def recorded_avhdx(status: Mapping[str, Any]) -> str | None:
+    disk = status.get("disk") or {}
+    if str(disk.get("path") or "").lower().endswith(".avhdx"):
+        return str(disk["path"])
+    for path in status.get("createdFiles") or []:
+        if str(path).lower().endswith(".avhdx"):
+            return str(path)
+    return None

@@ -10,7 +10,7 @@ the status; `error_status` turns a host error into the status the handler writes
 from __future__ import annotations
 
 import copy as _copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,7 +23,8 @@ from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, Trans
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, is_checkpoint_of, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import Observation, kind_of, parse_vm
-from hyperv_operator.provisioning.phases import Phase, is_before, next_phase, phases
+from hyperv_operator.provisioning.pacing import copy_poll_delay
+from hyperv_operator.provisioning.phases import COPY_PHASES, Phase, Step
 
 # Requeue delays (seconds).
 HOST_ACCESS_CATEGORIES = frozenset({"AuthenticationError", "SecurityError"})
@@ -140,6 +141,18 @@ class _Work:
         timings[key] = value
         self.status["timings"] = timings
 
+    def reached(self, at_key: str, seconds_key: str | None = None) -> None:
+        """The first time the VM reaches a milestone: record when (ms precision) and, with
+        `seconds_key`, how long since createdAt. Later calls change nothing."""
+        timings = self.status.get("timings") or {}
+        if timings.get(at_key):
+            return
+        self.timing(at_key, cond.precise_timestamp(self.now))
+        if seconds_key:
+            seconds = _seconds_between(timings.get("createdAt"), self.now)
+            if seconds is not None:
+                self.timing(seconds_key, seconds)
+
     def copy_status(self, **values: Any) -> None:
         current = dict(self.status.get("copy") or {})
         current.update(values)
@@ -211,8 +224,7 @@ def _pending(w: _Work) -> _Result:
     w.status["vmDir"] = w.layout.vm_dir
     if w.strategy is Strategy.QUICK:
         w.status["checkpointName"] = w.layout.checkpoint_name
-    if not (w.status.get("timings") or {}).get("createdAt"):
-        w.timing("createdAt", cond.timestamp(w.now))
+    w.reached("createdAt")
     if w.strategy is not Strategy.QUICK and not w.status.get("disk"):
         diff = w.strategy is Strategy.DIFFERENCING
         w.status["disk"] = {"path": w.layout.disk, "type": "Differencing" if diff else "Dynamic",
@@ -241,9 +253,6 @@ def _creating_disk(w: _Work) -> _Result:
 
 
 def _copying(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
     base, disk, layout = w.spec.base_vhd, w.layout.disk, w.layout
     job = w.obs.copy
     if w.obs.exists(disk):
@@ -292,9 +301,6 @@ def _copying(w: _Work) -> _Result:
 
 
 def _creating_vm(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
     quick = w.strategy is Strategy.QUICK
     vhd = w.spec.base_vhd if quick else w.layout.disk
     vm = w.obs.vm
@@ -302,14 +308,25 @@ def _creating_vm(w: _Work) -> _Result:
         if not quick and not w.obs.exists(vhd):
             return _Fail("DiskNotFound", f"the VM's disk {vhd} is missing on host {w.obs.host_name}")
         s = w.spec
+        # Tag and size it in the same statement (and start it, where the phase after is Starting):
+        # New-VM's output feeds Set-VM, so a crash half-way leaves an untagged VM in our folder.
+        # Secure boot settings go on with Set-VMFirmware while the VM is still off: no start then.
+        firmware_first = s.secure_boot is not None and s.generation == 2
+        start = not quick and s.power_state is PowerState.RUNNING and not firmware_first
+        if quick and not w.status.get("checkpointTypeBefore"):
+            # New VMs get Production checkpoints by default; Standard is only for the quick-provision
+            # checkpoint and is put back once it is merged.
+            w.status["checkpointTypeBefore"] = "Production"
         return _Act(Action("NewVM",
                            (cmdlets.new_directory(w.layout.vm_dir),
-                            cmdlets.new_vm(w.layout.vm_name, w.layout.vm_dir, vhd, s.memory_bytes, s.generation,
-                                           s.switch_name)),
-                           f"New-VM {w.layout.vm_name} -Path {w.layout.vm_dir} -VHDPath {vhd}"),
+                            cmdlets.new_configured_vm(w.layout.vm_name, w.layout.vm_dir, vhd, s.memory_bytes,
+                                                      s.generation, s.switch_name,
+                                                      notes=f"{UID_TAG_PREFIX}{w.vm.uid}", processor_count=s.cpus,
+                                                      checkpoint_type="Standard" if quick else None, start=start)),
+                           f"New-VM {w.layout.vm_name} -Path {w.layout.vm_dir} -VHDPath {vhd} | Set-VM"
+                           + (" | Start-VM" if start else "")),
                     f"creating VM {w.layout.vm_name} on {vhd}" + (" (not started: the base is read-only)"
                                                                    if quick else ""))
-    w.adopt_vm()
     tagged = vm.tagged_for(w.vm.uid)
     wrong_cpus = vm.processor_count is not None and vm.processor_count != w.spec.cpus
     wrong_checkpoint = quick and vm.checkpoint_type is not None and vm.checkpoint_type != "Standard"
@@ -334,21 +351,14 @@ def _creating_vm(w: _Work) -> _Result:
                            f"Set-VMFirmware {vm.id} -EnableSecureBoot {'On' if boot.enabled else 'Off'}"
                            + (f" -SecureBootTemplate {template}" if template else "")),
                     f"applying secure boot settings to VM {vm.id} before its first start")
-    if w.strategy is Strategy.COPY and not (w.status.get("timings") or {}).get("independentAt"):
-        w.timing("independentAt", cond.timestamp(w.now))
-        seconds = _seconds_between((w.status.get("timings") or {}).get("createdAt"), w.now)
-        if seconds is not None:
-            w.timing("secondsToIndependent", seconds)
+    if w.strategy is Strategy.COPY:
+        w.reached("independentAt", "secondsToIndependent")
     return DONE
 
 
 def _checkpointing(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
     vm = w.obs.vm
     assert vm is not None
-    w.adopt_vm()
     name = w.layout.checkpoint_name
     w.status["checkpointName"] = name
     if w.obs.has_snapshot(name):
@@ -362,18 +372,10 @@ def _checkpointing(w: _Work) -> _Result:
 
 
 def _starting(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
     vm = w.obs.vm
     assert vm is not None
-    w.adopt_vm()
     if vm.state == RUNNING:
-        if not (w.status.get("timings") or {}).get("runningAt"):
-            w.timing("runningAt", cond.timestamp(w.now))
-            seconds = _seconds_between((w.status.get("timings") or {}).get("createdAt"), w.now)
-            if seconds is not None:
-                w.timing("secondsToRunning", seconds)
+        w.reached("runningAt", "secondsToRunning")
         return DONE
     if w.spec.power_state is PowerState.OFF:
         return DONE
@@ -386,10 +388,6 @@ def _starting(w: _Work) -> _Result:
 
 
 def _reparenting(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
-    w.adopt_vm()
     disk, base = w.layout.disk, w.spec.base_vhd
     avhdx = w.recorded_avhdx()
     if avhdx is None or not w.obs.exists(avhdx):
@@ -416,12 +414,8 @@ def _reparenting(w: _Work) -> _Result:
 
 
 def _merging(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
     vm = w.obs.vm
     assert vm is not None
-    w.adopt_vm()
     disk = w.layout.disk
     avhdx = w.recorded_avhdx()
     disk_info = w.obs.vhd(disk)
@@ -437,11 +431,7 @@ def _merging(w: _Work) -> _Result:
                                f"Set-VM {vm.id} -CheckpointType {before}"),
                         f"merged; restoring the VM's checkpoint type {before}")
         w.status["mergeStartedAt"] = None
-        if not (w.status.get("timings") or {}).get("independentAt"):
-            w.timing("independentAt", cond.timestamp(w.now))
-            seconds = _seconds_between((w.status.get("timings") or {}).get("createdAt"), w.now)
-            if seconds is not None:
-                w.timing("secondsToIndependent", seconds)
+        w.reached("independentAt", "secondsToIndependent")
         w.event("Independent", f"{w.vm_label} now runs on its own disk {disk}; the base is no longer used")
         return DONE
     name = w.layout.checkpoint_name
@@ -455,8 +445,16 @@ def _merging(w: _Work) -> _Result:
                                                 f"{info.parent_path}, not the copy {disk}")
         w.event("MergeStarted", f"removing checkpoint {name}: merging {avhdx} into {disk} online")
         w.status["mergeStartedAt"] = cond.timestamp(w.now)
-        return _Act(Action("RemoveCheckpoint", (cmdlets.remove_vm_snapshot(vm.id, name),),
-                           f"Remove-VMSnapshot {vm.id} -Name {name}"),
+        statements = [cmdlets.remove_vm_snapshot(vm.id, name)]
+        before = w.status.get("checkpointTypeBefore")
+        if before and before != "Standard":
+            # The quick-provision checkpoint was the only one that needed Standard: put the VM's type
+            # back in the same pipeline (a crash in between is caught after the merge, below).
+            statements.append(cmdlets.set_vm(vm.id, checkpoint_type=str(before)))
+            w.status["checkpointTypeBefore"] = None
+        return _Act(Action("RemoveCheckpoint", tuple(statements),
+                           f"Remove-VMSnapshot {vm.id} -Name {name}"
+                           + (f"; Set-VM -CheckpointType {before}" if len(statements) > 1 else "")),
                     f"removing checkpoint {name} (merges {avhdx} into {disk})", MERGE_POLL)
     message = (f"merging {avhdx} into {disk} (VM status: {vm.status or 'unknown'}; drives: "
                f"{', '.join(w.obs.drives) or 'none'})")
@@ -470,13 +468,9 @@ def _merging(w: _Work) -> _Result:
 
 
 def _provisioned(w: _Work) -> _Result:
-    gone = _vm_gone(w)
-    if gone:
-        return gone
     vm = w.obs.vm
     if vm is None:
         return _Fail("VMNotFound", f"no VM tagged for this resource on host {w.obs.host_name}")
-    w.adopt_vm()
     if vm.state == PAUSED:
         # Paused: the guest does not run, so it can neither serve (Running) nor shut down (Off).
         # Resume it first, in both cases; a graceful shutdown follows when spec.powerState is Off.
@@ -536,18 +530,74 @@ def _critical(w: _Work) -> _Wait | None:
                  stall="VMCritical")
 
 
-_HANDLERS: dict[Phase, Callable[[_Work], _Result]] = {
-    Phase.PENDING: _pending,
-    Phase.CREATING_DISK: _creating_disk,
-    Phase.COPYING: _copying,
-    Phase.COPYING_BASE: _copying,
-    Phase.CREATING_VM: _creating_vm,
-    Phase.CHECKPOINTING: _checkpointing,
-    Phase.STARTING: _starting,
-    Phase.REPARENTING: _reparenting,
-    Phase.MERGING: _merging,
-    Phase.PROVISIONED: _provisioned,
+PENDING = Step(Phase.PENDING, _pending,
+               "check the base: Get-VHD must find it, not a differencing disk; nothing is created",
+               "the base is a standalone VHDX", watches_vm=False)
+
+PHASE_TABLES: dict[Strategy, tuple[Step, ...]] = {
+    Strategy.DIFFERENCING: (
+        PENDING,
+        Step(Phase.CREATING_DISK, _creating_disk, "New-Item vm_dir; New-VHD disk -ParentPath base -Differencing",
+             "Get-VHD disk exists with ParentPath = base", watches_vm=False),
+        Step(Phase.CREATING_VM, _creating_vm, "New-VM -Path vm_dir -VHDPath disk | Set-VM Notes=uid tag, CPUs "
+                                              "-Passthru | Start-VM -Passthru (record vmId)",
+             "a VM with our uid tag (or status.vmId) exists, configured"),
+        Step(Phase.STARTING, _starting, "Start-VM (skipped when powerState is Off)", "VM State Running"),
+        Step(Phase.PROVISIONED, _provisioned, "power and drift: start/stop per spec.powerState; report "
+                                              "out-of-band changes", "converged"),
+    ),
+    Strategy.COPY: (
+        PENDING,
+        Step(Phase.COPYING, _copying, "wait for a copy slot; start the background copy base -> disk.partial "
+                                      "(renamed to disk when whole); poll its status file by its ETA",
+             "disk exists (the rename happened)"),
+        Step(Phase.CREATING_VM, _creating_vm, "New-VM -VHDPath disk | Set-VM Notes=uid tag, CPUs -Passthru | "
+                                              "Start-VM -Passthru (record vmId)",
+             "a VM with our uid tag exists, configured"),
+        Step(Phase.STARTING, _starting, "Start-VM (skipped when powerState is Off)", "VM State Running"),
+        Step(Phase.PROVISIONED, _provisioned, "power and drift", "converged"),
+    ),
+    Strategy.QUICK: (
+        PENDING,
+        Step(Phase.CREATING_VM, _creating_vm, "New-VM -VHDPath base | Set-VM Notes=uid tag, CPUs, CheckpointType "
+                                              "Standard -Passthru (NOT started: the base is read-only)",
+             "a VM with our tag exists, configured"),
+        Step(Phase.CHECKPOINTING, _checkpointing, "Checkpoint-VM hyperv-operator-quick-provision (the VM moves "
+                                                  "onto <base>_<GUID>.avhdx next to the base, so the base's "
+                                                  "FOLDER must be writable for the host; recorded in createdFiles)",
+             "the checkpoint exists"),
+        Step(Phase.STARTING, _starting, "Start-VM: the VM runs on the .avhdx (Ready=True from here)",
+             "VM State Running"),
+        Step(Phase.COPYING_BASE, _copying, "wait for a copy slot; background copy base -> disk.partial -> disk; "
+                                           "poll by its ETA", "disk exists"),
+        Step(Phase.REPARENTING, _reparenting, "Set-VHD avhdx -ParentPath disk -LeafPath avhdx (never "
+                                              "-IgnoreIdMismatch)", "Get-VHD avhdx ParentPath = disk"),
+        Step(Phase.MERGING, _merging, "Remove-VMSnapshot (merges the .avhdx into disk online; never into the "
+                                      "base); poll (Stalled MergeTimedOut after an hour); then Set-VM "
+                                      "-CheckpointType <the type before>",
+             "drive = disk, .avhdx gone, disk has no parent, VM Status not 'Merging disks', checkpoint type "
+             "restored"),
+        Step(Phase.PROVISIONED, _provisioned, "power and drift (Independent=True)", "converged"),
+    ),
 }
+
+
+def phases(strategy: Strategy) -> tuple[Phase, ...]:
+    return tuple(step.phase for step in PHASE_TABLES[strategy])
+
+
+def step_of(strategy: Strategy, phase: Phase) -> Step:
+    return next(step for step in PHASE_TABLES[strategy] if step.phase is phase)
+
+
+def next_phase(strategy: Strategy, phase: Phase) -> Phase:
+    order = phases(strategy)
+    return order[min(order.index(phase) + 1, len(order) - 1)]
+
+
+def is_before(strategy: Strategy, phase: Phase, other: Phase) -> bool:
+    order = phases(strategy)
+    return phase in order and other in order and order.index(phase) < order.index(other)
 
 
 # --- conditions ----------------------------------------------------------------------------------
@@ -670,8 +720,14 @@ def plan(
     if phase not in phases(spec.strategy):
         return _fail(w, start, _Fail("UnknownPhase", f"phase {phase} is not part of the {spec.strategy} strategy"))
     while True:
+        step = step_of(spec.strategy, phase)
         critical = _critical(w) if phase is not Phase.PENDING else None
-        result: _Result = critical if critical is not None else _HANDLERS[phase](w)
+        gone = _vm_gone(w) if step.watches_vm and critical is None else None
+        if gone is not None:
+            return _fail(w, start, gone)
+        if step.watches_vm and critical is None:
+            w.adopt_vm()
+        result: _Result = critical if critical is not None else step.plan(w)
         if isinstance(result, _Done):
             nxt = next_phase(spec.strategy, phase)
             if nxt == phase:  # Provisioned never reports done; guard anyway
@@ -685,13 +741,16 @@ def plan(
             status_out = _finish_status(w, phase, f"{phase.value}: {result.message}", converged=False)
             return Plan(result.action, status_out, result.requeue, tuple(w.events))
         converged = result.requeue is None and phase is Phase.PROVISIONED
+        requeue = result.requeue
+        if phase in COPY_PHASES and requeue is not None and observation.copy is not None:
+            requeue = copy_poll_delay(observation.copy, requeue)  # poll by the copy's ETA
         status_out = _finish_status(w, phase, f"{phase.value}: {result.message}" if not converged
                                     else result.message, converged=converged, stall=result.stall)
         stalled_before = cond.find(start_conditions, cond.STALLED) or {}
         if result.stall and not (stalled_before.get("status") == "True"
                                  and stalled_before.get("reason") == result.stall):
             w.event(result.stall, result.message, warning=True)  # once, when the stall begins
-        return Plan(None, status_out, result.requeue, tuple(w.events))
+        return Plan(None, status_out, requeue, tuple(w.events))
 
 
 # --- finalize ------------------------------------------------------------------------------------

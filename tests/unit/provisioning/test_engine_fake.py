@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import PermanentHostError, TransientHostError
@@ -20,6 +22,10 @@ REF = VmRef("default", "web", "1234abcd-0000-4000-8000-000000000001", 1)
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
 
+class Died(Exception):
+    """The operator process died mid-pipeline."""
+
+
 class FakeHost:
     def __init__(self) -> None:
         self.files: dict[str, dict[str, Any]] = {BASE.lower(): {"Path": BASE, "VhdType": "Dynamic"}}
@@ -27,6 +33,8 @@ class FakeHost:
         self.vms: dict[str, dict[str, Any]] = {}
         self.runs: list[list[str]] = []
         self.fail_next: Exception | None = None
+        self.config_folder = True  # New-VM -Path p makes p\\<name> (the fake can be told not to)
+        self.die_after_new_vm = False
 
     async def run(self, statements: Sequence[Statement]) -> list[HostObject]:
         self.runs.append([str(s) for s in statements])
@@ -46,7 +54,7 @@ class FakeHost:
         first = st.commands[0]
         p = first.parameter
         vm = self.vms.get(str(p("Id"))) if names[0] == "Get-VM" and p("Id") else None
-        if names == ["Get-VM"]:
+        if names == ["Get-VM"] and not p("Id"):
             return [self._vm(v) for v in self.vms.values()]
         if names[0] == "Get-VM" and vm is None:
             raise PermanentHostError("VM not found", category="ObjectNotFound")
@@ -54,7 +62,11 @@ class FakeHost:
             path = str(p("LiteralPath")).lower()
             return [HostObject(("System.Boolean",), {}, path in self.files or path in self.folders)]
         if names == ["Get-VHD"]:
-            return [HostObject(("Microsoft.Vhd.PowerShell.VirtualHardDisk",), dict(self.files[str(p("Path")).lower()]))]
+            info = self.files.get(str(p("Path")).lower())
+            if info is None:
+                raise PermanentHostError(f"'{p('Path')}' is not an existing virtual hard disk file.",
+                                         category="ObjectNotFound")
+            return [HostObject(("Microsoft.Vhd.PowerShell.VirtualHardDisk",), dict(info))]
         if names == ["New-Item"]:
             self.folders.add(str(p("Path")).lower())
             return []
@@ -62,28 +74,37 @@ class FakeHost:
             self.files[str(p("Path")).lower()] = {"Path": p("Path"), "VhdType": "Differencing",
                                                   "ParentPath": p("ParentPath")}
             return []
-        if names == ["New-VM"]:
+        if names[0] == "New-VM":
             vm_id = str(uuid.uuid4())
-            self.vms[vm_id] = {"Id": vm_id, "Name": p("Name"), "State": "Off", "Notes": "", "ProcessorCount": 1,
-                               "Path": f"{p('Path')}\\{p('Name')}", "Drive": p("VHDPath")}
-            self.folders.add(f"{p('Path')}\\{p('Name')}".lower())
-            return [self._vm(self.vms[vm_id])]
+            vm = self.vms[vm_id] = {"Id": vm_id, "Name": p("Name"), "State": "Off", "Notes": "", "ProcessorCount": 1,
+                                    "Path": f"{p('Path')}\\{p('Name')}", "Drive": p("VHDPath")}
+            if self.config_folder:
+                self.folders.add(f"{p('Path')}\\{p('Name')}".lower())
+            if self.die_after_new_vm:
+                self.die_after_new_vm = False
+                raise Died("after New-VM")
         assert vm is not None
-        second = st.commands[1]
-        if names[1] == "Set-VM":
-            vm["Notes"] = second.parameter("Notes") or vm["Notes"]
-            vm["ProcessorCount"] = second.parameter("ProcessorCount") or vm["ProcessorCount"]
-        elif names[1] == "Start-VM":
-            vm["State"] = "Running"
-        elif names[1] == "Stop-VM":
-            vm["State"] = "Off"
-        elif names[1] == "Remove-VM":
-            del self.vms[vm["Id"]]
-        elif names[1] == "Get-VMHardDiskDrive":
-            return [HostObject(("Microsoft.HyperV.PowerShell.HardDiskDrive",), {"Path": vm["Drive"]})]
-        elif names[1] == "Get-VMSnapshot":
-            return []
-        return []
+        out: list[HostObject] = [self._vm(vm)]
+        for name, command in zip(names[1:], st.commands[1:], strict=True):
+            passthru = command.parameter("Passthru") is not None
+            out = []
+            if name == "Set-VM":
+                vm["Notes"] = command.parameter("Notes") or vm["Notes"]
+                vm["ProcessorCount"] = command.parameter("ProcessorCount") or vm["ProcessorCount"]
+            elif name == "Start-VM":
+                vm["State"] = "Running"
+            elif name == "Stop-VM":
+                vm["State"] = "Off"
+            elif name == "Remove-VM":
+                del self.vms[vm["Id"]]
+            elif name == "Get-VMHardDiskDrive":
+                out = [HostObject(("Microsoft.HyperV.PowerShell.HardDiskDrive",), {"Path": vm["Drive"]})]
+                continue
+            elif name == "Get-VMSnapshot":
+                continue
+            if passthru:
+                out = [self._vm(vm)]
+        return out
 
     @staticmethod
     def _vm(v: dict[str, Any]) -> HostObject:
@@ -127,7 +148,8 @@ def test_differencing_against_fake_host_and_delete() -> None:
     assert vm["Notes"] == "hyperv-operator.io/uid=" + REF.uid and vm["State"] == "Running"
     assert status["vmId"] == vm["Id"]
     assert status["disk"]["path"] == "D:\\VMs\\web-1234abcd\\web.vhdx"
-    assert len(host.runs) <= steps * 3  # observe (2 round trips) + at most one action per step
+    # One run: observe (one round trip), then New-VHD and New-VM | Set-VM | Start-VM in one pipeline.
+    assert (steps, len(host.runs)) == (1, 2), host.runs
     _drive(host, s, status, deleting=True)
     assert host.vms == {}
     assert set(host.files) == {BASE.lower()}
@@ -155,3 +177,20 @@ def test_missing_base_in_engine_creates_nothing() -> None:
     status, _ = _drive(host, s, {})
     assert status["phase"] == "Failed"
     assert all(not any(w in r for r in run for w in ("New-", "Set-", "Start-")) for run in host.runs)
+
+
+def test_crash_right_after_new_vm_finds_the_untagged_vm_without_relying_on_its_config_folder() -> None:
+    """New-VM ran, the operator died before Set-VM tagged it and before the status had its Id: the next
+    run must find that VM in our folder (vm_dir and the disk exist), never create a second one."""
+    host = FakeHost()
+    host.config_folder = False
+    host.die_after_new_vm = True
+    s = VirtualMachineSpec.from_dict({"hostRef": {"name": "hv1"}, "baseVhd": BASE, "strategy": "Differencing"})
+    with pytest.raises(Died):
+        asyncio.run(reconcile(host, REF, s, {}, HOST, "hv1", CopySlots(), NOW))
+    assert len(host.vms) == 1 and next(iter(host.vms.values()))["Notes"] == ""
+    status, _ = _drive(host, s, {})
+    assert status["phase"] == "Provisioned", status["message"]
+    assert len(host.vms) == 1
+    vm = next(iter(host.vms.values()))
+    assert status["vmId"] == vm["Id"] and vm["Notes"] == "hyperv-operator.io/uid=" + REF.uid

@@ -4,6 +4,7 @@ right after this step" cases (the host shows the step done, status does not: no 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from .helpers import (
     REF,
     TAG,
     VM_ID,
+    base_vhd,
     cmdlet_names,
     condition,
     observe,
@@ -57,7 +59,8 @@ CASES = [
     Case("diff/pending->create-disk", "Differencing", status(), observe(), "CreatingDisk", "CreateDifferencingDisk",
          ("New-Item", "New-VHD")),
     Case("diff/died-after-new-vhd", "Differencing", status("CreatingDisk"),
-         observe(files=(BASE, DISK), vhds=(DIFF_CHILD,)), "CreatingVM", "NewVM", ("New-Item", "New-VM")),
+         observe(files=(BASE, DISK), vhds=(DIFF_CHILD,)), "CreatingVM", "NewVM",
+         ("New-Item", "New-VM", "Set-VM", "Start-VM")),
     Case("diff/died-after-new-vm (adopt by tag)", "Differencing", status("CreatingVM"),
          observe(files=(BASE, DISK), vhds=(DIFF_CHILD,), host_vm=vm(), found_by="tag"), "Starting", "StartVM",
          ("Get-VM", "Start-VM")),
@@ -194,7 +197,7 @@ def test_quick_sequence_events_and_conditions() -> None:
     assert condition(r.status, "Reconciling")["reason"] == "CopyingBase"
     assert [e.message for e in r.events if e.reason == "PhaseChanged"] == [
         "Quick: Starting -> CopyingBase (VM 6e1f2a3b...)"]
-    assert r.status["timings"]["runningAt"] == "2025-01-01T12:00:00Z"
+    assert r.status["timings"]["runningAt"] == "2025-01-01T12:00:00.000Z"
     assert r.status["timings"]["secondsToRunning"] == 60.0
     # merge done
     r2 = plan(s, status("Merging", **QUICK_FILES), observe(files=(BASE, DISK), host_vm=vm("Running"), drives=(DISK,),
@@ -203,7 +206,7 @@ def test_quick_sequence_events_and_conditions() -> None:
     assert condition(r2.status, "Independent")["status"] == "True"
     assert condition(r2.status, "Reconciling")["status"] == "False"
     assert r2.status["disk"] == {"path": DISK, "type": "Dynamic", "parentPath": None}
-    assert r2.status["timings"]["independentAt"] == "2025-01-01T12:00:00Z"
+    assert r2.status["timings"]["independentAt"] == "2025-01-01T12:00:00.000Z"
     assert r2.status["observedGeneration"] == 1
 
 
@@ -305,3 +308,16 @@ def test_condition_transition_time_kept_when_status_unchanged() -> None:
 
     r2 = plan(s, r1.status, o, later(10), vm=REF, layout=LAYOUT)
     assert condition(r2.status, "Reconciling")["lastTransitionTime"] == "2025-01-01T12:00:00Z"
+
+
+def test_timings_keep_sub_second_precision() -> None:
+    """createdAt and runningAt to the millisecond: a 0.5 s provisioning reads 0.5 s, not 0 or 1."""
+    s = spec("Differencing")
+    created = plan(s, {}, observe(files=(BASE,), vhds=(base_vhd(),)), NOW + timedelta(seconds=0.25), vm=REF,
+                   layout=LAYOUT)
+    assert created.status["timings"]["createdAt"] == "2025-01-01T12:00:00.250Z"
+    st = status("Starting", timings=created.status["timings"])
+    r = plan(s, st, observe(files=(BASE, DISK), vhds=(DIFF_CHILD,), host_vm=vm("Running"), drives=(DISK,)),
+             NOW + timedelta(seconds=0.75), vm=REF, layout=LAYOUT)
+    assert r.status["timings"]["runningAt"] == "2025-01-01T12:00:00.750Z"
+    assert r.status["timings"]["secondsToRunning"] == 0.5

@@ -1,0 +1,101 @@
+"""What a host action does to the observation (pure), so one handler run can go on without re-reading.
+
+`expect(action, obs, layout, spec)` is the observation after `action` succeeded, when it does not
+depend on the action's output (the engine may then plan the next action on it and send both in one
+pipeline). `fold(action, obs, output, ...)` is the same with the output in hand (a new VM's Id, the
+checkpoint's .avhdx), used once the pipeline ran. Both return None for an action whose effect is
+unknown (a copy, a merge, a shutdown, an action kind this module does not know): the engine then
+observes the host again, or requeues. Guessing wrong would only cost a round trip, never a wrong
+host command: the planner re-checks everything on the next real observation, and a batch stops at
+its first error (any prefix may have run; the next observation tells which).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from hyperv_operator.api import UID_TAG_PREFIX, Strategy, VirtualMachineSpec
+from hyperv_operator.hyperv.commands import HostObject
+from hyperv_operator.provisioning.layout import Layout, join
+from hyperv_operator.provisioning.observation import CopyJob, Observation, VhdInfo, kind_of, parse_vm
+
+
+def _key(path: str) -> str:
+    return path.rstrip("\\").lower()
+
+
+def _with(obs: Observation, *paths: str) -> frozenset[str]:
+    return obs.existing | {_key(p) for p in paths}
+
+
+def _without(obs: Observation, *paths: str) -> frozenset[str]:
+    return obs.existing - {_key(p) for p in paths}
+
+
+def _paths_of(action: object, parameter: str = "LiteralPath") -> list[str]:
+    paths: list[str] = []
+    for statement in getattr(action, "statements", ()):
+        for command in statement.commands:
+            value = command.parameter(parameter)
+            if isinstance(value, str):
+                paths.append(value)
+    return paths
+
+
+def expect(action: object, obs: Observation, layout: Layout, spec: VirtualMachineSpec,
+           uid: str) -> Observation | None:
+    """The observation after `action` succeeded, if its effect does not depend on its output."""
+    kind = str(getattr(action, "kind", ""))
+    vm = obs.vm
+    if kind == "CreateDifferencingDisk":
+        vhds = dict(obs.vhds)
+        vhds[_key(layout.disk)] = VhdInfo(layout.disk, "Differencing", spec.base_vhd)
+        return replace(obs, existing=_with(obs, layout.vm_dir, layout.disk), vhds=vhds)
+    if kind == "ConfigureVM" and vm is not None:
+        quick = any(c.parameter("CheckpointType") for s in getattr(action, "statements", ()) for c in s.commands)
+        notes = vm.notes if vm.tagged_for(uid) else f"{UID_TAG_PREFIX}{uid}"
+        return replace(obs, vm=replace(vm, notes=notes, processor_count=spec.cpus,
+                                       checkpoint_type="Standard" if quick else vm.checkpoint_type))
+    if kind == "StartVM" and vm is not None:
+        return replace(obs, vm=replace(vm, state="Running"))
+    if kind == "RemoveVM":
+        return replace(obs, vm=None, drives=(), snapshots=())
+    if kind in ("RemoveCopyStatus", "RemoveFiles", "RemoveFolders"):
+        return replace(obs, existing=_without(obs, *_paths_of(action)))
+    if kind == "Reparent":
+        vhds = dict(obs.vhds)
+        for path in _paths_of(action, "Path"):
+            old = vhds.get(_key(path)) or VhdInfo(path, "Differencing")
+            vhds[_key(path)] = replace(old, parent_path=layout.disk)
+        return replace(obs, vhds=vhds)
+    return None
+
+
+def fold(action: object, obs: Observation, output: Sequence[HostObject], layout: Layout,
+         spec: VirtualMachineSpec, uid: str) -> Observation | None:
+    """The observation after `action` succeeded, from its output where needed; None = observe again."""
+    kind = str(getattr(action, "kind", ""))
+    if kind == "NewVM":
+        vms = [parse_vm(o) for o in output if kind_of(o) == "vm"]
+        if not vms:
+            return None
+        # New-VM | Set-VM -Passthru | Start-VM -Passthru: the last object is the VM as it is now.
+        vm = vms[-1]
+        return replace(obs, vm=vm, found_by="id",
+                       existing=_with(obs, layout.vm_dir, join(layout.vm_dir, layout.vm_name)),
+                       drives=(spec.base_vhd if spec.strategy is Strategy.QUICK else layout.disk,))
+    if kind == "Checkpoint":
+        drives = tuple(str(o.get("Path") or "") for o in output if kind_of(o) == "drive")
+        if not drives:
+            return None
+        return replace(obs, drives=drives, snapshots=(*obs.snapshots, layout.checkpoint_name),
+                       existing=_with(obs, *drives))
+    if kind == "StartCopy":
+        total = 0
+        base = obs.vhd(spec.base_vhd)
+        if base is not None:
+            total = base.file_size or base.size or 0
+        return replace(obs, existing=_with(obs, layout.vm_dir, layout.partial, layout.copy_status),
+                       copy=CopyJob(state="Running", bytes_total=total))
+    return expect(action, obs, layout, spec, uid)

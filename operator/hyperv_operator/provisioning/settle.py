@@ -1,0 +1,143 @@
+"""How a step's outcome is settled (pure): the decisions around observing and acting that are not a
+phase's own work: nothing to observe (Retain, terminal), the host changed while we observed, an
+action failed (already gone is fine while deleting, a folder that will not go is left), and whether
+this VM keeps, takes or frees its copy slot."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from hyperv_operator import conditions as cond
+from hyperv_operator.api import DeletionPolicy, VirtualMachineSpec
+from hyperv_operator.hyperv.errors import HostError, PermanentHostError, TransientHostError
+from hyperv_operator.provisioning import planner
+from hyperv_operator.provisioning.layout import Layout
+from hyperv_operator.provisioning.model import Event, VmRef
+from hyperv_operator.provisioning.observation import Observation
+from hyperv_operator.provisioning.phases import Phase
+
+
+@dataclass(frozen=True)
+class Settled:
+    status: dict[str, Any]
+    requeue_after: float | None
+    events: tuple[Event, ...] = ()
+    finished: bool = False
+    free_slot: bool = False
+    observe_again: bool = False  # the run may go on: observe the host now instead of requeueing
+
+
+ALONE = frozenset({"RemoveFolders"})
+"""Actions sent in a pipeline of their own: their failure is settled differently from the others'
+(a folder that will not go ends the deletion), which needs to know that it was theirs."""
+
+
+def without_host(spec: VirtualMachineSpec, status: Mapping[str, Any], now: datetime, *, vm: VmRef, layout: Layout,
+                 deleting: bool) -> Settled | None:
+    """A step that needs nothing from the host: deletion with Retain, or a terminal phase."""
+    phase = str(status.get("phase") or Phase.PENDING.value)
+    if deleting and spec.deletion_policy is DeletionPolicy.RETAIN:
+        result = planner.plan_delete(spec, status, Observation(host_name=spec.host_name), now, vm=vm, layout=layout)
+        return Settled(result.status, None, result.events, finished=True, free_slot=True)
+    if not deleting and (phase == Phase.DELETING.value
+                         or (phase == Phase.FAILED.value and not planner.retryable_failure(status))):
+        return Settled(dict(status), None, free_slot=True)
+    return None
+
+
+def observe_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], error: HostError, now: datetime, *,
+                   vm: VmRef, layout: Layout, deleting: bool) -> Settled:
+    """Reading never fails for a missing object (that is data); a not-found here means the host changed
+    while we read it: retry, do not fail the VM."""
+    if isinstance(error, PermanentHostError) and planner.is_not_found(error):
+        error = TransientHostError(f"host state changed while observing: {error.message}",
+                                   category=error.category, command=error.command)
+    new, requeue, events = planner.error_status(spec, status, status, error, now, vm=vm, layout=layout,
+                                                host_name=spec.host_name, step="observe", deleting=deleting)
+    return Settled(new, requeue, events)
+
+
+def action_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], batch: Sequence[planner.Plan],
+                  error: HostError, now: datetime, *, vm: VmRef, layout: Layout, deleting: bool) -> Settled:
+    """A pipeline of the batch's actions stopped at `error` (any prefix of it may have run).
+
+    `status` is the status before the batch; `batch` the plans whose actions were sent, in order.
+    """
+    actions = [p.action for p in batch if p.action is not None]
+    last = batch[-1]
+    if planner.is_not_found(error) and any(a.tolerate_not_found for a in actions):
+        # "Already gone" is what a tolerant action wanted; look again before the rest.
+        return Settled(last.status, planner.AFTER_ACTION, last.events, observe_again=True)
+    if (deleting and len(actions) == 1 and actions[0].kind == "RemoveFolders"
+            and isinstance(error, PermanentHostError)):
+        message = f"left folder(s) in place, not empty or not removable: {error.message}"
+        done = dict(last.status, message=f"deleted; {message}")
+        return Settled(done, None, (*last.events, Event("Warning", "FolderNotRemoved", message)), finished=True)
+    # Retry from the first action's phase; keep the intent (createdFiles) of every action sent.
+    intended = dict(batch[0].status)
+    files: list[str] = []
+    for plan in batch:
+        for path in plan.status.get("createdFiles") or []:
+            if path not in files:
+                files.append(path)
+    if files:
+        intended["createdFiles"] = files
+    step = "; ".join(a.description for a in actions)
+    new, requeue, events = planner.error_status(spec, status, intended, error, now, vm=vm, layout=layout,
+                                                host_name=spec.host_name, step=step, deleting=deleting)
+    return Settled(new, requeue, events, free_slot=any(a.starts_copy for a in actions))
+
+
+SlotUse = Literal["take", "hold", "free"]
+
+
+def slot_use(action: planner.Action | None, obs: Observation, layout: Layout) -> SlotUse:
+    """A copy about to start takes a slot; a copy running on the host keeps (or, after a restart,
+    reclaims) its slot unless we are cancelling it; anything else frees it."""
+    if action is not None and action.starts_copy:
+        return "take"
+    copy_running = obs.copy is not None and obs.copy.state == "Running" and not obs.exists(layout.disk)
+    if copy_running and not (action is not None and action.kind == "CancelCopy"):
+        return "hold"
+    return "free"
+
+
+HOST_MISCONFIGURED_RETRY = 30.0
+
+
+def _waiting(status: Mapping[str, Any], generation: int, reason: str, message: str, now: datetime, *,
+             stalled: bool) -> dict[str, Any]:
+    new = dict(status)
+    prev = new.get("conditions")
+    new["conditions"] = cond.merge(prev, [
+        cond.make(prev, cond.RECONCILING, not stalled, reason, message, generation, now),
+        cond.make(prev, cond.STALLED, stalled, reason, message, generation, now),
+    ])
+    new["phase"] = new.get("phase") or Phase.PENDING.value
+    new["message"] = message
+    return new
+
+
+def host_missing(status: Mapping[str, Any], generation: int, host: str, now: datetime, *, deleting: bool,
+                 retry: float) -> Settled:
+    """No HyperVHost of that name: wait for it; a deletion with nothing created on any host is done."""
+    if deleting and not status.get("vmId") and not status.get("createdFiles"):
+        return Settled(dict(status), None, finished=True)
+    message = f"waiting for HyperVHost {host} to exist"
+    return Settled(_waiting(status, generation, "HostNotFound", message, now, stalled=False), retry)
+
+
+def host_misconfigured(status: Mapping[str, Any], generation: int, message: str, now: datetime) -> Settled:
+    """The HyperVHost cannot be used as configured (its Secret, its settings): stalled until it changes."""
+    return Settled(_waiting(status, generation, "HostMisconfigured", message, now, stalled=True),
+                   HOST_MISCONFIGURED_RETRY)
+
+
+def refused(status: Mapping[str, Any], generation: int, reason: str, message: str, now: datetime, *,
+            retry: float) -> Settled:
+    """The VM may not use its host (host missing, namespace not admitted, a path outside the host's roots):
+    Stalled with the reason, re-checked in the cluster only; nothing is sent to any host."""
+    return Settled(_waiting(status, generation, reason, message, now, stalled=True), retry)
