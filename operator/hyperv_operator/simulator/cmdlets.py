@@ -39,6 +39,7 @@ from hyperv_operator.simulator.model import (
     Snapshot,
     canonical_path,
     leaf_name,
+    parent_path,
     xs_duration,
 )
 
@@ -300,6 +301,7 @@ VHD_TYPES = ("Microsoft.Vhd.PowerShell.VirtualHardDisk", "System.Object")
 FILE_TYPES = ("System.IO.FileInfo", "System.IO.FileSystemInfo", "System.MarshalByRefObject", "System.Object")
 DIR_TYPES = ("System.IO.DirectoryInfo", "System.IO.FileSystemInfo", "System.MarshalByRefObject", "System.Object")
 PSCUSTOM_TYPES = ("System.Management.Automation.PSCustomObject", "System.Object")
+PSDRIVE_TYPES = ("System.Management.Automation.PSDriveInfo", "System.Object")
 
 
 def primitive(value: Any) -> HostObject:
@@ -369,24 +371,52 @@ def _times(model: HostModel, created: float, modified: float) -> dict[str, datet
             "CreationTime": model.date(created), "LastWriteTime": model.date(modified)}
 
 
+FILESYSTEM_PROVIDER = "Microsoft.PowerShell.Core\\FileSystem"
+PROVIDER_TYPES = ("System.Management.Automation.ProviderInfo", "System.Object")
+
+
+def provider_notes(model: HostModel, path: str) -> dict[str, Any]:
+    """The note properties the FileSystem provider adds to everything it outputs (Get-Item,
+    Get-ChildItem, each string of Get-Content): PSPath, PSParentPath, PSChildName, PSDrive,
+    PSProvider. A UNC path belongs to no PowerShell drive: PSDrive is $null [strict]."""
+    parent = parent_path(path)
+    drive: HostObject | None = None
+    if not path.startswith("\\\\"):
+        letter = path[0].upper()
+        drive = HostObject(PSDRIVE_TYPES, {"CurrentLocation": "", "Name": letter, "Provider": FILESYSTEM_PROVIDER,
+                                           "Root": f"{letter}:\\", "Description": "", "MaximumSize": None,
+                                           "DisplayRoot": None}, value=letter)
+    return {
+        "PSPath": f"{FILESYSTEM_PROVIDER}::{path}",
+        "PSParentPath": f"{FILESYSTEM_PROVIDER}::{parent}" if parent else "",
+        "PSChildName": leaf_name(path),
+        "PSDrive": drive,
+        "PSProvider": HostObject(PROVIDER_TYPES, {
+            "ImplementingType": "Microsoft.PowerShell.Commands.FileSystemProvider", "Name": "FileSystem",
+            "PSSnapIn": "Microsoft.PowerShell.Core", "ModuleName": "Microsoft.PowerShell.Core", "Description": "",
+            "Capabilities": "Filter, ShouldProcess, Credentials"}, value=FILESYSTEM_PROVIDER),
+    }
+
+
 def file_object(model: HostModel, node: FileNode) -> HostObject:
     name = leaf_name(node.path)
     dot = name.rfind(".")
     parent = node.path[: len(node.path) - len(name)].rstrip("\\") or node.path
     return HostObject(FILE_TYPES, {
-        "FullName": node.path, "Name": name, "BaseName": name[:dot] if dot > 0 else name,
-        "Extension": name[dot:] if dot > 0 else "", "DirectoryName": parent, "Length": node.size,
-        "IsReadOnly": node.read_only, "Attributes": "ReadOnly, Archive" if node.read_only else "Archive",
-        "Mode": "-ar---" if node.read_only else "-a----", "PSIsContainer": False, "Exists": True,
-        "PSPath": f"Microsoft.PowerShell.Core\\FileSystem::{node.path}", **_times(model, node.created, node.modified),
+        "Name": name, "Length": node.size, "DirectoryName": parent, "IsReadOnly": node.read_only, "Exists": True,
+        "FullName": node.path, "Extension": name[dot:] if dot > 0 else "", **_times(model, node.created, node.modified),
+        "Attributes": "ReadOnly, Archive" if node.read_only else "Archive",
+        **provider_notes(model, node.path), "PSIsContainer": False, "Mode": "-ar---" if node.read_only else "-a----",
+        "BaseName": name[:dot] if dot > 0 else name, "Target": [], "LinkType": None,
     })
 
 
 def folder_object(model: HostModel, path: str, created: float) -> HostObject:
+    name = leaf_name(path)
     return HostObject(DIR_TYPES, {
-        "FullName": path, "Name": leaf_name(path), "Attributes": "Directory", "Mode": "d-----",
-        "PSIsContainer": True, "Exists": True, "PSPath": f"Microsoft.PowerShell.Core\\FileSystem::{path}",
-        **_times(model, created, created),
+        "Name": name, "FullName": path, "Exists": True, "Extension": "", **_times(model, created, created),
+        "Attributes": "Directory", **provider_notes(model, path), "PSIsContainer": True, "Mode": "d-----",
+        "BaseName": name, "Target": [], "LinkType": None,
     })
 
 
@@ -587,13 +617,15 @@ def get_child_item(ctx: Context, b: Bound) -> list[HostObject]:
 
 
 def get_content(ctx: Context, b: Bound) -> list[HostObject]:
+    """Each string carries the provider's notes and ReadCount (its line number; 1 with -Raw), so it
+    travels as an extended primitive object (<Obj><S>..</S><MS>..</MS></Obj>), as Windows sends it."""
     out: list[HostObject] = []
     for path in _paths(b):
         text = ctx.model.read_text(path)
-        if b.get("Raw"):
-            out.append(primitive(text))
-        else:
-            out.extend(primitive(line) for line in text.splitlines())
+        notes = provider_notes(ctx.model, canonical_path(path))
+        lines = [text] if b.get("Raw") else text.splitlines()
+        out.extend(HostObject(("System.String", "System.Object"), {**notes, "ReadCount": n}, line)
+                   for n, line in enumerate(lines, start=1))
     return out
 
 
@@ -656,7 +688,6 @@ def stop_process(ctx: Context, b: Bound) -> list[HostObject]:
 VMHOST_TYPES = ("Microsoft.HyperV.PowerShell.VMHost", "Microsoft.HyperV.PowerShell.VirtualizationObject",
                 "System.Object")
 MODULE_TYPES = ("System.Management.Automation.PSModuleInfo", "System.Object")
-PSDRIVE_TYPES = ("System.Management.Automation.PSDriveInfo", "System.Object")
 # Modules the simulated session has loaded: (name, version, type, path). Hyper-V counts as loaded from
 # the start (a real session autoloads it at its first Hyper-V cmdlet; the probe runs Get-VMHost first).
 LOADED_MODULES = (
