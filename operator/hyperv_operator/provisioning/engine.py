@@ -24,9 +24,11 @@ from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import (
     CopyJob,
     Observation,
+    ProcessInfo,
     SlotView,
     VhdInfo,
     kind_of,
+    parse_process,
     parse_vhd,
     parse_vm,
     pick_vm,
@@ -210,6 +212,7 @@ async def _step(
 _NO_COPY_READ = frozenset({Phase.PROVISIONED.value, Phase.REPARENTING.value, Phase.MERGING.value,
                            Phase.FAILED.value})
 _BASE_READ = frozenset({Phase.PENDING.value, Phase.FAILED.value})
+_COPY_PHASES = frozenset({Phase.COPYING.value, Phase.COPYING_BASE.value})
 
 
 def _unique(paths: Sequence[str]) -> list[str]:
@@ -263,6 +266,11 @@ async def observe(
     read_copy = exists(layout.copy_status) and (deleting or phase not in _NO_COPY_READ)
     if read_copy:
         second.append(cmdlets.read_text_file(layout.copy_status))
+    # The copy worker's liveness: the process with the recorded PID (the planner checks it is ours).
+    copy_phase = (deleting or phase in _COPY_PHASES) and not exists(layout.disk)
+    recorded_pid = int((status.get("copy") or {}).get("processId") or 0) if copy_phase else 0
+    if recorded_pid:
+        second.append(cmdlets.get_process(recorded_pid))
     if host_vm is not None:
         second += [cmdlets.get_vm_hard_disk_drives(host_vm.id), cmdlets.get_vm_snapshots(host_vm.id)]
     out: list[HostObject] = await client.run(second) if second else []
@@ -270,6 +278,7 @@ async def observe(
     drives: list[str] = []
     snapshots: list[str] = []
     job: CopyJob | None = None
+    processes: dict[int, ProcessInfo] = {}
     for obj in out:
         kind = kind_of(obj)
         if kind == "vhd":
@@ -281,6 +290,17 @@ async def observe(
             snapshots.append(str(obj.get("Name") or ""))
         elif kind == "string" and read_copy:
             job = CopyJob.parse(str(obj.value))
+        elif kind == "process":
+            info_p = parse_process(obj)
+            processes[info_p.process_id] = info_p
+    checked_pid = recorded_pid
+    if copy_phase and job is not None and job.state == "Running" and job.process_id and job.process_id != recorded_pid:
+        # The status file names a worker the status does not know (crash between start and record).
+        checked_pid = job.process_id
+        for obj in await client.run([cmdlets.get_process(checked_pid)]):
+            if kind_of(obj) == "process":
+                info_p = parse_process(obj)
+                processes[info_p.process_id] = info_p
     # After a crash mid-checkpoint the status may not know the .avhdx yet: read its chain too.
     missing = [d for d in drives if is_avhdx(d) and d.rstrip("\\").lower() not in vhds and not deleting]
     extra_existing = set(existing)
@@ -300,4 +320,6 @@ async def observe(
         vhds=vhds,
         copy=job,
         slot=slot,
+        copy_process=processes.get(checked_pid),
+        copy_process_checked=bool(checked_pid),
     )

@@ -19,6 +19,7 @@ Stricter than PowerShell (documented choices):
 from __future__ import annotations
 
 import fnmatch
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from hyperv_operator.simulator.model import (
     ModelError,
     Snapshot,
     canonical_path,
+    iso_o,
     leaf_name,
     parent_path,
     xs_duration,
@@ -750,11 +752,60 @@ def get_psdrive(ctx: Context, b: Bound) -> list[HostObject]:
     }, value=root[0]) for root in drives]
 
 
+POWERSHELL_EXE = "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe"
+
+
 def start_background_copy(ctx: Context, b: Bound) -> list[HostObject]:
+    """scripts.START_BACKGROUND_COPY, as Windows runs it: Win32_Process.Create of the full
+    powershell.exe path with the worker as -EncodedCommand (the simulator runs only the known worker:
+    any other worker text is refused, it cannot know what it would do)."""
+    from hyperv_operator.hyperv.scripts import WORKER_COMMAND_LINE_TAIL, script_name
+
+    if script_name(b["Worker"]) != "CopyWorker":
+        raise ModelError("The simulated host runs only the operator's fixed copy worker "
+                         "(hyperv_operator.hyperv.scripts.COPY_WORKER); this -Worker text is not it.",
+                         category="NotImplemented", reason="", fq_error_id="WorkerNotRecognized",
+                         exception_type="System.NotSupportedException")
     job = ctx.model.start_copy(b["Source"], b["Destination"], b["PartialPath"], b["StatusPath"],
-                               fail_half_way=ctx.fault_disk_full)
-    return [HostObject(PSCUSTOM_TYPES, {"ProcessId": job.pid, "StatusPath": b["StatusPath"],
-                                        "PartialPath": b["PartialPath"]})]
+                               fail_half_way=ctx.fault_disk_full,
+                               worker_command_line=f'"{POWERSHELL_EXE}" -NoProfile -NonInteractive '
+                                                   f"{WORKER_COMMAND_LINE_TAIL}",
+                               create_return=int(ctx.extra.get("create_return", 0)))
+    return [HostObject(PSCUSTOM_TYPES, {"ProcessId": job.pid, "ProcessCreatedAt": iso_o(ctx.model.date(job.started)),
+                                        "StatusPath": b["StatusPath"], "PartialPath": b["PartialPath"]})]
+
+
+CIM_PROCESS_TYPES = (*(f"Microsoft.Management.Infrastructure.CimInstance#root/cimv2/{c}" for c in
+                       ("Win32_Process", "CIM_Process", "CIM_LogicalElement", "CIM_ManagedSystemElement")),
+                     "Microsoft.Management.Infrastructure.CimInstance", "System.Object")
+_PROCESS_ID_FILTER = re.compile(r"^\s*ProcessId\s*=\s*(\d{1,10})\s*$", re.IGNORECASE)
+
+
+def get_cim_instance(ctx: Context, b: Bound) -> list[HostObject]:
+    """Get-CimInstance -ClassName Win32_Process [-Filter "ProcessId = <n>"]: the processes, as CIM
+    instances (ProcessId, Name, CommandLine, ExecutablePath, CreationDate). Only this class and this
+    filter form are modelled [strict]; WMI refuses an unknown class (0x80041010) and a malformed WQL
+    filter (0x80041017); a filter that matches nothing gives no output and no error."""
+    model = ctx.model
+    if str(b["ClassName"]).lower() != "win32_process":
+        raise ModelError("Invalid class ", category="ObjectNotFound", reason="",
+                         fq_error_id="HRESULT 0x80041010,Microsoft.Management.Infrastructure.CimCmdlets."
+                                     "GetCimInstanceCommand", target=str(b["ClassName"]),
+                         exception_type="Microsoft.Management.Infrastructure.CimException")
+    wanted: int | None = None
+    if "Filter" in b:
+        match = _PROCESS_ID_FILTER.match(b["Filter"])
+        if match is None:
+            raise ModelError("Invalid query ", category="InvalidArgument", reason="",
+                             fq_error_id="HRESULT 0x80041017,Microsoft.Management.Infrastructure.CimCmdlets."
+                                         "GetCimInstanceCommand", target=b["Filter"],
+                             exception_type="Microsoft.Management.Infrastructure.CimException")
+        wanted = int(match.group(1))
+    return [HostObject(CIM_PROCESS_TYPES, {
+        "ProcessId": p.pid, "Name": p.name, "CommandLine": p.command_line, "CreationDate": model.date(p.created),
+        "ExecutablePath": POWERSHELL_EXE if p.name == "powershell.exe" else f"C:\\Windows\\System32\\{p.name}",
+        "Handle": str(p.pid), "CSName": model.host_name,
+    }) for p in sorted(model.processes.values(), key=lambda p: p.pid) if wanted is None or p.pid == wanted]
 
 
 # --- registry ----------------------------------------------------------------------------------
@@ -846,6 +897,9 @@ def _cmdlets() -> dict[str, Cmdlet]:
                (Param("Name", "string[]"), Param("ListAvailable", "switch"), Param("All", "switch")), get_module),
         Cmdlet("Get-PSDrive", MGMT, _PS + "GetPSDriveCommand",
                (Param("Name", "string[]"), Param("PSProvider", "string[]")), get_psdrive),
+        Cmdlet("Get-CimInstance", "CimCmdlets", "Microsoft.Management.Infrastructure.CimCmdlets.GetCimInstanceCommand",
+               (Param("ClassName", "string", mandatory=True), Param("Filter", "string"),
+                Param("Namespace", "string")), get_cim_instance),
         Cmdlet("Stop-Process", MGMT, _PS + "StopProcessCommand",
                (Param("Id", "int32[]", mandatory=True), Param("Force", "switch"), Param("PassThru", "switch")),
                stop_process),
