@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hyperv_operator.api import VirtualMachineSpec
+from hyperv_operator.hyperv.scripts import WORKER_COMMAND_LINE_TAIL
 from hyperv_operator.provisioning.layout import layout_for
 from hyperv_operator.provisioning.model import VmRef
-from hyperv_operator.hyperv.scripts import WORKER_COMMAND_LINE_TAIL
 from hyperv_operator.provisioning.observation import CopyJob, Observation, ProcessInfo, SlotView, VhdInfo, VmInfo
 
 BASE = "C:\\Bases\\base.vhdx"

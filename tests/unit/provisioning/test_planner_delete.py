@@ -11,7 +11,23 @@ from hyperv_operator.hyperv.errors import HostUnreachableError, PermanentHostErr
 from hyperv_operator.provisioning.observation import CopyJob, Observation
 from hyperv_operator.provisioning.planner import Action, error_status, plan_delete
 
-from .helpers import AVHDX, BASE, DISK, LAYOUT, NOW, REF, VM_ID, cmdlet_names, condition, observe, spec, status, vm, vmwp, worker
+from .helpers import (
+    AVHDX,
+    BASE,
+    DISK,
+    LAYOUT,
+    NOW,
+    REF,
+    VM_ID,
+    cmdlet_names,
+    condition,
+    observe,
+    spec,
+    status,
+    vm,
+    vmwp,
+    worker,
+)
 
 CK = LAYOUT.checkpoint_name
 CONFIG = LAYOUT.vm_dir + "\\web"
