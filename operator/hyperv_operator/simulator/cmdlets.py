@@ -19,6 +19,7 @@ Stricter than PowerShell (documented choices):
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -775,6 +776,29 @@ def start_background_copy(ctx: Context, b: Bound) -> list[HostObject]:
                                         "StatusPath": b["StatusPath"], "PartialPath": b["PartialPath"]})]
 
 
+def start_background_copy_bare_powershell(ctx: Context, b: Bound) -> list[HostObject]:
+    """The start script before the fidelity pass, run as Windows runs it: it wrote a "Running" status
+    (processId 0) first, then Win32_Process.Create with a bare `powershell.exe` got 9, path not found
+    (ansible/ansible#70655; strict: real hosts fail so only sometimes), and the script threw, leaving
+    the stale status behind."""
+    if ctx.model.exists(canonical_path(b["Destination"])):
+        ctx.model.start_copy(b["Source"], b["Destination"], b["PartialPath"], b["StatusPath"])  # "already exists"
+    node = ctx.model.file(b["Source"])
+    started = iso_o(ctx.model.date())
+    ctx.model.write_text(b["StatusPath"], json.dumps(
+        {"state": "Running", "bytesCopied": 0, "bytesTotal": node.size, "processId": 0, "startedAt": started,
+         "updatedAt": started, "finishedAt": None, "error": None}, separators=(",", ":")))
+    message = "Win32_Process.Create failed with code 9"
+    raise ModelError(message, category="OperationStopped", reason="", fq_error_id=message,
+                     exception_type="System.Management.Automation.RuntimeException")
+
+
+LEGACY_SCRIPT_IDS = {
+    "5287d716f0bd7662cae0640db0650856bf6242d96f819b4538f00f12a0820df9": "StartBackgroundCopyBarePowershell",
+}
+"""sha256 of scripts the operator sent before the fidelity pass -> their modelled behaviour on Windows."""
+
+
 CIM_PROCESS_TYPES = (*(f"Microsoft.Management.Infrastructure.CimInstance#root/cimv2/{c}" for c in
                        ("Win32_Process", "CIM_Process", "CIM_LogicalElement", "CIM_ManagedSystemElement")),
                      "Microsoft.Management.Infrastructure.CimInstance", "System.Object")
@@ -915,6 +939,11 @@ SCRIPTS: dict[str, Cmdlet] = {
         tuple(Param(n, "string", mandatory=True) for n in ("Source", "Destination", "PartialPath", "StatusPath",
                                                            "Worker")),
         start_background_copy),
+    "StartBackgroundCopyBarePowershell": Cmdlet(
+        "StartBackgroundCopyBarePowershell", "", "StartBackgroundCopy",
+        tuple(Param(n, "string", mandatory=True) for n in ("Source", "Destination", "PartialPath", "StatusPath",
+                                                           "Worker")),
+        start_background_copy_bare_powershell),
 }
 
 

@@ -18,6 +18,7 @@ script, which (like a real full disk) lets the copy start and fail half-way: sta
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -28,6 +29,7 @@ from typing import Any
 from hyperv_operator.hyperv.commands import Command, HostObject, Statement
 from hyperv_operator.hyperv.scripts import script_name
 from hyperv_operator.simulator.cmdlets import (
+    LEGACY_SCRIPT_IDS,
     SCRIPTS,
     Cmdlet,
     Context,
@@ -151,15 +153,19 @@ class SimulatedHost:
         return items or []
 
     @staticmethod
-    def _display_name(command: Command) -> str:
+    def _script_name(text: str) -> str | None:
+        return script_name(text) or LEGACY_SCRIPT_IDS.get(hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+    @classmethod
+    def _display_name(cls, command: Command) -> str:
         if command.is_script:
-            return script_name(command.name) or "<unknown script>"
+            return cls._script_name(command.name) or "<unknown script>"
         return command.name
 
     def _run_command(self, command: Command, upstream: list[HostObject] | None) -> list[HostObject]:
         spec: Cmdlet
         if command.is_script:
-            sname = script_name(command.name)
+            sname = self._script_name(command.name)
             if sname is None or sname not in SCRIPTS:
                 raise unknown_script(command.name)
             spec = SCRIPTS[sname]
@@ -172,7 +178,7 @@ class SimulatedHost:
             check_complete(spec, bound)
             bounds.append(bound)
         ctx = Context(self._model, spec)
-        if spec.name == "StartBackgroundCopy" and self._create_returns:
+        if spec.type_name == "StartBackgroundCopy" and self._create_returns:
             ctx.extra["create_return"] = self._create_returns.pop(0)
         if bounds:
             kind = self._take_fault(spec)

@@ -701,6 +701,17 @@ class HostModel:
             raise file_in_use(node.path, category="ReadError", reason="GetContentReaderIOError")
         return node.text if node.text is not None else ""
 
+    def write_text(self, path: str, text: str) -> FileNode:
+        """[IO.File]::WriteAllText: create or overwrite a text file in an existing folder."""
+        canon = canonical_path(path)
+        self.require_folder_of(canon)
+        existing = self.files.get(canon.lower())
+        if existing is not None and (existing.acl_protected or existing.read_only or self.in_use_by(existing.key)):
+            raise access_denied(canon)
+        node = FileNode(canon, self.now, self.now, float(len(text.encode("utf-8"))), text=text)
+        self.files[node.key] = node
+        return node
+
     # --- disks ---------------------------------------------------------------------------------
 
     def vhd_node(self, path: str) -> FileNode:

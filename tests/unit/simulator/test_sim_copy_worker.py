@@ -102,3 +102,22 @@ def test_copy_offload_moves_no_bytes_through_the_host(make_sim: Any) -> None:
     assert jobs[offloaded]["Offloaded"] is True and jobs[offloaded]["HostBytes"] == 0
     assert jobs[local]["Offloaded"] is False and jobs[local]["HostBytes"] == 31 * 75_000_000
     assert sim.host.disk_fingerprint(offloaded) == sim.host.disk_fingerprint(BASE)
+
+
+def test_the_old_start_script_got_9_and_left_a_stale_running_status(sim: Sim) -> None:
+    """What the start script before the fidelity pass did on Windows: status "Running" written, then
+    Create of a bare powershell.exe returned 9; the stale status made every later step think a copy ran."""
+    from .legacy_scripts import OLD_START_BACKGROUND_COPY
+
+    dest = VM_ROOT + "\\VM.vhdx"
+    old = scripts.start_background_copy(BASE, dest, dest + ".partial", dest + ".copy.json")
+    command = old.commands[0]
+    legacy = pipe(type(command)(OLD_START_BACKGROUND_COPY, command.parameters, is_script=True))
+    assert "code 9" in sim.fails(legacy).message
+    assert status_of(sim, dest)["state"] == "Running"  # stale: no process exists
+    assert not [p for p in sim.host.processes() if p["Name"] == "powershell.exe"]
+    # The current script, same situation (Create returns 9): no status file at all.
+    other = VM_ROOT + "\\VM2.vhdx"
+    sim.host.fail_process_create(9)
+    sim.fails(scripts.start_background_copy(BASE, other, other + ".partial", other + ".copy.json"))
+    assert sim.one(c.test_path(other + ".copy.json")).value is False
