@@ -708,7 +708,8 @@ def plan_delete(
         # Stop only a process proven to be our worker: its PID may now be another VM's vmwp.exe.
         ours = pid and _copy_worker_alive(w, job)
         statements = ([cmdlets.stop_process(pid)] if ours else []) + [cmdlets.remove_file(layout.copy_status)]
-        how = f"stopping worker process {pid}" if ours else f"worker process {pid} is not running"
+        how = (f"stopping worker process {pid}" if ours
+               else f"process {pid} is not running or is not the copy worker: not stopped")
         w.event("CopyCancelled", f"cancelling the background copy to {layout.disk} ({how})")
         return act(Action("CancelCopy", tuple(statements), " ; ".join(str(s) for s in statements),
                           tolerate_not_found=True), f"cancelling the background copy ({how})")
