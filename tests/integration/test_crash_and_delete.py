@@ -119,6 +119,30 @@ def test_crash_in_the_middle_of_the_background_copy_does_not_restart_it(
     assert len(copies) == 1
 
 
+def test_killed_copy_worker_is_detected_and_the_copy_restarted(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess
+) -> None:
+    """The copy worker dies on the host (killed, or lost in a reboot): its status file says "Running"
+    forever. The operator sees the process gone (Get-CimInstance Win32_Process), restarts the copy
+    once, and the VM provisions."""
+    name = _name("killcopy")
+    kube.create_vm(NAMESPACE, name, "Copy")
+
+    def copying_on_host(_: dict[str, Any]) -> bool:
+        return any(name in job["Destination"] and job["State"] == "Running" and job["BytesCopied"] > 0
+                   for job in sim.host.copy_jobs())
+
+    kube.wait_vm(NAMESPACE, name, copying_on_host, what="copy running on the host")
+    [job] = [j for j in sim.host.copy_jobs() if name in j["Destination"] and j["State"] == "Running"]
+    sim.host.kill_process(int(job["ProcessId"]))
+    final = kube.wait_phase(NAMESPACE, name, "Provisioned")
+    _assert_final_host_state(sim, final, "Copy")
+    assert final["status"]["copy"]["restarts"] == 1
+    assert "no longer running" in final["status"]["copy"]["lastRestartReason"]
+    copies = [c for c in sim.host.call_log() if hostview.command_is(c[0], "StartBackgroundCopy") and name in str(c[1])]
+    assert len(copies) == 2
+
+
 @pytest.mark.parametrize(("strategy", "command"), DELETE_POINTS, ids=[f"{s}-{c}" for s, c in DELETE_POINTS])
 def test_delete_in_each_phase_leaves_the_host_clean(
     strategy: str,

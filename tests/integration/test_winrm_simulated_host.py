@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from hyperv_operator.hyperv import cmdlets
+from hyperv_operator.hyperv.commands import SWITCH
 from hyperv_operator.hyperv.errors import PermanentHostError
 from hyperv_operator.hyperv.winrm import WinRMClient, WinRMSettings
 from hyperv_operator.simulator.tls import generate_tls
@@ -204,3 +205,22 @@ def test_a_closed_client_is_a_retry_never_a_permanent_failure(fresh: tuple[WSMan
     for result in results:
         assert isinstance(result, ClientClosedError), results
         assert isinstance(result, TransientHostError) and not isinstance(result, PermanentHostError)
+
+
+def test_copy_status_file_is_read_over_the_wire(client: WinRMClient) -> None:
+    """Get-Content -Raw output is an extended primitive (string + provider notes) on the wire; the
+    client must hand the planner the string (it used to drop it: the copy always looked absent)."""
+    from hyperv_operator.hyperv.commands import cmd, pipe
+    from hyperv_operator.provisioning.observation import CopyJob, kind_of
+
+    path = FOLDER + "\\wire\\vm.vhdx.copy.json"
+    text = '{"state":"Running","bytesCopied":5,"bytesTotal":10,"processId":4120}'
+    new_file = cmd("Microsoft.PowerShell.Management\\New-Item", Path=path, ItemType="File", Value=text, Force=SWITCH)
+    asyncio.run(client.run([pipe(new_file)]))
+    [out] = asyncio.run(client.run([cmdlets.read_text_file(path)]))
+    assert kind_of(out) == "string" and out.value == text
+    assert out.properties["PSChildName"] == "vm.vhdx.copy.json"
+    job = CopyJob.parse(out.value)
+    assert job is not None and job.state == "Running" and job.process_id == 4120
+    [flag] = asyncio.run(client.run([cmdlets.test_path(path)]))
+    assert flag.value is True and kind_of(flag) == "bool"

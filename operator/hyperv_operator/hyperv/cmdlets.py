@@ -13,6 +13,7 @@ from hyperv_operator.hyperv.commands import SWITCH, Int64, Statement, UInt64, cm
 HYPERV = "Hyper-V\\"
 MGMT = "Microsoft.PowerShell.Management\\"
 UTILITY = "Microsoft.PowerShell.Utility\\"
+CIM = "CimCmdlets\\"
 
 # --- observe -----------------------------------------------------------------------------------
 
@@ -66,6 +67,14 @@ def get_child_items(folder: str) -> Statement:
 def read_text_file(path: str) -> Statement:
     """Output: one string, the whole file (used for the background copy's status file)."""
     return pipe(cmd(MGMT + "Get-Content", LiteralPath=path, Raw=SWITCH))
+
+
+def get_process(process_id: int) -> Statement:
+    """Output: the Win32_Process CIM instance (ProcessId, Name, CommandLine, CreationDate) of one
+    process, or nothing if no process has that id. The WQL filter is built from an int only (no user
+    text): Get-CimInstance has no typed -ProcessId parameter, and Get-Process in Windows PowerShell 5.1
+    does not show a command line, which identifies our copy worker."""
+    return pipe(cmd(CIM + "Get-CimInstance", ClassName="Win32_Process", Filter=f"ProcessId = {int(process_id)}"))
 
 
 # --- act ---------------------------------------------------------------------------------------
@@ -250,6 +259,7 @@ ALL_CMDLETS: frozenset[str] = frozenset(
         MGMT + "New-Item",
         MGMT + "Remove-Item",
         MGMT + "Stop-Process",
+        CIM + "Get-CimInstance",
     }
 )
 """The cmdlets above; `hyperv_operator.hyperv.scripts` holds the fixed scripts (background copy)."""

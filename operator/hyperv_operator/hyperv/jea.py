@@ -22,12 +22,13 @@ On such an endpoint the operator (see `WinRMSettings.restricted_endpoint`):
 
 from __future__ import annotations
 
+import base64
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from hyperv_operator.hyperv import scripts
-from hyperv_operator.hyperv.cmdlets import ALL_CMDLETS, HYPERV, MGMT, SECURE_BOOT_TEMPLATES
+from hyperv_operator.hyperv.cmdlets import ALL_CMDLETS, CIM, HYPERV, MGMT, SECURE_BOOT_TEMPLATES
 from hyperv_operator.hyperv.probe import CORE, PROBE_CMDLETS
 
 ROLE_NAME = "HyperVOperator"
@@ -90,6 +91,7 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     VisibleCmdlet(MGMT + "New-Item", ("ItemType", "Path", "Force"), (("ItemType", ("Directory",)),)),
     VisibleCmdlet(MGMT + "Remove-Item", ("LiteralPath", "Force")),
     VisibleCmdlet(MGMT + "Stop-Process", ("Id", "Force")),
+    VisibleCmdlet(CIM + "Get-CimInstance", ("ClassName", "Filter"), (("ClassName", ("Win32_Process",)),)),
     VisibleCmdlet(MGMT + "Get-PSDrive", ("Name", "PSProvider"), (("PSProvider", ("FileSystem",)),)),
     VisibleCmdlet(CORE + "Get-Module", ("Name",), (("Name", ("Hyper-V",)),)),
 )
@@ -150,10 +152,11 @@ def _split_param_block(text: str) -> tuple[str, list[str], str]:
     raise ValueError("unterminated param() block")
 
 
-def _here_string(value: str) -> str:
-    if "\n'@" in value or value.startswith("'@"):
-        raise ValueError("the embedded text cannot be a single-quoted here-string")
-    return "@'\n" + value.strip("\n") + "\n'@"
+def _embedded(value: str) -> str:
+    """A PowerShell expression for `value` that no text inside it can end early: UTF-16 base64 (the
+    copy worker holds its own here-string, so it cannot be a here-string itself)."""
+    encoded = base64.b64encode(value.strip("\n").encode("utf-16-le")).decode("ascii")
+    return f"[Text.Encoding]::Unicode.GetString([Convert]::FromBase64String('{encoded}'))"
 
 
 def function_body(function: JeaFunction) -> str:
@@ -163,7 +166,7 @@ def function_body(function: JeaFunction) -> str:
     kept = [e for e in entries if e.rsplit("$", 1)[-1].strip().lower() not in embedded]
     if len(kept) != len(entries) - len(embedded):
         raise ValueError(f"{function.name}: an embedded parameter is not declared by the script")
-    constants = "".join(f"\n${name} = {_here_string(value)}" for name, value in function.embedded)
+    constants = "".join(f"\n${name} = {_embedded(value)}" for name, value in function.embedded)
     params = ",\n".join("    " + e for e in kept)
     head = before.strip() + "\n" if before.strip() else ""
     return f"{head}param(\n{params}\n){constants}{after.rstrip()}\n"

@@ -349,6 +349,9 @@ def plain_value(value: Any) -> Any:
     from pypsrp.complex_objects import GenericComplexObject
 
     if isinstance(value, GenericComplexObject):
+        primitive, inner = _extended_primitive(value)
+        if primitive:
+            return inner
         if _is_enum(value):
             return str(value.to_string) if value.to_string is not None else None
         return to_host_object(value)
@@ -373,10 +376,26 @@ _PRIMITIVE_TYPES: dict[type, str] = {
 }
 
 
+def _extended_primitive(obj: Any) -> tuple[bool, Any]:
+    """(True, value) for an Extended Primitive Object: a primitive carrying ETS notes, sent as
+    `<Obj><S>text</S><MS>notes</MS></Obj>` without type names (MS-PSRP 2.2.5.2.5). Every string
+    from Get-Content arrives this way (notes PSPath, PSChildName, ..., ReadCount); pypsrp 0.9 gives a
+    GenericComplexObject whose `property_sets` holds the primitive (pypsrp issue #105)."""
+    sets = getattr(obj, "property_sets", None) or []
+    if (len(sets) == 1 and not obj.types and not obj.adapted_properties
+            and isinstance(sets[0], (str, bool, int, float))):
+        return True, sets[0]
+    return False, None
+
+
 def to_host_object(obj: Any) -> HostObject:
     from pypsrp.complex_objects import GenericComplexObject
 
     if isinstance(obj, GenericComplexObject):
+        primitive, value = _extended_primitive(obj)
+        if primitive:
+            notes = {name: plain_value(v) for name, v in obj.extended_properties.items()}
+            return HostObject((_PRIMITIVE_TYPES[type(value)],), notes, value=value)
         types = _strip_deserialized(obj.types)
         if _is_enum(obj):
             return HostObject(types, {}, value=obj.to_string)

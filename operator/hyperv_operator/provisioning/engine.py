@@ -24,11 +24,13 @@ from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import (
     CopyJob,
     Observation,
+    ProcessInfo,
     SlotView,
     VhdInfo,
     expected_reads,
     kind_of,
     needed_reads,
+    parse_process,
     parse_vhd,
     parse_vm,
     pick_vm,
@@ -275,6 +277,7 @@ def _outcome(s: StepInput, settled: settle.Settled, events: Sequence[Event] = ()
 _NO_COPY_READ = frozenset({Phase.PROVISIONED.value, Phase.REPARENTING.value, Phase.MERGING.value,
                            Phase.FAILED.value})
 _BASE_READ = frozenset({Phase.PENDING.value, Phase.FAILED.value})
+_COPY_PHASES = frozenset({Phase.COPYING.value, Phase.COPYING_BASE.value})
 
 
 def _unique(paths: Sequence[str]) -> list[str]:
@@ -367,12 +370,18 @@ async def _observe_listing(
     read_copy = exists(layout.copy_status) and (deleting or phase not in _NO_COPY_READ)
     if read_copy:
         second.append(cmdlets.read_text_file(layout.copy_status))
+    # The copy worker's liveness: the process with the recorded PID (the planner checks it is ours).
+    copy_phase = (deleting or phase in _COPY_PHASES) and not exists(layout.disk)
+    recorded_pid = int((status.get("copy") or {}).get("processId") or 0) if copy_phase else 0
+    if recorded_pid:
+        second.append(cmdlets.get_process(recorded_pid))
     if host_vm is not None:
         second += [cmdlets.get_vm_hard_disk_drives(host_vm.id), cmdlets.get_vm_snapshots(host_vm.id)]
     out: list[HostObject] = await client.run(second) if second else []
     drives: list[str] = []
     snapshots: list[str] = []
     job: CopyJob | None = None
+    processes: dict[int, ProcessInfo] = {}
     for obj in out:
         kind = kind_of(obj)
         if kind == "vhd":
@@ -384,6 +393,17 @@ async def _observe_listing(
             snapshots.append(str(obj.get("Name") or ""))
         elif kind == "string" and read_copy:
             job = CopyJob.parse(str(obj.value))
+        elif kind == "process":
+            info_p = parse_process(obj)
+            processes[info_p.process_id] = info_p
+    checked_pid = recorded_pid
+    if copy_phase and job is not None and job.state == "Running" and job.process_id and job.process_id != recorded_pid:
+        # The status file names a worker the status does not know (crash between start and record).
+        checked_pid = job.process_id
+        for obj in await client.run([cmdlets.get_process(checked_pid)]):
+            if kind_of(obj) == "process":
+                info_p = parse_process(obj)
+                processes[info_p.process_id] = info_p
     # After a crash mid-checkpoint the status may not know the .avhdx yet: read its chain too.
     missing = [d for d in drives if is_avhdx(d) and d.rstrip("\\").lower() not in vhds and not deleting]
     extra_existing = set(existing)
@@ -404,6 +424,8 @@ async def _observe_listing(
         vhds=vhds,
         copy=job,
         slot=slot,
+        copy_process=processes.get(checked_pid),
+        copy_process_checked=bool(checked_pid),
     )
 
 
@@ -499,7 +521,15 @@ async def _observe_by_id(
     if vm_id:
         first += [cmdlets.get_vm_by_id(vm_id), cmdlets.get_vm_hard_disk_drives(vm_id),
                   cmdlets.get_vm_snapshots(vm_id)]
-    vms, flags, vhds, drives, snapshots, job = _parse(await client.run(first), copy_read=want.copy_status)
+    # The copy worker's liveness: the process with the recorded PID (the planner checks it is ours).
+    # Get-CimInstance of a PID that is gone outputs nothing, so it cannot fail the batch.
+    copy_phase = deleting or phase in _COPY_PHASES
+    recorded_pid = int((status.get("copy") or {}).get("processId") or 0) if copy_phase else 0
+    if recorded_pid:
+        first.append(cmdlets.get_process(recorded_pid))
+    out1 = await client.run(first)
+    vms, flags, vhds, drives, snapshots, job = _parse(out1, copy_read=want.copy_status)
+    processes = _processes(out1)
     if len(flags) != len(paths):
         raise TransientHostError(f"Test-Path returned {len(flags)} results for {len(paths)} paths")
     existing = {p.rstrip("\\").lower() for p, flag in zip(paths, flags, strict=True) if flag}
@@ -528,7 +558,8 @@ async def _observe_by_id(
     if list_vms:
         second.append(cmdlets.get_all_vms())
     if second:
-        vms2, _, vhds2, _, _, job2 = _parse(await client.run(second), copy_read=read_copy)
+        out2 = await client.run(second)
+        vms2, _, vhds2, _, _, job2 = _parse(out2, copy_read=read_copy)
         vhds.update(vhds2)
         job = job2 if read_copy else job
         if list_vms:
@@ -537,6 +568,12 @@ async def _observe_by_id(
             third = [cmdlets.get_vm_hard_disk_drives(host_vm.id), cmdlets.get_vm_snapshots(host_vm.id)]
             _, _, _, drives3, snapshots3, _ = _parse(await client.run(third), copy_read=False)
             drives, snapshots = drives3, snapshots3
+    checked_pid = recorded_pid
+    copy_running = job is not None and job.state == "Running" and not obs.exists(layout.disk)
+    if copy_phase and copy_running and job is not None and job.process_id and job.process_id != recorded_pid:
+        # The status file names a worker the status does not know (crash between start and record).
+        checked_pid = job.process_id
+        processes.update(_processes(await client.run([cmdlets.get_process(checked_pid)])))
     # After a crash mid-checkpoint the status may not know the .avhdx yet: read its chain too.
     missing = [d for d in drives if is_avhdx(d) and d.rstrip("\\").lower() not in vhds and not deleting]
     if missing:
@@ -546,4 +583,14 @@ async def _observe_by_id(
                 vhds[info.path.rstrip("\\").lower()] = info
                 existing.add(info.path.rstrip("\\").lower())
     return replace(obs, vm=host_vm, found_by=found_by, drives=tuple(drives), snapshots=tuple(snapshots),
-                   existing=frozenset(existing), vhds=vhds, copy=job)
+                   existing=frozenset(existing), vhds=vhds, copy=job, copy_process=processes.get(checked_pid),
+                   copy_process_checked=bool(checked_pid))
+
+
+def _processes(out: Sequence[HostObject]) -> dict[int, ProcessInfo]:
+    found: dict[int, ProcessInfo] = {}
+    for obj in out:
+        if kind_of(obj) == "process":
+            info = parse_process(obj)
+            found[info.process_id] = info
+    return found

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from hyperv_operator.api import UID_TAG_PREFIX, Strategy
+from hyperv_operator.conditions import parse_timestamp
 from hyperv_operator.hyperv.commands import HostObject
+from hyperv_operator.hyperv.scripts import WORKER_COMMAND_LINE_TAIL
 from hyperv_operator.provisioning.layout import Layout, same_path
 from hyperv_operator.provisioning.phases import Phase
 
@@ -57,6 +60,7 @@ class CopyJob:
     updated_at: str | None = None
     finished_at: str | None = None
     error: str | None = None
+    process_created_at: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> CopyJob | None:
@@ -75,7 +79,42 @@ class CopyJob:
             updated_at=data.get("updatedAt"),
             finished_at=data.get("finishedAt"),
             error=data.get("error"),
+            process_created_at=data.get("processCreatedAt"),
         )
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A process on the host (Win32_Process)."""
+
+    process_id: int
+    name: str = ""
+    command_line: str = ""
+    created_at: datetime | None = None
+
+
+def parse_process(obj: HostObject) -> ProcessInfo:
+    created = _prop(obj, "CreationDate")
+    if isinstance(created, datetime) and created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return ProcessInfo(
+        process_id=_int(_prop(obj, "ProcessId")) or 0,
+        name=_text(_prop(obj, "Name")),
+        command_line=_text(_prop(obj, "CommandLine")),
+        created_at=created if isinstance(created, datetime) else parse_timestamp(_text(created) or None),
+    )
+
+
+def is_copy_worker(process: ProcessInfo | None, created_at: str | None) -> bool:
+    """Is this process the copy worker we started? Its command line runs our worker (the exact
+    -EncodedCommand) and, when we know it, its creation time matches: a PID alone proves nothing,
+    Windows reuses PIDs (after a reboot, another VM's vmwp.exe may hold it)."""
+    if process is None or not process.command_line.rstrip().endswith(WORKER_COMMAND_LINE_TAIL):
+        return False
+    expected = parse_timestamp(created_at)
+    if expected is None or process.created_at is None:
+        return expected is None
+    return abs((process.created_at - expected).total_seconds()) < 2.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +138,8 @@ class Observation:
     vhds: Mapping[str, VhdInfo] = field(default_factory=dict)  # by lower-cased path
     copy: CopyJob | None = None
     slot: SlotView = SlotView(True, 0, 2)
+    copy_process: ProcessInfo | None = None  # the process with the copy worker's recorded PID, if any
+    copy_process_checked: bool = False  # whether the engine looked for it (False: unknown)
 
     def exists(self, path: str | None) -> bool:
         return path is not None and path.rstrip("\\").lower() in self.existing
@@ -142,7 +183,7 @@ def _int(value: Any) -> int | None:
 
 
 def kind_of(obj: HostObject) -> str:
-    """vm | vhd | drive | snapshot | bool | string | other (by type name, else by properties)."""
+    """vm | vhd | drive | snapshot | process | bool | string | other (by type name, else by properties)."""
     if obj.is_a("VirtualMachine"):
         return "vm"
     if obj.is_a("VirtualHardDisk"):
@@ -151,6 +192,8 @@ def kind_of(obj: HostObject) -> str:
         return "drive"
     if obj.is_a("VMSnapshot") or obj.is_a("VMCheckpoint"):
         return "snapshot"
+    if any(t.lower().endswith("/win32_process") for t in obj.type_names):
+        return "process"
     if isinstance(obj.value, bool):
         return "bool"
     if isinstance(obj.value, str):

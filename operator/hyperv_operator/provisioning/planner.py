@@ -22,7 +22,7 @@ from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, TransientHostError
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, is_checkpoint_of, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
-from hyperv_operator.provisioning.observation import Observation, kind_of, parse_vm
+from hyperv_operator.provisioning.observation import CopyJob, Observation, is_copy_worker, kind_of, parse_vm
 from hyperv_operator.provisioning.pacing import copy_poll_delay
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase, Step
 
@@ -46,6 +46,8 @@ CRITICAL_POLL = 30.0  # re-check a VM Hyper-V reports as *Critical (lost storage
 # storage. Every state has an outcome below; none is waited for without a word.
 PAUSED = "Paused"
 SAVED_STATES = frozenset({"Saved", "FastSaved"})
+COPY_STALL_SECONDS = 120.0  # the worker reports every second: this long without progress means it hangs
+MAX_COPY_RESTARTS = 3  # a copy whose worker died is restarted this many times, then the VM fails
 
 RUNNING = "Running"
 OFF = "Off"
@@ -252,6 +254,59 @@ def _creating_disk(w: _Work) -> _Result:
                 f"creating differencing disk {disk} on base {base}")
 
 
+def _copy_worker_alive(w: _Work, job: CopyJob | None) -> bool | None:
+    """True: the recorded worker process runs (command line and creation time match); False: it is
+    gone or its PID now belongs to another process; None: not known (nothing recorded or not looked)."""
+    record = w.status.get("copy") or {}
+    pid = (job.process_id if job else 0) or int(record.get("processId") or 0)
+    if not pid or not w.obs.copy_process_checked:
+        return None
+    created = (job.process_created_at if job else None) or record.get("processCreatedAt")
+    return is_copy_worker(w.obs.copy_process, created)
+
+
+def _copy_trouble(w: _Work, job: CopyJob) -> str | None:
+    """Why a copy whose status says Running is not progressing, or None. Staleness is judged on the
+    operator's clock (when a new updatedAt was first seen), never by comparing host and operator clocks."""
+    alive = _copy_worker_alive(w, job)
+    pid = job.process_id or (w.status.get("copy") or {}).get("processId")
+    if alive is False:
+        return (f"the copy worker (process {pid}) is no longer running on host {w.obs.host_name} (host restarted "
+                f"or process ended) at {job.bytes_copied}/{job.bytes_total} bytes")
+    record = w.status.get("copy") or {}
+    mark = f"{job.bytes_copied}@{job.updated_at}"
+    if record.get("progressMark") != mark:
+        w.copy_status(progressMark=mark, progressSeenAt=cond.timestamp(w.now))
+        return None
+    seen = cond.parse_timestamp(record.get("progressSeenAt"))
+    if seen is not None and (w.now - seen).total_seconds() > COPY_STALL_SECONDS:
+        return (f"the copy worker (process {pid}) reported no progress for "
+                f"{int((w.now - seen).total_seconds())} s (last update {job.updated_at})")
+    return None
+
+
+def _restart_copy(w: _Work, reason: str, job: CopyJob | None) -> _Result | None:
+    """Stop a hung worker (only if it is provably ours), drop its status file and start again, at
+    most MAX_COPY_RESTARTS times. None: nothing to clean, start the copy in this step."""
+    record = w.status.get("copy") or {}
+    restarts = int(record.get("restarts") or 0)
+    base, disk = w.spec.base_vhd, w.layout.disk
+    if restarts >= MAX_COPY_RESTARTS:
+        return _Fail("CopyWorkerLost", f"background copy of {base} to {disk} on host {w.obs.host_name}: {reason}; "
+                                       f"gave up after {restarts} restarts")
+    w.event("CopyRestarted", f"restarting the copy of {base} to {disk} ({restarts + 1}/{MAX_COPY_RESTARTS}): "
+                             f"{reason}", warning=True)
+    pid = (job.process_id if job else 0) or int(record.get("processId") or 0)
+    stop = [cmdlets.stop_process(pid)] if pid and _copy_worker_alive(w, job) else []
+    w.copy_status(restarts=restarts + 1, processId=None, processCreatedAt=None, progressMark=None,
+                  progressSeenAt=None, bytesCopied=0, percent=0, lastRestartReason=reason)
+    if not stop and not w.obs.exists(w.layout.copy_status):
+        return None
+    statements = (*stop, cmdlets.remove_file(w.layout.copy_status))
+    return _Act(Action("RestartCopy", statements, " ; ".join(str(s) for s in statements), tolerate_not_found=True),
+                f"restarting the copy: {reason}")
+
+
 def _copying(w: _Work) -> _Result:
     base, disk, layout = w.spec.base_vhd, w.layout.disk, w.layout
     job = w.obs.copy
@@ -269,19 +324,33 @@ def _copying(w: _Work) -> _Result:
                         f"copy complete; removing {', '.join(leftovers)}")
         return DONE
     if job is not None and job.state == "Running":
-        percent = int(job.bytes_copied * 100 // job.bytes_total) if job.bytes_total else 0
-        w.copy_status(bytesCopied=job.bytes_copied, bytesTotal=job.bytes_total, percent=min(percent, 99),
-                      queued=False, startedAt=job.started_at or (w.status.get("copy") or {}).get("startedAt"))
-        w.created(layout.partial, layout.copy_status, disk)
-        return _Wait(f"copying {base} -> {disk}: {min(percent, 99)}% ({job.bytes_copied}/{job.bytes_total} bytes)",
-                     COPY_POLL)
-    if job is not None and job.state == "Completed":
+        trouble = _copy_trouble(w, job)
+        if trouble is None:
+            percent = int(job.bytes_copied * 100 // job.bytes_total) if job.bytes_total else 0
+            w.copy_status(bytesCopied=job.bytes_copied, bytesTotal=job.bytes_total, percent=min(percent, 99),
+                          queued=False, startedAt=job.started_at or (w.status.get("copy") or {}).get("startedAt"))
+            w.created(layout.partial, layout.copy_status, disk)
+            return _Wait(f"copying {base} -> {disk}: {min(percent, 99)}% ({job.bytes_copied}/{job.bytes_total} "
+                         "bytes)", COPY_POLL)
+        restart = _restart_copy(w, trouble, job)
+        if restart is not None:
+            return restart
+    elif job is not None and job.state == "Completed":
         # The copy finished between our Test-Path and our read of its status file: look again
         # rather than start a second copy over the finished one.
         return _Wait(f"copy of {base} to {disk} completed; confirming {disk} exists", AFTER_ACTION)
-    if job is not None and job.state == "Failed":
+    elif job is not None and job.state == "Failed":
         return _Fail("CopyFailed", f"background copy of {base} to {disk} failed on host {w.obs.host_name}: "
                                    f"{job.error or 'no reason given'}")
+    elif job is None and (w.status.get("copy") or {}).get("processId"):
+        # We started a worker but no status file is there (yet): wait while the worker lives.
+        alive = _copy_worker_alive(w, None)
+        pid = (w.status.get("copy") or {}).get("processId")
+        if alive is not False:
+            return _Wait(f"waiting for the copy worker (process {pid}) to report", COPY_POLL)
+        restart = _restart_copy(w, f"the copy worker (process {pid}) ended without a status file", None)
+        if restart is not None:
+            return restart
     slot = w.obs.slot
     if not slot.available:
         if not (w.status.get("copy") or {}).get("queued"):
@@ -794,10 +863,14 @@ def plan_delete(
     job = obs.copy
     if job is not None and job.state == "Running" and not obs.exists(layout.disk):
         pid = job.process_id or int((status.get("copy") or {}).get("processId") or 0)
-        statements = [cmdlets.remove_file(layout.copy_status)] + ([cmdlets.stop_process(pid)] if pid else [])
-        w.event("CopyCancelled", f"cancelling the background copy to {layout.disk} (process {pid})")
-        return act(Action("CancelCopy", tuple(statements), f"Stop-Process {pid}; remove {layout.copy_status}",
-                          tolerate_not_found=True), f"cancelling the background copy (process {pid})")
+        # Stop only a process proven to be our worker: its PID may now be another VM's vmwp.exe.
+        ours = pid and _copy_worker_alive(w, job)
+        statements = ([cmdlets.stop_process(pid)] if ours else []) + [cmdlets.remove_file(layout.copy_status)]
+        how = (f"stopping worker process {pid}" if ours
+               else f"process {pid} is not running or is not the copy worker: not stopped")
+        w.event("CopyCancelled", f"cancelling the background copy to {layout.disk} ({how})")
+        return act(Action("CancelCopy", tuple(statements), " ; ".join(str(s) for s in statements),
+                          tolerate_not_found=True), f"cancelling the background copy ({how})")
     host_vm = obs.vm
     if host_vm is not None:
         if host_vm.merging:
@@ -868,7 +941,9 @@ def absorb(action: Action, status: Mapping[str, Any], output: Sequence[HostObjec
         for obj in output:
             pid = obj.get("ProcessId")
             if pid:
-                s["copy"] = {**dict(s.get("copy") or {}), "processId": int(pid)}
+                created = obj.get("ProcessCreatedAt")
+                s["copy"] = {**dict(s.get("copy") or {}), "processId": int(pid),
+                             "processCreatedAt": str(created) if created else None}
     return s
 
 

@@ -19,6 +19,8 @@ Stricter than PowerShell (documented choices):
 from __future__ import annotations
 
 import fnmatch
+import json
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +42,9 @@ from hyperv_operator.simulator.model import (
     Snapshot,
     canonical_path,
     failed_to_stop,
+    iso_o,
     leaf_name,
+    parent_path,
     vhd_format,
     xs_duration,
 )
@@ -303,6 +307,7 @@ VHD_TYPES = ("Microsoft.Vhd.PowerShell.VirtualHardDisk", "System.Object")
 FILE_TYPES = ("System.IO.FileInfo", "System.IO.FileSystemInfo", "System.MarshalByRefObject", "System.Object")
 DIR_TYPES = ("System.IO.DirectoryInfo", "System.IO.FileSystemInfo", "System.MarshalByRefObject", "System.Object")
 PSCUSTOM_TYPES = ("System.Management.Automation.PSCustomObject", "System.Object")
+PSDRIVE_TYPES = ("System.Management.Automation.PSDriveInfo", "System.Object")
 
 
 def primitive(value: Any) -> HostObject:
@@ -373,24 +378,52 @@ def _times(model: HostModel, created: float, modified: float) -> dict[str, datet
             "CreationTime": model.date(created), "LastWriteTime": model.date(modified)}
 
 
+FILESYSTEM_PROVIDER = "Microsoft.PowerShell.Core\\FileSystem"
+PROVIDER_TYPES = ("System.Management.Automation.ProviderInfo", "System.Object")
+
+
+def provider_notes(model: HostModel, path: str) -> dict[str, Any]:
+    """The note properties the FileSystem provider adds to everything it outputs (Get-Item,
+    Get-ChildItem, each string of Get-Content): PSPath, PSParentPath, PSChildName, PSDrive,
+    PSProvider. A UNC path belongs to no PowerShell drive: PSDrive is $null [strict]."""
+    parent = parent_path(path)
+    drive: HostObject | None = None
+    if not path.startswith("\\\\"):
+        letter = path[0].upper()
+        drive = HostObject(PSDRIVE_TYPES, {"CurrentLocation": "", "Name": letter, "Provider": FILESYSTEM_PROVIDER,
+                                           "Root": f"{letter}:\\", "Description": "", "MaximumSize": None,
+                                           "DisplayRoot": None}, value=letter)
+    return {
+        "PSPath": f"{FILESYSTEM_PROVIDER}::{path}",
+        "PSParentPath": f"{FILESYSTEM_PROVIDER}::{parent}" if parent else "",
+        "PSChildName": leaf_name(path),
+        "PSDrive": drive,
+        "PSProvider": HostObject(PROVIDER_TYPES, {
+            "ImplementingType": "Microsoft.PowerShell.Commands.FileSystemProvider", "Name": "FileSystem",
+            "PSSnapIn": "Microsoft.PowerShell.Core", "ModuleName": "Microsoft.PowerShell.Core", "Description": "",
+            "Capabilities": "Filter, ShouldProcess, Credentials"}, value=FILESYSTEM_PROVIDER),
+    }
+
+
 def file_object(model: HostModel, node: FileNode) -> HostObject:
     name = leaf_name(node.path)
     dot = name.rfind(".")
     parent = node.path[: len(node.path) - len(name)].rstrip("\\") or node.path
     return HostObject(FILE_TYPES, {
-        "FullName": node.path, "Name": name, "BaseName": name[:dot] if dot > 0 else name,
-        "Extension": name[dot:] if dot > 0 else "", "DirectoryName": parent, "Length": node.size,
-        "IsReadOnly": node.read_only, "Attributes": "ReadOnly, Archive" if node.read_only else "Archive",
-        "Mode": "-ar---" if node.read_only else "-a----", "PSIsContainer": False, "Exists": True,
-        "PSPath": f"Microsoft.PowerShell.Core\\FileSystem::{node.path}", **_times(model, node.created, node.modified),
+        "Name": name, "Length": node.size, "DirectoryName": parent, "IsReadOnly": node.read_only, "Exists": True,
+        "FullName": node.path, "Extension": name[dot:] if dot > 0 else "", **_times(model, node.created, node.modified),
+        "Attributes": "ReadOnly, Archive" if node.read_only else "Archive",
+        **provider_notes(model, node.path), "PSIsContainer": False, "Mode": "-ar---" if node.read_only else "-a----",
+        "BaseName": name[:dot] if dot > 0 else name, "Target": [], "LinkType": None,
     })
 
 
 def folder_object(model: HostModel, path: str, created: float) -> HostObject:
+    name = leaf_name(path)
     return HostObject(DIR_TYPES, {
-        "FullName": path, "Name": leaf_name(path), "Attributes": "Directory", "Mode": "d-----",
-        "PSIsContainer": True, "Exists": True, "PSPath": f"Microsoft.PowerShell.Core\\FileSystem::{path}",
-        **_times(model, created, created),
+        "Name": name, "FullName": path, "Exists": True, "Extension": "", **_times(model, created, created),
+        "Attributes": "Directory", **provider_notes(model, path), "PSIsContainer": True, "Mode": "d-----",
+        "BaseName": name, "Target": [], "LinkType": None,
     })
 
 
@@ -641,13 +674,15 @@ def get_child_item(ctx: Context, b: Bound) -> list[HostObject]:
 
 
 def get_content(ctx: Context, b: Bound) -> list[HostObject]:
+    """Each string carries the provider's notes and ReadCount (its line number; 1 with -Raw), so it
+    travels as an extended primitive object (<Obj><S>..</S><MS>..</MS></Obj>), as Windows sends it."""
     out: list[HostObject] = []
     for path in _paths(b):
         text = ctx.model.read_text(path)
-        if b.get("Raw"):
-            out.append(primitive(text))
-        else:
-            out.extend(primitive(line) for line in text.splitlines())
+        notes = provider_notes(ctx.model, canonical_path(path))
+        lines = [text] if b.get("Raw") else text.splitlines()
+        out.extend(HostObject(("System.String", "System.Object"), {**notes, "ReadCount": n}, line)
+                   for n, line in enumerate(lines, start=1))
     return out
 
 
@@ -710,7 +745,6 @@ def stop_process(ctx: Context, b: Bound) -> list[HostObject]:
 VMHOST_TYPES = ("Microsoft.HyperV.PowerShell.VMHost", "Microsoft.HyperV.PowerShell.VirtualizationObject",
                 "System.Object")
 MODULE_TYPES = ("System.Management.Automation.PSModuleInfo", "System.Object")
-PSDRIVE_TYPES = ("System.Management.Automation.PSDriveInfo", "System.Object")
 # Modules the simulated session has loaded: (name, version, type, path). Hyper-V counts as loaded from
 # the start (a real session autoloads it at its first Hyper-V cmdlet; the probe runs Get-VMHost first).
 LOADED_MODULES = (
@@ -774,11 +808,83 @@ def get_psdrive(ctx: Context, b: Bound) -> list[HostObject]:
     }, value=root[0]) for root in drives]
 
 
+POWERSHELL_EXE = "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe"
+
+
 def start_background_copy(ctx: Context, b: Bound) -> list[HostObject]:
+    """scripts.START_BACKGROUND_COPY, as Windows runs it: Win32_Process.Create of the full
+    powershell.exe path with the worker as -EncodedCommand (the simulator runs only the known worker:
+    any other worker text is refused, it cannot know what it would do)."""
+    from hyperv_operator.hyperv.scripts import WORKER_COMMAND_LINE_TAIL, script_name
+
+    if script_name(b["Worker"]) != "CopyWorker":
+        raise ModelError("The simulated host runs only the operator's fixed copy worker "
+                         "(hyperv_operator.hyperv.scripts.COPY_WORKER); this -Worker text is not it.",
+                         category="NotImplemented", reason="", fq_error_id="WorkerNotRecognized",
+                         exception_type="System.NotSupportedException")
     job = ctx.model.start_copy(b["Source"], b["Destination"], b["PartialPath"], b["StatusPath"],
-                               fail_half_way=ctx.fault_disk_full)
-    return [HostObject(PSCUSTOM_TYPES, {"ProcessId": job.pid, "StatusPath": b["StatusPath"],
-                                        "PartialPath": b["PartialPath"]})]
+                               fail_half_way=ctx.fault_disk_full,
+                               worker_command_line=f'"{POWERSHELL_EXE}" -NoProfile -NonInteractive '
+                                                   f"{WORKER_COMMAND_LINE_TAIL}",
+                               create_return=int(ctx.extra.get("create_return", 0)))
+    return [HostObject(PSCUSTOM_TYPES, {"ProcessId": job.pid, "ProcessCreatedAt": iso_o(ctx.model.date(job.started)),
+                                        "StatusPath": b["StatusPath"], "PartialPath": b["PartialPath"]})]
+
+
+def start_background_copy_bare_powershell(ctx: Context, b: Bound) -> list[HostObject]:
+    """The start script before the fidelity pass, run as Windows runs it: it wrote a "Running" status
+    (processId 0) first, then Win32_Process.Create with a bare `powershell.exe` got 9, path not found
+    (ansible/ansible#70655; strict: real hosts fail so only sometimes), and the script threw, leaving
+    the stale status behind."""
+    if ctx.model.exists(canonical_path(b["Destination"])):
+        ctx.model.start_copy(b["Source"], b["Destination"], b["PartialPath"], b["StatusPath"])  # "already exists"
+    node = ctx.model.file(b["Source"])
+    started = iso_o(ctx.model.date())
+    ctx.model.write_text(b["StatusPath"], json.dumps(
+        {"state": "Running", "bytesCopied": 0, "bytesTotal": node.size, "processId": 0, "startedAt": started,
+         "updatedAt": started, "finishedAt": None, "error": None}, separators=(",", ":")))
+    message = "Win32_Process.Create failed with code 9"
+    raise ModelError(message, category="OperationStopped", reason="", fq_error_id=message,
+                     exception_type="System.Management.Automation.RuntimeException")
+
+
+LEGACY_SCRIPT_IDS = {
+    "5287d716f0bd7662cae0640db0650856bf6242d96f819b4538f00f12a0820df9": "StartBackgroundCopyBarePowershell",
+}
+"""sha256 of scripts the operator sent before the fidelity pass -> their modelled behaviour on Windows."""
+
+
+CIM_PROCESS_TYPES = (*(f"Microsoft.Management.Infrastructure.CimInstance#root/cimv2/{c}" for c in
+                       ("Win32_Process", "CIM_Process", "CIM_LogicalElement", "CIM_ManagedSystemElement")),
+                     "Microsoft.Management.Infrastructure.CimInstance", "System.Object")
+_PROCESS_ID_FILTER = re.compile(r"^\s*ProcessId\s*=\s*(\d{1,10})\s*$", re.IGNORECASE)
+
+
+def get_cim_instance(ctx: Context, b: Bound) -> list[HostObject]:
+    """Get-CimInstance -ClassName Win32_Process [-Filter "ProcessId = <n>"]: the processes, as CIM
+    instances (ProcessId, Name, CommandLine, ExecutablePath, CreationDate). Only this class and this
+    filter form are modelled [strict]; WMI refuses an unknown class (0x80041010) and a malformed WQL
+    filter (0x80041017); a filter that matches nothing gives no output and no error."""
+    model = ctx.model
+    if str(b["ClassName"]).lower() != "win32_process":
+        raise ModelError("Invalid class ", category="ObjectNotFound", reason="",
+                         fq_error_id="HRESULT 0x80041010,Microsoft.Management.Infrastructure.CimCmdlets."
+                                     "GetCimInstanceCommand", target=str(b["ClassName"]),
+                         exception_type="Microsoft.Management.Infrastructure.CimException")
+    wanted: int | None = None
+    if "Filter" in b:
+        match = _PROCESS_ID_FILTER.match(b["Filter"])
+        if match is None:
+            raise ModelError("Invalid query ", category="InvalidArgument", reason="",
+                             fq_error_id="HRESULT 0x80041017,Microsoft.Management.Infrastructure.CimCmdlets."
+                                         "GetCimInstanceCommand", target=b["Filter"],
+                             exception_type="Microsoft.Management.Infrastructure.CimException")
+        wanted = int(match.group(1))
+    return [HostObject(CIM_PROCESS_TYPES, {
+        "ProcessId": p.pid, "Name": p.name, "CommandLine": p.command_line, "CreationDate": model.date(p.created),
+        "ExecutablePath": POWERSHELL_EXE if p.name == "powershell.exe" else f"C:\\Windows\\System32\\{p.name}",
+        "Handle": str(p.pid), "CSName": model.host_name,
+    }) for p in sorted(model.processes.values(), key=lambda p: p.pid) if wanted is None or p.pid == wanted]
 
 
 # --- registry ----------------------------------------------------------------------------------
@@ -878,6 +984,9 @@ def _cmdlets() -> dict[str, Cmdlet]:
                (Param("Name", "string[]"), Param("ListAvailable", "switch"), Param("All", "switch")), get_module),
         Cmdlet("Get-PSDrive", MGMT, _PS + "GetPSDriveCommand",
                (Param("Name", "string[]"), Param("PSProvider", "string[]")), get_psdrive),
+        Cmdlet("Get-CimInstance", "CimCmdlets", "Microsoft.Management.Infrastructure.CimCmdlets.GetCimInstanceCommand",
+               (Param("ClassName", "string", mandatory=True), Param("Filter", "string"),
+                Param("Namespace", "string")), get_cim_instance),
         Cmdlet("Stop-Process", MGMT, _PS + "StopProcessCommand",
                (Param("Id", "int32[]", mandatory=True), Param("Force", "switch"), Param("PassThru", "switch")),
                stop_process),
@@ -893,6 +1002,11 @@ SCRIPTS: dict[str, Cmdlet] = {
         tuple(Param(n, "string", mandatory=True) for n in ("Source", "Destination", "PartialPath", "StatusPath",
                                                            "Worker")),
         start_background_copy),
+    "StartBackgroundCopyBarePowershell": Cmdlet(
+        "StartBackgroundCopyBarePowershell", "", "StartBackgroundCopy",
+        tuple(Param(n, "string", mandatory=True) for n in ("Source", "Destination", "PartialPath", "StatusPath",
+                                                           "Worker")),
+        start_background_copy_bare_powershell),
 }
 
 

@@ -18,6 +18,7 @@ script, which (like a real full disk) lets the copy start and fail half-way: sta
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -29,6 +30,7 @@ from hyperv_operator.hyperv.commands import Command, HostObject, Statement
 from hyperv_operator.hyperv.scripts import script_name
 from hyperv_operator.simulator import identity
 from hyperv_operator.simulator.cmdlets import (
+    LEGACY_SCRIPT_IDS,
     SCRIPTS,
     Cmdlet,
     Context,
@@ -102,6 +104,7 @@ class SimulatedHost:
         shutdown_seconds: float = 5.0,
         epoch: datetime | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        offload_bytes_per_second: float | None = None,
     ) -> None:
         self._clock = clock
         self._start = clock()
@@ -112,6 +115,8 @@ class SimulatedHost:
             epoch=epoch or datetime.now(UTC), copy_bytes_per_second=copy_bytes_per_second,
             merge_bytes_per_second=merge_bytes_per_second, guest_write_bytes_per_second=guest_write_bytes_per_second,
             host_name=host_name, free_bytes=free_bytes, shutdown_seconds=shutdown_seconds)
+        if offload_bytes_per_second is not None:
+            self._model.offload_rate = offload_bytes_per_second
         self._log: list[tuple[str, dict[str, object]]] = []
         self._faults: list[list[Any]] = []  # [module|None, short name, kind, remaining]
         self._latency: dict[tuple[str | None, str], float] = {}
@@ -124,6 +129,7 @@ class SimulatedHost:
         self._batch = threading.local()  # per-batch mode: position of the current command, target
         self.second_hop: identity.SecondHop | None = None
         """When set, WinRM sessions reach file servers only with a delegated credential (see `identity`)."""
+        self._create_returns: list[int] = []
         self.random_faults: list[tuple[str, str]] = []
         """(qualified command, kind) of every fault injected by `set_fault_rate`, in order."""
 
@@ -186,15 +192,19 @@ class SimulatedHost:
                 exception_type="System.Management.Automation.Remoting.PSRemotingTransportException")
 
     @staticmethod
-    def _display_name(command: Command) -> str:
+    def _script_name(text: str) -> str | None:
+        return script_name(text) or LEGACY_SCRIPT_IDS.get(hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+    @classmethod
+    def _display_name(cls, command: Command) -> str:
         if command.is_script:
-            return script_name(command.name) or "<unknown script>"
+            return cls._script_name(command.name) or "<unknown script>"
         return command.name
 
     def _run_command(self, command: Command, upstream: list[HostObject] | None) -> list[HostObject]:
         spec: Cmdlet
         if command.is_script:
-            sname = script_name(command.name)
+            sname = self._script_name(command.name)
             if sname is None or sname not in SCRIPTS:
                 raise unknown_script(command.name)
             spec = SCRIPTS[sname]
@@ -209,6 +219,8 @@ class SimulatedHost:
             check_complete(spec, bound)
             bounds.append(bound)
         ctx = Context(self._model, spec)
+        if spec.type_name == "StartBackgroundCopy" and self._create_returns:
+            ctx.extra["create_return"] = self._create_returns.pop(0)
         if bounds:
             kind = self._take_fault(spec)
             if kind is None:
@@ -533,7 +545,8 @@ class SimulatedHost:
             model = self._now()
             return [{"ProcessId": j.pid, "Source": j.source, "Destination": j.destination, "PartialPath": j.partial,
                      "StatusPath": j.status_path, "State": j.state, "BytesCopied": int(j.copied),
-                     "BytesTotal": j.total, "Error": j.error} for j in model.copies.values()]
+                     "BytesTotal": j.total, "Error": j.error, "Offloaded": j.offloaded, "HostBytes": j.host_bytes}
+                    for j in model.copies.values()]
 
     def free_bytes(self) -> int:
         with self._lock:
@@ -543,7 +556,35 @@ class SimulatedHost:
         with self._lock:
             return [(name, dict(params)) for name, params in self._log]
 
+    def processes(self) -> list[dict[str, Any]]:
+        with self._lock:
+            model = self._now()
+            return [{"ProcessId": p.pid, "Name": p.name, "CommandLine": p.command_line,
+                     "CreationDate": model.date(p.created)} for p in model.processes.values()]
+
+    def enable_copy_offload(self, root: str) -> None:
+        """Mark a share (`\\\\FS\\SHARE`) or volume as offload-capable (ODX storage, SMB server-side
+        copy): copies with source and destination under it are offloaded."""
+        with self._lock:
+            self._model.offload_roots.add(canonical_path(root))
+
+    def fail_process_create(self, return_value: int = 9) -> None:
+        """The next StartBackgroundCopy's Win32_Process.Create returns `return_value` (9: path not found,
+        what a bare `powershell.exe` can get, ansible/ansible#70655)."""
+        with self._lock:
+            self._create_returns.append(return_value)
+
     # --- drift ---------------------------------------------------------------------------------
+
+    def reboot(self) -> None:
+        """The host restarts: every process ends (copy workers included), VMs are off, PIDs restart."""
+        with self._lock:
+            self._now().reboot()
+
+    def kill_process(self, pid: int) -> None:
+        """Someone (or a crash) ended a process out of band."""
+        with self._lock:
+            self._now().stop_process(pid)
 
     def stop_vm_out_of_band(self, vm_id: str) -> None:
         """Someone pulled the plug (Hyper-V Manager, a host reboot): the VM is Off at once."""

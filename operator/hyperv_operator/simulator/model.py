@@ -77,12 +77,20 @@ Modelling choices. Where Microsoft's documentation leaves room, the STRICTER beh
   VMs, files of a running merge, and a running copy's source and partial file. ACL-protected paths:
   access denied; read-only attribute: needs -Force; a non-empty folder without -Recurse fails with
   InvalidOperation "DirectoryNotEmpty" (real PowerShell would prompt; a remote session cannot) [strict].
-- The background copy mirrors scripts.COPY_WORKER: the status file shows the starter's initial
-  status (processId 0) until the worker's first write one second in, then it is rewritten on whole
-  seconds only (bytesCopied as of the last whole second); a failure reports bytesCopied 0, like the
-  worker's catch block. The source is opened read-only with FileShare.Read: a source being written
-  (top disk of a running VM) fails the copy, and while the copy runs the source cannot be opened for
-  write. Stop-Process freezes the status file as last written and leaves the partial file.
+- The background copy mirrors scripts.START_BACKGROUND_COPY / COPY_WORKER (recognised by their
+  exact text). Win32_Process.Create starts the worker: a process (pid, command line with the
+  worker's -EncodedCommand, creation time) listed by Get-CimInstance Win32_Process. A Create that
+  returns non-zero (fault hook) leaves no status file. The starter writes the first status (processId,
+  processCreatedAt) right after Create; the worker rewrites it on whole seconds (bytesCopied as of the
+  last whole second; a replace, so a reader never finds it missing); a failure reports bytesCopied 0.
+  The source is opened read-only with FileShare.Read: a source being written (top disk of a running
+  VM) fails the copy, and while the copy runs the source cannot be opened for write. Stop-Process
+  (or a host reboot) ends the worker: the status file stays as last written, the partial stays.
+- PIDs are reused: a reboot restarts numbering, so a VM's worker process (vmwp.exe, one per running
+  VM) can get the PID a copy worker had before [strict: Windows reuses PIDs, not necessarily so soon].
+- Copy offload: a copy whose source and destination are on the same offload-capable root (a share or
+  volume marked with `enable_copy_offload`: ODX storage, or SMB server-side copy) runs at the
+  offload rate and moves no bytes through the host; any other copy moves every byte through it.
 - Guest activity grows the first drive's top disk by guest_write_bytes_per_second, capped at its
   virtual size plus 4 MiB of metadata and at the free space (a real VM would pause; not modelled).
 - Get-VHD ParentPath is None for a disk without parent (test it for falsiness: Windows may show "").
@@ -416,6 +424,16 @@ class MergeJob:
 
 
 @dataclass
+class Process:
+    """A Windows process as Win32_Process shows it."""
+
+    pid: int
+    name: str
+    command_line: str
+    created: float
+
+
+@dataclass
 class CopyJob:
     pid: int
     source: str
@@ -431,6 +449,12 @@ class CopyJob:
     fail_at_bytes: int | None = None
     error: str | None = None
     finished: float | None = None
+    offloaded: bool = False
+
+    @property
+    def host_bytes(self) -> int:
+        """Bytes that went through the host's memory and network (none when offloaded)."""
+        return 0 if self.offloaded else int(self.copied)
 
     @property
     def end_time(self) -> float:
@@ -480,6 +504,10 @@ class HostModel:
         self.vms: dict[str, VM] = {}
         self.switches: dict[str, str] = {}
         self.copies: dict[int, CopyJob] = {}
+        self.processes: dict[int, Process] = {}
+        self.offload_roots: set[str] = set()
+        self.offload_rate = copy_bytes_per_second
+        self.vm_workers: dict[str, int] = {}  # VM id -> pid of its vmwp.exe
         self.merges: list[MergeJob] = []
         self.held_elsewhere: dict[str, str] = {}  # file key -> other host holding it open (shared storage)
         self.job_ids = 0
@@ -736,6 +764,17 @@ class HostModel:
         if node.key in partials:
             raise file_in_use(node.path, category="ReadError", reason="GetContentReaderIOError")
         return node.text if node.text is not None else ""
+
+    def write_text(self, path: str, text: str) -> FileNode:
+        """[IO.File]::WriteAllText: create or overwrite a text file in an existing folder."""
+        canon = canonical_path(path)
+        self.require_folder_of(canon)
+        existing = self.files.get(canon.lower())
+        if existing is not None and (existing.acl_protected or existing.read_only or self.in_use_by(existing.key)):
+            raise access_denied(canon)
+        node = FileNode(canon, self.now, self.now, float(len(text.encode("utf-8"))), text=text)
+        self.files[node.key] = node
+        return node
 
     # --- disks ---------------------------------------------------------------------------------
 
@@ -1038,6 +1077,7 @@ class HostModel:
         vm.started_at = self.now
         vm.growth_t = self.now
         vm.stop_at = None
+        self.vm_workers[vm.id] = self.spawn("vmwp.exe", f'"C:\\Windows\\System32\\vmwp.exe" {vm.id.upper()}').pid
         self.refresh_opens()
 
     def stop_vm(self, vm: VM, *, turn_off: bool) -> float:
@@ -1093,6 +1133,7 @@ class HostModel:
 
     def _finish_stop(self, vm: VM) -> None:
         vm.stop_fails = False
+        self.processes.pop(self.vm_workers.pop(vm.id, -1), None)
         vm.state = STATE_OFF
         vm.started_at = None
         vm.stop_at = None
@@ -1248,8 +1289,44 @@ class HostModel:
 
     # --- background copy ----------------------------------------------------------------------
 
+    # --- processes ------------------------------------------------------------------------------
+
+    def spawn(self, name: str, command_line: str) -> Process:
+        pid = self._next_pid
+        while pid in self.processes:
+            pid += 4
+        self._next_pid = pid + 4
+        process = Process(pid, name, command_line, self.now)
+        self.processes[pid] = process
+        return process
+
+    def reboot(self) -> None:
+        """The host restarts: every process ends (copy workers stop where they were, VMs are off),
+        and PID numbering starts again."""
+        for job in self.copies.values():
+            if job.state == "Running":
+                job.state = "Stopped"
+                job.finished = self.now
+        for vm in self.vms.values():
+            if vm.state in ACTIVE_STATES:
+                self._finish_stop(vm)
+        self.processes.clear()
+        self._next_pid = FIRST_PID
+
+    def is_offloaded(self, source: str, destination: str) -> bool:
+        roots = {r.lower() for r in self.offload_roots}
+
+        def root(path: str) -> str | None:
+            return next((r for r in roots if path.lower() == r or path.lower().startswith(r + "\\")), None)
+
+        src = root(source)
+        return src is not None and src == root(destination)
+
+    # --- background copy ----------------------------------------------------------------------
+
     def start_copy(self, source: str, destination: str, partial: str, status_path: str,
-                   *, fail_half_way: bool = False) -> CopyJob:
+                   *, fail_half_way: bool = False, worker_command_line: str = "",
+                   create_return: int = 0) -> CopyJob:
         dest_canon = canonical_path(destination)
         if self.exists(dest_canon):
             message = f"The copy destination '{destination}' already exists."
@@ -1264,26 +1341,23 @@ class HostModel:
             raise ModelError(f"Cannot find path '{source}' because it does not exist.", category="ObjectNotFound",
                              reason="", fq_error_id="PathNotFound,Microsoft.PowerShell.Commands.GetItemCommand",
                              target=source, exception_type=ITEM_NOT_FOUND)
+        if create_return != 0:
+            message = f"Win32_Process.Create failed with code {create_return}"
+            raise ModelError(message, category="OperationStopped", reason="", fq_error_id=message,
+                             exception_type="System.Management.Automation.RuntimeException")
         status_canon = canonical_path(status_path)
         partial_canon = canonical_path(partial)
-        parent = parent_path(status_canon)
-        if parent is None or not self.is_dir(parent):
-            message = ("Exception calling \"WriteAllText\" with \"2\" argument(s): \"Could not find a part of "
-                       f"the path '{status_path}'.\"")
-            raise ModelError(message, category="NotSpecified", reason="",
-                             fq_error_id="DirectoryNotFoundException", target=status_path,
-                             exception_type="System.IO.DirectoryNotFoundException")
-        pid = self._next_pid
-        self._next_pid += 4
+        pid = self.spawn("powershell.exe", worker_command_line).pid
+        offloaded = self.is_offloaded(src_canon, dest_canon)
         payload = FileNode(dest_canon, self.now, self.now, node.length, text=node.text,
                            vhd=node.vhd.clone() if node.vhd is not None else None)
         job = CopyJob(pid, src_canon, dest_canon, partial_canon, status_canon, self.now, node.size,
-                      self.copy_rate, payload)
-        self._write_status(job, self.now, initial=True)
+                      self.offload_rate if offloaded else self.copy_rate, payload, offloaded=offloaded)
         # the detached worker starts: open the source for read (FileShare.Read), create the partial.
         sources, partials = self._copy_locks()
         failure: str | None = None
         partial_parent = parent_path(partial_canon)
+        status_parent = parent_path(status_canon)
         if node.vhd is not None and node.vhd.write_open:
             failure = (f"The process cannot access the file '{node.path}' because it is being used by another "
                        "process.")
@@ -1301,6 +1375,8 @@ class HostModel:
             else:
                 self.files[partial_canon.lower()] = FileNode(partial_canon, self.now, self.now, 0.0)
         self.copies[pid] = job
+        if status_parent is not None and self.is_dir(status_parent) and status_canon.lower() not in self.files:
+            self._write_status(job, self.now, initial=True)  # the starter's CreateNew
         if failure is not None:
             self._fail_copy(job, self.now, failure)
         elif fail_half_way:
@@ -1325,26 +1401,40 @@ class HostModel:
         job.copied = float(job.total)
         job.finished = t
         self._write_status(job, t)
+        self.processes.pop(job.pid, None)
 
     def _fail_copy(self, job: CopyJob, t: float, message: str) -> None:
         job.state = "Failed"
         job.error = message
         job.finished = t
         self._write_status(job, t)
+        self.processes.pop(job.pid, None)
 
     def stop_process(self, pid: int) -> None:
-        job = self.copies.get(pid)
-        if job is None or job.state != "Running":
+        process = self.processes.get(pid)
+        if process is None:
             raise ModelError(f"Cannot find a process with the process identifier {pid}.", category="ObjectNotFound",
                              reason="NoProcessFoundForGivenId", target=str(pid),
                              exception_type="Microsoft.PowerShell.Commands.ProcessCommandException")
-        job.state = "Stopped"
-        job.finished = self.now
+        del self.processes[pid]
+        job = self.copies.get(pid)
+        if job is not None and job.state == "Running":
+            job.state = "Stopped"
+            job.finished = self.now
+            return
+        for vm_id, worker in list(self.vm_workers.items()):
+            if worker == pid:  # killing a VM's worker process turns the VM off hard
+                del self.vm_workers[vm_id]
+                vm = self.vms.get(vm_id)
+                if vm is not None and vm.state in ACTIVE_STATES:
+                    self._finish_stop(vm)
 
     def status_document(self, job: CopyJob, t: float, *, initial: bool = False) -> dict[str, object]:
         started = iso_o(self.date(job.started))
-        doc: dict[str, object] = {"state": "Running", "bytesCopied": 0, "bytesTotal": job.total, "processId": 0,
-                                  "startedAt": started, "updatedAt": started, "finishedAt": None, "error": None}
+        created = iso_o(self.date(job.started))
+        doc: dict[str, object] = {"state": "Running", "bytesCopied": 0, "bytesTotal": job.total, "processId": job.pid,
+                                  "processCreatedAt": created, "startedAt": started, "updatedAt": started,
+                                  "finishedAt": None, "error": None}
         if initial:
             return doc
         if job.state == "Completed":

@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hyperv_operator.api import VirtualMachineSpec
+from hyperv_operator.hyperv.scripts import WORKER_COMMAND_LINE_TAIL
 from hyperv_operator.provisioning.layout import layout_for
 from hyperv_operator.provisioning.model import VmRef
-from hyperv_operator.provisioning.observation import CopyJob, Observation, SlotView, VhdInfo, VmInfo
+from hyperv_operator.provisioning.observation import CopyJob, Observation, ProcessInfo, SlotView, VhdInfo, VmInfo
 
 BASE = "C:\\Bases\\base.vhdx"
 VMS = "D:\\VMs"
@@ -53,6 +54,8 @@ def observe(
     vhds: tuple[VhdInfo, ...] = (),
     job: CopyJob | None = None,
     slot: SlotView = FREE_SLOT,
+    process: ProcessInfo | None = None,
+    process_checked: bool = False,
 ) -> Observation:
     vhd_map = {v.path.lower(): v for v in vhds}
     if BASE in files and BASE.lower() not in vhd_map:
@@ -67,7 +70,26 @@ def observe(
         vhds=vhd_map,
         copy=job,
         slot=slot,
+        copy_process=process,
+        copy_process_checked=process_checked or process is not None,
     )
+
+
+WORKER_CREATED = "2025-01-01T11:59:30.1234567Z"
+
+
+def worker(pid: int, created: str = WORKER_CREATED) -> ProcessInfo:
+    """The copy worker as Win32_Process shows it."""
+    return ProcessInfo(pid, "powershell.exe",
+                       '"C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe" -NoProfile '
+                       f"-NonInteractive {WORKER_COMMAND_LINE_TAIL}",
+                       datetime.fromisoformat(created.replace("Z", "+00:00")))
+
+
+def vmwp(pid: int) -> ProcessInfo:
+    """Another VM's worker process holding a reused PID."""
+    return ProcessInfo(pid, "vmwp.exe", '"C:\\Windows\\System32\\vmwp.exe" 0A1B2C3D-0000-0000-0000-000000000000',
+                       NOW)
 
 
 def status(phase: str | None = None, **extra: Any) -> dict[str, Any]:

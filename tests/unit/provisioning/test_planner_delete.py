@@ -11,7 +11,23 @@ from hyperv_operator.hyperv.errors import HostUnreachableError, PermanentHostErr
 from hyperv_operator.provisioning.observation import CopyJob, Observation
 from hyperv_operator.provisioning.planner import Action, error_status, plan_delete
 
-from .helpers import AVHDX, BASE, DISK, LAYOUT, NOW, REF, VM_ID, cmdlet_names, condition, observe, spec, status, vm
+from .helpers import (
+    AVHDX,
+    BASE,
+    DISK,
+    LAYOUT,
+    NOW,
+    REF,
+    VM_ID,
+    cmdlet_names,
+    condition,
+    observe,
+    spec,
+    status,
+    vm,
+    vmwp,
+    worker,
+)
 
 CK = LAYOUT.checkpoint_name
 CONFIG = LAYOUT.vm_dir + "\\web"
@@ -40,10 +56,18 @@ CASES = [
          ("Get-VM", "Stop-VM", "Get-VM", "Remove-VM")),
     Case("vm off: remove without stop", "Copy", status("Starting", vmId=VM_ID),
          observe(files=(BASE, DISK), host_vm=vm("Off"), drives=(DISK,)), "RemoveVM", ("Get-VM", "Remove-VM")),
-    Case("copy running: cancel (json first, then process)", "Copy",
+    Case("copy running, worker confirmed: stop it, then remove json", "Copy",
          status("Copying", createdFiles=[LAYOUT.partial, LAYOUT.copy_status, DISK]),
-         observe(files=(BASE, LAYOUT.partial, LAYOUT.copy_status), job=RUNNING_JOB), "CancelCopy",
-         ("Remove-Item", "Stop-Process")),
+         observe(files=(BASE, LAYOUT.partial, LAYOUT.copy_status), job=RUNNING_JOB, process=worker(4242)),
+         "CancelCopy", ("Stop-Process", "Remove-Item")),
+    Case("copy running, PID reused by a vmwp.exe: never stopped", "Copy",
+         status("Copying", createdFiles=[LAYOUT.partial, LAYOUT.copy_status, DISK]),
+         observe(files=(BASE, LAYOUT.partial, LAYOUT.copy_status), job=RUNNING_JOB, process=vmwp(4242)),
+         "CancelCopy", ("Remove-Item",)),
+    Case("copy running, worker gone: only the json", "Copy",
+         status("Copying", createdFiles=[LAYOUT.partial, LAYOUT.copy_status, DISK]),
+         observe(files=(BASE, LAYOUT.partial, LAYOUT.copy_status), job=RUNNING_JOB, process_checked=True),
+         "CancelCopy", ("Remove-Item",)),
     Case("after cancel: remove partial", "Copy",
          status("Deleting", createdFiles=[LAYOUT.partial, LAYOUT.copy_status, DISK]),
          observe(files=(BASE, LAYOUT.partial, LAYOUT.vm_dir)), "RemoveFiles", ("Remove-Item",)),
@@ -114,10 +138,20 @@ def test_retain_finishes_at_once() -> None:
 
 def test_cancel_uses_pid_from_status_when_json_has_none() -> None:
     st = status("Copying", copy={"processId": 777})
-    r = plan_delete(spec("Copy"), st, observe(files=(BASE, LAYOUT.copy_status), job=CopyJob("Running", 0, 1, 0)),
+    r = plan_delete(spec("Copy"), st, observe(files=(BASE, LAYOUT.copy_status), job=CopyJob("Running", 0, 1, 0),
+                                              process=worker(777)),
                     NOW, vm=REF, layout=LAYOUT)
     assert r.action is not None
-    assert r.action.statements[1].commands[0].parameter("Id") == 777
+    assert r.action.statements[0].commands[0].parameter("Id") == 777
+
+
+def test_cancel_never_stops_a_process_with_the_right_pid_but_another_creation_time() -> None:
+    st = status("Copying", copy={"processId": 777, "processCreatedAt": "2025-01-01T11:00:00Z"})
+    r = plan_delete(spec("Copy"), st, observe(files=(BASE, LAYOUT.copy_status), job=CopyJob("Running", 0, 1, 777),
+                                              process=worker(777, "2025-01-01T11:59:58Z")),
+                    NOW, vm=REF, layout=LAYOUT)
+    assert r.action is not None and r.action.kind == "CancelCopy"
+    assert [c.name for s in r.action.statements for c in s.commands] == ["Microsoft.PowerShell.Management\\Remove-Item"]
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,8 @@ def test_differencing_chain(sim: Sim) -> None:
 def test_copy_strategy(sim: Sim) -> None:
     dest = VM_ROOT + "\\VM8.vhdx"
     pid = start_copy(sim, dest)
-    assert copy_status(sim, dest)["processId"] == 0  # the starter's initial status
+    initial = copy_status(sim, dest)  # the starter's status, written right after Win32_Process.Create
+    assert initial["processId"] == pid and initial["processCreatedAt"] and initial["bytesCopied"] == 0
     sim.wait(60.5)
     status = copy_status(sim, dest)
     assert status["state"] == "Running" and status["processId"] == pid

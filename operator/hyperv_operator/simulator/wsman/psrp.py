@@ -42,6 +42,7 @@ from psrpcore.types import (
     PSInvocationState,
     PSNoteProperty,
     PSObject,
+    PSString,
     PSUInt64,
 )
 
@@ -173,18 +174,51 @@ def to_ps_value(value: Any) -> Any:
     return value
 
 
+EXTENDED_NOTES = frozenset({
+    "PSPath", "PSParentPath", "PSChildName", "PSDrive", "PSProvider", "PSIsContainer", "ReadCount", "Mode",
+    "BaseName", "Target", "LinkType", "VersionInfo", "Used", "Free",
+})
+"""Members PowerShell adds through its Extended Type System (provider notes, script properties): they
+travel in <MS>, not with the .NET object's own (adapted) properties in <Props> (MS-PSRP 2.2.5.2.9)."""
+
+_PRIMITIVE_TYPE_NAMES = frozenset({"System.String", "System.Boolean", "System.Int32", "System.Int64"})
+
+
 def host_object_to_ps(obj: HostObject) -> Any:
-    """HostObject -> PSObject with the .NET type names and its properties as adapted properties."""
-    if not obj.properties and obj.value is not None:
-        return to_ps_value(obj.value)
+    """HostObject -> what psrpcore serializes as Windows PowerShell 5.1 would.
+
+    - a primitive without properties: a bare primitive (<S>, <B>, ...);
+    - a primitive WITH properties (a string from Get-Content carrying PSPath, ...): an Extended
+      Primitive Object, <Obj><S>text</S><MS>notes</MS></Obj> with no type names and no adapted
+      properties (MS-PSRP 2.2.5.2.5 and 2.2.5.1);
+    - anything else: an <Obj> with its type names, adapted properties in <Props>, ETS members in <MS>.
+    """
+    if obj.value is not None and not isinstance(obj.value, HostObject) and (
+        not obj.properties or (obj.type_names and obj.type_names[0] in _PRIMITIVE_TYPE_NAMES)
+    ):
+        if not obj.properties:
+            return to_ps_value(obj.value)
+        if not isinstance(obj.value, str):
+            raise TypeError(f"extended primitive of type {type(obj.value).__name__} is not modelled")
+        text = PSString(obj.value)
+        for name, value in obj.properties.items():
+            text.PSObject.extended_properties.append(PSNoteProperty(name, value=to_ps_value(value)))
+        return text
     ps = PSObject()
     ps.PSObject.type_names = list(obj.type_names) or ["System.Management.Automation.PSCustomObject", "System.Object"]
     if ps.PSObject.type_names[-1] != "System.Object":
         ps.PSObject.type_names.append("System.Object")
+    file_info = obj.is_a("FileSystemInfo")
     for name, value in obj.properties.items():
-        ps.PSObject.adapted_properties.append(PSNoteProperty(name, value=to_ps_value(value)))
+        target = ps.PSObject.extended_properties if name in EXTENDED_NOTES else ps.PSObject.adapted_properties
+        wire = to_ps_value(value)
+        if file_info and name == "Length" and isinstance(value, int):
+            wire = PSInt64(value)  # FileInfo.Length is a long: <I64>, whatever its size
+        target.append(PSNoteProperty(name, value=wire))
     if obj.value is not None:
         ps.PSObject.to_string = str(obj.value)
+    elif "FullName" in obj.properties and obj.is_a("FileSystemInfo"):
+        ps.PSObject.to_string = str(obj.properties["FullName"])  # FileInfo.ToString(): the path it was opened with
     return ps
 
 
