@@ -165,6 +165,9 @@ class Conformance:
                 self.created.vm_ids.add(str(status["vmId"]))
             if self.on_step is not None:
                 self.on_step(strategy.value, status)
+            # The engine runs through consecutive phases in one step, so the re-parent may happen and
+            # the merge start before we can look: its event says it was sent and succeeded.
+            seen.reparent_sent = seen.reparent_sent or any(e.reason == "Reparenting" for e in outcome.events)
             await self._observe(status, layout, seen)
             if outcome.requeue_after is None or status.get("phase") in ("Provisioned", "Failed"):
                 break
@@ -196,11 +199,15 @@ class Conformance:
                             f"{seen.avhdx} (base folder {base_folder})")
             else:
                 self.record("Quick: checkpoint beside its parent", NOT_OBSERVED, "no .avhdx seen on the VM")
-            self.record("Quick: online re-parent (-LeafPath)", HELD if seen.reparented else
+            merged = phase == "Provisioned" and await self._drive_is(status, layout)
+            # The operator removes the checkpoint only once Get-VHD shows the .avhdx on the VM's own
+            # disk (never into the base), so a merge that ended on that disk proves the re-parent held.
+            reparent_proved = seen.reparented or (seen.reparent_sent and merged)
+            self.record("Quick: online re-parent (-LeafPath)", HELD if reparent_proved else
                         (FAILED if phase != "Provisioned" else NOT_OBSERVED),
                         "the running VM's .avhdx took its own disk as parent" if seen.reparented
+                        else "Set-VHD -LeafPath succeeded and the merge landed in the VM's own disk" if reparent_proved
                         else "not seen between steps")
-            merged = phase == "Provisioned" and await self._drive_is(status, layout)
             leftover = [n for n in await self._names(base_folder) if n.lower().endswith(".avhdx")]
             self.record("Quick: merge", HELD if merged and not leftover else FAILED,
                         f"VM on {layout.disk}; .avhdx left in the base folder: {leftover or 'none'}")
@@ -369,6 +376,7 @@ class _Observed:
     states: set[str] = field(default_factory=set)
     avhdx: str = ""
     reparented: bool = False
+    reparent_sent: bool = False
 
 
 def format_table(results: list[Result]) -> str:

@@ -305,7 +305,7 @@ def test_operator_cli_help_is_the_image_entrypoint() -> None:
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     # The image's commands only: the development tools (simulate, demo) are not part of it.
-    assert "{run,check-host}" in result.stdout
+    assert "{run,check-host,conformance}" in result.stdout
     run_help = subprocess.run([str(script), "run", "--help"], capture_output=True, text=True, check=False)
     assert "--all-namespaces" in run_help.stdout and "--metrics-port" in run_help.stdout
 

@@ -91,5 +91,6 @@ def domain_host_objects(
          "spec": {"address": "localhost", "port": sim.port, "transport": "https", "auth": auth,
                   "credentialsSecretRef": {"name": f"{name}-credentials"},
                   "caBundleSecretRef": {"name": f"{name}-ca"}, "defaultVmPath": VM_ROOT,
-                  "maxConcurrentCopies": 3}},
+                  "maxConcurrentCopies": 3,
+                  "storage": {"baseRoots": [SHARE], "vmRoots": [SHARE]}}},
     ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
 from hyperv_operator import conditions as cond
 from hyperv_operator.provisioning.observation import CopyJob
 
@@ -10,19 +14,29 @@ MAX_COPY_POLL = 60.0
 ETA_MARGIN = 1.1  # land just after the copy's expected end, not just before it
 
 
-def copy_poll_delay(job: CopyJob | None, default: float) -> float:
-    """Seconds until the next look at a running copy: its expected time to finish, from the rate the
-    copy's own status file shows (bytes copied between its start and its last update, both host
-    clock), so a copy is polled a few times whatever its size instead of every `default` seconds.
-    Without a rate yet (nothing copied), `default`."""
-    if job is None or job.state != "Running" or job.bytes_total <= 0 or job.bytes_copied <= 0:
+def progress_sample(copy_status: Mapping[str, Any] | None) -> tuple[int, datetime] | None:
+    """(bytes copied, when the operator first saw that many) from the copy's status record: the last
+    poll's progress mark (`<bytes>@<host updatedAt>`) and the operator's time of seeing it."""
+    record = copy_status or {}
+    mark, seen = str(record.get("progressMark") or ""), cond.parse_timestamp(record.get("progressSeenAt"))
+    head = mark.split("@", 1)[0]
+    if seen is None or not head.isdigit():
+        return None
+    return int(head), seen
+
+
+def copy_poll_delay(job: CopyJob | None, default: float, *, previous: tuple[int, datetime] | None,
+                    now: datetime) -> float:
+    """Seconds until the next look at a running copy: its expected time to finish, at the rate the
+    operator saw between the previous poll and this one (both on the operator's clock: the host's
+    clock may be set differently, or, in a simulation, run faster), so a copy is polled a few times
+    whatever its size instead of every `default` seconds. Without a rate yet, `default`."""
+    if job is None or job.state != "Running" or job.bytes_total <= 0 or previous is None:
         return default
-    started, updated = cond.parse_timestamp(job.started_at), cond.parse_timestamp(job.updated_at)
-    if started is None or updated is None:
+    copied = job.bytes_copied - previous[0]
+    elapsed = (now - previous[1]).total_seconds()
+    if copied <= 0 or elapsed <= 0:
         return default
-    elapsed = (updated - started).total_seconds()
-    if elapsed <= 0:
-        return default
-    rate = job.bytes_copied / elapsed
+    rate = copied / elapsed
     remaining = max(job.bytes_total - job.bytes_copied, 0)
     return round(min(max(remaining / rate * ETA_MARGIN, MIN_COPY_POLL), MAX_COPY_POLL), 3)

@@ -23,7 +23,7 @@ from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, Trans
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, is_checkpoint_of, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import CopyJob, Observation, is_copy_worker, kind_of, parse_vm
-from hyperv_operator.provisioning.pacing import copy_poll_delay
+from hyperv_operator.provisioning.pacing import copy_poll_delay, progress_sample
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase, Step
 
 # Requeue delays (seconds).
@@ -812,7 +812,8 @@ def plan(
         converged = result.requeue is None and phase is Phase.PROVISIONED
         requeue = result.requeue
         if phase in COPY_PHASES and requeue is not None and observation.copy is not None:
-            requeue = copy_poll_delay(observation.copy, requeue)  # poll by the copy's ETA
+            requeue = copy_poll_delay(observation.copy, requeue, now=now,  # poll by the copy's ETA
+                                      previous=progress_sample(status.get("copy")))
         status_out = _finish_status(w, phase, f"{phase.value}: {result.message}" if not converged
                                     else result.message, converged=converged, stall=result.stall)
         stalled_before = cond.find(start_conditions, cond.STALLED) or {}
