@@ -156,11 +156,14 @@ class WSManServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        # Never hold the server lock while taking a shell's: a request thread holds its shell's lock
+        # while it records into the server (lock order shell -> server), so the reverse deadlocks.
         with self._lock:
-            for shell in self.shells.values():
-                with shell.cond:
-                    shell.cond.notify_all()
+            shells = list(self.shells.values())
             self.shells.clear()
+        for shell in shells:
+            with shell.cond:
+                shell.cond.notify_all()
         if self._ntlm_dir is not None:
             self._ntlm_dir.cleanup()
             self._ntlm_dir = None
