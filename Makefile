@@ -75,7 +75,7 @@ uninstall: ## Remove the CRDs (and with them every VirtualMachine object)
 
 .PHONY: deploy
 deploy: ## Deploy CRDs, RBAC and the operator Deployment (kustomize)
-	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" apply --server-side -k manifests/
+	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" apply --server-side -k crds/ && "$$k" wait --for=condition=Established --timeout=60s crd/clusterkopfpeerings.kopf.dev && "$$k" apply --server-side -k manifests/
 
 .PHONY: undeploy
 undeploy: ## Remove what deploy created

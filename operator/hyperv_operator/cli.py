@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         host_probe_interval=args.host_probe_interval,
         operator_namespace=args.operator_namespace,
         webhook=_webhook_config(args),
+        peering_lifetime=None if args.standalone else args.peering_lifetime,
     )
     runtime = Runtime(
         config=config,
@@ -68,11 +70,26 @@ def _run(args: argparse.Namespace) -> int:
             registry=registry,
             clusterwide=clusterwide,
             namespaces=() if clusterwide else tuple(args.namespace),
-            standalone=True,
+            standalone=args.standalone,
+            peering_name=None if args.standalone else args.peering,
+            priority=None if args.standalone else _priority(args),
             liveness_endpoint=liveness,
         )
     )
     return 0
+
+
+def _priority(args: argparse.Namespace) -> int:
+    """kopf pauses every operator that sees a live peer of higher priority (and all of them on a tie).
+
+    Without --priority the OLDER replica wins: a replica that starts (a rollout's new pod, a
+    replacement after a node loss) stands by behind the one already working instead of taking the
+    work out of its hands mid-step. Milliseconds since the epoch, negated, so two replicas of one
+    Deployment (one pod template) still get different priorities; an explicit --priority (any value
+    >= 0, e.g. kopf's --dev 666) outranks every default."""
+    if args.priority is not None:
+        return int(args.priority)
+    return -int(time.time() * 1000)
 
 
 def _webhook_config(args: argparse.Namespace) -> WebhookConfig | None:
@@ -142,6 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--webhook-configuration",
         default="hyperv-operator",
         help="ValidatingWebhookConfiguration to write the self-signed CA into ('' when cert-manager injects it)",
+    )
+    run.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no peering: this must be the only operator process (one replica, Recreate)",
+    )
+    run.add_argument(
+        "--peering",
+        default="hyperv-operator",
+        help="kopf peering object: a ClusterKopfPeering (--all-namespaces) or a KopfPeering in each watched "
+        "namespace; of the replicas sharing it only the live one of highest priority acts",
+    )
+    run.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority (default: by start time, the older replica acts and a newer one stands by)",
+    )
+    run.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        help="seconds a replica's keep-alive counts; a standby takes over at most this long after the active "
+        "replica died without saying goodbye (a graceful stop hands over at once)",
     )
     run.add_argument("--verbose", "-v", action="store_true")
     run.add_argument("--debug", action="store_true")

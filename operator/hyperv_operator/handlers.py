@@ -63,6 +63,8 @@ class OperatorConfig:
     operator_namespace: str = "hyperv-operator-system"
     """Where ClusterHyperVHosts' Secrets live."""
     webhook: WebhookConfig | None = None
+    peering_lifetime: int | None = None
+    """kopf's settings.peering.lifetime (seconds) when peering; None: kopf's default or standalone."""
 
 
 @dataclass
@@ -220,6 +222,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        if runtime.config.peering_lifetime is not None:
+            settings.peering.lifetime = runtime.config.peering_lifetime
         webhook = runtime.config.webhook
         if webhook is not None:
             settings.admission.server = kopf.WebhookServer(
