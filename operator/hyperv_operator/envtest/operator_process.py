@@ -159,6 +159,14 @@ class OperatorProcess:
         with urllib.request.urlopen(url, timeout=5) as response:
             return str(response.read().decode())
 
+    def winrm_round_trips(self) -> int:
+        """Round trips this process made to any host (its own metrics): 0 while it stands by."""
+        total = 0.0
+        for line in self.metrics_text().splitlines():
+            if line.startswith("hyperv_operator_winrm_call_duration_seconds_count"):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

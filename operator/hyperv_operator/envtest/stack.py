@@ -154,6 +154,17 @@ def install_operator_rbac(plane: ControlPlane) -> None:
     plane.kubectl("delete", "validatingwebhookconfiguration", "hyperv-operator", "--ignore-not-found")
 
 
+PEERING = "hyperv-operator"
+"""manifests/peering's ClusterKopfPeering, the default of `hyperv-operator run --peering`."""
+
+
+def peers(plane: ControlPlane, name: str = PEERING) -> dict[str, dict[str, Any]]:
+    """The replicas in the peering object's status, as kopf writes them: id -> {priority, lifetime, lastseen}."""
+    result = plane.kubectl("get", "clusterkopfpeering", name, "-o", "json")
+    status: dict[str, dict[str, Any]] = json.loads(result.stdout).get("status") or {}
+    return status
+
+
 def webhook_configuration_for_loopback(port: int) -> dict[str, Any]:
     """manifests/webhook's configuration, pointed at an operator serving its webhook on 127.0.0.1:port."""
     import yaml

@@ -1,0 +1,174 @@
+"""Two operator replicas on one kopf peering (as manifests/ deploys them): one acts, one stands by,
+and the standby finishes the work when the active one is SIGKILLed in the middle of base copies.
+
+Its own control plane and simulated host: the session's shared operator runs --standalone and would
+act on these VMs too. Both replicas run `hyperv-operator run` with the production default priority
+(by start time: the older replica acts), authenticated as the operator's ServiceAccount, so the
+peering RBAC in manifests/ is exercised as well.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hyperv_operator.envtest.controlplane import ControlPlane, running_control_plane
+from hyperv_operator.envtest.operator_process import OperatorProcess
+from hyperv_operator.envtest.stack import (
+    BASE_VHD,
+    SimulatedHyperV,
+    apply_objects,
+    ensure_namespace,
+    host_objects,
+    install_operator_rbac,
+    peers,
+)
+from tests.integration import hostview
+from tests.integration.kube import Kube
+from tests.integration.test_provisioning import _assert_final_host_state
+
+pytestmark = pytest.mark.integration
+
+NAMESPACE = "hv-standby"
+LIFETIME = 5
+"""--peering-lifetime here (production: 60). kopf then sends a keep-alive every second
+(max(1, lifetime - 5..10 s)), and a standby resumes once the active one's last keep-alive is older
+than the lifetime: so the takeover is bounded by about LIFETIME + 1 s plus the restart of the watches."""
+TIME_SCALE = 10.0
+"""The 9 GB base copies in ~12 s of wall time: longer than the takeover, so the standby meets the
+copies still running on the host and must wait for them, not start them again."""
+VMS = 3
+"""Three Copy VMs on a host with two copy slots: two copies run when the active replica dies, the
+third waits for a slot."""
+
+
+@dataclass
+class Recorder:
+    """Every command the simulated host runs, with the test process's monotonic clock."""
+
+    calls: list[tuple[float, str, dict[str, Any], str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, command: str, params: dict[str, Any], when: str) -> None:
+        with self.lock:
+            self.calls.append((time.monotonic(), command, params, when))
+
+    def started(self, short: str, needle: str) -> list[tuple[float, str, dict[str, Any], str]]:
+        with self.lock:
+            return [c for c in self.calls
+                    if c[3] == "before" and hostview.command_is(c[1], short) and needle in str(c[2])]
+
+    def first_after(self, t: float) -> float | None:
+        with self.lock:
+            return next((c[0] for c in self.calls if c[3] == "before" and c[0] > t), None)
+
+
+@dataclass
+class Pair:
+    plane: ControlPlane
+    sim: SimulatedHyperV
+    kube: Kube
+    recorder: Recorder
+    active: OperatorProcess
+    standby: OperatorProcess
+
+
+def _replica(plane: ControlPlane, logdir: Path, identity: str) -> OperatorProcess:
+    return OperatorProcess(plane.operator_kubeconfig, logdir / f"{identity}.log", peering="hyperv-operator",
+                           peering_lifetime=LIFETIME, identity=identity)
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[Pair]:
+    with running_control_plane() as plane:
+        install_operator_rbac(plane)
+        sim = SimulatedHyperV(time_scale=TIME_SCALE, guest_write_bytes_per_second=20e3).start()
+        recorder = Recorder()
+        sim.host.on_command(recorder)
+        ensure_namespace(plane, NAMESPACE)
+        apply_objects(plane, host_objects(NAMESPACE, "hv01", sim, max_concurrent_copies=2))
+        logdir = Path(tempfile.mkdtemp(prefix="hyperv-operator-standby-"))
+        active, standby = _replica(plane, logdir, "replica-a"), _replica(plane, logdir, "replica-b")
+        try:
+            active.start()
+            _wait(lambda: "replica-a" in peers(plane), 30, "replica-a's keep-alive")
+            # Started later: lower default priority, so it stands by behind replica-a. kopf starts a
+            # peering replica paused and resumes it only once the peering shows no live replica of
+            # higher priority, so it never acts before it has seen replica-a.
+            standby.start()
+            _wait(lambda: "replica-b" in peers(plane), 30, "replica-b's keep-alive")
+            yield Pair(plane, sim, Kube(plane.kubeconfig), recorder, active, standby)
+        finally:
+            active.stop()
+            standby.stop()
+            sim.stop()
+            print(f"\nreplica logs: {logdir}")
+
+
+def test_standby_takes_over_mid_copy_without_duplicate_host_work(pair: Pair) -> None:
+    sim, kube, recorder = pair.sim, pair.kube, pair.recorder
+    before = peers(pair.plane)
+    # The production default (no --priority): the older replica has the higher priority.
+    assert before["replica-a"]["priority"] > before["replica-b"]["priority"]
+    assert before["replica-a"]["lifetime"] == LIFETIME
+    base_before = sim.host.disk_fingerprint(BASE_VHD)
+
+    prefix = f"ha-{uuid.uuid4().hex[:5]}"
+    names = [f"{prefix}-{i}" for i in range(VMS)]
+    for name in names:
+        kube.create_vm(NAMESPACE, name, "Copy")
+
+    def copying() -> list[dict[str, Any]]:
+        return [j for j in sim.host.copy_jobs() if prefix in j["Destination"] and j["State"] == "Running"
+                and 0 < j["BytesCopied"] < j["BytesTotal"]]
+
+    _wait(lambda: len(copying()) == 2, 60, "two copies running on the host")
+    # Only one replica acts: every host round trip so far is the active one's, and the standby
+    # never resumed.
+    assert "Resuming operations" not in pair.standby.log_text()
+    assert pair.standby.winrm_round_trips() == 0
+    assert pair.active.winrm_round_trips() > 0
+    killed_at = time.monotonic()
+    pair.active.kill()
+    in_flight = copying()
+    assert len(in_flight) == 2, "the kill came after a copy finished: not mid-copy"
+
+    finals = [kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=120) for name in names]
+    first_command = recorder.first_after(killed_at)
+    assert first_command is not None
+    takeover = first_command - killed_at
+    print(f"\ntakeover: first host command from the standby {takeover:.2f} s after SIGKILL "
+          f"(--peering-lifetime={LIFETIME})")
+    assert takeover <= LIFETIME + 5, takeover
+    # The copies the dead replica started were still running when the standby took over: it waited
+    # for them instead of starting them again.
+    assert any(job["State"] == "Running" for job in in_flight)
+    assert "Resuming operations" in pair.standby.log_text()
+    assert pair.standby.winrm_round_trips() > 0
+
+    for name, final in zip(names, finals, strict=True):
+        _assert_final_host_state(sim, final, "Copy")  # exactly one VM tagged with the object's uid
+        copies = recorder.started("StartBackgroundCopy", name)
+        assert len(copies) == 1, f"{name}: the base was copied {len(copies)} times"
+        created = recorder.started("New-VM", name)
+        assert len(created) == 1, f"{name}: New-VM ran {len(created)} times"
+    assert sim.host.disk_fingerprint(BASE_VHD) == base_before
+    # The standby, now active, dropped the dead replica's entry from the peering (kopf's autoclean).
+    _wait(lambda: "replica-a" not in peers(pair.plane), 30, "the dead replica's peering entry to be cleaned")
