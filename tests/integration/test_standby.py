@@ -42,9 +42,10 @@ LIFETIME = 5
 """--peering-lifetime here (production: 60). kopf then sends a keep-alive every second
 (max(1, lifetime - 5..10 s)), and a standby resumes once the active one's last keep-alive is older
 than the lifetime: so the takeover is bounded by about LIFETIME + 1 s plus the restart of the watches."""
-TIME_SCALE = 10.0
-"""The 9 GB base copies in ~12 s of wall time: longer than the takeover, so the standby meets the
-copies still running on the host and must wait for them, not start them again."""
+BASE_SIZE = 600 * 10**6
+"""At the simulator's 75 MB/s, in real time (time scale 1: the operator paces copy polls by the
+host's clock), a copy takes 8 s: longer than the takeover, so the standby meets the copies still
+running on the host and must wait for them, not start them again."""
 VMS = 3
 """Three Copy VMs on a host with two copy slots: two copies run when the active replica dies, the
 third waits for a slot."""
@@ -99,7 +100,7 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 def pair() -> Iterator[Pair]:
     with running_control_plane() as plane:
         install_operator_rbac(plane)
-        sim = SimulatedHyperV(time_scale=TIME_SCALE, guest_write_bytes_per_second=20e3).start()
+        sim = SimulatedHyperV(base_size=BASE_SIZE, guest_write_bytes_per_second=20e3).start()
         recorder = Recorder()
         sim.host.on_command(recorder)
         ensure_namespace(plane, NAMESPACE)
