@@ -11,13 +11,16 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hyperv_operator.handlers import WebhookConfig
+    import kopf
+
+    from hyperv_operator.handlers import Runtime, WebhookConfig
 
 
 class _RetryIsNotAnError(logging.Filter):
@@ -63,6 +66,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         metrics.start_metrics_server(args.metrics_port, args.metrics_address)
     registry = build_registry(runtime)
+    stop_flag = None if args.standalone else _hand_over_on_sigterm(registry, runtime, args.drain_timeout)
     liveness = f"http://{args.liveness_address}:{args.liveness_port}/healthz" if args.liveness_port else None
     clusterwide = args.all_namespaces or not args.namespace
     asyncio.run(
@@ -74,9 +78,36 @@ def _run(args: argparse.Namespace) -> int:
             peering_name=None if args.standalone else args.peering,
             priority=None if args.standalone else _priority(args),
             liveness_endpoint=liveness,
+            stop_flag=stop_flag,
         )
     )
     return 0
+
+
+def _hand_over_on_sigterm(registry: kopf.OperatorRegistry, runtime: Runtime, timeout: float) -> asyncio.Event:
+    """SIGTERM drains host work before kopf stops and leaves the peering (draining.py): kopf would
+    leave it at once, and the standby would act while this replica's last WinRM calls still run."""
+    import kopf
+
+    from hyperv_operator.draining import stop_after_drain
+
+    stop = asyncio.Event()
+    pending: set[asyncio.Task[None]] = set()
+
+    @kopf.on.startup(registry=registry)
+    async def drain_on_sigterm(**_: object) -> None:
+        # Startup handlers run after kopf installed its own signal handlers: this one replaces its SIGTERM.
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm() -> None:
+            if not runtime.drain.draining:
+                task = loop.create_task(stop_after_drain(runtime.drain, stop, timeout))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+
+    return stop
 
 
 def _priority(args: argparse.Namespace) -> int:
@@ -183,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=60,
         help="seconds a replica's keep-alive counts; a standby takes over at most this long after the active "
         "replica died without saying goodbye (a graceful stop hands over at once)",
+    )
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM (peering), seconds to let host work in flight finish before leaving the peering",
     )
     run.add_argument("--verbose", "-v", action="store_true")
     run.add_argument("--debug", action="store_true")

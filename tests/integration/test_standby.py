@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,13 @@ running on the host and must wait for them, not start them again."""
 VMS = 3
 """Three Copy VMs on a host with two copy slots: two copies run when the active replica dies, the
 third waits for a slot."""
+
+
+def _logged_at(log: str, needle: str) -> float:
+    """When the last start's log line containing `needle` was written (the log's wall-clock stamp)."""
+    last_start = log.rsplit("===== operator start", 1)[-1]
+    line = next(line for line in last_start.splitlines() if needle in line)
+    return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 @dataclass
@@ -173,3 +181,46 @@ def test_standby_takes_over_mid_copy_without_duplicate_host_work(pair: Pair) -> 
     assert sim.host.disk_fingerprint(BASE_VHD) == base_before
     # The standby, now active, dropped the dead replica's entry from the peering (kopf's autoclean).
     _wait(lambda: "replica-a" not in peers(pair.plane), 30, "the dead replica's peering entry to be cleaned")
+
+
+def test_graceful_stop_hands_over_at_once(pair: Pair) -> None:
+    """A rolling update: a newer replica joins as the standby, the acting one gets SIGTERM mid-copy."""
+    sim, kube, recorder = pair.sim, pair.kube, pair.recorder
+    acting = pair.standby if not pair.active.running else pair.active
+    assert acting.running
+    logdir = acting.log_path.parent
+    newer = _replica(pair.plane, logdir, "replica-c")
+    newer.start()
+    try:
+        _wait(lambda: "replica-c" in peers(pair.plane), 30, "replica-c's keep-alive")
+        prefix = f"roll-{uuid.uuid4().hex[:5]}"
+        names = [f"{prefix}-{i}" for i in range(2)]
+        for name in names:
+            kube.create_vm(NAMESPACE, name, "Copy")
+        _wait(lambda: sum(prefix in j["Destination"] and j["State"] == "Running" and j["BytesCopied"] > 0
+                          for j in sim.host.copy_jobs()) == 2, 60, "two copies running on the host")
+        assert newer.winrm_round_trips() == 0
+        assert "Resuming operations" not in newer.log_text()
+        term_at = time.monotonic()
+        acting.stop()
+        exited_at = time.monotonic()
+        finals = [kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=120) for name in names]
+        first_command = recorder.first_after(exited_at)
+        assert first_command is not None
+        print(f"\ngraceful handover: old replica exited {exited_at - term_at:.2f} s after SIGTERM; the new one's "
+              f"first host command {first_command - exited_at:.2f} s after that")
+        # One replica acts at a time also while handing over: the leaving one finished its host work
+        # in flight before it left the peering, and only then did the newer one resume.
+        drained = _logged_at(acting.log_text(), "no host work in flight; leaving the peering")
+        resumed = _logged_at(newer.log_text(), "Resuming operations")
+        print(f"drained -> resumed: {resumed - drained:.3f} s")
+        assert drained <= resumed
+        # Far below the lifetime: the leaving replica removed its keep-alive, nobody waited for it to expire.
+        assert first_command - exited_at < LIFETIME - 1
+        assert newer.winrm_round_trips() > 0
+        for name, final in zip(names, finals, strict=True):
+            _assert_final_host_state(sim, final, "Copy")
+            assert len(recorder.started("StartBackgroundCopy", name)) == 1
+            assert len(recorder.started("New-VM", name)) == 1
+    finally:
+        newer.stop()
