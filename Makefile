@@ -58,8 +58,8 @@ demo: venv control-plane ## Control plane + simulated host with a 9 GB base + op
 	$(VPY) -m hyperv_operator.demo
 
 .PHONY: run
-run: venv ## Run the operator against the current kubeconfig
-	$(VPY) -m hyperv_operator.cli run
+run: venv ## Run the operator against the current kubeconfig (standalone: with `make install`, no Deployment running)
+	$(VPY) -m hyperv_operator.cli run --standalone
 
 .PHONY: simulate
 simulate: venv ## Serve a simulated Hyper-V host over WinRM on loopback
