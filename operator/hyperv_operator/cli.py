@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import kopf
@@ -107,7 +107,50 @@ def _hand_over_on_sigterm(registry: kopf.OperatorRegistry, runtime: Runtime, tim
 
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
+    @kopf.on.startup(registry=registry)
+    async def check_peering_object(settings: kopf.OperatorSettings, **_: object) -> None:
+        # kopf neither creates the peering object nor says (above debug level) that it is missing:
+        # the replica would just stay paused forever.
+        if not settings.peering.clusterwide:
+            return
+        try:
+            names = await asyncio.to_thread(_cluster_peering_names)
+        except Exception as exc:  # a check only: kopf's own peering still decides
+            logging.getLogger(__name__).warning("cannot list ClusterKopfPeerings: %s", exc)
+            return
+        problem = peering_problem(settings.peering.name, names)
+        if problem:
+            logging.getLogger(__name__).error("%s", problem)
+
     return stop
+
+
+def _cluster_peering_names() -> list[str] | None:
+    """Names of the ClusterKopfPeering objects; None if the kind is not installed (blocking)."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    objects = kubernetes.client.CustomObjectsApi()
+    try:
+        listed = cast(dict[str, Any], objects.list_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings"))
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return [str(item["metadata"]["name"]) for item in listed.get("items", [])]
+
+
+def peering_problem(name: str, names: list[str] | None) -> str | None:
+    """Why a peering replica would never act, or None."""
+    hint = "apply manifests/ (crds/ first), or run with --standalone for a single replica"
+    if names is None:
+        return f"the ClusterKopfPeering kind (kopf.dev/v1) is not installed: this replica stays paused; {hint}"
+    if name not in names:
+        return f"ClusterKopfPeering {name!r} does not exist: this replica stays paused until it does; {hint}"
+    return None
 
 
 def _priority(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from hyperv_operator.envtest.controlplane import ControlPlane, running_control_plane
+from hyperv_operator.envtest.controlplane import ControlPlane, repo_root, running_control_plane
 from hyperv_operator.envtest.operator_process import OperatorProcess
 from hyperv_operator.envtest.stack import (
     BASE_VHD,
@@ -226,3 +226,22 @@ def test_graceful_stop_hands_over_at_once(pair: Pair) -> None:
             assert len(recorder.started("New-VM", name)) == 1
     finally:
         newer.stop()
+
+
+def test_a_replica_without_its_peering_object_says_so_and_stays_paused(pair: Pair) -> None:
+    # Runs last in this module: the peering object is deleted (as if its first apply had failed).
+    peering_file = repo_root() / "manifests" / "peering" / "clusterkopfpeering.yaml"
+    pair.plane.kubectl("delete", "-f", str(peering_file))
+    lost = _replica(pair.plane, pair.active.log_path.parent, "replica-lost")
+    lost.start()
+    try:
+        _wait(lambda: "ClusterKopfPeering 'hyperv-operator' does not exist" in lost.log_text(), 30,
+              "the missing peering object to be reported")
+        time.sleep(2)
+        assert lost.winrm_round_trips() == 0
+        assert "Resuming operations" not in lost.log_text()
+        # Once the object exists, kopf sees it and the replica (alone now) acts.
+        pair.plane.kubectl("apply", "--server-side", "-f", str(peering_file))
+        _wait(lambda: "Resuming operations" in lost.log_text(), 30, "the replica to resume")
+    finally:
+        lost.stop()

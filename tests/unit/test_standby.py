@@ -74,3 +74,11 @@ def test_drain_gives_up_after_its_timeout() -> None:
         return drained
 
     assert asyncio.run(scenario()) is False
+
+
+def test_a_missing_peering_kind_or_object_is_reported() -> None:
+    from hyperv_operator.cli import peering_problem
+
+    assert peering_problem("hyperv-operator", ["hyperv-operator", "other"]) is None
+    assert "not installed" in (peering_problem("hyperv-operator", None) or "")
+    assert "'hyperv-operator' does not exist" in (peering_problem("hyperv-operator", ["other"]) or "")
