@@ -146,6 +146,9 @@ def install_operator_rbac(plane: ControlPlane) -> None:
     authenticated as that ServiceAccount (the control plane's operator token), bound by exactly
     this RBAC.
     """
+    # CRDs first, as `make deploy` does: the ClusterKopfPeering object in manifests/ needs its CRD
+    # established before kubectl can map it.
+    plane.apply_crds()
     plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(repo_root() / "manifests"))
     # The webhook configuration points at a Service; with no pod network here the API server cannot
     # reach it (failurePolicy Fail would refuse every VirtualMachine). Tests that exercise the
