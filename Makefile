@@ -58,8 +58,8 @@ demo: venv control-plane ## Control plane + simulated host with a 9 GB base + op
 	$(VPY) -m hyperv_operator.demo
 
 .PHONY: run
-run: venv ## Run the operator against the current kubeconfig
-	$(VPY) -m hyperv_operator.cli run
+run: venv ## Run the operator against the current kubeconfig (standalone: with `make install`, no Deployment running)
+	$(VPY) -m hyperv_operator.cli run --standalone
 
 .PHONY: simulate
 simulate: venv ## Serve a simulated Hyper-V host over WinRM on loopback
@@ -75,7 +75,7 @@ uninstall: ## Remove the CRDs (and with them every VirtualMachine object)
 
 .PHONY: deploy
 deploy: ## Deploy CRDs, RBAC and the operator Deployment (kustomize)
-	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" apply --server-side -k manifests/
+	@k="$(KUBECTL)"; command -v "$$k" >/dev/null || k="$$($(VPY) -m hyperv_operator.envtest.build --print-dir)/kubectl"; set -x; "$$k" apply --server-side -k crds/ && "$$k" wait --for=condition=Established --timeout=60s crd/clusterkopfpeerings.kopf.dev && "$$k" apply --server-side -k manifests/
 
 .PHONY: undeploy
 undeploy: ## Remove what deploy created

@@ -11,12 +11,16 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
+import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
-    from hyperv_operator.handlers import WebhookConfig
+    import kopf
+
+    from hyperv_operator.handlers import Runtime, WebhookConfig
 
 
 class _RetryIsNotAnError(logging.Filter):
@@ -46,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         host_probe_interval=args.host_probe_interval,
         operator_namespace=args.operator_namespace,
         webhook=_webhook_config(args),
+        peering_lifetime=None if args.standalone else args.peering_lifetime,
     )
     runtime = Runtime(
         config=config,
@@ -61,6 +66,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         metrics.start_metrics_server(args.metrics_port, args.metrics_address)
     registry = build_registry(runtime)
+    stop_flag = None if args.standalone else _hand_over_on_sigterm(registry, runtime, args.drain_timeout)
     liveness = f"http://{args.liveness_address}:{args.liveness_port}/healthz" if args.liveness_port else None
     clusterwide = args.all_namespaces or not args.namespace
     asyncio.run(
@@ -68,11 +74,96 @@ def _run(args: argparse.Namespace) -> int:
             registry=registry,
             clusterwide=clusterwide,
             namespaces=() if clusterwide else tuple(args.namespace),
-            standalone=True,
+            standalone=args.standalone,
+            peering_name=None if args.standalone else args.peering,
+            priority=None if args.standalone else _priority(args),
             liveness_endpoint=liveness,
+            stop_flag=stop_flag,
         )
     )
     return 0
+
+
+def _hand_over_on_sigterm(registry: kopf.OperatorRegistry, runtime: Runtime, timeout: float) -> asyncio.Event:
+    """SIGTERM drains host work before kopf stops and leaves the peering (draining.py): kopf would
+    leave it at once, and the standby would act while this replica's last WinRM calls still run."""
+    import kopf
+
+    from hyperv_operator.draining import stop_after_drain
+
+    stop = asyncio.Event()
+    pending: set[asyncio.Task[None]] = set()
+
+    @kopf.on.startup(registry=registry)
+    async def drain_on_sigterm(**_: object) -> None:
+        # Startup handlers run after kopf installed its own signal handlers: this one replaces its SIGTERM.
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm() -> None:
+            if not runtime.drain.draining:
+                task = loop.create_task(stop_after_drain(runtime.drain, stop, timeout))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+
+    @kopf.on.startup(registry=registry)
+    async def check_peering_object(settings: kopf.OperatorSettings, **_: object) -> None:
+        # kopf neither creates the peering object nor says (above debug level) that it is missing:
+        # the replica would just stay paused forever.
+        if not settings.peering.clusterwide:
+            return
+        try:
+            names = await asyncio.to_thread(_cluster_peering_names)
+        except Exception as exc:  # a check only: kopf's own peering still decides
+            logging.getLogger(__name__).warning("cannot list ClusterKopfPeerings: %s", exc)
+            return
+        problem = peering_problem(settings.peering.name, names)
+        if problem:
+            logging.getLogger(__name__).error("%s", problem)
+
+    return stop
+
+
+def _cluster_peering_names() -> list[str] | None:
+    """Names of the ClusterKopfPeering objects; None if the kind is not installed (blocking)."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    objects = kubernetes.client.CustomObjectsApi()
+    try:
+        listed = cast(dict[str, Any], objects.list_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings"))
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return [str(item["metadata"]["name"]) for item in listed.get("items", [])]
+
+
+def peering_problem(name: str, names: list[str] | None) -> str | None:
+    """Why a peering replica would never act, or None."""
+    hint = "apply manifests/ (crds/ first), or run with --standalone for a single replica"
+    if names is None:
+        return f"the ClusterKopfPeering kind (kopf.dev/v1) is not installed: this replica stays paused; {hint}"
+    if name not in names:
+        return f"ClusterKopfPeering {name!r} does not exist: this replica stays paused until it does; {hint}"
+    return None
+
+
+def _priority(args: argparse.Namespace) -> int:
+    """kopf pauses every operator that sees a live peer of higher priority (and all of them on a tie).
+
+    Without --priority the OLDER replica wins: a replica that starts (a rollout's new pod, a
+    replacement after a node loss) stands by behind the one already working instead of taking the
+    work out of its hands mid-step. Milliseconds since the epoch, negated, so two replicas of one
+    Deployment (one pod template) still get different priorities; an explicit --priority (any value
+    >= 0, e.g. kopf's --dev 666) outranks every default."""
+    if args.priority is not None:
+        return int(args.priority)
+    return -int(time.time() * 1000)
 
 
 def _webhook_config(args: argparse.Namespace) -> WebhookConfig | None:
@@ -142,6 +233,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--webhook-configuration",
         default="hyperv-operator",
         help="ValidatingWebhookConfiguration to write the self-signed CA into ('' when cert-manager injects it)",
+    )
+    run.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no peering: this must be the only operator process (one replica, Recreate)",
+    )
+    run.add_argument(
+        "--peering",
+        default="hyperv-operator",
+        help="kopf peering object: a ClusterKopfPeering (--all-namespaces) or a KopfPeering in each watched "
+        "namespace; of the replicas sharing it only the live one of highest priority acts",
+    )
+    run.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority (default: by start time, the older replica acts and a newer one stands by)",
+    )
+    run.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        help="seconds a replica's keep-alive counts; a standby takes over at most this long after the active "
+        "replica died without saying goodbye (a graceful stop hands over at once)",
+    )
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM (peering), seconds to let host work in flight finish before leaving the peering",
     )
     run.add_argument("--verbose", "-v", action="store_true")
     run.add_argument("--debug", action="store_true")

@@ -25,6 +25,7 @@ import kopf
 from hyperv_operator import api, metrics
 from hyperv_operator import conditions as cond
 from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
+from hyperv_operator.draining import Drain
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
 from hyperv_operator.hyperv.errors import HostError
 from hyperv_operator.hyperv.probe import probe_client
@@ -63,6 +64,8 @@ class OperatorConfig:
     operator_namespace: str = "hyperv-operator-system"
     """Where ClusterHyperVHosts' Secrets live."""
     webhook: WebhookConfig | None = None
+    peering_lifetime: int | None = None
+    """kopf's settings.peering.lifetime (seconds) when peering; None: kopf's default or standalone."""
 
 
 @dataclass
@@ -112,6 +115,7 @@ class Runtime:
     slots: CopySlots = field(default_factory=CopySlots)
     locks: VmLocks = field(default_factory=VmLocks)
     gate: HostGate = field(default_factory=HostGate)
+    drain: Drain = field(default_factory=Drain)
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -220,6 +224,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        if runtime.config.peering_lifetime is not None:
+            settings.peering.lifetime = runtime.config.peering_lifetime
         webhook = runtime.config.webhook
         if webhook is not None:
             settings.admission.server = kopf.WebhookServer(
@@ -290,6 +296,11 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             raise kopf.AdmissionError(f"{resolved.refusal.reason}: {resolved.refusal.message}", code=403)
 
     async def step(kwargs: Mapping[str, Any], *, deleting: bool, drift: bool = False) -> StepOutcome | None:
+        # Host work counts for the graceful hand-over to the standby (draining.py).
+        async with runtime.drain.working():
+            return await _step(kwargs, deleting=deleting, drift=drift)
+
+    async def _step(kwargs: Mapping[str, Any], *, deleting: bool, drift: bool = False) -> StepOutcome | None:
         """One engine step for the VM in kopf's handler kwargs; writes its outcome into `patch`.
 
         Spec and status are read only once this call holds the VM's lock. A drift check that had to
@@ -386,6 +397,21 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             raise kopf.TemporaryError(outcome.status.get("message") or "deleting", delay=delay)
 
     async def probe_host(
+        namespace: str,
+        name: str,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        patch: kopf.Patch,
+        generation: int,
+        slots_key: str | None = None,
+    ) -> None:
+        async with runtime.drain.working():
+            await _probe_host(
+                namespace=namespace, name=name, spec=spec, status=status, patch=patch, generation=generation,
+                slots_key=slots_key,
+            )
+
+    async def _probe_host(
         namespace: str,
         name: str,
         spec: kopf.Spec,

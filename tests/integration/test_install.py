@@ -78,11 +78,17 @@ def build_installer(plane: ControlPlane) -> str:
 def installed() -> Iterator[Installed]:
     with running_control_plane(apply_crds=False) as plane:
         install_yaml = build_installer(plane)
-        applied = plane.kubectl("apply", "--server-side", "--field-manager=hyperv-operator-installer", "-f", "-",
-                                input_text=install_yaml)
+        # One `kubectl apply` of the whole installer cannot create the ClusterKopfPeering object
+        # before its CRD is established (no REST mapping yet); the second run does, as the
+        # peering object's comment tells users (make deploy applies crds/ first).
+        first = plane.kubectl("apply", "--server-side", "--field-manager=hyperv-operator-installer", "-f", "-",
+                              input_text=install_yaml, check=False)
         plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
                       "crd/virtualmachines.hyperv-operator.io", "crd/hypervhosts.hyperv-operator.io",
-                      "crd/clusterhypervhosts.hyperv-operator.io")
+                      "crd/clusterhypervhosts.hyperv-operator.io", "crd/clusterkopfpeerings.kopf.dev")
+        assert first.returncode == 0 or "ClusterKopfPeering" in first.stderr, first.stderr
+        applied = plane.kubectl("apply", "--server-side", "--field-manager=hyperv-operator-installer", "-f", "-",
+                                input_text=install_yaml)
         # The webhook configuration as the server stored it; then removed, because no operator
         # serves it here (failurePolicy Fail would refuse the samples this module applies).
         # tests/integration/test_tenancy.py exercises it with the operator serving it.
@@ -108,7 +114,9 @@ def test_installer_is_accepted_with_no_pod_security_warnings(installed: Installe
             ("CustomResourceDefinition", "virtualmachines.hyperv-operator.io"),
             ("CustomResourceDefinition", "hypervhosts.hyperv-operator.io"),
             ("CustomResourceDefinition", "clusterhypervhosts.hyperv-operator.io"),
-            ("Service", "hyperv-operator-webhook")} <= kinds
+            ("Service", "hyperv-operator-webhook"),
+            ("CustomResourceDefinition", "clusterkopfpeerings.kopf.dev"),
+            ("ClusterKopfPeering", "hyperv-operator")} <= kinds
     # Stored by the server before the fixture removed it (see `installed`).
     assert installed.webhook_configuration["kind"] == "ValidatingWebhookConfiguration"
 
@@ -133,7 +141,11 @@ def test_installed_crds_are_current_for_kstatus(installed: Installed) -> None:
 def test_deployment_as_stored_by_the_server(installed: Installed) -> None:
     deployment = get_json(installed, "deployment", "hyperv-operator", "-n", NS)
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    assert spec["replicas"] == 2 and spec["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    # The peering object the replicas share exists cluster-scoped (kopf does not create it).
+    peering = get_json(installed, "clusterkopfpeering", "hyperv-operator")
+    assert "namespace" not in peering["metadata"]
     (container,) = spec["template"]["spec"]["containers"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -173,6 +185,9 @@ GRANTED = [
     ("list", "secrets", "-n", "team-a"),
     ("watch", "secrets", "--all-namespaces"),
     ("create", "events", "-n", "team-a"),
+    ("list", "clusterkopfpeerings.kopf.dev", "--all-namespaces"),
+    ("watch", "clusterkopfpeerings.kopf.dev", "--all-namespaces"),
+    ("patch", "clusterkopfpeerings.kopf.dev/hyperv-operator"),
 ]
 
 DENIED = [
@@ -202,6 +217,10 @@ DENIED = [
     ("delete", "validatingwebhookconfigurations.admissionregistration.k8s.io/hyperv-operator"),
     ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/hyperv-operator"),
     ("create", "clusterkopfpeerings.kopf.dev", "--all-namespaces"),
+    ("delete", "clusterkopfpeerings.kopf.dev/hyperv-operator"),
+    ("patch", "clusterkopfpeerings.kopf.dev/another-operator"),
+    ("get", "clusterkopfpeerings.kopf.dev/hyperv-operator"),
+    ("list", "kopfpeerings.kopf.dev", "-n", "team-a"),
     ("create", "leases.coordination.k8s.io", "-n", NS),
     ("get", "configmaps", "-n", "team-a"),
     ("escalate", "clusterroles.rbac.authorization.k8s.io", "--all-namespaces"),
@@ -246,6 +265,9 @@ def test_rules_review_shows_exactly_the_role(installed: Installed) -> None:
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
         *(("", "secrets", v) for v in ("get", "list", "watch")),
         ("", "events", "create"),
+        ("kopf.dev", "clusterkopfpeerings", "list"),
+        ("kopf.dev", "clusterkopfpeerings", "watch"),
+        ("kopf.dev", "clusterkopfpeerings", "patch"),  # resourceNames: hyperv-operator
     }
     assert granted - _BASELINE == expected
 

@@ -29,6 +29,10 @@ class OperatorProcess:
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         webhook_port: int = 0,
+        peering: str | None = None,
+        priority: int | None = None,
+        peering_lifetime: int | None = None,
+        identity: str | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
@@ -38,6 +42,12 @@ class OperatorProcess:
         self.env = env or {}
         self.webhook_port = webhook_port
         """0: no admission webhook server (the shared test stack has no webhook configuration)."""
+        self.peering = peering
+        """None: `--standalone` (one process per stack); a name: an active/standby replica on that peering."""
+        self.priority = priority
+        self.peering_lifetime = peering_lifetime
+        self.identity = identity
+        """kopf's peer id (POD_ID, as the Deployment sets it) in the peering object's status."""
         self.metrics_port = 0
         self.liveness_port = 0
         self.starts = 0
@@ -87,9 +97,12 @@ class OperatorProcess:
                 if self.webhook_port
                 else ()
             ),
+            *self._peering_args(),
             *self.extra_args,
         ]
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1", **self.env)
+        if self.identity:
+            env["POD_ID"] = self.identity
         self.starts += 1
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         log.write(f"\n===== operator start #{self.starts} =====\n".encode())
@@ -98,6 +111,16 @@ class OperatorProcess:
         log.close()
         if wait:
             self.wait_ready(timeout)
+
+    def _peering_args(self) -> tuple[str, ...]:
+        if self.peering is None:
+            return ("--standalone",)
+        args: tuple[str, ...] = ("--peering", self.peering)
+        if self.priority is not None:
+            args += ("--priority", str(self.priority))
+        if self.peering_lifetime is not None:
+            args += ("--peering-lifetime", str(self.peering_lifetime))
+        return args
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -135,6 +158,14 @@ class OperatorProcess:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             return str(response.read().decode())
+
+    def winrm_round_trips(self) -> int:
+        """Round trips this process made to any host (its own metrics): 0 while it stands by."""
+        total = 0.0
+        for line in self.metrics_text().splitlines():
+            if line.startswith("hyperv_operator_winrm_call_duration_seconds_count"):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

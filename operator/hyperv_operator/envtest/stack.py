@@ -146,12 +146,26 @@ def install_operator_rbac(plane: ControlPlane) -> None:
     authenticated as that ServiceAccount (the control plane's operator token), bound by exactly
     this RBAC.
     """
+    # CRDs first, as `make deploy` does: the ClusterKopfPeering object in manifests/ needs its CRD
+    # established before kubectl can map it.
+    plane.apply_crds()
     plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(repo_root() / "manifests"))
     # The webhook configuration points at a Service; with no pod network here the API server cannot
     # reach it (failurePolicy Fail would refuse every VirtualMachine). Tests that exercise the
     # webhook install it with a loopback URL (webhook_configuration_for_loopback); the controller
     # enforces the same rules without it.
     plane.kubectl("delete", "validatingwebhookconfiguration", "hyperv-operator", "--ignore-not-found")
+
+
+PEERING = "hyperv-operator"
+"""manifests/peering's ClusterKopfPeering, the default of `hyperv-operator run --peering`."""
+
+
+def peers(plane: ControlPlane, name: str = PEERING) -> dict[str, dict[str, Any]]:
+    """The replicas in the peering object's status, as kopf writes them: id -> {priority, lifetime, lastseen}."""
+    result = plane.kubectl("get", "clusterkopfpeering", name, "-o", "json")
+    status: dict[str, dict[str, Any]] = json.loads(result.stdout).get("status") or {}
+    return status
 
 
 def webhook_configuration_for_loopback(port: int) -> dict[str, Any]:

@@ -74,6 +74,8 @@ EXPECTED_OPERATOR_GRANTS = {
     ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
     *(("", "secrets", v) for v in ("get", "list", "watch")),
     ("", "events", "create"),
+    # kopf's peering: active/standby replicas (patch only on the one peering object, see below).
+    *(("kopf.dev", "clusterkopfpeerings", v) for v in ("list", "watch", "patch")),
 }
 
 
@@ -83,6 +85,11 @@ def test_operator_cluster_role_is_exactly_least_privilege() -> None:
         if rule["resources"] == ["validatingwebhookconfigurations"]:
             # Only its own configuration (the webhook's caBundle), never another webhook.
             assert rule["resourceNames"] == ["hyperv-operator"] and rule["verbs"] == ["patch"]
+            continue
+        if "resourceNames" in rule and rule["resources"] == ["clusterkopfpeerings"]:
+            # Keep-alives go into our own peering object only (the one manifests/peering installs
+            # and the Deployment names with --peering).
+            assert rule["resourceNames"] == [_peering_name()] and rule["verbs"] == ["patch"]
             continue
         assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames/nonResourceURLs tricks"
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
@@ -152,10 +159,45 @@ def _deployment() -> dict[str, Any]:
     return _one("Deployment", "hyperv-operator")
 
 
-def test_deployment_runs_one_operator_recreated_on_upgrade() -> None:
+def _peering_name() -> str:
+    (peering,) = [d for d in _docs() if d["kind"] == "ClusterKopfPeering"]
+    assert peering["apiVersion"] == "kopf.dev/v1"
+    return str(peering["metadata"]["name"])
+
+
+def _arg(container: dict[str, Any], name: str) -> str | None:
+    values = [a.split("=", 1)[1] for a in container["args"] if a.startswith(f"--{name}=")]
+    assert len(values) <= 1
+    return values[0] if values else None
+
+
+def test_deployment_runs_an_active_and_a_standby_replica_through_peering() -> None:
     spec = _deployment()["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    # A rollout never drops below two replicas: the new pod stands by before an old one stops.
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    (container,) = spec["template"]["spec"]["containers"]
+    assert "--standalone" not in container["args"]
+    assert _arg(container, "peering") == _peering_name()
+    # Default priority (no --priority): by start time, so both pods of one template differ.
+    assert _arg(container, "priority") is None
+    assert _arg(container, "peering-lifetime") == "60"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_peering_crd_is_kopfs_cluster_kind_and_in_the_crd_base() -> None:
+    crd = yaml.safe_load((REPO / "crds" / "kopf.dev_clusterkopfpeerings.yaml").read_text())
+    assert crd["metadata"]["name"] == "clusterkopfpeerings.kopf.dev"
+    assert crd["spec"]["scope"] == "Cluster" and crd["spec"]["group"] == "kopf.dev"
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == "v1" and version["served"] and version["storage"]
+    assert "subresources" not in version, "kopf merge-patches status on the object itself"
+    assert version["schema"]["openAPIV3Schema"]["properties"]["status"]["x-kubernetes-preserve-unknown-fields"]
+
+
+def test_deployment_template_runs_the_operator() -> None:
+    spec = _deployment()["spec"]
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == "hyperv-operator"
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
