@@ -27,6 +27,7 @@ from hyperv_operator import conditions as cond
 from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
 from hyperv_operator.hyperv.errors import HostError
+from hyperv_operator.images import controller as images
 from hyperv_operator.provisioning import engine
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
 from hyperv_operator.tenancy import policy
@@ -255,6 +256,14 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             if kwargs.get("operation") == "UPDATE" and (meta.get("deletionTimestamp") or unchanged):
                 return
             namespace = str(meta.get("namespace") or "")
+            image = images.resolve_vm_image(namespace, spec, {}, kwargs)
+            if image is not None and image.refusal is not None:
+                if not image.refusal.waiting:
+                    raise kopf.AdmissionError(f"{image.refusal.reason}: {image.refusal.message}", code=403)
+                warnings.append(image.refusal.message)  # the controller waits for the image (Stalled)
+                return
+            if image is not None:
+                spec["baseVhd"] = image.base_path  # the image's file is confined like a raw baseVhd
             resolved = resolve_host(namespace, spec, kwargs, runtime.config.operator_namespace)
             if resolved.refusal is None:
                 return
@@ -271,9 +280,30 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         patch: kopf.Patch = kwargs["patch"]
         namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         generation = int(meta.get("generation") or 0)
-        vm_spec = VirtualMachineSpec.from_dict(kwargs["spec"])
         old_status = dict(kwargs["status"])
-        resolved = resolve_host(namespace, dict(kwargs["spec"]), kwargs, runtime.config.operator_namespace)
+        spec_value = dict(kwargs["spec"])
+        # --- images: spec.imageRef resolves to a pinned file before anything else (images/controller.py)
+        image = images.resolve_vm_image(namespace, spec_value, old_status, kwargs)
+        if image is not None:
+            recorded = bool(old_status.get("vmId") or old_status.get("createdFiles"))
+            if deleting and image.base_path is None and not recorded:
+                return StepOutcome(status=old_status, requeue_after=None, events=(), finished=True)
+            if image.refusal is not None and not (deleting and image.base_path is not None):
+                new = _waiting_status(old_status, generation, image.refusal.reason, image.refusal.message,
+                                      stalled=True)
+                patch.status["conditions"] = new["conditions"]
+                patch.status["message"] = new["message"]
+                patch.status["phase"] = new["phase"]
+                raise kopf.TemporaryError(image.refusal.message, delay=HOST_MISSING_RETRY_SECONDS)
+            spec_value["baseVhd"] = image.base_path
+            if image.pin is not None and not deleting:
+                # Pin first, act later: the pin is stored before any host command can chain a disk
+                # to the file, so the image's dependents never miss a VM.
+                patch.status["image"] = image.pin
+                raise kopf.TemporaryError("pinned the image's current generation", delay=0.2)
+        # --- end images
+        vm_spec = VirtualMachineSpec.from_dict(spec_value)
+        resolved = resolve_host(namespace, spec_value, kwargs, runtime.config.operator_namespace)
         host_key = resolved.key
         refusal = resolved.refusal
         if refusal is not None:
@@ -283,7 +313,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             if deleting and resolved.spec is not None and refusal.reason == "NamespaceNotAdmitted":
                 # The host stopped admitting this namespace after provisioning: removing what the
                 # operator itself created there is not new access, so deletion cleans up.
-                refusal = policy.check_paths(kwargs["spec"], resolved.spec)
+                refusal = policy.check_paths(spec_value, resolved.spec)
             if refusal is not None and deleting and not refusal.host_missing:
                 # The recorded paths are no longer allowed on this host: send it nothing, leave them.
                 kopf.event(body, type="Warning", reason="LeftOnHost",
@@ -441,4 +471,5 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     async def cluster_host_deleted(name: str, **_: Any) -> None:
         await runtime.connections.forget(runtime.config.operator_namespace, name)
 
+    images.register(registry, runtime)
     return registry
