@@ -158,9 +158,11 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.index(api.GROUP, api.VERSION, api.VM_PLURAL, id="image_dependents", registry=registry)
     def image_dependents(
         namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
-    ) -> dict[Any, Any] | None:
+    ) -> dict[Any, Any]:
         found = model.vm_dependency(str(namespace), name, spec, status)
-        return None if found is None else {found[0]: found[1]}
+        # {} (not None): kopf keeps an object's previous entries when an index function returns None,
+        # and a VM that became independent must leave the index.
+        return {} if found is None else {found[0]: found[1]}
 
     async def reconcile(kind: str, kwargs: Mapping[str, Any]) -> None:
         name, patch = str(kwargs["name"]), kwargs["patch"]
