@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from hyperv_operator.hyperv import cmdlets as c
 from tests.unit.simulator.conftest import BASE, SHARE, Sim
 from tests.unit.simulator.test_sim_strategies import new_vm
+
+from hyperv_operator.hyperv import cmdlets as c
 
 
 def test_a_base_written_out_of_band_moves_last_write_time_and_breaks_its_children(sim: Sim) -> None:
