@@ -264,3 +264,25 @@ def test_out_of_band_write_to_a_pinned_base_stalls_the_image_and_its_children(
     assert not [p for p, d in sim.host.files().items() if str(d.get("ParentPath") or "").lower() == base.lower()]
     kube.objects.delete_namespaced_custom_object(api.GROUP, api.VERSION, NS, IMAGE_PLURAL, image)
     _wait("image gone", lambda: _get(kube, IMAGE_PLURAL, image, NS) is None)
+
+
+def test_image_ref_is_immutable_and_cannot_replace_base_vhd(kube: Kube, image_env: None) -> None:
+    def create(name: str, **spec: Any) -> None:
+        body = {"apiVersion": api.API_VERSION, "kind": api.VM_KIND, "metadata": {"name": name, "namespace": NS},
+                "spec": {"hostRef": {"name": "no-such-host"}, "strategy": "Differencing", **spec}}
+        kube.objects.create_namespaced_custom_object(api.GROUP, api.VERSION, NS, api.VM_PLURAL, body)
+
+    raw, ref = _name("raw"), _name("ref")
+    create(raw, baseVhd=SHARE + "\\BASE.VHDX")
+    create(ref, imageRef={"name": "one"})
+    for name, patch, message in (
+        (raw, {"spec": {"imageRef": {"name": "one"}}}, "exactly one of imageRef"),
+        (ref, {"spec": {"imageRef": {"name": "two"}}}, "imageRef is immutable"),
+        (ref, {"spec": {"imageRef": {"kind": "ClusterVirtualMachineImage"}}}, "imageRef is immutable"),
+    ):
+        with pytest.raises(kubernetes.client.ApiException) as err:
+            kube.patch_vm(NS, name, patch)
+        assert err.value.status == 422 and message in str(err.value.body), err.value.body
+    for name in (raw, ref):
+        kube.delete_vm(NS, name)
+        kube.wait_gone(NS, name)
