@@ -286,3 +286,31 @@ def test_image_ref_is_immutable_and_cannot_replace_base_vhd(kube: Kube, image_en
     for name in (raw, ref):
         kube.delete_vm(NS, name)
         kube.wait_gone(NS, name)
+
+
+def test_an_image_outside_its_hosts_base_roots_is_stalled_and_the_host_never_sees_it(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess, image_env: None,
+    command_hook: hostview.CommandHook,
+) -> None:
+    seen: list[str] = []
+    command_hook.set(lambda command, params, when: seen.append(f"{command} {params}"))
+    image = _name("sys")
+    kube.objects.create_namespaced_custom_object(api.GROUP, api.VERSION, NS, IMAGE_PLURAL, {
+        "apiVersion": api.API_VERSION, "kind": "VirtualMachineImage", "metadata": {"name": image, "namespace": NS},
+        "spec": {"hostRef": {"name": "hv01"}, "source": {"path": "C:\\Windows\\System32\\secret.vhdx"}}})
+    stalled = _image_where(kube, IMAGE_PLURAL, image,
+                           lambda o: (condition(o, "Stalled") or {}).get("reason") == "SourceOutsideAllowedRoots",
+                           namespace=NS, what="Stalled")
+    assert "storage.baseRoots" in condition(stalled, "Stalled")["message"]  # type: ignore[index]
+    child = _name("sysvm")
+    _vm(kube, child, "Differencing", image, kind="VirtualMachineImage", host={"name": "hv01"})
+    refused = kube.wait_vm(NS, child, lambda o: (condition(o, "Stalled") or {}).get("status") == "True",
+                           what="VM refused")
+    assert condition(refused, "Stalled")["reason"] == "SourceOutsideAllowedRoots"  # type: ignore[index]
+    assert not (refused.get("status") or {}).get("image")  # nothing pinned
+    time.sleep(2)  # a few image timer rounds
+    assert not [c for c in seen if "system32" in c.lower()]
+    kube.delete_vm(NS, child)
+    kube.wait_gone(NS, child)
+    kube.objects.delete_namespaced_custom_object(api.GROUP, api.VERSION, NS, IMAGE_PLURAL, image)
+    _wait("image gone", lambda: _get(kube, IMAGE_PLURAL, image, NS) is None)
