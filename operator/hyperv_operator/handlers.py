@@ -24,7 +24,7 @@ import kopf
 
 from hyperv_operator import api, metrics
 from hyperv_operator import conditions as cond
-from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
+from hyperv_operator.api import DeletionPolicy, HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
 from hyperv_operator.hyperv.errors import HostError
 from hyperv_operator.images import controller as images
@@ -338,6 +338,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         async with runtime.lock(uid):
             run = engine.finalize if deleting else engine.reconcile
             outcome = await run(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots, _now())
+        if deleting and outcome.finished and image is not None and vm_spec.deletion_policy is DeletionPolicy.RETAIN:
+            # images: the retained disk may still chain to the image's file; the image must keep it.
+            await images.record_retained(namespace, name, kwargs["spec"], old_status)
         _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
         return outcome
 

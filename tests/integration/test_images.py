@@ -314,3 +314,46 @@ def test_an_image_outside_its_hosts_base_roots_is_stalled_and_the_host_never_see
     kube.wait_gone(NS, child)
     kube.objects.delete_namespaced_custom_object(api.GROUP, api.VERSION, NS, IMAGE_PLURAL, image)
     _wait("image gone", lambda: _get(kube, IMAGE_PLURAL, image, NS) is None)
+
+
+def test_a_retained_vms_disk_keeps_its_base_after_the_vm_object_is_gone(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess, image_env: None,
+) -> None:
+    image = _name("keep")
+    v1, v2 = IMAGES + f"\\{image}-V1.VHDX", IMAGES + f"\\{image}-V2.VHDX"
+    sim.host.add_base_disk(v1, 2 * 10**9, acl_read_only=False)
+    sim.host.add_base_disk(v2, 2 * 10**9, acl_read_only=False)
+    kube.objects.create_cluster_custom_object(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, {
+        "apiVersion": api.API_VERSION, "kind": "ClusterVirtualMachineImage", "metadata": {"name": image},
+        "spec": {"hostRef": {"name": CLUSTER_HOST}, "source": {"path": v1}, "retention": "Delete",
+                 "namespaceSelector": {}}})
+    _image_where(kube, CLUSTER_IMAGE_PLURAL, image, _ready, what="Ready")
+    kept = _name("kept")
+    body = {"apiVersion": api.API_VERSION, "kind": api.VM_KIND, "metadata": {"name": kept, "namespace": NS},
+            "spec": {"hostRef": {"kind": "ClusterHyperVHost", "name": CLUSTER_HOST}, "deletionPolicy": "Retain",
+                     "imageRef": {"kind": "ClusterVirtualMachineImage", "name": image}, "strategy": "Differencing"}}
+    kube.objects.create_namespaced_custom_object(api.GROUP, api.VERSION, NS, api.VM_PLURAL, body)
+    vm_id = kube.wait_phase(NS, kept, "Provisioned")["status"]["vmId"]
+    kube.objects.patch_cluster_custom_object(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, image,
+                                             {"spec": {"source": {"path": v2}}})
+    _image_where(kube, CLUSTER_IMAGE_PLURAL, image, lambda o: o["status"].get("currentGeneration") == 2,
+                 what="generation 2")
+    kube.delete_vm(NS, kept)
+    kube.wait_gone(NS, kept)
+    # The administrator removes the retained VM from Hyper-V but keeps its disk (a chain on the old base):
+    # nothing on the host holds the base open any more.
+    sim.host.delete_vm_out_of_band(vm_id)
+    held = _image_where(kube, CLUSTER_IMAGE_PLURAL, image,
+                        lambda o: _generation(o, 1)["dependentVMs"] == [f"{NS}/{kept} (retained)"], what="retained")
+    assert held["status"]["retained"][f"{NS}/{kept}"]["path"] == v1
+    time.sleep(8)  # well past the collection grace
+    assert v1.lower() in {p.lower() for p in sim.host.files()}
+    assert not _generation(_get(kube, CLUSTER_IMAGE_PLURAL, image) or {}, 1).get("collected")
+    # The administrator releases it (after dealing with the retained disk): now it is collected.
+    kube.objects.patch_cluster_custom_object_status(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, image,
+                                                    {"status": {"retained": {f"{NS}/{kept}": None}}})
+    _image_where(kube, CLUSTER_IMAGE_PLURAL, image, lambda o: bool(_generation(o, 1).get("collected")),
+                 what="collected after release")
+    assert v1.lower() not in {p.lower() for p in sim.host.files()}
+    kube.objects.delete_cluster_custom_object(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, image)
+    _wait("image gone", lambda: _get(kube, CLUSTER_IMAGE_PLURAL, image) is None)

@@ -12,6 +12,7 @@ image cannot make the operator read (or, with retention Delete, remove) a file o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -76,6 +77,44 @@ def resolve_vm_image(
     labels = _first(indices.get("namespace_labels"), namespace)
     return model.resolve_for_vm(namespace, vm_spec, vm_status, image, labels,
                                 selector_matches=policy.selector_matches)
+
+
+def _patch_image_status(kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch another object's status (blocking kubernetes client, like the webhook's CA bundle)."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    objects = kubernetes.client.CustomObjectsApi()
+    if kind == CLUSTER_IMAGE_KIND:
+        objects.patch_cluster_custom_object_status(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, name,
+                                                   {"status": status})
+    else:
+        objects.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, IMAGE_PLURAL, name,
+                                                      {"status": status})
+
+
+async def record_retained(namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    """A VM deleted with deletionPolicy Retain leaves its disk on the host: if that disk still chains to an
+    image file, the image keeps the file (status.retained) after the VM object is gone."""
+    found = model.vm_dependency(namespace, name, spec, status)
+    if found is None:
+        return
+    (kind, image_namespace, image_name), dependent = found
+    entry = model.retained_entry(dependent, cond.timestamp(_now()))
+    import kubernetes
+
+    try:
+        await asyncio.to_thread(_patch_image_status, kind, image_namespace, image_name, {"retained": entry})
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            return  # no image any more: nothing that could remove the file
+        # Raised: kopf retries the VM's deletion handler (the engine's finalize is idempotent), so the VM
+        # object and its finalizer stay until the image has recorded the retained disk.
+        logger.error("cannot record retained dependent %s/%s on %s %s: %s", namespace, name, kind, image_name, exc)
+        raise
 
 
 def _object(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -248,7 +287,8 @@ def _register_kind(
         # The finalizer holds the image while any VM's disk still chains to one of its files.
         name = str(kwargs["name"])
         namespace = str(kwargs.get("namespace") or "") if kind == IMAGE_KIND else ""
-        deps: Sequence[Dependent] = dependents_of((kind, namespace, name), kwargs)
+        deps: Sequence[Dependent] = [*dependents_of((kind, namespace, name), kwargs),
+                                     *model.retained_dependents(kwargs["status"])]
         if deps:
             message = model.holders_message(deps)
             kopf.event(kwargs["body"], type="Warning", reason="InUse", message=f"deletion held: {message}")

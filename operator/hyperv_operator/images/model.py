@@ -282,7 +282,7 @@ def plan_image(
 
     # Identity check of every file still in use: a changed base corrupts its Differencing children.
     by_generation: dict[int, list[Dependent]] = {}
-    for dep in dependents:
+    for dep in [*dependents, *retained_dependents(status)]:
         by_generation.setdefault(dep.generation, []).append(dep)
     for record in generations:
         gen = int(record["generation"])
@@ -342,6 +342,26 @@ def plan_image(
         plan.status["message"] = f"generation {current_gen}: {source}"
     plan.not_ready = not_ready
     return plan
+
+
+def retained_dependents(status: Mapping[str, Any]) -> list[Dependent]:
+    """VMs deleted with deletionPolicy Retain while their disk still chained to an image file: the disk
+    stays on the host (and its VM, turned off it may be), so the file is held until an administrator
+    removes the entry from status.retained (`kubectl patch --subresource=status`)."""
+    out = []
+    for key, entry in sorted((status.get("retained") or {}).items()):
+        if not isinstance(entry, Mapping):
+            continue  # removed (merge patch null) or malformed
+        namespace, _, name = str(key).partition("/")
+        out.append(Dependent(namespace, f"{name} (retained)", "Retained", str(entry.get("path") or ""),
+                             int(entry.get("generation") or 0)))
+    return out
+
+
+def retained_entry(dependent: Dependent, stamp: str) -> dict[str, Any]:
+    """status.retained entry (a map keyed "namespace/name", so concurrent merge patches never collide)."""
+    return {f"{dependent.namespace}/{dependent.name}": {"generation": dependent.generation, "path": dependent.path,
+                                                        "strategy": dependent.strategy, "at": stamp}}
 
 
 def _identity_change(recorded: Identity, seen: FileFacts) -> str | None:

@@ -198,3 +198,17 @@ def test_vm_refusals() -> None:
     fresh = _resolve({}, _image({**changed, "conditions": [
         {"type": "Stalled", "status": "True", "reason": "BaseIdentityChanged", "message": "m"}]}))
     assert fresh.refusal is not None and fresh.refusal.reason == "BaseIdentityChanged" and fresh.pin is None
+
+
+def test_a_retained_vms_disk_holds_its_generation_until_an_administrator_releases_it() -> None:
+    first = settle(plan({"source": {"path": G1}, "retention": "Delete"}, {}, by_path(facts(G1, ID1))))
+    spec = {"source": {"path": G2}, "retention": "Delete"}
+    both = by_path(facts(G1, ID1), facts(G2, ID2))
+    rolled = settle(plan(spec, first, both, now=T0 + timedelta(minutes=1)))
+    entry = model.retained_entry(dep("kept", 1), "2026-01-01T12:02:00Z")
+    assert entry == {"team/kept": {"generation": 1, "path": G1, "strategy": "Differencing",
+                                   "at": "2026-01-01T12:02:00Z"}}
+    held = plan(spec, {**rolled, "retained": entry}, both, now=T0 + timedelta(hours=1))
+    assert held.remove == [] and held.status["generations"][0]["dependentVMs"] == ["team/kept (retained)"]
+    released = plan(spec, {**rolled, "retained": {"team/kept": None}}, both, now=T0 + timedelta(hours=1))
+    assert released.remove == [G1]
