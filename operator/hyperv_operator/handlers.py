@@ -291,6 +291,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             if image.refusal is not None and not (deleting and image.base_path is not None):
                 new = _waiting_status(old_status, generation, image.refusal.reason, image.refusal.message,
                                       stalled=True)
+                if image.refusal.reason == "BaseIdentityChanged":
+                    # Its disk chains to a file that changed: the VM is not fit to run on it.
+                    new["conditions"] = set_condition(new["conditions"], "Ready", "False", image.refusal.reason,
+                                                      image.refusal.message, generation, _now())
                 patch.status["conditions"] = new["conditions"]
                 patch.status["message"] = new["message"]
                 patch.status["phase"] = new["phase"]

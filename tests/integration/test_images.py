@@ -248,6 +248,7 @@ def test_out_of_band_write_to_a_pinned_base_stalls_the_image_and_its_children(
     hit = kube.wait_vm(NS, child, lambda o: (condition(o, "Stalled") or {}).get("reason") == "BaseIdentityChanged",
                        what="VM Stalled")
     assert "changed out of band" in condition(hit, "Stalled")["message"]  # type: ignore[index]
+    assert condition(hit, "Ready")["status"] == "False"  # type: ignore[index]
     # Nothing new is created on it.
     fresh = _name("fresh")
     _vm(kube, fresh, "Differencing", image, kind="VirtualMachineImage", host={"name": "hv01"})
