@@ -2,7 +2,8 @@
 
 A real control plane, a simulated Hyper-V host over WinRM/HTTPS with the 9 GB base from the
 Microsoft post (simulated size and throughput on a faster clock), the operator as a separate process
-with its production RBAC, and the three samples from manifests/samples/ — one VM per strategy.
+with its production RBAC, and the three samples from manifests/samples/ — one VM per strategy; then a
+VirtualMachineImage rolled to a second generation, with the VMs that depend on each generation.
 """
 
 from __future__ import annotations
@@ -90,6 +91,66 @@ def _summary(vms: list[dict[str, Any]], time_scale: float, copy_bytes_per_second
     return "\n".join(lines)
 
 
+IMAGES = "\\\\FS\\VMSHARE\\images"
+
+
+def _wait(what: str, probe: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise TimeoutError(what)
+
+
+def _image_demo(plane: ControlPlane, sim: SimulatedHyperV) -> bool:
+    """A VirtualMachineImage with two generations and the VMs that depend on each (docs/images.md)."""
+    v1, v2 = IMAGES + "\\WIN-2026-01.VHDX", IMAGES + "\\WIN-2026-02.VHDX"
+    sim.host.add_base_disk(v1, 4 * 10**9)
+    sim.host.add_base_disk(v2, 4 * 10**9)
+
+    def image(path: str) -> dict[str, Any]:
+        return {"apiVersion": "hyperv-operator.io/v1alpha1", "kind": "VirtualMachineImage",
+                "metadata": {"name": "win", "namespace": NAMESPACE},
+                "spec": {"hostRef": {"name": "hv01"}, "source": {"path": path}}}
+
+    def vm(name: str) -> dict[str, Any]:
+        return {"apiVersion": "hyperv-operator.io/v1alpha1", "kind": "VirtualMachine",
+                "metadata": {"name": name, "namespace": NAMESPACE},
+                "spec": {"hostRef": {"name": "hv01"}, "imageRef": {"name": "win"}, "strategy": "Differencing",
+                         "memory": "1Gi"}}
+
+    def image_status() -> dict[str, Any]:
+        out = plane.kubectl("get", "hvimg", "win", "-n", NAMESPACE, "-o", "json", check=False)
+        return dict(json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
+
+    def provisioned(names: tuple[str, ...]) -> bool:
+        by_name = {o["metadata"]["name"]: o for o in _get_vms(plane)}
+        return all((by_name.get(n, {}).get("status") or {}).get("phase") == "Provisioned" for n in names)
+
+    print(f"\n--- images: VirtualMachineImage win on {v1}", flush=True)
+    apply_objects(plane, [image(v1)])
+    _wait("image generation 1", lambda: image_status().get("currentGeneration") == 1)
+    apply_objects(plane, [vm("web-1"), vm("web-2")])
+    _wait("web-1, web-2 on generation 1", lambda: provisioned(("web-1", "web-2")))
+    print(f"web-1, web-2 provisioned on generation 1; rolling the image to {v2}", flush=True)
+    apply_objects(plane, [image(v2)])
+    _wait("image generation 2", lambda: image_status().get("currentGeneration") == 2)
+    apply_objects(plane, [vm("web-3")])
+    _wait("web-3 on generation 2", lambda: provisioned(("web-3",)))
+    _wait("dependent counts", lambda: image_status().get("generationsSummary") == "g2*:1 g1:2")
+    print("\n$ kubectl get hvimg")
+    print(plane.kubectl("get", "hvimg", "-n", NAMESPACE).stdout)
+    for record in image_status().get("generations") or []:
+        print(f"  generation {record['generation']}: {record['path']}  dependents: "
+              f"{', '.join(record.get('dependentVMs') or []) or 'none'}")
+    columns = "custom-columns=NAME:.metadata.name,IMAGE-GEN:.status.image.generation,BASE:.status.image.path"
+    print(f"\n$ kubectl get hvvm web-1 web-2 web-3 -o {columns}")
+    print(plane.kubectl("get", "hvvm", "web-1", "web-2", "web-3", "-n", NAMESPACE, "-o", columns).stdout)
+    return True
+
+
 def run_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     print("starting the local control plane (etcd + kube-apiserver; built once per machine) ...", flush=True)
@@ -129,8 +190,12 @@ def run_demo(args: argparse.Namespace) -> int:
             print(_summary(vms, args.time_scale, sim.copy_bytes_per_second, args.base_size))
             base_ok = sim.host.disk_fingerprint("\\\\FS\\VMSHARE\\BASE.VHDX")
             print(f"\nbase disk identity unchanged: {base_ok[0]} (read-only throughout)")
-            print(f"demo finished in {time.monotonic() - started:.1f}s wall time")
             failed = [o["metadata"]["name"] for o in vms if (o.get("status") or {}).get("phase") != "Provisioned"]
+            try:
+                _image_demo(plane, sim)
+            except TimeoutError as exc:
+                failed.append(f"images: {exc}")
+            print(f"demo finished in {time.monotonic() - started:.1f}s wall time")
             if args.keep:
                 print(f"\nstill running; KUBECONFIG={plane.kubeconfig} — Ctrl-C to stop")
                 try:

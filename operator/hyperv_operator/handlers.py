@@ -24,11 +24,12 @@ import kopf
 
 from hyperv_operator import api, metrics
 from hyperv_operator import conditions as cond
-from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
+from hyperv_operator.api import DeletionPolicy, HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.draining import Drain
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
 from hyperv_operator.hyperv.errors import HostError
 from hyperv_operator.hyperv.probe import probe_client
+from hyperv_operator.images import controller as images
 from hyperv_operator.provisioning import engine, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
 from hyperv_operator.provisioning.gate import HostGate, under_way
@@ -286,6 +287,14 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             if kwargs.get("operation") == "UPDATE" and (meta.get("deletionTimestamp") or unchanged):
                 return
             namespace = str(meta.get("namespace") or "")
+            image = images.resolve_vm_image(namespace, spec, {}, kwargs)
+            if image is not None and image.refusal is not None:
+                if not image.refusal.waiting:
+                    raise kopf.AdmissionError(f"{image.refusal.reason}: {image.refusal.message}", code=403)
+                warnings.append(image.refusal.message)  # the controller waits for the image (Stalled)
+                return
+            if image is not None:
+                spec["baseVhd"] = image.base_path  # the image's file is confined like a raw baseVhd
             resolved = resolve_host(namespace, spec, kwargs, runtime.config.operator_namespace)
             if resolved.refusal is None:
                 return
@@ -324,9 +333,34 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         patch: kopf.Patch = kwargs["patch"]
         namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         generation = int(meta.get("generation") or 0)
-        vm_spec = VirtualMachineSpec.from_dict(kwargs["spec"])
         old_status = dict(kwargs["status"])
-        resolved = resolve_host(namespace, dict(kwargs["spec"]), kwargs, runtime.config.operator_namespace)
+        spec_value = dict(kwargs["spec"])
+        # --- images: spec.imageRef resolves to a pinned file before anything else (images/controller.py)
+        image = images.resolve_vm_image(namespace, spec_value, old_status, kwargs)
+        if image is not None:
+            recorded = bool(old_status.get("vmId") or old_status.get("createdFiles"))
+            if deleting and image.base_path is None and not recorded:
+                return StepOutcome(status=old_status, requeue_after=None, events=(), finished=True)
+            if image.refusal is not None and not (deleting and image.base_path is not None):
+                new = settle.refused(old_status, generation, image.refusal.reason, image.refusal.message, _now(),
+                                     retry=HOST_MISSING_RETRY_SECONDS).status
+                if image.refusal.reason == "BaseIdentityChanged":
+                    # Its disk chains to a file that changed: the VM is not fit to run on it.
+                    new["conditions"] = set_condition(new["conditions"], "Ready", "False", image.refusal.reason,
+                                                      image.refusal.message, generation, _now())
+                patch.status["conditions"] = new["conditions"]
+                patch.status["message"] = new["message"]
+                patch.status["phase"] = new["phase"]
+                raise kopf.TemporaryError(image.refusal.message, delay=HOST_MISSING_RETRY_SECONDS)
+            spec_value["baseVhd"] = image.base_path
+            if image.pin is not None and not deleting:
+                # Pin first, act later: the pin is stored before any host command can chain a disk
+                # to the file, so the image's dependents never miss a VM.
+                patch.status["image"] = image.pin
+                raise kopf.TemporaryError("pinned the image's current generation", delay=0.2)
+        # --- end images
+        vm_spec = VirtualMachineSpec.from_dict(spec_value)
+        resolved = resolve_host(namespace, spec_value, kwargs, runtime.config.operator_namespace)
         host_key = resolved.key
         refusal = resolved.refusal
         if refusal is not None:
@@ -336,7 +370,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             if deleting and resolved.spec is not None and refusal.reason == "NamespaceNotAdmitted":
                 # The host stopped admitting this namespace after provisioning: removing what the
                 # operator itself created there is not new access, so deletion cleans up.
-                refusal = policy.check_paths(kwargs["spec"], resolved.spec)
+                refusal = policy.check_paths(spec_value, resolved.spec)
             if refusal is not None and deleting and not refusal.host_missing:
                 # The recorded paths are no longer allowed on this host: send it nothing, leave them.
                 kopf.event(body, type="Warning", reason="LeftOnHost",
@@ -365,6 +399,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         async with runtime.gate.turn(host_key, started=first):  # the VM's lock is held by step()
             run = engine.finalize if deleting else engine.reconcile
             outcome = await run(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots, _now())
+        if deleting and outcome.finished and image is not None and vm_spec.deletion_policy is DeletionPolicy.RETAIN:
+            # images: the retained disk may still chain to the image's file; the image must keep it.
+            await images.record_retained(namespace, name, kwargs["spec"], old_status)
         _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
         return outcome
 
@@ -520,4 +557,5 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     async def cluster_host_deleted(name: str, **_: Any) -> None:
         await runtime.connections.forget(runtime.config.operator_namespace, name)
 
+    images.register(registry, runtime)
     return registry

@@ -25,6 +25,7 @@ by host and ``vmName``. ``forget(uid)`` drops it when the object is gone.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -258,3 +259,61 @@ class MeteredClient:
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - in a pod, scraped from outside
     """Serve ``/metrics`` (the default registry) on ``addr:port`` from a daemon thread."""
     start_http_server(port, addr=addr)
+
+
+# --- images (VirtualMachineImage / ClusterVirtualMachineImage; see hyperv_operator/images) ----------
+
+IMAGE_READY = Gauge(
+    "hyperv_operator_image_ready",
+    "1 if the image is Ready (its current generation's file was read and is unchanged), else 0.",
+    ["kind", "namespace", "image"],
+)
+IMAGE_DEPENDENTS = Gauge(
+    "hyperv_operator_image_dependents",
+    "VMs whose disks still chain to a file of the image, per generation.",
+    ["kind", "namespace", "image", "generation"],
+)
+IMAGE_GENERATION_BYTES = Gauge(
+    "hyperv_operator_image_generation_bytes",
+    "Size on disk of each generation's file that is not collected yet.",
+    ["kind", "namespace", "image", "generation"],
+)
+IMAGE_FILES_COLLECTED_TOTAL = Counter(
+    "hyperv_operator_image_files_collected_total",
+    "Superseded generation files the operator removed (retention Delete, no dependents).",
+    ["kind"],
+)
+_IMAGE_GENERATIONS: dict[tuple[str, str, str], set[str]] = {}
+
+
+def observe_image(kind: str, namespace: str, name: str, status: Mapping[str, Any], *, ready: bool) -> None:
+    """Set the image gauges from the status the controller just computed."""
+    key = (kind, namespace, name)
+    IMAGE_READY.labels(kind=kind, namespace=namespace, image=name).set(1 if ready else 0)
+    seen: set[str] = set()
+    for record in status.get("generations") or []:
+        gen = str(record.get("generation"))
+        if record.get("collected"):
+            continue
+        seen.add(gen)
+        IMAGE_DEPENDENTS.labels(kind=kind, namespace=namespace, image=name, generation=gen).set(
+            int(record.get("dependents") or 0))
+        identity = str(record.get("identity") or "").split("/")
+        if len(identity) == 3 and identity[1].isdigit():
+            IMAGE_GENERATION_BYTES.labels(kind=kind, namespace=namespace, image=name, generation=gen).set(
+                int(identity[1]))
+    for gen in _IMAGE_GENERATIONS.get(key, set()) - seen:
+        for gauge in (IMAGE_DEPENDENTS, IMAGE_GENERATION_BYTES):
+            with contextlib.suppress(KeyError):
+                gauge.remove(kind, namespace, name, gen)
+    _IMAGE_GENERATIONS[key] = seen
+
+
+def forget_image(kind: str, namespace: str, name: str) -> None:
+    key = (kind, namespace, name)
+    for gen in _IMAGE_GENERATIONS.pop(key, set()):
+        for gauge in (IMAGE_DEPENDENTS, IMAGE_GENERATION_BYTES):
+            with contextlib.suppress(KeyError):
+                gauge.remove(kind, namespace, name, gen)
+    with contextlib.suppress(KeyError):
+        IMAGE_READY.remove(kind, namespace, name)

@@ -134,7 +134,8 @@ def test_webhook_configuration_as_stored_by_the_server(installed: Installed) -> 
 
 def test_installed_crds_are_current_for_kstatus(installed: Installed) -> None:
     for name in ("virtualmachines.hyperv-operator.io", "hypervhosts.hyperv-operator.io",
-                 "clusterhypervhosts.hyperv-operator.io"):
+                 "clusterhypervhosts.hyperv-operator.io", "virtualmachineimages.hyperv-operator.io",
+                 "clustervirtualmachineimages.hyperv-operator.io"):
         assert kstatus_verdict(get_json(installed, "crd", name)) == ("Current", "CRD is established")
 
 
@@ -177,6 +178,12 @@ GRANTED = [
     ("watch", "clusterhypervhosts.hyperv-operator.io", "--all-namespaces"),
     ("patch", "clusterhypervhosts.hyperv-operator.io", "--all-namespaces"),
     ("patch", "clusterhypervhosts.hyperv-operator.io", "--subresource=status", "--all-namespaces"),
+    ("list", "virtualmachineimages.hyperv-operator.io", "--all-namespaces"),
+    ("watch", "virtualmachineimages.hyperv-operator.io", "--all-namespaces"),
+    ("patch", "virtualmachineimages.hyperv-operator.io", "--subresource=status", "-n", "team-a"),
+    ("list", "clustervirtualmachineimages.hyperv-operator.io", "--all-namespaces"),
+    ("watch", "clustervirtualmachineimages.hyperv-operator.io", "--all-namespaces"),
+    ("patch", "clustervirtualmachineimages.hyperv-operator.io", "--subresource=status", "--all-namespaces"),
     ("list", "namespaces", "--all-namespaces"),
     ("watch", "namespaces", "--all-namespaces"),
     ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/hyperv-operator"),
@@ -211,6 +218,8 @@ DENIED = [
     ("patch", "namespaces", "--all-namespaces"),
     ("create", "clusterhypervhosts.hyperv-operator.io", "--all-namespaces"),
     ("delete", "clusterhypervhosts.hyperv-operator.io", "--all-namespaces"),
+    ("create", "virtualmachineimages.hyperv-operator.io", "-n", "team-a"),
+    ("delete", "clustervirtualmachineimages.hyperv-operator.io", "--all-namespaces"),
     ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/other-webhook"),
     ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io"),
     ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io"),
@@ -255,11 +264,14 @@ def test_rules_review_shows_exactly_the_role(installed: Installed) -> None:
     expected = {
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-        *(("hyperv-operator.io", r, v) for r in ("virtualmachines", "hypervhosts", "clusterhypervhosts")
+        *(("hyperv-operator.io", r, v) for r in ("virtualmachines", "hypervhosts", "clusterhypervhosts",
+                                                 "virtualmachineimages", "clustervirtualmachineimages")
           for v in ("list", "watch", "patch")),
         ("hyperv-operator.io", "virtualmachines/status", "patch"),
         ("hyperv-operator.io", "hypervhosts/status", "patch"),
         ("hyperv-operator.io", "clusterhypervhosts/status", "patch"),
+        ("hyperv-operator.io", "virtualmachineimages/status", "patch"),
+        ("hyperv-operator.io", "clustervirtualmachineimages/status", "patch"),
         ("", "namespaces", "list"),
         ("", "namespaces", "watch"),
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),

@@ -599,3 +599,16 @@ class SimulatedHost:
             vm = model.vm(vm_id)
             model.stop_vm(vm, turn_off=True)
             model.delete_vm(vm)
+
+    def write_disk_out_of_band(self, path: str, block: int, data: bytes) -> None:
+        """Someone mounted the disk read-write outside Hyper-V's VMs (Mount-VHD, Disk Management) and wrote
+        to it: the block changes, the VHDX header gets a new DataWriteGuid (so children created before no
+        longer match their parent: the chain is corrupted) and the file's LastWriteTime moves. The
+        read-only attribute does not stop an administrator who clears it first; it is set again after."""
+        with self._lock:
+            model = self._now()
+            node = model.vhd_node(path)
+            assert node.vhd is not None
+            node.vhd.blocks[block] = data
+            node.vhd.data_write_guid = new_guid()
+            node.modified = model.now

@@ -63,12 +63,14 @@ def _normalized(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 HOST_KINDS = ("hypervhosts", "clusterhypervhosts")
+IMAGE_KINDS = ("virtualmachineimages", "clustervirtualmachineimages")
 EXPECTED_OPERATOR_GRANTS = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-    *(("hyperv-operator.io", r, v) for r in ("virtualmachines", *HOST_KINDS) for v in ("list", "watch", "patch")),
+    *(("hyperv-operator.io", r, v) for r in ("virtualmachines", *HOST_KINDS, *IMAGE_KINDS)
+      for v in ("list", "watch", "patch")),
     ("hyperv-operator.io", "virtualmachines/status", "patch"),
-    *(("hyperv-operator.io", f"{r}/status", "patch") for r in HOST_KINDS),
+    *(("hyperv-operator.io", f"{r}/status", "patch") for r in (*HOST_KINDS, *IMAGE_KINDS)),
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
     ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
@@ -121,10 +123,11 @@ def test_tenant_roles_cannot_manage_hosts_and_host_admin_is_not_aggregated() -> 
     tenant_roles = [_one("ClusterRole", n) for n in ("hyperv-operator-view", "hyperv-operator-edit")]
     for role in tenant_roles:
         for _, resource, verb in _normalized(role["rules"]):
-            assert resource.startswith("virtualmachines") or verb in {"get", "list", "watch"}
+            assert resource.startswith(("virtualmachines", "virtualmachineimages")) or verb in {"get", "list", "watch"}
             assert "clusterhypervhosts" not in resource
-    assert {r for _, r, _ in _normalized(tenant_roles[1]["rules"])} == {"virtualmachines"}
-    for name in ("hyperv-operator-host-admin", "hyperv-operator-clusterhost-view"):
+            assert "clustervirtualmachineimages" not in resource  # the cluster admin's
+    assert {r for _, r, _ in _normalized(tenant_roles[1]["rules"])} == {"virtualmachines", "virtualmachineimages"}
+    for name in ("hyperv-operator-host-admin", "hyperv-operator-clusterhost-view", "hyperv-operator-clusterimage-view"):
         role = _one("ClusterRole", name)
         assert not any("aggregate" in k for k in (role["metadata"].get("labels") or {})), name
     admin = _normalized(_one("ClusterRole", "hyperv-operator-host-admin")["rules"])

@@ -1,0 +1,64 @@
+"""Image glue: a VM's image from kopf's indices, and the storage confinement of the image's file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hyperv_operator.handlers import resolve_host
+from hyperv_operator.images.controller import _outside_roots, resolve_vm_image
+
+BASES, VMS = "\\\\FS\\BASES", "\\\\FS\\VMS"
+HOST = {"address": "hv", "defaultVmPath": VMS, "storage": {"baseRoots": [BASES], "vmRoots": [VMS]}}
+READY = [{"type": "Ready", "status": "True", "reason": "Ready", "message": ""}]
+
+
+def image(path: str, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "win"}, "spec": {"source": {"path": path}, **spec},
+            "status": {"currentGeneration": 1, "conditions": READY,
+                       "generations": [{"generation": 1, "path": path, "identity": "D/1/t"}]}}
+
+
+def indices(img: dict[str, Any], *, cluster: bool = False) -> dict[str, Any]:
+    return {"hosts_by_name": {("team-a", "hv01"): [HOST]},
+            "images_by_key": {} if cluster else {("team-a", "win"): [img]},
+            "cluster_images_by_key": {"win": [img]} if cluster else {},
+            "namespace_labels": {"team-a": [{"t": "1"}]}}
+
+
+def vm(kind: str | None = None) -> dict[str, Any]:
+    return {"hostRef": {"name": "hv01"}, "imageRef": {"name": "win", **({"kind": kind} if kind else {})},
+            "strategy": "Differencing"}
+
+
+def test_a_raw_base_vhd_has_no_image() -> None:
+    assert resolve_vm_image("team-a", {"baseVhd": BASES + "\\B.VHDX"}, {}, indices(image(BASES + "\\W.VHDX"))) is None
+
+
+def test_the_image_is_found_in_the_vms_namespace_only() -> None:
+    found = resolve_vm_image("team-a", vm(), {}, indices(image(BASES + "\\W.VHDX")))
+    assert found is not None and found.base_path == BASES + "\\W.VHDX" and found.pin is not None
+    other = resolve_vm_image("team-b", vm(), {}, indices(image(BASES + "\\W.VHDX")))
+    assert other is not None and other.refusal is not None and other.refusal.reason == "ImageNotFound"
+
+
+def test_a_cluster_image_admits_by_namespace_labels() -> None:
+    img = image(BASES + "\\W.VHDX", namespaceSelector={"matchLabels": {"t": "1"}})
+    ok = resolve_vm_image("team-a", vm("ClusterVirtualMachineImage"), {}, indices(img, cluster=True))
+    assert ok is not None and ok.refusal is None
+    refused = resolve_vm_image("team-z", vm("ClusterVirtualMachineImage"), {}, indices(img, cluster=True))
+    assert refused is not None and refused.refusal is not None
+    assert refused.refusal.reason == "NamespaceNotAdmittedByImage"
+
+
+def test_the_images_file_is_confined_to_the_vm_hosts_base_roots() -> None:
+    # The image resolves, but its file is outside the VM's host's roots: the same refusal as a raw path.
+    found = resolve_vm_image("team-a", vm(), {}, indices(image("\\\\attacker\\s\\W.VHDX")))
+    assert found is not None and found.base_path is not None
+    resolved = resolve_host("team-a", {**vm(), "baseVhd": found.base_path}, indices(image("x")), "ops")
+    assert resolved.refusal is not None and resolved.refusal.reason == "BaseOutsideAllowedRoots"
+
+
+def test_the_image_host_reads_only_inside_its_base_roots() -> None:
+    assert _outside_roots(BASES + "\\W.VHDX", HOST) is None
+    assert "storage.baseRoots" in str(_outside_roots(VMS + "\\other-team\\disk.vhdx", HOST))
+    assert _outside_roots("C:\\Windows\\x.vhdx", HOST) is not None
