@@ -58,6 +58,18 @@ def parse_memory(quantity: str | int) -> int:
     return int(match.group(1)) * _FACTORS[match.group(2)]
 
 
+class Readiness(enum.StrEnum):
+    """When Ready=True for a running VM (issue 14)."""
+
+    RUNNING = "Running"  # Hyper-V says Running (the guest may not have booted)
+    HEARTBEAT = "Heartbeat"  # the guest's heartbeat integration service answers
+    IP_ADDRESS = "IPAddress"  # the guest reports a usable address on an adapter
+
+
+DEFAULT_READINESS_TIMEOUT = 600
+"""Seconds a running VM may wait for its guest before Stalled (spec.readinessTimeoutSeconds)."""
+
+
 SECURE_BOOT_TEMPLATES = ("MicrosoftWindows", "MicrosoftUEFICertificateAuthority", "OpenSourceShieldedVM")
 
 
@@ -93,6 +105,8 @@ class VirtualMachineSpec:
     deletion_policy: DeletionPolicy = DeletionPolicy.DELETE
     host_kind: str = HOST_KIND
     secure_boot: SecureBoot | None = None  # None: leave Hyper-V's firmware defaults
+    readiness: Readiness = Readiness.HEARTBEAT
+    readiness_timeout_seconds: int = DEFAULT_READINESS_TIMEOUT
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> VirtualMachineSpec:
@@ -109,6 +123,8 @@ class VirtualMachineSpec:
             power_state=PowerState(spec.get("powerState", PowerState.RUNNING)),
             deletion_policy=DeletionPolicy(spec.get("deletionPolicy", DeletionPolicy.DELETE)),
             secure_boot=SecureBoot.from_dict(spec.get("secureBoot")),
+            readiness=Readiness(spec.get("readiness") or Readiness.HEARTBEAT),
+            readiness_timeout_seconds=int(spec.get("readinessTimeoutSeconds") or DEFAULT_READINESS_TIMEOUT),
         )
 
 

@@ -68,6 +68,34 @@ def read_text_file(path: str) -> Statement:
     return pipe(cmd(MGMT + "Get-Content", LiteralPath=path, Raw=SWITCH))
 
 
+# --- observe the guest (issue 14) --------------------------------------------------------------
+
+CIM = "CimCmdlets\\"
+VIRTUALIZATION_NAMESPACE = "root\\virtualization\\v2"
+
+
+def get_vm_heartbeat(vm_id: str) -> Statement:
+    """Output: one Microsoft.HyperV.PowerShell.VMIntegrationComponent (Name "Heartbeat", Enabled,
+    PrimaryStatusDescription: "OK" once the guest's heartbeat service answers, "No Contact" before,
+    "Lost Communication" when it stops answering; empty while the VM is off)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMIntegrationService", Name="Heartbeat"))
+
+
+def get_vm_network_adapters(vm_id: str) -> Statement:
+    """Output: Microsoft.HyperV.PowerShell.VMNetworkAdapter objects (Name, MacAddress, SwitchName,
+    IPAddresses: what the guest reports through integration services, empty until it does)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMNetworkAdapter"))
+
+
+def get_kvp_components() -> Statement:
+    """Output: one Msvm_KvpExchangeComponent CIM instance per running VM (SystemName = the VM's Id,
+    GuestIntrinsicExchangeItems = CIM-XML Msvm_KvpExchangeDataItem instances: FullyQualifiedDomainName,
+    OSName, NetworkAddressIPv4, ...). No -Filter: the VM is picked by SystemName on our side, so no
+    query text is ever built."""
+    return pipe(cmd(CIM + "Get-CimInstance", Namespace=VIRTUALIZATION_NAMESPACE,
+                    ClassName="Msvm_KvpExchangeComponent"))
+
+
 # --- act ---------------------------------------------------------------------------------------
 
 
@@ -213,6 +241,9 @@ ALL_CMDLETS: frozenset[str] = frozenset(
         HYPERV + "Stop-VM",
         HYPERV + "Resume-VM",
         HYPERV + "Set-VMFirmware",
+        HYPERV + "Get-VMIntegrationService",
+        HYPERV + "Get-VMNetworkAdapter",
+        CIM + "Get-CimInstance",
         HYPERV + "Set-VHD",
         HYPERV + "Remove-VMSnapshot",
         HYPERV + "Remove-VM",

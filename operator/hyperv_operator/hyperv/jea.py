@@ -92,6 +92,14 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     VisibleCmdlet(MGMT + "Stop-Process", ("Id", "Force")),
     VisibleCmdlet(MGMT + "Get-PSDrive", ("Name", "PSProvider"), (("PSProvider", ("FileSystem",)),)),
     VisibleCmdlet(CORE + "Get-Module", ("Name",), (("Name", ("Hyper-V",)),)),
+    # The guest (issue 14): read-only, each with its one argument pinned.
+    VisibleCmdlet(HYPERV + "Get-VMIntegrationService", ("VM", "Name"), (("Name", ("Heartbeat",)),)),
+    VisibleCmdlet(HYPERV + "Get-VMNetworkAdapter", ("VM",)),
+    VisibleCmdlet(
+        "CimCmdlets\\Get-CimInstance",
+        ("Namespace", "ClassName"),
+        (("Namespace", ("root\\virtualization\\v2",)), ("ClassName", ("Msvm_KvpExchangeComponent",))),
+    ),
 )
 
 

@@ -18,6 +18,7 @@ from hyperv_operator.hyperv import cmdlets, second_hop
 from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, PermanentHostError, TransientHostError
+from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning import planner
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, layout_for, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
@@ -300,7 +301,15 @@ async def observe(
         second.append(cmdlets.read_text_file(layout.copy_status))
     if host_vm is not None:
         second += [cmdlets.get_vm_hard_disk_drives(host_vm.id), cmdlets.get_vm_snapshots(host_vm.id)]
+    # --- guest (issue 14): integration services of a running VM, in the same round trip ---
+    read_guest = host_vm is not None and host_vm.state == planner.RUNNING and not deleting
+    if read_guest and host_vm is not None:
+        second += [cmdlets.get_vm_heartbeat(host_vm.id), cmdlets.get_vm_network_adapters(host_vm.id),
+                   cmdlets.get_kvp_components()]
     out: list[HostObject] = await client.run(second) if second else []
+    guest = guest_mod.parse(out, host_vm.id) if read_guest and host_vm is not None else None
+    out = [obj for obj in out if guest_mod.kind(obj) is None]
+    # --- end guest ---
     drives: list[str] = []
     snapshots: list[str] = []
     job: CopyJob | None = None
@@ -335,4 +344,5 @@ async def observe(
         vhds=vhds,
         copy=job,
         slot=slot,
+        guest=guest,
     )

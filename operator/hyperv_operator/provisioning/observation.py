@@ -9,6 +9,7 @@ from typing import Any
 
 from hyperv_operator.api import UID_TAG_PREFIX
 from hyperv_operator.hyperv.commands import HostObject
+from hyperv_operator.provisioning.guest import GuestInfo
 from hyperv_operator.provisioning.layout import Layout, same_path
 
 MERGING_STATUS = "merging disks"
@@ -98,6 +99,7 @@ class Observation:
     vhds: Mapping[str, VhdInfo] = field(default_factory=dict)  # by lower-cased path
     copy: CopyJob | None = None
     slot: SlotView = SlotView(True, 0, 2)
+    guest: GuestInfo | None = None  # issue 14: integration services' view of a running guest (None: not read)
 
     def exists(self, path: str | None) -> bool:
         return path is not None and path.rstrip("\\").lower() in self.existing

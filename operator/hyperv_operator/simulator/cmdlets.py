@@ -567,6 +567,78 @@ def set_vm_firmware(ctx: Context, b: Bound) -> list[HostObject]:
 JOB_TYPES = ("Microsoft.HyperV.PowerShell.VMJob", "System.Management.Automation.Job", "System.Object")
 
 
+# --- the guest (issue 14) ------------------------------------------------------------------------
+
+INTEGRATION_TYPES = ("Microsoft.HyperV.PowerShell.VMIntegrationComponent",
+                     "Microsoft.HyperV.PowerShell.VirtualMachineComponent",
+                     "Microsoft.HyperV.PowerShell.VirtualizationObject", "System.Object")
+ADAPTER_TYPES = ("Microsoft.HyperV.PowerShell.VMNetworkAdapter", "Microsoft.HyperV.PowerShell.VMNetworkAdapterBase",
+                 "Microsoft.HyperV.PowerShell.VirtualMachineComponent",
+                 "Microsoft.HyperV.PowerShell.VirtualizationObject", "System.Object")
+INTEGRATION_SERVICES = ("Guest Service Interface", "Heartbeat", "Key-Value Pair Exchange", "Shutdown",
+                        "Time Synchronization", "VSS")
+KVP_CLASS = "Msvm_KvpExchangeComponent"
+VIRTUALIZATION_NAMESPACE = "root\\virtualization\\v2"
+
+
+def get_vm_integration_service(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    names = b.get("Name")
+    out: list[HostObject] = []
+    for vm in _vms_from(ctx, b, "VMName"):
+        for service in INTEGRATION_SERVICES:
+            if names is not None and not any(fnmatch.fnmatchcase(service.lower(), n.lower()) for n in names):
+                continue
+            if service == "Heartbeat":
+                status = model.heartbeat(vm)
+            else:
+                status = "OK" if model.guest_up_for(vm) is not None else ("No Contact" if model.heartbeat(vm) else "")
+            out.append(HostObject(INTEGRATION_TYPES, {
+                "Name": service, "VMName": vm.name, "VMId": vm.id, "Enabled": service != "Guest Service Interface",
+                "PrimaryStatusDescription": status or None, "SecondaryStatusDescription": None,
+                "Id": f"Microsoft:{vm.id.upper()}\\{service}", "ComputerName": model.host_name,
+            }))
+    return out
+
+
+def get_vm_network_adapter(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    return [HostObject(ADAPTER_TYPES, {
+        "Name": adapter.name, "VMName": vm.name, "VMId": vm.id, "Id": f"Microsoft:{vm.id.upper()}\\{adapter.id.upper()}",
+        "MacAddress": adapter.mac, "DynamicMacAddressEnabled": True, "SwitchName": adapter.switch_name,
+        "Connected": adapter.switch_name is not None, "IPAddresses": model.guest_addresses(vm, adapter),
+        "Status": ["Ok"] if vm.state == "Running" else [], "IsLegacy": False, "ComputerName": model.host_name,
+    }) for vm in _vms_from(ctx, b, "VMName") for adapter in vm.adapters]
+
+
+def _kvp_item_xml(name: str, data: str) -> str:
+    """An embedded Msvm_KvpExchangeDataItem in CIM-XML, as GuestIntrinsicExchangeItems carries it."""
+    from xml.sax.saxutils import escape
+
+    return ('<INSTANCE CLASSNAME="Msvm_KvpExchangeDataItem">'
+            f'<PROPERTY NAME="Data" TYPE="string"><VALUE>{escape(data)}</VALUE></PROPERTY>'
+            f'<PROPERTY NAME="Name" TYPE="string"><VALUE>{escape(name)}</VALUE></PROPERTY>'
+            '<PROPERTY NAME="Source" TYPE="uint16"><VALUE>2</VALUE></PROPERTY></INSTANCE>')
+
+
+def get_cim_instance(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    namespace, class_name = str(b.get("Namespace") or "root\\cimv2"), str(b["ClassName"])
+    if namespace.replace("/", "\\").lower() != VIRTUALIZATION_NAMESPACE.lower() or class_name.lower() != KVP_CLASS.lower():
+        # Only the Hyper-V KVP component is modelled; anything else is refused loudly [strict].
+        raise ModelError(f"Invalid class {class_name} in namespace {namespace} (the simulated host models only "
+                         f"{VIRTUALIZATION_NAMESPACE}\\{KVP_CLASS})", category="MetadataError",
+                         reason="HRESULT 0x80041010", target=class_name)
+    types = (f"Microsoft.Management.Infrastructure.CimInstance#root/virtualization/v2/{KVP_CLASS}",
+             f"Microsoft.Management.Infrastructure.CimInstance#{KVP_CLASS}",
+             "Microsoft.Management.Infrastructure.CimInstance", "System.Object")
+    return [HostObject(types, {
+        "SystemName": vm.id.upper(), "ElementName": "Key-Value Pair Exchange", "CreationClassName": KVP_CLASS,
+        "GuestIntrinsicExchangeItems": [_kvp_item_xml(k, v) for k, v in model.kvp_items(vm).items()],
+        "EnabledState": 2 if vm.state == "Running" else 3,
+    }) for vm in model.vms.values()]
+
+
 def job_object(model: HostModel, command: str, state: str) -> HostObject:
     """What -AsJob writes: a job (Id, Name, State, Command); the job's type name is not documented
     [not verified against a real host]."""
@@ -873,6 +945,14 @@ def _cmdlets() -> dict[str, Cmdlet]:
         Cmdlet("Remove-Item", MGMT, _PS + "RemoveItemCommand",
                (*_LIT, Param("Force", "switch"), Param("Recurse", "switch")), remove_item,
                exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
+        Cmdlet("Get-VMIntegrationService", HYPERV, _HV + "GetVMIntegrationService",
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string[]")), get_vm_integration_service,
+               exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
+        Cmdlet("Get-VMNetworkAdapter", HYPERV, _HV + "GetVMNetworkAdapter",
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string")), get_vm_network_adapter,
+               exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
+        Cmdlet("Get-CimInstance", "CimCmdlets", "Microsoft.Management.Infrastructure.CimCmdlets.GetCimInstanceCommand",
+               (Param("Namespace", "string"), Param("ClassName", "string", mandatory=True)), get_cim_instance),
         Cmdlet("Get-VMHost", HYPERV, _HV + "GetVMHost", (Param("ComputerName", "string[]"),), get_vm_host),
         Cmdlet("Get-Module", CORE, _PS + "GetModuleCommand",
                (Param("Name", "string[]"), Param("ListAvailable", "switch"), Param("All", "switch")), get_module),

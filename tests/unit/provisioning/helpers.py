@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hyperv_operator.api import VirtualMachineSpec
+from hyperv_operator.provisioning.guest import GuestInfo
 from hyperv_operator.provisioning.layout import layout_for
 from hyperv_operator.provisioning.model import VmRef
 from hyperv_operator.provisioning.observation import CopyJob, Observation, SlotView, VhdInfo, VmInfo
@@ -53,6 +54,7 @@ def observe(
     vhds: tuple[VhdInfo, ...] = (),
     job: CopyJob | None = None,
     slot: SlotView = FREE_SLOT,
+    guest: GuestInfo | None = None,
 ) -> Observation:
     vhd_map = {v.path.lower(): v for v in vhds}
     if BASE in files and BASE.lower() not in vhd_map:
@@ -67,6 +69,9 @@ def observe(
         vhds=vhd_map,
         copy=job,
         slot=slot,
+        # A running VM's guest booted: its heartbeat answers (spec.readiness defaults to Heartbeat).
+        guest=guest if guest is not None or host_vm is None or host_vm.state != "Running"
+        else GuestInfo(heartbeat="OK"),
     )
 
 

@@ -48,6 +48,8 @@ class FakeHost:
         vm = self.vms.get(str(p("Id"))) if names[0] == "Get-VM" and p("Id") else None
         if names == ["Get-VM"]:
             return [self._vm(v) for v in self.vms.values()]
+        if names == ["Get-CimInstance"]:
+            return []  # no KVP component: the guest reports no hostname
         if names[0] == "Get-VM" and vm is None:
             raise PermanentHostError("VM not found", category="ObjectNotFound")
         if names == ["Test-Path"]:
@@ -83,6 +85,9 @@ class FakeHost:
             return [HostObject(("Microsoft.HyperV.PowerShell.HardDiskDrive",), {"Path": vm["Drive"]})]
         elif names[1] == "Get-VMSnapshot":
             return []
+        elif names[1] == "Get-VMIntegrationService":  # a guest whose heartbeat answers at once
+            return [HostObject(("Microsoft.HyperV.PowerShell.VMIntegrationComponent",),
+                               {"Name": "Heartbeat", "PrimaryStatusDescription": "OK"})]
         return []
 
     @staticmethod
