@@ -604,7 +604,8 @@ def get_vm_integration_service(ctx: Context, b: Bound) -> list[HostObject]:
 def get_vm_network_adapter(ctx: Context, b: Bound) -> list[HostObject]:
     model = ctx.model
     return [HostObject(ADAPTER_TYPES, {
-        "Name": adapter.name, "VMName": vm.name, "VMId": vm.id, "Id": f"Microsoft:{vm.id.upper()}\\{adapter.id.upper()}",
+        "Name": adapter.name, "VMName": vm.name, "VMId": vm.id,
+        "Id": f"Microsoft:{vm.id.upper()}\\{adapter.id.upper()}",
         "MacAddress": adapter.mac, "DynamicMacAddressEnabled": True, "SwitchName": adapter.switch_name,
         "Connected": adapter.switch_name is not None, "IPAddresses": model.guest_addresses(vm, adapter),
         "Status": ["Ok"] if vm.state == "Running" else [], "IsLegacy": False, "ComputerName": model.host_name,
@@ -624,7 +625,8 @@ def _kvp_item_xml(name: str, data: str) -> str:
 def get_cim_instance(ctx: Context, b: Bound) -> list[HostObject]:
     model = ctx.model
     namespace, class_name = str(b.get("Namespace") or "root\\cimv2"), str(b["ClassName"])
-    if namespace.replace("/", "\\").lower() != VIRTUALIZATION_NAMESPACE.lower() or class_name.lower() != KVP_CLASS.lower():
+    wanted = namespace.replace("/", "\\").lower() == VIRTUALIZATION_NAMESPACE.lower()
+    if not wanted or class_name.lower() != KVP_CLASS.lower():
         # Only the Hyper-V KVP component is modelled; anything else is refused loudly [strict].
         raise ModelError(f"Invalid class {class_name} in namespace {namespace} (the simulated host models only "
                          f"{VIRTUALIZATION_NAMESPACE}\\{KVP_CLASS})", category="MetadataError",
