@@ -24,7 +24,7 @@ from hyperv_operator.hyperv.commands import HostObject
 
 __all__ = ["GUEST_POLL", "Adapter", "GuestInfo", "Readiness", "Verdict", "kind", "parse", "record", "verdict"]
 
-GUEST_POLL = 5.0  # re-read the guest while waiting for it
+GUEST_POLL = 3.0  # re-read the guest while waiting for it (a guest boots in tens of seconds)
 DEFAULT_TIMEOUT_SECONDS = DEFAULT_READINESS_TIMEOUT
 HEARTBEAT_OK = "OK"
 KVP_CLASS = "Msvm_KvpExchangeComponent"
