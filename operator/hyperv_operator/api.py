@@ -66,6 +66,13 @@ class Readiness(enum.StrEnum):
     IP_ADDRESS = "IPAddress"  # the guest reports a usable address on an adapter
 
 
+class UpdatePolicy(enum.StrEnum):
+    """How a cpus/memory change Hyper-V cannot apply to the running VM is applied (issue 14)."""
+
+    ON_POWER_OFF = "OnPowerOff"  # when the VM is next off (ResizePending until then)
+    RESTART = "Restart"  # graceful shutdown, apply, start
+
+
 DEFAULT_READINESS_TIMEOUT = 600
 """Seconds a running VM may wait for its guest before Stalled (spec.readinessTimeoutSeconds)."""
 
@@ -107,6 +114,7 @@ class VirtualMachineSpec:
     secure_boot: SecureBoot | None = None  # None: leave Hyper-V's firmware defaults
     readiness: Readiness = Readiness.HEARTBEAT
     readiness_timeout_seconds: int = DEFAULT_READINESS_TIMEOUT
+    update_policy: UpdatePolicy = UpdatePolicy.ON_POWER_OFF
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> VirtualMachineSpec:
@@ -125,6 +133,7 @@ class VirtualMachineSpec:
             secure_boot=SecureBoot.from_dict(spec.get("secureBoot")),
             readiness=Readiness(spec.get("readiness") or Readiness.HEARTBEAT),
             readiness_timeout_seconds=int(spec.get("readinessTimeoutSeconds") or DEFAULT_READINESS_TIMEOUT),
+            update_policy=UpdatePolicy(spec.get("updatePolicy") or UpdatePolicy.ON_POWER_OFF),
         )
 
 

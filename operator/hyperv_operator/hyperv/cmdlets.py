@@ -150,6 +150,12 @@ def set_vm(
     )
 
 
+def set_vm_memory(vm_id: str, startup_bytes: int) -> Statement:
+    """No output. Static memory: while the VM is off, or on a running VM (runtime memory resize,
+    Windows Server 2016+ hosts; the guest must support hot-add, and hot-remove to shrink)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Set-VMMemory", StartupBytes=Int64(startup_bytes)))
+
+
 def checkpoint_vm(vm_id: str, snapshot_name: str) -> Statement:
     """Output (with -Passthru): the VMSnapshot. Creates `<parent>_<GUID>.avhdx` next to each disk's
     parent file and moves the VM's drive onto it."""
@@ -242,6 +248,7 @@ ALL_CMDLETS: frozenset[str] = frozenset(
         HYPERV + "Resume-VM",
         HYPERV + "Set-VMFirmware",
         HYPERV + "Get-VMIntegrationService",
+        HYPERV + "Set-VMMemory",
         HYPERV + "Get-VMNetworkAdapter",
         CIM + "Get-CimInstance",
         HYPERV + "Set-VHD",

@@ -95,6 +95,7 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     # The guest (issue 14): read-only, each with its one argument pinned.
     VisibleCmdlet(HYPERV + "Get-VMIntegrationService", ("VM", "Name"), (("Name", ("Heartbeat",)),)),
     VisibleCmdlet(HYPERV + "Get-VMNetworkAdapter", ("VM",)),
+    VisibleCmdlet(HYPERV + "Set-VMMemory", ("VM", "StartupBytes")),
     VisibleCmdlet(
         "CimCmdlets\\Get-CimInstance",
         ("Namespace", "ClassName"),

@@ -25,6 +25,10 @@ class VmInfo:
     path: str = ""
     processor_count: int | None = None
     checkpoint_type: str | None = None
+    # issue 14 (resize): the VM's memory and generation as Get-VM reports them
+    memory_startup: int | None = None
+    dynamic_memory: bool | None = None
+    generation: int | None = None
 
     def tagged_for(self, uid: str) -> bool:
         return f"{UID_TAG_PREFIX}{uid}" in self.notes
@@ -142,6 +146,14 @@ def _int(value: Any) -> int | None:
         return None
 
 
+def _bool(value: Any) -> bool | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return bool(value)
+
+
 def kind_of(obj: HostObject) -> str:
     """vm | vhd | drive | snapshot | bool | string | other (by type name, else by properties)."""
     if obj.is_a("VirtualMachine"):
@@ -178,6 +190,9 @@ def parse_vm(obj: HostObject) -> VmInfo:
         path=_text(_prop(obj, "Path", "ConfigurationLocation")),
         processor_count=_int(_prop(obj, "ProcessorCount")),
         checkpoint_type=(_text(_prop(obj, "CheckpointType")) or None),
+        memory_startup=_int(_prop(obj, "MemoryStartup")),
+        dynamic_memory=_bool(_prop(obj, "DynamicMemoryEnabled")),
+        generation=_int(_prop(obj, "Generation")),
     )
 
 

@@ -21,9 +21,10 @@ from hyperv_operator.hyperv import cmdlets, errors, scripts, second_hop
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, TransientHostError
 from hyperv_operator.provisioning import guest as guest_mod
+from hyperv_operator.provisioning import resize as resize_mod
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, is_checkpoint_of, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
-from hyperv_operator.provisioning.observation import Observation, kind_of, parse_vm
+from hyperv_operator.provisioning.observation import Observation, VmInfo, kind_of, parse_vm
 from hyperv_operator.provisioning.phases import Phase, is_before, next_phase, phases
 
 # Requeue delays (seconds).
@@ -485,6 +486,9 @@ def _provisioned(w: _Work) -> _Result:
                                      f"(spec.powerState {w.spec.power_state.value})", warning=True)
         return _Act(Action("ResumeVM", (cmdlets.resume_vm(vm.id),), f"Resume-VM {vm.id}"),
                     f"resuming paused VM {vm.id}", POWER_POLL)
+    resized = _resize(w, vm)  # issue 14: cpus/memory changes
+    if resized is not None:
+        return resized
     if w.spec.power_state is PowerState.RUNNING:
         w.status["stopRequestedAt"] = None
         if vm.state == RUNNING:
@@ -629,6 +633,25 @@ def _finish_status(w: _Work, phase: Phase, message: str, *, converged: bool,
     else:
         _with_conditions(w, phase, converged=converged)
     return s
+
+
+def _resize(w: _Work, vm: VmInfo) -> _Result | None:
+    """Issue 14: apply spec.cpus / spec.memory changes (decisions in provisioning/resize.py)."""
+    d = resize_mod.decide(w.spec, w.spec.update_policy, vm, w.status, w.now, stop_timeout=STOP_TIMEOUT)
+    prev = w.status.get("conditions")
+    updates = resize_mod.pending_condition(prev, d.pending, w.vm.generation, w.now)
+    if updates:
+        w.status["conditions"] = cond.merge(prev, updates)
+    w.status.update(d.status)
+    for reason, message in d.events:
+        w.event(reason, message)
+    if d.action is not None:
+        kind, statements, description = d.action
+        return _Act(Action(kind, statements, description), d.message,
+                    POWER_POLL if kind in ("StopVMForResize", "TurnOffVMForResize") else AFTER_ACTION)
+    if d.wait is not None:
+        return _Wait(d.message, d.wait)
+    return None
 
 
 def _guest_verdict(w: _Work) -> guest_mod.Verdict:

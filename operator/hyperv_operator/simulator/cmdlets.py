@@ -337,7 +337,7 @@ def vm_object(model: HostModel, vm: VM) -> HostObject:
         "ParentCheckpointName": current.name if current else None,
         "ParentSnapshotId": current.id if current else None, "ParentSnapshotName": current.name if current else None,
         "CreationTime": model.date(vm.created), "Version": "11.0", "IsClustered": False,
-        "DynamicMemoryEnabled": False, "SwitchName": vm.switch_name,
+        "DynamicMemoryEnabled": vm.dynamic_memory, "SwitchName": vm.switch_name,
     })
 
 
@@ -579,6 +579,13 @@ INTEGRATION_SERVICES = ("Guest Service Interface", "Heartbeat", "Key-Value Pair 
                         "Time Synchronization", "VSS")
 KVP_CLASS = "Msvm_KvpExchangeComponent"
 VIRTUALIZATION_NAMESPACE = "root\\virtualization\\v2"
+
+
+def set_vm_memory(ctx: Context, b: Bound) -> list[HostObject]:
+    for vm in _vms_from(ctx, b, "VMName"):
+        if "StartupBytes" in b:
+            ctx.model.set_memory(vm, int(b["StartupBytes"]))
+    return []
 
 
 def get_vm_integration_service(ctx: Context, b: Bound) -> list[HostObject]:
@@ -947,6 +954,9 @@ def _cmdlets() -> dict[str, Cmdlet]:
         Cmdlet("Remove-Item", MGMT, _PS + "RemoveItemCommand",
                (*_LIT, Param("Force", "switch"), Param("Recurse", "switch")), remove_item,
                exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
+        Cmdlet("Set-VMMemory", HYPERV, _HV + "SetVMMemory",
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("StartupBytes", "int64"), Param("Passthru", "switch")),
+               set_vm_memory, exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
         Cmdlet("Get-VMIntegrationService", HYPERV, _HV + "GetVMIntegrationService",
                (_VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string[]")), get_vm_integration_service,
                exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),

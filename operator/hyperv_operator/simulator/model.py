@@ -65,6 +65,11 @@ Modelling choices. Where Microsoft's documentation leaves room, the STRICTER beh
   more (DHCP) an adapter on a switch reports an IPv4 address plus its fe80:: link-local address in
   Get-VMNetworkAdapter IPAddresses; an adapter on no switch reports only the link-local address. A
   guest without integration services (`set_guest(integration_services=False)`) reports none of it.
+- Set-VMMemory -StartupBytes (>= 32 MB, a multiple of 2 MB) on an Off VM always applies. On a running VM
+  ("runtime memory resize", Windows Server 2016+): refused with dynamic memory enabled, and while the
+  guest cannot take part (not booted, no integration services); a Linux guest can grow but not shrink
+  (hot-add only) [strict: a Windows guest may shrink only down to its free memory; the simulator lets it
+  shrink to its demand of 512 MB]. -DynamicMemoryEnabled is not modelled.
 - Checkpoint-VM: CheckpointType Disabled fails; on a running VM Production falls back to a Standard
   checkpoint and ProductionOnly fails (the simulated guest has no VSS integration). The new .avhdx is
   `<folder of the drive's current file>\\<its base name without a _GUID suffix>_<GUID>.avhdx`, 4 MiB;
@@ -124,6 +129,7 @@ VHD_METADATA_BYTES = 4 * MiB
 CONFIG_FILE_SIZE = 64 * 1024
 DEFAULT_VIRTUAL_SIZE = 127 * GiB
 MAX_PROCESSORS = 64
+GUEST_MEMORY_DEMAND = 512 * 1024 * 1024  # what a running Windows guest will not give back
 FIRST_PID = 4120
 
 HYPERV_EXCEPTION = "Microsoft.HyperV.PowerShell.VirtualizationException"
@@ -429,6 +435,7 @@ class VM:
     dhcp: bool = True  # the guest gets an address on a switch
     guest_hostname: str = "localhost"  # the base image's hostname until something configures it
     guest_os: str = "Ubuntu 22.04.4 LTS"
+    dynamic_memory: bool = False
 
 
 @dataclass
@@ -1025,6 +1032,33 @@ class HostModel:
             vm.drives.append(Drive(new_guid(), vhd_node.path, ctype, 0, 0))
         self.vms[vm_id] = vm
         return vm
+
+    def set_memory(self, vm: VM, startup: int) -> None:
+        def refused(why: str) -> ModelError:
+            return ModelError(f"Failed to modify device 'Memory'. '{vm.name}' failed to modify memory: {why}",
+                              category="InvalidOperation", reason="InvalidOperation", target=vm.name,
+                              exception_type=HYPERV_EXCEPTION)
+
+        if startup < 32 * MiB or startup % (2 * MiB):
+            raise ModelError(f"Failed to modify device 'Memory'. Invalid startup memory amount assigned for "
+                             f"'{vm.name}': it must be at least 32 MB and a multiple of 2 MB.",
+                             category="InvalidArgument", reason="InvalidParameter", target=vm.name)
+        if vm.state not in ACTIVE_STATES and not vm.critical:
+            vm.memory_startup = startup
+            return
+        if vm.critical or vm.state != STATE_RUNNING:
+            raise invalid_state(vm.name)
+        if vm.dynamic_memory:
+            raise refused("the startup memory of a running virtual machine with Dynamic Memory cannot change.")
+        if self.guest_up_for(vm) is None:
+            raise refused("the guest operating system does not support runtime memory resize (it has not "
+                          "started, or it runs no integration services).")
+        if startup < vm.memory_startup:
+            if "windows" not in vm.guest_os.lower():
+                raise refused("the guest operating system does not support removing memory.")
+            if startup < GUEST_MEMORY_DEMAND:
+                raise refused("the guest cannot release that much memory.")
+        vm.memory_startup = startup
 
     def _new_adapter(self, switch: str | None) -> NetAdapter:
         self._next_mac += 1
