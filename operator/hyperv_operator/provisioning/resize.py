@@ -98,6 +98,7 @@ def decide(
             statements.append(cmdlets.set_vm_memory(vm.id, change.memory[1]))
         return Decision(("Resize", tuple(statements), f"Set-VM/Set-VMMemory {vm.id}: {what}"),
                         f"resizing VM {vm.id} while it is off: {what}",
+                        pending=f"{what}: applying while VM {vm.id} is off",
                         events=(("Resized", f"VM {vm.id}: {what} (applied while off)"),))
     if vm.state != "Running":
         return Decision(wait=5.0, message=f"resize ({what}) waits for VM {vm.id} to settle (state {vm.state})") \

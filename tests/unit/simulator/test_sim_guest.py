@@ -58,3 +58,21 @@ def test_cim_instance_of_another_class_is_refused(sim: Sim) -> None:
 
     error = sim.fails(pipe(cmd("CimCmdlets\\Get-CimInstance", Namespace="root\\cimv2", ClassName="Win32_Process")))
     assert error.category == "MetadataError"
+
+
+def test_runtime_memory_resize_rules(sim: Sim) -> None:
+    vm_id = diff_vm(sim, "mem", "Default Switch")
+    sim.run(c.set_vm_memory(vm_id, 2 * GiB))  # off: always
+    assert sim.one(c.get_vm_by_id(vm_id))["MemoryStartup"] == 2 * GiB
+    sim.run(c.start_vm(vm_id))
+    booting = sim.fails(c.set_vm_memory(vm_id, 3 * GiB))  # the guest cannot take part yet
+    assert booting.category == "InvalidOperation"
+    sim.wait(30)
+    sim.run(c.set_vm_memory(vm_id, 3 * GiB))  # grows online
+    assert sim.one(c.get_vm_by_id(vm_id))["MemoryStartup"] == 3 * GiB
+    linux = sim.fails(c.set_vm_memory(vm_id, GiB))  # a Linux guest cannot give memory back
+    assert linux.category == "InvalidOperation"
+    sim.host.set_guest(vm_id, os_name="Windows Server 2022 Datacenter")
+    sim.run(c.set_vm_memory(vm_id, GiB))
+    assert sim.fails(c.set_vm_memory(vm_id, 256 * 2**20)).category == "InvalidOperation"  # below its demand
+    assert sim.fails(c.set_vm_memory(vm_id, GiB + 1)).category == "InvalidArgument"  # not a multiple of 2 MB
