@@ -21,6 +21,8 @@ HOST_KIND = "HyperVHost"
 HOST_PLURAL = "hypervhosts"
 CLUSTER_HOST_KIND = "ClusterHyperVHost"
 CLUSTER_HOST_PLURAL = "clusterhypervhosts"
+VM_CLASS_KIND = "VirtualMachineClass"
+VM_CLASS_PLURAL = "virtualmachineclasses"
 FINALIZER = f"{GROUP}/finalizer"
 ANNOTATION_PREFIX = GROUP
 UID_TAG_PREFIX = f"{GROUP}/uid="

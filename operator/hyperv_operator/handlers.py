@@ -29,7 +29,7 @@ from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnection
 from hyperv_operator.hyperv.errors import HostError
 from hyperv_operator.provisioning import engine
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
-from hyperv_operator.tenancy import policy
+from hyperv_operator.tenancy import classes, policy
 from hyperv_operator.tenancy.webhook import VALIDATE_VM_ID, WebhookCertificate, inject_ca_bundle
 
 logger = logging.getLogger("hyperv_operator.handlers")
@@ -108,6 +108,13 @@ def _host_of(
     if not store:
         return None
     return next(iter(store), None)
+
+
+def _class_of(indices: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The VirtualMachineClass the VM names (issue 14), from the index; None if it names none or it is gone."""
+    name = spec.get("className")
+    index = indices.get("vm_classes_by_name")
+    return _one(index, str(name)) if name and index is not None else None
 
 
 def _one(index: kopf.Index[Any, dict[str, Any]], key: Any) -> dict[str, Any] | None:
@@ -236,6 +243,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     def cluster_hosts_by_name(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
         return {name: dict(spec)}
 
+    @kopf.index(api.GROUP, api.VERSION, api.VM_CLASS_PLURAL, id="vm_classes_by_name", registry=registry)
+    def vm_classes_by_name(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
+        return {name: dict(spec)}  # issue 14: spec.className
+
     @kopf.index("v1", "namespaces", id="namespace_labels", registry=registry)
     def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
         # ClusterHyperVHost.namespaceSelector is matched against these (admission and controller).
@@ -255,6 +266,13 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             if kwargs.get("operation") == "UPDATE" and (meta.get("deletionTimestamp") or unchanged):
                 return
             namespace = str(meta.get("namespace") or "")
+            # --- classes (issue 14): a tenant cannot size a VM beyond its class ---
+            class_refusal = classes.check(namespace, spec, _class_of(kwargs, spec))
+            if class_refusal is not None and class_refusal.reason != "ClassNotFound":
+                raise kopf.AdmissionError(f"{class_refusal.reason}: {class_refusal.message}", code=403)
+            if class_refusal is not None:
+                warnings.append(class_refusal.message)  # GitOps may apply the VM before its class
+            # --- end classes ---
             resolved = resolve_host(namespace, spec, kwargs, runtime.config.operator_namespace)
             if resolved.refusal is None:
                 return
@@ -271,11 +289,14 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         patch: kopf.Patch = kwargs["patch"]
         namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         generation = int(meta.get("generation") or 0)
-        vm_spec = VirtualMachineSpec.from_dict(kwargs["spec"])
+        klass = _class_of(kwargs, kwargs["spec"])  # issue 14: the class's size, if the VM names one
+        vm_spec = VirtualMachineSpec.from_dict(classes.effective(kwargs["spec"], klass))
         old_status = dict(kwargs["status"])
         resolved = resolve_host(namespace, dict(kwargs["spec"]), kwargs, runtime.config.operator_namespace)
         host_key = resolved.key
         refusal = resolved.refusal
+        if refusal is None and not deleting:
+            refusal = classes.check(namespace, kwargs["spec"], klass)
         if refusal is not None:
             recorded = bool(old_status.get("vmId") or old_status.get("createdFiles"))
             if deleting and not recorded:
