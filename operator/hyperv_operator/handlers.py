@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +68,13 @@ class Runtime:
     connections: HostConnections
     slots: CopySlots = field(default_factory=CopySlots)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    read_class: Callable[[str], dict[str, Any] | None] | None = None
+    """Issue 14: a VirtualMachineClass's spec by name (None: absent); default: the kubernetes client."""
+
+    def vm_class(self, name: str) -> dict[str, Any] | None:
+        if self.read_class is None:
+            self.read_class = kubernetes_class_reader()
+        return self.read_class(name)
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self._locks.setdefault(uid, asyncio.Lock())
@@ -110,11 +117,27 @@ def _host_of(
     return next(iter(store), None)
 
 
-def _class_of(indices: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The VirtualMachineClass the VM names (issue 14), from the index; None if it names none or it is gone."""
-    name = spec.get("className")
-    index = indices.get("vm_classes_by_name")
-    return _one(index, str(name)) if name and index is not None else None
+def kubernetes_class_reader() -> Callable[[str], dict[str, Any] | None]:
+    """Issue 14: reads a VirtualMachineClass by name (GET; a kopf index would hold every handler back
+    until its first listing, and classes are read only for VMs that name one)."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    objects = kubernetes.client.CustomObjectsApi()
+
+    def read(name: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = objects.get_cluster_custom_object(api.GROUP, api.VERSION, api.VM_CLASS_PLURAL, name)
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(body.get("spec") or {})
+
+    return read
 
 
 def _one(index: kopf.Index[Any, dict[str, Any]], key: Any) -> dict[str, Any] | None:
@@ -243,10 +266,6 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     def cluster_hosts_by_name(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
         return {name: dict(spec)}
 
-    @kopf.index(api.GROUP, api.VERSION, api.VM_CLASS_PLURAL, id="vm_classes_by_name", registry=registry)
-    def vm_classes_by_name(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
-        return {name: dict(spec)}  # issue 14: spec.className
-
     @kopf.index("v1", "namespaces", id="namespace_labels", registry=registry)
     def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
         # ClusterHyperVHost.namespaceSelector is matched against these (admission and controller).
@@ -267,7 +286,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 return
             namespace = str(meta.get("namespace") or "")
             # --- classes (issue 14): a tenant cannot size a VM beyond its class ---
-            class_refusal = classes.check(namespace, spec, _class_of(kwargs, spec))
+            class_refusal = classes.check(namespace, spec, runtime.vm_class(str(spec["className"]))
+                                          if spec.get("className") else None)
             if class_refusal is not None and class_refusal.reason != "ClassNotFound":
                 raise kopf.AdmissionError(f"{class_refusal.reason}: {class_refusal.message}", code=403)
             if class_refusal is not None:
@@ -289,7 +309,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         patch: kopf.Patch = kwargs["patch"]
         namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         generation = int(meta.get("generation") or 0)
-        klass = _class_of(kwargs, kwargs["spec"])  # issue 14: the class's size, if the VM names one
+        class_name = kwargs["spec"].get("className")  # issue 14: the class's size, if the VM names one
+        klass = await asyncio.to_thread(runtime.vm_class, str(class_name)) if class_name else None
         vm_spec = VirtualMachineSpec.from_dict(classes.effective(kwargs["spec"], klass))
         old_status = dict(kwargs["status"])
         resolved = resolve_host(namespace, dict(kwargs["spec"]), kwargs, runtime.config.operator_namespace)

@@ -71,8 +71,7 @@ EXPECTED_OPERATOR_GRANTS = {
     *(("hyperv-operator.io", f"{r}/status", "patch") for r in HOST_KINDS),
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
-    ("hyperv-operator.io", "virtualmachineclasses", "list"),  # issue 14: the class index
-    ("hyperv-operator.io", "virtualmachineclasses", "watch"),
+    ("hyperv-operator.io", "virtualmachineclasses", "get"),  # issue 14: spec.className
     ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
     ("", "secrets", "get"),
     ("", "events", "create"),
