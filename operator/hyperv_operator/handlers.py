@@ -130,7 +130,7 @@ def kubernetes_class_reader() -> Callable[[str], dict[str, Any] | None]:
 
     def read(name: str) -> dict[str, Any] | None:
         try:
-            body: dict[str, Any] = objects.get_cluster_custom_object(api.GROUP, api.VERSION, api.VM_CLASS_PLURAL, name)
+            body: Any = objects.get_cluster_custom_object(api.GROUP, api.VERSION, api.VM_CLASS_PLURAL, name)
         except kubernetes.client.ApiException as exc:
             if exc.status == 404:
                 return None

@@ -39,3 +39,17 @@ def test_overrides_only_where_the_class_allows_them() -> None:
     assert (spec.cpus, spec.memory_bytes) == (6, 2 * 2**30)
     closed = VirtualMachineSpec.from_dict(classes.effective({**VM, "cpus": 6}, SMALL))
     assert closed.cpus == 2  # never the refused value, even if the webhook was bypassed
+
+
+def test_the_shipped_class_sample_sizes_the_shipped_vm_sample() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    samples = Path(__file__).resolve().parents[3] / "manifests" / "samples"
+    klass = yaml.safe_load((samples / "hyperv-operator.io_v1alpha1_virtualmachineclass.yaml").read_text())
+    vm = yaml.safe_load((samples / "hyperv-operator.io_v1alpha1_virtualmachine_class_ip.yaml").read_text())
+    assert vm["spec"]["className"] == klass["metadata"]["name"]
+    assert classes.check("team-a", vm["spec"], klass["spec"]) is None
+    spec = VirtualMachineSpec.from_dict(classes.effective(vm["spec"], klass["spec"]))
+    assert (spec.cpus, spec.memory_bytes, spec.readiness.value) == (2, 2 * 2**30, "IPAddress")
