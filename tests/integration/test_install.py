@@ -243,6 +243,7 @@ def test_rules_review_shows_exactly_the_role(installed: Installed) -> None:
         ("hyperv-operator.io", "clusterhypervhosts/status", "patch"),
         ("", "namespaces", "list"),
         ("", "namespaces", "watch"),
+        ("hyperv-operator.io", "virtualmachineclasses", "get"),  # issue 14: spec.className
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
         ("", "secrets", "get"),
         ("", "events", "create"),
