@@ -569,8 +569,9 @@ JOB_TYPES = ("Microsoft.HyperV.PowerShell.VMJob", "System.Management.Automation.
 
 # --- the guest (issue 14) ------------------------------------------------------------------------
 
-INTEGRATION_TYPES = ("Microsoft.HyperV.PowerShell.VMIntegrationComponent",
-                     "Microsoft.HyperV.PowerShell.VirtualMachineComponent",
+# Type names and properties as a real trace shows them (pluralsight/PS-AutoLab-Env#237).
+INTEGRATION_TYPES = ("Microsoft.HyperV.PowerShell.VMIntegrationComponent", "Microsoft.HyperV.PowerShell.VMDevice",
+                     "Microsoft.HyperV.PowerShell.VMComponentObject",
                      "Microsoft.HyperV.PowerShell.VirtualizationObject", "System.Object")
 ADAPTER_TYPES = ("Microsoft.HyperV.PowerShell.VMNetworkAdapter", "Microsoft.HyperV.PowerShell.VMNetworkAdapterBase",
                  "Microsoft.HyperV.PowerShell.VirtualMachineComponent",
