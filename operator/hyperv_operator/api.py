@@ -21,6 +21,8 @@ HOST_KIND = "HyperVHost"
 HOST_PLURAL = "hypervhosts"
 CLUSTER_HOST_KIND = "ClusterHyperVHost"
 CLUSTER_HOST_PLURAL = "clusterhypervhosts"
+VM_CLASS_KIND = "VirtualMachineClass"
+VM_CLASS_PLURAL = "virtualmachineclasses"
 FINALIZER = f"{GROUP}/finalizer"
 ANNOTATION_PREFIX = GROUP
 UID_TAG_PREFIX = f"{GROUP}/uid="
@@ -58,6 +60,25 @@ def parse_memory(quantity: str | int) -> int:
     return int(match.group(1)) * _FACTORS[match.group(2)]
 
 
+class Readiness(enum.StrEnum):
+    """When Ready=True for a running VM (issue 14)."""
+
+    RUNNING = "Running"  # Hyper-V says Running (the guest may not have booted)
+    HEARTBEAT = "Heartbeat"  # the guest's heartbeat integration service answers
+    IP_ADDRESS = "IPAddress"  # the guest reports a usable address on an adapter
+
+
+class UpdatePolicy(enum.StrEnum):
+    """How a cpus/memory change Hyper-V cannot apply to the running VM is applied (issue 14)."""
+
+    ON_POWER_OFF = "OnPowerOff"  # when the VM is next off (ResizePending until then)
+    RESTART = "Restart"  # graceful shutdown, apply, start
+
+
+DEFAULT_READINESS_TIMEOUT = 600
+"""Seconds a running VM may wait for its guest before Stalled (spec.readinessTimeoutSeconds)."""
+
+
 SECURE_BOOT_TEMPLATES = ("MicrosoftWindows", "MicrosoftUEFICertificateAuthority", "OpenSourceShieldedVM")
 
 
@@ -93,6 +114,9 @@ class VirtualMachineSpec:
     deletion_policy: DeletionPolicy = DeletionPolicy.DELETE
     host_kind: str = HOST_KIND
     secure_boot: SecureBoot | None = None  # None: leave Hyper-V's firmware defaults
+    readiness: Readiness = Readiness.HEARTBEAT
+    readiness_timeout_seconds: int = DEFAULT_READINESS_TIMEOUT
+    update_policy: UpdatePolicy = UpdatePolicy.ON_POWER_OFF
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> VirtualMachineSpec:
@@ -109,6 +133,9 @@ class VirtualMachineSpec:
             power_state=PowerState(spec.get("powerState", PowerState.RUNNING)),
             deletion_policy=DeletionPolicy(spec.get("deletionPolicy", DeletionPolicy.DELETE)),
             secure_boot=SecureBoot.from_dict(spec.get("secureBoot")),
+            readiness=Readiness(spec.get("readiness") or Readiness.HEARTBEAT),
+            readiness_timeout_seconds=int(spec.get("readinessTimeoutSeconds") or DEFAULT_READINESS_TIMEOUT),
+            update_policy=UpdatePolicy(spec.get("updatePolicy") or UpdatePolicy.ON_POWER_OFF),
         )
 
 

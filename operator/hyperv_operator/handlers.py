@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +34,7 @@ from hyperv_operator.provisioning import engine, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
 from hyperv_operator.provisioning.gate import HostGate, under_way
 from hyperv_operator.provisioning.phases import Phase
-from hyperv_operator.tenancy import policy
+from hyperv_operator.tenancy import classes, policy
 from hyperv_operator.tenancy.webhook import VALIDATE_VM_ID, WebhookCertificate, inject_ca_bundle
 
 logger = logging.getLogger("hyperv_operator.handlers")
@@ -117,6 +117,13 @@ class Runtime:
     locks: VmLocks = field(default_factory=VmLocks)
     gate: HostGate = field(default_factory=HostGate)
     drain: Drain = field(default_factory=Drain)
+    read_class: Callable[[str], dict[str, Any] | None] | None = None
+    """Issue 14: a VirtualMachineClass's spec by name (None: absent); default: the kubernetes client."""
+
+    def vm_class(self, name: str) -> dict[str, Any] | None:
+        if self.read_class is None:
+            self.read_class = kubernetes_class_reader()
+        return self.read_class(name)
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,6 +161,29 @@ def _host_of(
     if not store:
         return None
     return next(iter(store), None)
+
+
+def kubernetes_class_reader() -> Callable[[str], dict[str, Any] | None]:
+    """Issue 14: reads a VirtualMachineClass by name (GET; a kopf index would hold every handler back
+    until its first listing, and classes are read only for VMs that name one)."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    objects = kubernetes.client.CustomObjectsApi()
+
+    def read(name: str) -> dict[str, Any] | None:
+        try:
+            body: Any = objects.get_cluster_custom_object(api.GROUP, api.VERSION, api.VM_CLASS_PLURAL, name)
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(body.get("spec") or {})
+
+    return read
 
 
 def _one(index: kopf.Index[Any, dict[str, Any]], key: Any) -> dict[str, Any] | None:
@@ -287,6 +317,14 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             if kwargs.get("operation") == "UPDATE" and (meta.get("deletionTimestamp") or unchanged):
                 return
             namespace = str(meta.get("namespace") or "")
+            # --- classes (issue 14): a tenant cannot size a VM beyond its class ---
+            class_refusal = classes.check(namespace, spec, runtime.vm_class(str(spec["className"]))
+                                          if spec.get("className") else None)
+            if class_refusal is not None and class_refusal.reason != "ClassNotFound":
+                raise kopf.AdmissionError(f"{class_refusal.reason}: {class_refusal.message}", code=403)
+            if class_refusal is not None:
+                warnings.append(class_refusal.message)  # GitOps may apply the VM before its class
+            # --- end classes ---
             image = images.resolve_vm_image(namespace, spec, {}, kwargs)
             if image is not None and image.refusal is not None:
                 if not image.refusal.waiting:
@@ -333,8 +371,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         patch: kopf.Patch = kwargs["patch"]
         namespace, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         generation = int(meta.get("generation") or 0)
+        class_name = kwargs["spec"].get("className")  # issue 14: the class's size, if the VM names one
+        klass = await asyncio.to_thread(runtime.vm_class, str(class_name)) if class_name else None
         old_status = dict(kwargs["status"])
-        spec_value = dict(kwargs["spec"])
+        spec_value = dict(classes.effective(kwargs["spec"], klass))
         # --- images: spec.imageRef resolves to a pinned file before anything else (images/controller.py)
         image = images.resolve_vm_image(namespace, spec_value, old_status, kwargs)
         if image is not None:
@@ -363,6 +403,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         resolved = resolve_host(namespace, spec_value, kwargs, runtime.config.operator_namespace)
         host_key = resolved.key
         refusal = resolved.refusal
+        if refusal is None and not deleting:
+            refusal = classes.check(namespace, kwargs["spec"], klass)
         if refusal is not None:
             recorded = bool(old_status.get("vmId") or old_status.get("createdFiles"))
             if deleting and not recorded:

@@ -81,8 +81,11 @@ def test_all_strategies_reach_provisioned_with_ten_percent_transient_failures(
         kube.create_vm(NAMESPACE, name, strategy, cpus=2)
     finals: dict[str, dict[str, Any]] = {}
     for strategy, name in names.items():
-        obj = kube.wait_vm(NAMESPACE, name, lambda o: (o.get("status") or {}).get("phase") in ("Provisioned", "Failed"),
-                           timeout=300, what="Provisioned (or Failed)")
+        # Provisioned and Ready (the guest's heartbeat answers: spec.readiness Heartbeat, the default)
+        obj = kube.wait_vm(NAMESPACE, name, lambda o: (o.get("status") or {}).get("phase") == "Failed" or (
+                           (o.get("status") or {}).get("phase") == "Provisioned"
+                           and (condition(o, "Ready") or {}).get("status") == "True"),
+                           timeout=300, what="Provisioned and Ready (or Failed)")
         assert obj["status"]["phase"] == "Provisioned", f"{strategy}: {obj['status'].get('message')}"
         finals[strategy] = obj
 

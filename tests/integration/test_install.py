@@ -186,6 +186,7 @@ GRANTED = [
     ("patch", "clustervirtualmachineimages.hyperv-operator.io", "--subresource=status", "--all-namespaces"),
     ("list", "namespaces", "--all-namespaces"),
     ("watch", "namespaces", "--all-namespaces"),
+    ("get", "virtualmachineclasses.hyperv-operator.io", "--all-namespaces"),
     ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/hyperv-operator"),
     ("get", "secrets", "-n", "team-a"),
     ("get", "secrets", "-n", NS),
@@ -216,6 +217,7 @@ DENIED = [
     ("create", "events.events.k8s.io", "-n", "team-a"),
     ("get", "namespaces", "--all-namespaces"),
     ("patch", "namespaces", "--all-namespaces"),
+    ("patch", "virtualmachineclasses.hyperv-operator.io", "--all-namespaces"),
     ("create", "clusterhypervhosts.hyperv-operator.io", "--all-namespaces"),
     ("delete", "clusterhypervhosts.hyperv-operator.io", "--all-namespaces"),
     ("create", "virtualmachineimages.hyperv-operator.io", "-n", "team-a"),
@@ -274,6 +276,7 @@ def test_rules_review_shows_exactly_the_role(installed: Installed) -> None:
         ("hyperv-operator.io", "clustervirtualmachineimages/status", "patch"),
         ("", "namespaces", "list"),
         ("", "namespaces", "watch"),
+        ("hyperv-operator.io", "virtualmachineclasses", "get"),  # issue 14: spec.className
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
         *(("", "secrets", v) for v in ("get", "list", "watch")),
         ("", "events", "create"),

@@ -58,7 +58,9 @@ def test_strategy_reaches_provisioned_with_the_right_host_state(
     name = _name(strategy.lower())
     base_before = sim.host.disk_fingerprint(BASE_VHD)
     kube.create_vm(NAMESPACE, name, strategy, cpus=2)
-    obj = kube.wait_phase(NAMESPACE, name, "Provisioned")
+    kube.wait_phase(NAMESPACE, name, "Provisioned")
+    # Ready follows the guest (spec.readiness Heartbeat by default): its heartbeat answers after its boot
+    obj = kube.wait_vm(NAMESPACE, name, lambda o: (condition(o, "Ready") or {}).get("status") == "True", what="Ready")
     _assert_final_host_state(sim, obj, strategy)
     status = obj["status"]
     assert condition(obj, "Ready")["status"] == "True"  # type: ignore[index]

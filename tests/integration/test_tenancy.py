@@ -401,3 +401,22 @@ def test_drift_timer_does_not_retry_a_failed_vm_once_its_path_is_refused(tenancy
         objects.patch_cluster_custom_object(api.GROUP, api.VERSION, "clusterhypervhosts", SHARED, restored)
     tenancy.admin.delete_vm(TEAM_A, "failed-then-refused")
     tenancy.admin.wait_gone(TEAM_A, "failed-then-refused", timeout=60)
+
+
+def _class(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": api.API_VERSION, "kind": api.VM_CLASS_KIND, "metadata": {"name": name}, "spec": spec}
+
+
+def test_webhook_refuses_a_vm_beyond_its_class(tenancy: Tenancy) -> None:
+    """Issue 14: a tenant cannot size a VM beyond the VirtualMachineClass it names."""
+    apply_objects(tenancy.plane, [_class("tenancy-small", cpus=2, memory="1Gi", namespaces=[TEAM_A])])
+    sized = vm_body(TEAM_A, "too-big", className="tenancy-small", cpus=16)
+    message = _denial(tenancy, sized)
+    assert message is not None and "ClassOverrideRefused" in message, message
+    by_class = vm_body(TEAM_A, "by-class", className="tenancy-small")
+    del by_class["spec"]["memory"]
+    _wait(lambda: _denial(tenancy, by_class) is None, 30, "the operator's class index to see the class")
+    other = vm_body(TEAM_B, "other-team", className="tenancy-small")
+    del other["spec"]["memory"]
+    refused = _denial(tenancy, other)
+    assert refused is not None and "ClassNotAdmitted" in refused, refused

@@ -77,6 +77,33 @@ def get_process(process_id: int) -> Statement:
     return pipe(cmd(CIM + "Get-CimInstance", ClassName="Win32_Process", Filter=f"ProcessId = {int(process_id)}"))
 
 
+# --- observe the guest (issue 14) --------------------------------------------------------------
+
+VIRTUALIZATION_NAMESPACE = "root\\virtualization\\v2"
+
+
+def get_vm_heartbeat(vm_id: str) -> Statement:
+    """Output: one Microsoft.HyperV.PowerShell.VMIntegrationComponent (Name "Heartbeat", Enabled,
+    PrimaryStatusDescription: "OK" once the guest's heartbeat service answers, "No Contact" before,
+    "Lost Communication" when it stops answering; empty while the VM is off)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMIntegrationService", Name="Heartbeat"))
+
+
+def get_vm_network_adapters(vm_id: str) -> Statement:
+    """Output: Microsoft.HyperV.PowerShell.VMNetworkAdapter objects (Name, MacAddress, SwitchName,
+    IPAddresses: what the guest reports through integration services, empty until it does)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMNetworkAdapter"))
+
+
+def get_kvp_components() -> Statement:
+    """Output: one Msvm_KvpExchangeComponent CIM instance per running VM (SystemName = the VM's Id,
+    GuestIntrinsicExchangeItems = CIM-XML Msvm_KvpExchangeDataItem instances: FullyQualifiedDomainName,
+    OSName, NetworkAddressIPv4, ...). No -Filter: the VM is picked by SystemName on our side, so no
+    query text is ever built."""
+    return pipe(cmd(CIM + "Get-CimInstance", Namespace=VIRTUALIZATION_NAMESPACE,
+                    ClassName="Msvm_KvpExchangeComponent"))
+
+
 # --- act ---------------------------------------------------------------------------------------
 
 
@@ -156,6 +183,12 @@ def new_configured_vm(
 def start_vm_passthru(vm_id: str) -> Statement:
     """Start-VM that outputs the VM (state Running once Start-VM returns)."""
     return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Start-VM", Passthru=SWITCH))
+
+
+def set_vm_memory(vm_id: str, startup_bytes: int) -> Statement:
+    """No output. Static memory: while the VM is off, or on a running VM (runtime memory resize,
+    Windows Server 2016+ hosts; the guest must support hot-add, and hot-remove to shrink)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Set-VMMemory", StartupBytes=Int64(startup_bytes)))
 
 
 def checkpoint_vm(vm_id: str, snapshot_name: str) -> Statement:
@@ -249,6 +282,10 @@ ALL_CMDLETS: frozenset[str] = frozenset(
         HYPERV + "Stop-VM",
         HYPERV + "Resume-VM",
         HYPERV + "Set-VMFirmware",
+        HYPERV + "Get-VMIntegrationService",
+        HYPERV + "Set-VMMemory",
+        HYPERV + "Get-VMNetworkAdapter",
+        CIM + "Get-CimInstance",
         HYPERV + "Set-VHD",
         HYPERV + "Remove-VMSnapshot",
         HYPERV + "Remove-VM",

@@ -91,9 +91,18 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     VisibleCmdlet(MGMT + "New-Item", ("ItemType", "Path", "Force"), (("ItemType", ("Directory",)),)),
     VisibleCmdlet(MGMT + "Remove-Item", ("LiteralPath", "Force")),
     VisibleCmdlet(MGMT + "Stop-Process", ("Id", "Force")),
-    VisibleCmdlet(CIM + "Get-CimInstance", ("ClassName", "Filter"), (("ClassName", ("Win32_Process",)),)),
     VisibleCmdlet(MGMT + "Get-PSDrive", ("Name", "PSProvider"), (("PSProvider", ("FileSystem",)),)),
     VisibleCmdlet(CORE + "Get-Module", ("Name",), (("Name", ("Hyper-V",)),)),
+    # The guest (issue 14): read-only, each with its one argument pinned.
+    VisibleCmdlet(HYPERV + "Get-VMIntegrationService", ("VM", "Name"), (("Name", ("Heartbeat",)),)),
+    VisibleCmdlet(HYPERV + "Get-VMNetworkAdapter", ("VM",)),
+    VisibleCmdlet(HYPERV + "Set-VMMemory", ("VM", "StartupBytes")),
+    # The copy worker's process (Win32_Process, filtered by an int PID) and the guest's KVP component.
+    VisibleCmdlet(
+        CIM + "Get-CimInstance",
+        ("Namespace", "ClassName", "Filter"),
+        (("Namespace", ("root\\virtualization\\v2",)), ("ClassName", ("Win32_Process", "Msvm_KvpExchangeComponent"))),
+    ),
 )
 
 

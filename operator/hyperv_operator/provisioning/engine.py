@@ -19,6 +19,7 @@ from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, PermanentHostError, TransientHostError
 from hyperv_operator.provisioning import effects, planner, settle
+from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, join, layout_for, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import (
@@ -278,6 +279,8 @@ _NO_COPY_READ = frozenset({Phase.PROVISIONED.value, Phase.REPARENTING.value, Pha
                            Phase.FAILED.value})
 _BASE_READ = frozenset({Phase.PENDING.value, Phase.FAILED.value})
 _COPY_PHASES = frozenset({Phase.COPYING.value, Phase.COPYING_BASE.value})
+_GUEST_PHASES = frozenset({Phase.STARTING.value, Phase.COPYING_BASE.value, Phase.REPARENTING.value,
+                           Phase.MERGING.value, Phase.PROVISIONED.value})
 
 
 def _unique(paths: Sequence[str]) -> list[str]:
@@ -377,7 +380,15 @@ async def _observe_listing(
         second.append(cmdlets.get_process(recorded_pid))
     if host_vm is not None:
         second += [cmdlets.get_vm_hard_disk_drives(host_vm.id), cmdlets.get_vm_snapshots(host_vm.id)]
+    # --- guest (issue 14): integration services of a running VM, in the same round trip ---
+    read_guest = host_vm is not None and host_vm.state == planner.RUNNING and not deleting
+    if read_guest and host_vm is not None:
+        second += [cmdlets.get_vm_heartbeat(host_vm.id), cmdlets.get_vm_network_adapters(host_vm.id),
+                   cmdlets.get_kvp_components()]
     out: list[HostObject] = await client.run(second) if second else []
+    guest = guest_mod.parse(out, host_vm.id) if read_guest and host_vm is not None else None
+    out = [obj for obj in out if guest_mod.kind(obj) is None]
+    # --- end guest ---
     drives: list[str] = []
     snapshots: list[str] = []
     job: CopyJob | None = None
@@ -426,6 +437,7 @@ async def _observe_listing(
         slot=slot,
         copy_process=processes.get(checked_pid),
         copy_process_checked=bool(checked_pid),
+        guest=guest,
     )
 
 
@@ -527,15 +539,25 @@ async def _observe_by_id(
     recorded_pid = int((status.get("copy") or {}).get("processId") or 0) if copy_phase else 0
     if recorded_pid:
         first.append(cmdlets.get_process(recorded_pid))
+    # --- guest (issue 14): integration services of a VM that may run, in the same round trip ---
+    read_guest = bool(vm_id) and not deleting and phase in _GUEST_PHASES
+    if read_guest:
+        first += [cmdlets.get_vm_heartbeat(vm_id), cmdlets.get_vm_network_adapters(vm_id),
+                  cmdlets.get_kvp_components()]
     out1 = await client.run(first)
+    guest = guest_mod.parse(out1, vm_id) if read_guest else None
+    out1 = [obj for obj in out1 if guest_mod.kind(obj) is None]
+    # --- end guest ---
     vms, flags, vhds, drives, snapshots, job = _parse(out1, copy_read=want.copy_status)
     processes = _processes(out1)
     if len(flags) != len(paths):
         raise TransientHostError(f"Test-Path returned {len(flags)} results for {len(paths)} paths")
     existing = {p.rstrip("\\").lower() for p, flag in zip(paths, flags, strict=True) if flag}
     host_vm, found_by = (vms[0], "id") if vm_id and vms else (None, "")
+    running = host_vm is not None and host_vm.state == planner.RUNNING
     obs = Observation(host_name=spec.host_name, vm=host_vm, found_by=found_by, drives=tuple(drives),
-                      snapshots=tuple(snapshots), existing=frozenset(existing), vhds=vhds, copy=job, slot=slot)
+                      snapshots=tuple(snapshots), existing=frozenset(existing), vhds=vhds, copy=job, slot=slot,
+                      guest=guest if running else None)
 
     need = needed_reads(phase, strategy, status, layout, spec.base_vhd, obs, deleting=deleting)
     if base_apart:

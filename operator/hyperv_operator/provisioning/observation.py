@@ -12,6 +12,7 @@ from hyperv_operator.api import UID_TAG_PREFIX, Strategy
 from hyperv_operator.conditions import parse_timestamp
 from hyperv_operator.hyperv.commands import HostObject
 from hyperv_operator.hyperv.scripts import WORKER_COMMAND_LINE_TAIL
+from hyperv_operator.provisioning.guest import GuestInfo
 from hyperv_operator.provisioning.layout import Layout, same_path
 from hyperv_operator.provisioning.phases import Phase
 
@@ -28,6 +29,10 @@ class VmInfo:
     path: str = ""
     processor_count: int | None = None
     checkpoint_type: str | None = None
+    # issue 14 (resize): the VM's memory and generation as Get-VM reports them
+    memory_startup: int | None = None
+    dynamic_memory: bool | None = None
+    generation: int | None = None
 
     def tagged_for(self, uid: str) -> bool:
         return f"{UID_TAG_PREFIX}{uid}" in self.notes
@@ -140,6 +145,7 @@ class Observation:
     slot: SlotView = SlotView(True, 0, 2)
     copy_process: ProcessInfo | None = None  # the process with the copy worker's recorded PID, if any
     copy_process_checked: bool = False  # whether the engine looked for it (False: unknown)
+    guest: GuestInfo | None = None  # issue 14: integration services' view of a running guest (None: not read)
 
     def exists(self, path: str | None) -> bool:
         return path is not None and path.rstrip("\\").lower() in self.existing
@@ -182,6 +188,14 @@ def _int(value: Any) -> int | None:
         return None
 
 
+def _bool(value: Any) -> bool | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return bool(value)
+
+
 def kind_of(obj: HostObject) -> str:
     """vm | vhd | drive | snapshot | process | bool | string | other (by type name, else by properties)."""
     if obj.is_a("VirtualMachine"):
@@ -220,6 +234,9 @@ def parse_vm(obj: HostObject) -> VmInfo:
         path=_text(_prop(obj, "Path", "ConfigurationLocation")),
         processor_count=_int(_prop(obj, "ProcessorCount")),
         checkpoint_type=(_text(_prop(obj, "CheckpointType")) or None),
+        memory_startup=_int(_prop(obj, "MemoryStartup")),
+        dynamic_memory=_bool(_prop(obj, "DynamicMemoryEnabled")),
+        generation=_int(_prop(obj, "Generation")),
     )
 
 

@@ -20,9 +20,11 @@ from hyperv_operator.api import UID_TAG_PREFIX, DeletionPolicy, PowerState, Stra
 from hyperv_operator.hyperv import cmdlets, errors, scripts, second_hop
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, TransientHostError
+from hyperv_operator.provisioning import guest as guest_mod
+from hyperv_operator.provisioning import resize as resize_mod
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, is_checkpoint_of, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
-from hyperv_operator.provisioning.observation import CopyJob, Observation, is_copy_worker, kind_of, parse_vm
+from hyperv_operator.provisioning.observation import CopyJob, Observation, VmInfo, is_copy_worker, kind_of, parse_vm
 from hyperv_operator.provisioning.pacing import copy_poll_delay, progress_sample
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase, Step
 
@@ -547,10 +549,16 @@ def _provisioned(w: _Work) -> _Result:
                                      f"(spec.powerState {w.spec.power_state.value})", warning=True)
         return _Act(Action("ResumeVM", (cmdlets.resume_vm(vm.id),), f"Resume-VM {vm.id}"),
                     f"resuming paused VM {vm.id}", POWER_POLL)
+    resized = _resize(w, vm)  # issue 14: cpus/memory changes
+    if resized is not None:
+        return resized
     if w.spec.power_state is PowerState.RUNNING:
         w.status["stopRequestedAt"] = None
         if vm.state == RUNNING:
-            return _Wait(f"VM {vm.id} is running", None)
+            seen = _guest_verdict(w)  # issue 14: Ready follows spec.readiness
+            if not seen.ready:
+                return _Wait(seen.message, guest_mod.GUEST_POLL, stall=seen.reason if seen.stalled else None)
+            return _Wait(seen.message, None)
         if vm.state == OFF or vm.state in SAVED_STATES:
             unchanged_spec = w.status.get("observedGeneration") == w.vm.generation
             if unchanged_spec and w.status.get("powerState") == RUNNING:
@@ -711,8 +719,9 @@ def _with_conditions(
     vm = w.obs.vm
     state = vm.state if vm else None
     started = not is_before(w.strategy, phase, Phase.STARTING)  # Ready from Starting on (Quick: on the .avhdx)
-    if w.spec.power_state is PowerState.RUNNING and state == RUNNING and started:
-        updates.append(cond.make(prev, cond.READY, True, "Running", f"VM {vm.id if vm else ''} is running", gen, now))
+    seen = _guest_verdict(w) if state == RUNNING else None  # issue 14
+    if w.spec.power_state is PowerState.RUNNING and state == RUNNING and started and seen is not None:
+        updates.append(cond.make(prev, cond.READY, seen.ready, seen.reason, seen.message, gen, now))
     elif w.spec.power_state is PowerState.OFF and state == OFF and phase is Phase.PROVISIONED:
         updates.append(cond.make(prev, cond.READY, True, "PoweredOff", f"VM {vm.id if vm else ''} is off as "
                                                                         f"requested", gen, now))
@@ -735,11 +744,40 @@ def _finish_status(w: _Work, phase: Phase, message: str, *, converged: bool,
     if w.obs.vm is not None:
         s["powerState"] = w.obs.vm.state
         s["vmName"] = w.obs.vm.name or s.get("vmName")
+    # --- guest (issue 14) ---
+    running = w.obs.vm is not None and w.obs.vm.state == RUNNING
+    s["guest"] = guest_mod.record(s.get("guest"), w.obs.guest, running, running and _guest_verdict(w).ready, w.now)
     if stall:
         _with_conditions(w, phase, converged=False, failure=(stall, message))
     else:
         _with_conditions(w, phase, converged=converged)
     return s
+
+
+def _resize(w: _Work, vm: VmInfo) -> _Result | None:
+    """Issue 14: apply spec.cpus / spec.memory changes (decisions in provisioning/resize.py)."""
+    d = resize_mod.decide(w.spec, w.spec.update_policy, vm, w.status, w.now, stop_timeout=STOP_TIMEOUT)
+    prev = w.status.get("conditions")
+    updates = resize_mod.pending_condition(prev, d.pending, w.vm.generation, w.now)
+    if updates:
+        w.status["conditions"] = cond.merge(prev, updates)
+    w.status.update(d.status)
+    for reason, message in d.events:
+        w.event(reason, message)
+    if d.action is not None:
+        kind, statements, description = d.action
+        return _Act(Action(kind, statements, description), d.message,
+                    POWER_POLL if kind in ("StopVMForResize", "TurnOffVMForResize") else AFTER_ACTION)
+    if d.wait is not None:
+        return _Wait(d.message, d.wait)
+    return None
+
+
+def _guest_verdict(w: _Work) -> guest_mod.Verdict:
+    """Issue 14: is the running VM's guest ready per spec.readiness (from the status.guest before this step)."""
+    vm_id = w.obs.vm.id if w.obs.vm else str(w.status.get("vmId") or "")
+    return guest_mod.verdict(w.spec.readiness, w.spec.readiness_timeout_seconds, vm_id, w.obs.guest,
+                             w.status.get("guest"), w.now)
 
 
 def _fail(w: _Work, phase_before: Phase, failure: _Fail) -> Plan:

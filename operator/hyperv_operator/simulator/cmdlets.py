@@ -342,7 +342,7 @@ def vm_object(model: HostModel, vm: VM) -> HostObject:
         "ParentCheckpointName": current.name if current else None,
         "ParentSnapshotId": current.id if current else None, "ParentSnapshotName": current.name if current else None,
         "CreationTime": model.date(vm.created), "Version": "11.0", "IsClustered": False,
-        "DynamicMemoryEnabled": False, "SwitchName": vm.switch_name,
+        "DynamicMemoryEnabled": vm.dynamic_memory, "SwitchName": vm.switch_name,
     })
 
 
@@ -598,6 +598,90 @@ def set_vm_firmware(ctx: Context, b: Bound) -> list[HostObject]:
 
 
 JOB_TYPES = ("Microsoft.HyperV.PowerShell.VMJob", "System.Management.Automation.Job", "System.Object")
+
+
+# --- the guest (issue 14) ------------------------------------------------------------------------
+
+# Type names and properties as a real trace shows them (pluralsight/PS-AutoLab-Env#237).
+INTEGRATION_TYPES = ("Microsoft.HyperV.PowerShell.VMIntegrationComponent", "Microsoft.HyperV.PowerShell.VMDevice",
+                     "Microsoft.HyperV.PowerShell.VMComponentObject",
+                     "Microsoft.HyperV.PowerShell.VirtualizationObject", "System.Object")
+ADAPTER_TYPES = ("Microsoft.HyperV.PowerShell.VMNetworkAdapter", "Microsoft.HyperV.PowerShell.VMNetworkAdapterBase",
+                 "Microsoft.HyperV.PowerShell.VirtualMachineComponent",
+                 "Microsoft.HyperV.PowerShell.VirtualizationObject", "System.Object")
+INTEGRATION_SERVICES = ("Guest Service Interface", "Heartbeat", "Key-Value Pair Exchange", "Shutdown",
+                        "Time Synchronization", "VSS")
+KVP_CLASS = "Msvm_KvpExchangeComponent"
+VIRTUALIZATION_NAMESPACE = "root\\virtualization\\v2"
+
+
+def set_vm_memory(ctx: Context, b: Bound) -> list[HostObject]:
+    for vm in _vms_from(ctx, b, "VMName"):
+        if "StartupBytes" in b:
+            ctx.model.set_memory(vm, int(b["StartupBytes"]))
+    return []
+
+
+def get_vm_integration_service(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    names = b.get("Name")
+    out: list[HostObject] = []
+    for vm in _vms_from(ctx, b, "VMName"):
+        for service in INTEGRATION_SERVICES:
+            if names is not None and not any(fnmatch.fnmatchcase(service.lower(), n.lower()) for n in names):
+                continue
+            if service == "Heartbeat":
+                status = model.heartbeat(vm)
+            else:
+                status = "OK" if model.guest_up_for(vm) is not None else ("No Contact" if model.heartbeat(vm) else "")
+            out.append(HostObject(INTEGRATION_TYPES, {
+                "Name": service, "VMName": vm.name, "VMId": vm.id, "Enabled": service != "Guest Service Interface",
+                "PrimaryStatusDescription": status or None, "SecondaryStatusDescription": None,
+                "Id": f"Microsoft:{vm.id.upper()}\\{service}", "ComputerName": model.host_name,
+            }))
+    return out
+
+
+def get_vm_network_adapter(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    return [HostObject(ADAPTER_TYPES, {
+        "Name": adapter.name, "VMName": vm.name, "VMId": vm.id,
+        "Id": f"Microsoft:{vm.id.upper()}\\{adapter.id.upper()}",
+        "MacAddress": adapter.mac, "DynamicMacAddressEnabled": True, "SwitchName": adapter.switch_name,
+        "Connected": adapter.switch_name is not None, "IPAddresses": model.guest_addresses(vm, adapter),
+        "Status": ["Ok"] if vm.state == "Running" else [], "IsLegacy": False, "ComputerName": model.host_name,
+    }) for vm in _vms_from(ctx, b, "VMName") for adapter in vm.adapters]
+
+
+def _kvp_item_xml(name: str, data: str) -> str:
+    """An embedded Msvm_KvpExchangeDataItem in CIM-XML, as GuestIntrinsicExchangeItems carries it."""
+    from xml.sax.saxutils import escape
+
+    return ('<INSTANCE CLASSNAME="Msvm_KvpExchangeDataItem">'
+            f'<PROPERTY NAME="Data" TYPE="string"><VALUE>{escape(data)}</VALUE></PROPERTY>'
+            f'<PROPERTY NAME="Name" TYPE="string"><VALUE>{escape(name)}</VALUE></PROPERTY>'
+            '<PROPERTY NAME="Source" TYPE="uint16"><VALUE>2</VALUE></PROPERTY></INSTANCE>')
+
+
+def _kvp_cim_instances(ctx: Context, b: Bound) -> list[HostObject]:
+    model = ctx.model
+    namespace, class_name = str(b.get("Namespace") or "root\\cimv2"), str(b["ClassName"])
+    wanted = namespace.replace("/", "\\").lower() == VIRTUALIZATION_NAMESPACE.lower()
+    if not wanted or class_name.lower() != KVP_CLASS.lower():
+        # Only the Hyper-V KVP component is modelled; anything else is refused loudly [strict].
+        # WMI's "Invalid class" (0x80041010), shaped as for Win32_Process below.
+        raise ModelError("Invalid class ", category="ObjectNotFound", reason="",
+                         fq_error_id="HRESULT 0x80041010,Microsoft.Management.Infrastructure.CimCmdlets."
+                                     "GetCimInstanceCommand", target=class_name,
+                         exception_type="Microsoft.Management.Infrastructure.CimException")
+    types = (f"Microsoft.Management.Infrastructure.CimInstance#root/virtualization/v2/{KVP_CLASS}",
+             f"Microsoft.Management.Infrastructure.CimInstance#{KVP_CLASS}",
+             "Microsoft.Management.Infrastructure.CimInstance", "System.Object")
+    return [HostObject(types, {
+        "SystemName": vm.id.upper(), "ElementName": "Key-Value Pair Exchange", "CreationClassName": KVP_CLASS,
+        "GuestIntrinsicExchangeItems": [_kvp_item_xml(k, v) for k, v in model.kvp_items(vm).items()],
+        "EnabledState": 2 if vm.state == "Running" else 3,
+    }) for vm in model.vms.values()]
 
 
 def job_object(model: HostModel, command: str, state: str) -> HostObject:
@@ -860,7 +944,7 @@ CIM_PROCESS_TYPES = (*(f"Microsoft.Management.Infrastructure.CimInstance#root/ci
 _PROCESS_ID_FILTER = re.compile(r"^\s*ProcessId\s*=\s*(\d{1,10})\s*$", re.IGNORECASE)
 
 
-def get_cim_instance(ctx: Context, b: Bound) -> list[HostObject]:
+def _process_cim_instances(ctx: Context, b: Bound) -> list[HostObject]:
     """Get-CimInstance -ClassName Win32_Process [-Filter "ProcessId = <n>"]: the processes, as CIM
     instances (ProcessId, Name, CommandLine, ExecutablePath, CreationDate). Only this class and this
     filter form are modelled [strict]; WMI refuses an unknown class (0x80041010) and a malformed WQL
@@ -885,6 +969,15 @@ def get_cim_instance(ctx: Context, b: Bound) -> list[HostObject]:
         "ExecutablePath": POWERSHELL_EXE if p.name == "powershell.exe" else f"C:\\Windows\\System32\\{p.name}",
         "Handle": str(p.pid), "CSName": model.host_name,
     }) for p in sorted(model.processes.values(), key=lambda p: p.pid) if wanted is None or p.pid == wanted]
+
+
+def get_cim_instance(ctx: Context, b: Bound) -> list[HostObject]:
+    """Get-CimInstance: root\\virtualization\\v2 (Hyper-V's KVP component) or root\\cimv2 (Win32_Process);
+    every other namespace or class is refused by the handlers."""
+    namespace = str(b.get("Namespace") or "root\\cimv2").replace("/", "\\").lower()
+    if namespace == VIRTUALIZATION_NAMESPACE.lower():
+        return _kvp_cim_instances(ctx, b)
+    return _process_cim_instances(ctx, b)
 
 
 # --- registry ----------------------------------------------------------------------------------
@@ -979,6 +1072,15 @@ def _cmdlets() -> dict[str, Cmdlet]:
         Cmdlet("Remove-Item", MGMT, _PS + "RemoveItemCommand",
                (*_LIT, Param("Force", "switch"), Param("Recurse", "switch")), remove_item,
                exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
+        Cmdlet("Set-VMMemory", HYPERV, _HV + "SetVMMemory",
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("StartupBytes", "int64"), Param("Passthru", "switch")),
+               set_vm_memory, exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
+        Cmdlet("Get-VMIntegrationService", HYPERV, _HV + "GetVMIntegrationService",
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string[]")), get_vm_integration_service,
+               exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
+        Cmdlet("Get-VMNetworkAdapter", HYPERV, _HV + "GetVMNetworkAdapter",
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string")), get_vm_network_adapter,
+               exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
         Cmdlet("Get-VMHost", HYPERV, _HV + "GetVMHost", (Param("ComputerName", "string[]"),), get_vm_host),
         Cmdlet("Get-Module", CORE, _PS + "GetModuleCommand",
                (Param("Name", "string[]"), Param("ListAvailable", "switch"), Param("All", "switch")), get_module),

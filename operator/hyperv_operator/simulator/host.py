@@ -459,14 +459,37 @@ class SimulatedHost:
             self._now().vm(vm_id).critical = lost
 
     def set_guest(self, vm_id: str, *, shutdown_service: bool | None = None,
-                  shutdown_seconds: float | None = None) -> None:
-        """The guest: whether its shutdown integration service answers, how long it takes to shut down."""
+                  shutdown_seconds: float | None = None, integration_services: bool | None = None,
+                  boot_seconds: float | None = None, dhcp: bool | None = None, hostname: str | None = None,
+                  os_name: str | None = None) -> None:
+        """The guest: whether its shutdown integration service answers, how long it takes to shut down;
+        whether it runs integration services at all (heartbeat, KVP, addresses), how long it boots,
+        whether DHCP gives it an address, its hostname and OS (issue 14)."""
         with self._lock:
             vm = self._now().vm(vm_id)
             if shutdown_service is not None:
                 vm.shutdown_service = shutdown_service
             if shutdown_seconds is not None:
                 vm.shutdown_seconds = shutdown_seconds
+            if integration_services is not None:
+                vm.integration_services = integration_services
+            if boot_seconds is not None:
+                vm.boot_seconds = boot_seconds
+            if dhcp is not None:
+                vm.dhcp = dhcp
+            if hostname is not None:
+                vm.guest_hostname = hostname
+            if os_name is not None:
+                vm.guest_os = os_name
+
+    def set_guest_defaults(self, *, boot_seconds: float | None = None, network_seconds: float | None = None) -> None:
+        """Every guest's boot time and DHCP delay (issue 14)."""
+        with self._lock:
+            model = self._now()
+            if boot_seconds is not None:
+                model.guest_boot_seconds = boot_seconds
+            if network_seconds is not None:
+                model.guest_network_seconds = network_seconds
 
     def protect_folder(self, path: str) -> None:
         """An ACL on `path` that lets the host read but not create files (a read-only base share)."""

@@ -56,6 +56,20 @@ Modelling choices. Where Microsoft's documentation leaves room, the STRICTER beh
   checkpoints' configuration files; disks and folders stay.
 - Set-VM -ProcessorCount on a running VM fails (InvalidOperation), as in Hyper-V; Notes and
   CheckpointType may change while running.
+- The guest (issue 14; ledger section "Guest, resize and bootstrap"): New-VM gives the VM one network
+  adapter "Network Adapter" (connected to -SwitchName, else to none) with a dynamic MAC in Hyper-V's
+  range 00-15-5D. After Start-VM the guest boots for `guest_boot_seconds`; from then its heartbeat
+  integration service answers (Get-VMIntegrationService Heartbeat PrimaryStatusDescription "OK", "No
+  Contact" before; nothing while off) and its key-value pair exchange reports FullyQualifiedDomainName
+  and OSName (Msvm_KvpExchangeComponent.GuestIntrinsicExchangeItems). After `guest_network_seconds`
+  more (DHCP) an adapter on a switch reports an IPv4 address plus its fe80:: link-local address in
+  Get-VMNetworkAdapter IPAddresses; an adapter on no switch reports only the link-local address. A
+  guest without integration services (`set_guest(integration_services=False)`) reports none of it.
+- Set-VMMemory -StartupBytes (>= 32 MB, a multiple of 2 MB) on an Off VM always applies. On a running VM
+  ("runtime memory resize", Windows Server 2016+): refused with dynamic memory enabled, and while the
+  guest cannot take part (not booted, no integration services); a Linux guest can grow but not shrink
+  (hot-add only) [strict: a Windows guest may shrink only down to its free memory; the simulator lets it
+  shrink to its demand of 512 MB]. -DynamicMemoryEnabled is not modelled.
 - Checkpoint-VM: CheckpointType Disabled fails; on a running VM Production falls back to a Standard
   checkpoint and ProductionOnly fails (the simulated guest has no VSS integration). The new .avhdx is
   `<folder of the drive's current file>\\<its base name without a _GUID suffix>_<GUID>.avhdx`, 4 MiB;
@@ -123,6 +137,7 @@ VHD_METADATA_BYTES = 4 * MiB
 CONFIG_FILE_SIZE = 64 * 1024
 DEFAULT_VIRTUAL_SIZE = 127 * GiB
 MAX_PROCESSORS = 64
+GUEST_MEMORY_DEMAND = 512 * 1024 * 1024  # what a running Windows guest will not give back
 FIRST_PID = 4120
 
 HYPERV_EXCEPTION = "Microsoft.HyperV.PowerShell.VirtualizationException"
@@ -387,6 +402,16 @@ class Snapshot:
 
 
 @dataclass
+class NetAdapter:
+    id: str
+    name: str
+    mac: str
+    switch_name: str | None
+    ipv4: str
+    ipv6_link_local: str
+
+
+@dataclass
 class VM:
     id: str
     name: str
@@ -412,6 +437,13 @@ class VM:
     secure_boot: bool = True
     secure_boot_template: str = "MicrosoftWindows"
     critical: bool = False  # lost its storage: State shows the *Critical twin
+    adapters: list[NetAdapter] = field(default_factory=list)
+    integration_services: bool = True  # the guest runs Hyper-V integration services (heartbeat, KVP)
+    boot_seconds: float | None = None  # the guest's boot time (None: the host default)
+    dhcp: bool = True  # the guest gets an address on a switch
+    guest_hostname: str = "localhost"  # the base image's hostname until something configures it
+    guest_os: str = "Ubuntu 22.04.4 LTS"
+    dynamic_memory: bool = False
 
 
 @dataclass
@@ -513,6 +545,9 @@ class HostModel:
         self.job_ids = 0
         self.read_only_folders: set[str] = set()  # folder keys whose ACL denies creating files
         self.hyperv_module = True  # False: a host without the Hyper-V PowerShell module (CommandNotFound)
+        self.guest_boot_seconds = 20.0  # from Start-VM until the guest's integration services answer
+        self.guest_network_seconds = 10.0  # after boot, until DHCP gave the guest its address
+        self._next_mac = 0
         self._next_pid = FIRST_PID
         self.add_root("C:\\")
         self.add_switch("Default Switch")
@@ -1030,11 +1065,79 @@ class HostModel:
             self.add_file(FileNode(cfg, self.now, self.now, float(CONFIG_FILE_SIZE)))
         vm = VM(vm_id, name, vm_path, generation, memory, 1, switch, self.now, config_files=config_files,
                 growth_t=self.now)
+        vm.adapters.append(self._new_adapter(switch))
         if vhd_node is not None:
             ctype = "SCSI" if generation == 2 else "IDE"
             vm.drives.append(Drive(new_guid(), vhd_node.path, ctype, 0, 0))
         self.vms[vm_id] = vm
         return vm
+
+    def set_memory(self, vm: VM, startup: int) -> None:
+        def refused(why: str) -> ModelError:
+            return ModelError(f"Failed to modify device 'Memory'. '{vm.name}' failed to modify memory: {why}",
+                              category="InvalidOperation", reason="InvalidOperation", target=vm.name,
+                              exception_type=HYPERV_EXCEPTION)
+
+        if startup < 32 * MiB or startup % (2 * MiB):
+            raise ModelError(f"Failed to modify device 'Memory'. Invalid startup memory amount assigned for "
+                             f"'{vm.name}': it must be at least 32 MB and a multiple of 2 MB.",
+                             category="InvalidArgument", reason="InvalidParameter", target=vm.name)
+        if vm.state not in ACTIVE_STATES and not vm.critical:
+            vm.memory_startup = startup
+            return
+        if vm.critical or vm.state != STATE_RUNNING:
+            raise invalid_state(vm.name)
+        if vm.dynamic_memory:
+            raise refused("the startup memory of a running virtual machine with Dynamic Memory cannot change.")
+        if self.guest_up_for(vm) is None:
+            raise refused("the guest operating system does not support runtime memory resize (it has not "
+                          "started, or it runs no integration services).")
+        if startup < vm.memory_startup:
+            if "windows" not in vm.guest_os.lower():
+                raise refused("the guest operating system does not support removing memory.")
+            if startup < GUEST_MEMORY_DEMAND:
+                raise refused("the guest cannot release that much memory.")
+        vm.memory_startup = startup
+
+    def _new_adapter(self, switch: str | None) -> NetAdapter:
+        self._next_mac += 1
+        n = self._next_mac
+        mac = f"00155D{(n >> 16) & 0xFF:02X}{(n >> 8) & 0xFF:02X}{n & 0xFF:02X}"
+        return NetAdapter(new_guid(), "Network Adapter", mac, self.switches.get(switch.lower()) if switch else None,
+                          f"172.20.{(n // 250) % 250}.{n % 250 + 2}", f"fe80::215:5dff:fe{n & 0xFF:02x}:{n:04x}")
+
+    # --- the guest (integration services) -------------------------------------------------------
+
+    def guest_up_for(self, vm: VM) -> float | None:
+        """Seconds since the guest finished booting (None: not running, still booting, or no
+        integration services to say so)."""
+        if vm.state not in ACTIVE_STATES or vm.started_at is None or not vm.integration_services:
+            return None
+        boot = self.guest_boot_seconds if vm.boot_seconds is None else vm.boot_seconds
+        up = self.now - vm.started_at - boot
+        return up if up >= 0 else None
+
+    def heartbeat(self, vm: VM) -> str:
+        if vm.state not in ACTIVE_STATES:
+            return ""
+        return "OK" if self.guest_up_for(vm) is not None else "No Contact"
+
+    def guest_addresses(self, vm: VM, adapter: NetAdapter) -> list[str]:
+        up = self.guest_up_for(vm)
+        if up is None:
+            return []
+        if adapter.switch_name and vm.dhcp and up >= self.guest_network_seconds:
+            return [adapter.ipv4, adapter.ipv6_link_local]
+        return [adapter.ipv6_link_local]
+
+    def kvp_items(self, vm: VM) -> dict[str, str]:
+        if self.guest_up_for(vm) is None:
+            return {}
+        items = {"FullyQualifiedDomainName": vm.guest_hostname, "OSName": vm.guest_os}
+        ipv4 = [a for adapter in vm.adapters for a in self.guest_addresses(vm, adapter) if ":" not in a]
+        if ipv4:
+            items["NetworkAddressIPv4"] = ";".join(ipv4)
+        return items
 
     def set_vm(self, vm: VM, *, notes: str | None, processor_count: int | None, checkpoint_type: str | None) -> None:
         if processor_count is not None:

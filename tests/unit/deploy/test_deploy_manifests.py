@@ -73,6 +73,7 @@ EXPECTED_OPERATOR_GRANTS = {
     *(("hyperv-operator.io", f"{r}/status", "patch") for r in (*HOST_KINDS, *IMAGE_KINDS)),
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
+    ("hyperv-operator.io", "virtualmachineclasses", "get"),  # issue 14: spec.className
     ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
     *(("", "secrets", v) for v in ("get", "list", "watch")),
     ("", "events", "create"),

@@ -7,6 +7,7 @@ from typing import Any
 
 from hyperv_operator.api import VirtualMachineSpec
 from hyperv_operator.hyperv.scripts import WORKER_COMMAND_LINE_TAIL
+from hyperv_operator.provisioning.guest import GuestInfo
 from hyperv_operator.provisioning.layout import layout_for
 from hyperv_operator.provisioning.model import VmRef
 from hyperv_operator.provisioning.observation import CopyJob, Observation, ProcessInfo, SlotView, VhdInfo, VmInfo
@@ -56,6 +57,7 @@ def observe(
     slot: SlotView = FREE_SLOT,
     process: ProcessInfo | None = None,
     process_checked: bool = False,
+    guest: GuestInfo | None = None,
 ) -> Observation:
     vhd_map = {v.path.lower(): v for v in vhds}
     if BASE in files and BASE.lower() not in vhd_map:
@@ -72,6 +74,9 @@ def observe(
         slot=slot,
         copy_process=process,
         copy_process_checked=process_checked or process is not None,
+        # A running VM's guest booted: its heartbeat answers (spec.readiness defaults to Heartbeat).
+        guest=guest if guest is not None or host_vm is None or host_vm.state != "Running"
+        else GuestInfo(heartbeat="OK"),
     )
 
 

@@ -56,6 +56,8 @@ class FakeHost:
         vm = self.vms.get(str(p("Id"))) if names[0] == "Get-VM" and p("Id") else None
         if names == ["Get-VM"] and not p("Id"):
             return [self._vm(v) for v in self.vms.values()]
+        if names == ["Get-CimInstance"]:
+            return []  # no KVP component: the guest reports no hostname
         if names[0] == "Get-VM" and vm is None:
             raise PermanentHostError("VM not found", category="ObjectNotFound")
         if names == ["Test-Path"]:
@@ -102,6 +104,12 @@ class FakeHost:
                 continue
             elif name == "Get-VMSnapshot":
                 continue
+            elif name == "Get-VMIntegrationService":  # a guest whose heartbeat answers at once
+                out = [HostObject(("Microsoft.HyperV.PowerShell.VMIntegrationComponent",),
+                                  {"Name": "Heartbeat", "PrimaryStatusDescription": "OK"})]
+                continue
+            elif name == "Get-VMNetworkAdapter":
+                continue
             if passthru:
                 out = [self._vm(vm)]
         return out
@@ -140,7 +148,8 @@ def _drive(host: FakeHost, s: VirtualMachineSpec, status: dict[str, Any], *, del
 def test_differencing_against_fake_host_and_delete() -> None:
     host = FakeHost()
     _remove_item(host)
-    s = VirtualMachineSpec.from_dict({"hostRef": {"name": "hv1"}, "baseVhd": BASE, "strategy": "Differencing"})
+    s = VirtualMachineSpec.from_dict({"hostRef": {"name": "hv1"}, "baseVhd": BASE, "strategy": "Differencing",
+                                      "readiness": "Running"})
     status, steps = _drive(host, s, {})
     assert status["phase"] == "Provisioned", status["message"]
     assert len(host.vms) == 1

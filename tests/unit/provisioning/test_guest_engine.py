@@ -1,0 +1,48 @@
+"""Guest readiness end to end against the simulated host (in process): the engine's observation
+reads heartbeat, KVP and addresses, and Ready follows spec.readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.unit.provisioning.test_engine_simulator import HOST, World, merged, provision, ref, run, spec
+
+from hyperv_operator.provisioning.engine import reconcile
+
+
+def _ready(status: dict[str, Any]) -> dict[str, Any]:
+    return dict(next(c for c in status["conditions"] if c["type"] == "Ready"))
+
+
+def test_ip_readiness_is_ready_only_once_the_guest_reports_an_address() -> None:
+    world = World()
+    vm = ref("ready-ip")
+    s = spec("Differencing", readiness="IPAddress", switchName="Default Switch")
+    status = run(provision(world, vm, s))
+    assert _ready(status)["status"] == "True" and _ready(status)["reason"] == "IPAddress"
+    address = status["guest"]["ipAddresses"][0]
+    assert address.startswith("172.20.")
+    assert status["guest"]["hostname"] == "localhost" and status["guest"]["heartbeat"] == "OK"
+    assert status["guest"]["adapters"][0]["ipAddresses"] == [address]
+
+
+def test_ip_readiness_without_a_switch_stalls_after_the_timeout() -> None:
+    world = World()
+    vm = ref("ready-noswitch")
+    s = spec("Differencing", readiness="IPAddress", readinessTimeoutSeconds=60)
+    status: dict[str, Any] = {}
+    stalled: dict[str, Any] | None = None
+    for _ in range(200):
+        outcome = run(reconcile(world.client, vm, s, status, HOST, "hv1", world.slots, world.now))
+        status = merged(status, outcome)
+        stalled = next((c for c in status.get("conditions") or [] if c["type"] == "Stalled"), None)
+        if stalled and stalled["status"] == "True":
+            break
+        assert outcome.requeue_after is not None
+        run(world.wait(outcome.requeue_after))
+    assert stalled is not None and stalled["reason"] == "NoIPAddress"
+    assert _ready(status)["status"] == "False"
+    assert status["guest"]["heartbeat"] == "OK"
+    assert "ipAddresses" not in status["guest"]
+
+
