@@ -19,6 +19,7 @@ Stricter than PowerShell (documented choices):
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import re
 import uuid
@@ -45,6 +46,7 @@ from hyperv_operator.simulator.model import (
     iso_o,
     leaf_name,
     parent_path,
+    path_not_found,
     vhd_format,
     xs_duration,
 )
@@ -731,7 +733,10 @@ def _paths(b: Bound) -> list[str]:
 
 
 def test_path(ctx: Context, b: Bound) -> list[HostObject]:
-    return [primitive(ctx.model.exists(canonical_path(p))) for p in _paths(b)]
+    model = ctx.model
+    return [primitive(model.exists(canonical_path(p)) and not model.observe_status_read(canonical_path(p),
+                                                                                          opens=False))
+            for p in _paths(b)]
 
 
 def get_item(ctx: Context, b: Bound) -> list[HostObject]:
@@ -762,6 +767,8 @@ def get_content(ctx: Context, b: Bound) -> list[HostObject]:
     travels as an extended primitive object (<Obj><S>..</S><MS>..</MS></Obj>), as Windows sends it."""
     out: list[HostObject] = []
     for path in _paths(b):
+        if ctx.model.observe_status_read(canonical_path(path), opens=True):
+            raise path_not_found(path)  # between the old worker's delete and its move
         text = ctx.model.read_text(path)
         notes = provider_notes(ctx.model, canonical_path(path))
         lines = [text] if b.get("Raw") else text.splitlines()
@@ -901,7 +908,9 @@ def start_background_copy(ctx: Context, b: Bound) -> list[HostObject]:
     any other worker text is refused, it cannot know what it would do)."""
     from hyperv_operator.hyperv.scripts import WORKER_COMMAND_LINE_TAIL, script_name
 
-    if script_name(b["Worker"]) != "CopyWorker":
+    worker = "current" if script_name(b["Worker"]) == "CopyWorker" else LEGACY_WORKER_IDS.get(
+        hashlib.sha256(str(b["Worker"]).encode("utf-8")).hexdigest())
+    if worker is None:
         raise ModelError("The simulated host runs only the operator's fixed copy worker "
                          "(hyperv_operator.hyperv.scripts.COPY_WORKER); this -Worker text is not it.",
                          category="NotImplemented", reason="", fq_error_id="WorkerNotRecognized",
@@ -910,7 +919,7 @@ def start_background_copy(ctx: Context, b: Bound) -> list[HostObject]:
                                fail_half_way=ctx.fault_disk_full,
                                worker_command_line=f'"{POWERSHELL_EXE}" -NoProfile -NonInteractive '
                                                    f"{WORKER_COMMAND_LINE_TAIL}",
-                               create_return=int(ctx.extra.get("create_return", 0)))
+                               create_return=int(ctx.extra.get("create_return", 0)), worker=worker)
     return [HostObject(PSCUSTOM_TYPES, {"ProcessId": job.pid, "ProcessCreatedAt": iso_o(ctx.model.date(job.started)),
                                         "StatusPath": b["StatusPath"], "PartialPath": b["PartialPath"]})]
 
@@ -936,6 +945,12 @@ LEGACY_SCRIPT_IDS = {
     "5287d716f0bd7662cae0640db0650856bf6242d96f819b4538f00f12a0820df9": "StartBackgroundCopyBarePowershell",
 }
 """sha256 of scripts the operator sent before the fidelity pass -> their modelled behaviour on Windows."""
+
+LEGACY_WORKER_IDS = {
+    "50ad71607501298bd79bb75a10f3187db9a74917294c71a93733a6391a7fda7b": "move-item",
+}
+"""sha256 of copy workers the operator sent before the fidelity pass -> how the model runs them
+("move-item": status replaced with Move-Item -Force, a failed write aborts the copy)."""
 
 
 CIM_PROCESS_TYPES = (*(f"Microsoft.Management.Infrastructure.CimInstance#root/cimv2/{c}" for c in

@@ -597,6 +597,16 @@ class SimulatedHost:
         with self._lock:
             self._create_returns.append(return_value)
 
+    def coincide_next_status_read(self, order: str) -> None:
+        """The next read of a running copy's status file coincides with the worker's next progress
+        write (instead of by timing luck): "read-first" (Get-Content holds the file through the write)
+        or "write-first" (Test-Path / Get-Content arrive while the write is under way). See
+        HostModel.observe_status_read."""
+        if order not in ("read-first", "write-first"):
+            raise ValueError(f"order must be read-first or write-first, not {order!r}")
+        with self._lock:
+            self._model.status_read_collision = order
+
     # --- drift ---------------------------------------------------------------------------------
 
     def reboot(self) -> None:

@@ -96,7 +96,11 @@ Modelling choices. Where Microsoft's documentation leaves room, the STRICTER beh
   worker's -EncodedCommand, creation time) listed by Get-CimInstance Win32_Process. A Create that
   returns non-zero (fault hook) leaves no status file. The starter writes the first status (processId,
   processCreatedAt) right after Create; the worker rewrites it on whole seconds (bytesCopied as of the
-  last whole second; a replace, so a reader never finds it missing); a failure reports bytesCopied 0.
+  last whole second; File.Replace, so a reader never finds it missing); a failure reports bytesCopied 0.
+  A reader (Get-Content) holding the status file through a progress write makes that write fail: the
+  current worker skips it; the old worker (Move-Item -Force: delete, then move; recognised by its
+  text) aborts the copy, and a reader arriving between its delete and move finds no file. The
+  coincidence is a knob (`status_read_collision`), not timing luck.
   The source is opened read-only with FileShare.Read: a source being written (top disk of a running
   VM) fails the copy, and while the copy runs the source cannot be opened for write. Stop-Process
   (or a host reboot) ends the worker: the status file stays as last written, the partial stays.
@@ -482,6 +486,10 @@ class CopyJob:
     error: str | None = None
     finished: float | None = None
     offloaded: bool = False
+    worker: str = "current"  # current: File.Replace, skips a failed progress write | move-item: the old worker
+    collide_n: int | None = None  # the progress write (whole second n) a reader holds the status file through
+    stale_n: int | None = None  # a progress write that failed and was skipped (current worker)
+    gap_at: float | None = None  # move-item worker: the instant between its delete and its move
 
     @property
     def host_bytes(self) -> int:
@@ -548,6 +556,7 @@ class HostModel:
         self.guest_boot_seconds = 20.0  # from Start-VM until the guest's integration services answer
         self.guest_network_seconds = 10.0  # after boot, until DHCP gave the guest its address
         self._next_mac = 0
+        self.status_read_collision: str | None = None  # "read-first" | "write-first": see observe_status_read
         self._next_pid = FIRST_PID
         self.add_root("C:\\")
         self.add_switch("Default Switch")
@@ -587,6 +596,8 @@ class HostModel:
         for copy in self.copies.values():
             if copy.state == "Running":
                 offer(copy.end_time, functools.partial(self._finish_copy, copy))
+                if copy.collide_n is not None:
+                    offer(copy.started + copy.collide_n, functools.partial(self._status_write_collides, copy))
         return best
 
     def _flow(self, t: float) -> None:
@@ -1429,7 +1440,7 @@ class HostModel:
 
     def start_copy(self, source: str, destination: str, partial: str, status_path: str,
                    *, fail_half_way: bool = False, worker_command_line: str = "",
-                   create_return: int = 0) -> CopyJob:
+                   create_return: int = 0, worker: str = "current") -> CopyJob:
         dest_canon = canonical_path(destination)
         if self.exists(dest_canon):
             message = f"The copy destination '{destination}' already exists."
@@ -1451,11 +1462,13 @@ class HostModel:
         status_canon = canonical_path(status_path)
         partial_canon = canonical_path(partial)
         pid = self.spawn("powershell.exe", worker_command_line).pid
-        offloaded = self.is_offloaded(src_canon, dest_canon)
+        # the old worker's Read/Write loop cannot be offloaded
+        offloaded = worker == "current" and self.is_offloaded(src_canon, dest_canon)
         payload = FileNode(dest_canon, self.now, self.now, node.length, text=node.text,
                            vhd=node.vhd.clone() if node.vhd is not None else None)
         job = CopyJob(pid, src_canon, dest_canon, partial_canon, status_canon, self.now, node.size,
-                      self.offload_rate if offloaded else self.copy_rate, payload, offloaded=offloaded)
+                      self.offload_rate if offloaded else self.copy_rate, payload, offloaded=offloaded,
+                      worker=worker)
         # the detached worker starts: open the source for read (FileShare.Read), create the partial.
         sources, partials = self._copy_locks()
         failure: str | None = None
@@ -1513,6 +1526,54 @@ class HostModel:
         self._write_status(job, t)
         self.processes.pop(job.pid, None)
 
+    def _status_job(self, canon: str) -> CopyJob | None:
+        key = canon.lower()
+        return next((j for j in self.copies.values() if j.state == "Running" and j.status_path.lower() == key), None)
+
+    def observe_status_read(self, canon: str, *, opens: bool) -> bool:
+        """A reader touches a running copy's status file (Get-Content opens it, `opens`; Test-Path does
+        not). With `status_read_collision` armed, the access coincides with the worker's next progress
+        write, deterministically instead of by timing luck:
+        - "write-first": the write is under way as the reader arrives. The move-item worker's
+          `Move-Item -Force` has deleted the status file and not yet moved the new one in (Windows
+          PowerShell 5.1 deletes, then moves): the file is missing for this instant. File.Replace
+          (current worker) swaps in one operation: nothing to see.
+        - "read-first": Get-Content holds the file open (FileShare.ReadWrite, no FileShare.Delete)
+          through the next whole-second write, which then cannot delete or replace it
+          (`_status_write_collides`).
+        Returns True when the status file is missing for this access."""
+        job = self._status_job(canon)
+        if job is None:
+            return False
+        if job.gap_at is not None and job.gap_at == self.now:
+            return True
+        mode = self.status_read_collision
+        if mode == "write-first":
+            self.status_read_collision = None
+            if job.worker == "move-item":
+                job.gap_at = self.now
+                return True
+        elif mode == "read-first" and opens:
+            self.status_read_collision = None
+            job.collide_n = math.floor(self.now - job.started + 1e-9) + 1
+        return False
+
+    def _status_write_collides(self, job: CopyJob, t: float) -> None:
+        """The progress write at whole second `collide_n` finds a reader holding the status file without
+        FileShare.Delete. The move-item worker's delete throws IOException (sharing violation) and, with
+        ErrorActionPreference Stop, its catch ends the copy: Failed (the catch's own status write runs
+        after the reader closed). The current worker's File.Replace fails too [strict]; it skips that
+        progress write and the file keeps the previous one."""
+        job.collide_n, n = None, job.collide_n
+        if job.state != "Running" or n is None:
+            return
+        if job.worker == "move-item":
+            self._fail_copy(job, t, f"The process cannot access the file '{job.status_path}' because it is being "
+                                    "used by another process.")
+            return
+        job.stale_n = n
+        self._write_status(job, t)
+
     def stop_process(self, pid: int) -> None:
         process = self.processes.get(pid)
         if process is None:
@@ -1550,9 +1611,12 @@ class HostModel:
                        finishedAt=iso_o(self.date(job.finished)), error=job.error)
         else:
             elapsed = t - job.started
-            if elapsed < 1.0:
+            n = math.floor(elapsed + 1e-9)
+            if job.stale_n is not None and n == job.stale_n:
+                n -= 1  # that progress write was skipped: the file still holds the one before
+            if n < 1:
                 return doc
-            tick = job.started + math.floor(elapsed)
+            tick = job.started + n
             copied = min(job.total, int((tick - job.started) * job.rate), int(job.copied))
             doc.update(bytesCopied=copied, processId=job.pid, updatedAt=iso_o(self.date(tick)))
         return doc
@@ -1560,6 +1624,8 @@ class HostModel:
     def _write_status(self, job: CopyJob, t: float, *, initial: bool = False) -> None:
         if job.state == "Stopped":
             return
+        if job.state == "Running" and job.collide_n is not None and t >= job.started + job.collide_n - 1e-9:
+            return  # that write collides with a reader: _status_write_collides decides
         text = json.dumps(self.status_document(job, t, initial=initial), separators=(",", ":"))
         node = self.files.get(job.status_path.lower())
         if node is None:

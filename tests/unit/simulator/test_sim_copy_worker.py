@@ -121,3 +121,68 @@ def test_the_old_start_script_got_9_and_left_a_stale_running_status(sim: Sim) ->
     sim.host.fail_process_create(9)
     sim.fails(scripts.start_background_copy(BASE, other, other + ".partial", other + ".copy.json"))
     assert sim.one(c.test_path(other + ".copy.json")).value is False
+
+
+def start_worker(sim: Sim, dest: str, worker: str) -> Any:
+    """The current start script, carrying `worker` as its -Worker text."""
+    statement = scripts.start_background_copy(BASE, dest, dest + ".partial", dest + ".copy.json")
+    command = statement.commands[0]
+    params = tuple((k, worker if k == "Worker" else v) for k, v in command.parameters)
+    return sim.one(pipe(type(command)(command.name, params, is_script=True)))
+
+
+def job_state(sim: Sim, dest: str) -> str:
+    return str({j["Destination"]: j for j in sim.host.copy_jobs()}[dest]["State"])
+
+
+def test_old_worker_aborts_when_a_reader_holds_the_status_file_through_a_progress_write(sim: Sim) -> None:
+    """Windows PowerShell 5.1 `Move-Item -Force` deletes the old status, then moves; Get-Content holds
+    it without FileShare.Delete, so the delete throws and ErrorActionPreference Stop ends the copy."""
+    from .legacy_scripts import OLD_COPY_WORKER
+
+    dest = VM_ROOT + "\\OLD.vhdx"
+    start_worker(sim, dest, OLD_COPY_WORKER)
+    sim.wait(10.5)
+    sim.host.coincide_next_status_read("read-first")
+    assert status_of(sim, dest)["bytesCopied"] == 10 * 75_000_000  # the read itself succeeds
+    sim.wait(1)  # the progress write at 11 s meets the open reader
+    failed = status_of(sim, dest)
+    assert failed["state"] == "Failed" and job_state(sim, dest) == "Failed"
+    assert failed["error"] == (f"The process cannot access the file '{dest}.copy.json' because it is being used "
+                               "by another process.")
+    sim.wait(200)
+    assert sim.one(c.test_path(dest)).value is False  # the copy never finished
+
+
+def test_current_worker_skips_a_progress_write_a_reader_blocks_and_completes(sim: Sim) -> None:
+    dest = VM_ROOT + "\\NEW.vhdx"
+    start_worker(sim, dest, scripts.COPY_WORKER)
+    sim.wait(10.5)
+    sim.host.coincide_next_status_read("read-first")
+    assert status_of(sim, dest)["bytesCopied"] == 10 * 75_000_000
+    sim.wait(1)
+    skipped = status_of(sim, dest)  # File.Replace failed at 11 s: that write is skipped, the file stays
+    assert skipped["state"] == "Running" and skipped["bytesCopied"] == 10 * 75_000_000
+    sim.wait(1)
+    assert status_of(sim, dest)["bytesCopied"] == 12 * 75_000_000
+    sim.wait(200)
+    assert status_of(sim, dest)["state"] == "Completed" and job_state(sim, dest) == "Completed"
+    assert sim.host.disk_fingerprint(dest) == sim.host.disk_fingerprint(BASE)
+
+
+def test_old_worker_status_file_is_missing_between_its_delete_and_move(sim: Sim) -> None:
+    from .legacy_scripts import OLD_COPY_WORKER
+
+    old, new = VM_ROOT + "\\OLD.vhdx", VM_ROOT + "\\NEW.vhdx"
+    start_worker(sim, old, OLD_COPY_WORKER)
+    start_worker(sim, new, scripts.COPY_WORKER)
+    sim.wait(5.5)
+    sim.host.coincide_next_status_read("write-first")
+    assert sim.one(c.test_path(old + ".copy.json")).value is False
+    assert sim.fails(c.read_text_file(old + ".copy.json")).category == "ObjectNotFound"
+    sim.wait(1)  # the move completed
+    assert status_of(sim, old)["state"] == "Running"
+    # File.Replace swaps in one operation: a reader arriving during the write finds the file.
+    sim.host.coincide_next_status_read("write-first")
+    assert sim.one(c.test_path(new + ".copy.json")).value is True
+    assert status_of(sim, new)["state"] == "Running"
