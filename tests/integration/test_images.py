@@ -176,7 +176,10 @@ def test_roll_a_generation_under_differencing_and_quick_children(
     _vm(kube, diff_new, "Differencing", image)
     new = kube.wait_phase(NS, diff_new, "Provisioned")
     assert new["status"]["image"]["generation"] == 2 and _parent_of(sim, new).lower() == v2.lower()
-    # kubectl get shows the generations with their dependent counts
+    # kubectl get shows the generations with their dependent counts (the image's status follows its VMs
+    # on the image timer: wait until it counts the new VM)
+    _image_where(kube, CLUSTER_IMAGE_PLURAL, image, lambda o: _generation(o, 2).get("dependents") == 1,
+                 what="the new VM counted on generation 2")
     table = control_plane.kubectl("get", "hvcimg", image).stdout
     assert "g2*:1" in table and "g1:" in table, table
 
