@@ -33,8 +33,10 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from hyperv_operator import metrics
+    from hyperv_operator.copy_ledger import KubeLedgerStore
     from hyperv_operator.handlers import OperatorConfig, Runtime, build_registry
     from hyperv_operator.hosts import HostConnections, kubernetes_secret_reader, winrm_client_factory
+    from hyperv_operator.provisioning.ledger import CopySlots
 
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat.FULL)
     logging.getLogger("hyperv_operator").setLevel(logging.DEBUG if args.debug else logging.INFO)
@@ -57,6 +59,8 @@ def _run(args: argparse.Namespace) -> int:
             ),
             kubernetes_secret_reader(),
         ),
+        # Copy slots are written in the host objects' status, so the limit survives restarts and replicas.
+        slots=CopySlots(KubeLedgerStore()),
     )
     if args.metrics_port:
         metrics.start_metrics_server(args.metrics_port, args.metrics_address)

@@ -392,7 +392,6 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         status: kopf.Status,
         patch: kopf.Patch,
         generation: int,
-        slots_key: str | None = None,
     ) -> None:
         host_spec = HyperVHostSpec.from_dict(spec)
         now = _now()
@@ -430,7 +429,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                     patch.status[target] = value
         patch.status["lastProbeTime"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         patch.status["observedGeneration"] = generation
-        patch.status["copiesInFlight"] = len(runtime.slots.holders(slots_key or f"{namespace}/{name}"))
+        # copiesInFlight is written with the copy ledger (status.copySlots), never from one process's view.
 
     @kopf.on.resume(*host_resource, id="probe", registry=registry)
     @kopf.on.create(*host_resource, id="probe", registry=registry)
@@ -487,7 +486,6 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             kwargs["status"],
             kwargs["patch"],
             int(meta.get("generation") or 0),
-            slots_key=f"{policy.CLUSTER_HOST_KIND}/{kwargs['name']}",
         )
 
     @kopf.on.delete(*cluster_host_resource, id="forget", optional=True, registry=registry)

@@ -287,11 +287,13 @@ def _copying(w: _Work) -> _Result:
         if not (w.status.get("copy") or {}).get("queued"):
             w.event("CopyQueued", f"copy of {base} queued: {slot.running} copies already running on host "
                                   f"{w.obs.host_name} (maxConcurrentCopies={slot.limit})")
-        w.copy_status(queued=True)
+        w.copy_status(queued=True, queuePosition=slot.position)  # [reliability] FIFO place in the host's ledger
+        place = f", position {slot.position} in the queue" if slot.position else ""
         return _Wait(f"queued: {slot.running} copies already running on host {w.obs.host_name} "
-                     f"(maxConcurrentCopies={slot.limit})", COPY_POLL)
+                     f"(maxConcurrentCopies={slot.limit}){place}", COPY_POLL)
     w.created(layout.partial, layout.copy_status, disk)
-    w.copy_status(bytesCopied=0, percent=0, queued=False, startedAt=cond.timestamp(w.now), finishedAt=None)
+    w.copy_status(bytesCopied=0, percent=0, queued=False, queuePosition=None, startedAt=cond.timestamp(w.now),
+                  finishedAt=None)
     w.event("CopyStarted", f"background copy of {base} to {disk} started on host {w.obs.host_name}")
     return _Act(Action("StartCopy",
                        (cmdlets.new_directory(layout.vm_dir),

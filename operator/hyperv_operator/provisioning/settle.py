@@ -17,7 +17,7 @@ from hyperv_operator.provisioning import planner
 from hyperv_operator.provisioning.layout import Layout
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import Observation
-from hyperv_operator.provisioning.phases import Phase
+from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,17 @@ def action_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], batch: Se
                                                 host_name=spec.host_name, step=step, deleting=deleting)
     return Settled(new, requeue, events, free_slot=any(a.starts_copy for a in actions))
 
+
+def wants_slot(result: planner.Plan) -> bool:
+    """The plan needs a copy slot: it starts a copy, or it waits in a copy phase because none was free
+    as last read (then the VM takes its place in the host's queue, or the slot freed since)."""
+    if result.action is not None:
+        return result.action.starts_copy
+    copy = result.status.get("copy") or {}
+    return bool(copy.get("queued")) and str(result.status.get("phase")) in _COPY_PHASE_NAMES
+
+
+_COPY_PHASE_NAMES = frozenset(p.value for p in COPY_PHASES)
 
 SlotUse = Literal["take", "hold", "free"]
 
