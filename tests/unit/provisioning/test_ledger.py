@@ -8,6 +8,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from tests.unit.provisioning.test_engine_simulator import VM_ROOT, World, merged, ref, spec
+
 from hyperv_operator.api import HyperVHostSpec
 from hyperv_operator.provisioning.engine import reconcile
 from hyperv_operator.provisioning.ledger import (
@@ -19,7 +21,6 @@ from hyperv_operator.provisioning.ledger import (
     adopt,
     release,
 )
-from tests.unit.provisioning.test_engine_simulator import VM_ROOT, World, merged, ref, spec
 
 ONE_SLOT = HyperVHostSpec(address="hv1", default_vm_path=VM_ROOT, max_concurrent_copies=1)
 
