@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,7 @@ from hyperv_operator import api, metrics
 from hyperv_operator import conditions as cond
 from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
-from hyperv_operator.hyperv.errors import HostError
+from hyperv_operator.hyperv.errors import ClientClosedError, HostError
 from hyperv_operator.hyperv.probe import probe_client
 from hyperv_operator.provisioning import engine, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
@@ -63,6 +63,9 @@ class OperatorConfig:
     operator_namespace: str = "hyperv-operator-system"
     """Where ClusterHyperVHosts' Secrets live."""
     webhook: WebhookConfig | None = None
+    shutdown_grace: float = 20.0
+    """On SIGTERM, seconds the running steps get to finish their host commands before the connections close
+    (below the pod's terminationGracePeriodSeconds, 30 by default)."""
 
 
 @dataclass
@@ -105,6 +108,49 @@ class VmLocks:
         return len(self._entries)
 
 
+class Shutdown:
+    """Graceful stop (SIGTERM): no new engine steps; the steps already running finish their host
+    commands (bounded by `drain`'s timeout) before the connections close, so no step sees a closed
+    client because of the stop."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._active = 0
+        self._idle: asyncio.Event | None = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        self._active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop starting steps and wait up to `timeout` seconds for the running ones; True if all ended."""
+        self.stopping = True
+        if self._active == 0 or self._idle is None:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+SHUTDOWN_RETRY_SECONDS = 5.0
+"""A change that arrives while the operator stops is handled by the next process (kopf retries it)."""
+
+
 @dataclass
 class Runtime:
     config: OperatorConfig
@@ -112,6 +158,7 @@ class Runtime:
     slots: CopySlots = field(default_factory=CopySlots)
     locks: VmLocks = field(default_factory=VmLocks)
     gate: HostGate = field(default_factory=HostGate)
+    shutdown: Shutdown = field(default_factory=Shutdown)
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -249,6 +296,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(registry=registry)
     async def close_connections(**_: Any) -> None:
+        # Running steps finish their host commands first (bounded): closing under them would turn a
+        # stop into errors on healthy VMs. What still runs after the grace sees ClientClosedError,
+        # which writes nothing (settle.client_closed).
+        if not await runtime.shutdown.drain(runtime.config.shutdown_grace):
+            logger.warning("stopping with %d engine step(s) still running after %.0fs", runtime.shutdown.active,
+                           runtime.config.shutdown_grace)
         await runtime.connections.close()
 
     @kopf.index(*host_resource, id="hosts_by_name", registry=registry)
@@ -296,10 +349,17 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         wait for the lock does nothing (None): the step that held it changed the VM, and its status
         patch may not be visible yet, so acting on what the timer saw would act on a stale VM."""
         meta: kopf.Meta = kwargs["meta"]
-        async with runtime.locks.held(str(meta["uid"])) as held:
-            if drift and (held.stale or not _settled(kwargs)):
+        if runtime.shutdown.stopping:
+            if drift:
                 return None
-            return await _step_locked(kwargs, deleting=deleting)
+            raise kopf.TemporaryError("the operator is stopping", delay=SHUTDOWN_RETRY_SECONDS)
+        with runtime.shutdown.running():
+            async with runtime.locks.held(str(meta["uid"])) as held:
+                if drift and (held.stale or not _settled(kwargs)):
+                    return None
+                if runtime.shutdown.stopping and drift:
+                    return None  # waited for the lock into a stop: the next process checks drift
+                return await _step_locked(kwargs, deleting=deleting)
 
     def _settled(kwargs: Mapping[str, Any]) -> bool:
         # Only settled VMs: the change handlers own everything in flight. Failed is re-checked
@@ -401,6 +461,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             # Reachable only after a round trip: a client without its own probe runs the same
             # read-only batch through `run`.
             facts = await probe_client(client, host_spec.address)
+        except ClientClosedError:
+            return  # replaced or shutting down: says nothing about the host; the next probe tells
         except (HostError, HostConfigError) as exc:
             metrics.HOST_REACHABLE.labels(namespace=namespace, host=name).set(0)
             reason = "HostMisconfigured" if isinstance(exc, HostConfigError) else "Unreachable"

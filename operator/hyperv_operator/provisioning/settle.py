@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from hyperv_operator import conditions as cond
 from hyperv_operator.api import DeletionPolicy, VirtualMachineSpec
-from hyperv_operator.hyperv.errors import HostError, PermanentHostError, TransientHostError
+from hyperv_operator.hyperv.errors import ClientClosedError, HostError, PermanentHostError, TransientHostError
 from hyperv_operator.provisioning import planner
 from hyperv_operator.provisioning.layout import Layout
 from hyperv_operator.provisioning.model import Event, VmRef
@@ -48,10 +48,22 @@ def without_host(spec: VirtualMachineSpec, status: Mapping[str, Any], now: datet
     return None
 
 
+CLIENT_CLOSED_RETRY = 1.0
+"""A closed client (replaced after an edit, or the operator shutting down) is retried this soon."""
+
+
+def client_closed(status: Mapping[str, Any]) -> Settled:
+    """The client was closed under the call: nothing happened to the VM or the host, so nothing is
+    reported (no condition, message, lastError or event): the status stays as it was before the call."""
+    return Settled(dict(status), CLIENT_CLOSED_RETRY)
+
+
 def observe_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], error: HostError, now: datetime, *,
                    vm: VmRef, layout: Layout, deleting: bool) -> Settled:
     """Reading never fails for a missing object (that is data); a not-found here means the host changed
     while we read it: retry, do not fail the VM."""
+    if isinstance(error, ClientClosedError):
+        return client_closed(status)
     if isinstance(error, PermanentHostError) and planner.is_not_found(error):
         error = TransientHostError(f"host state changed while observing: {error.message}",
                                    category=error.category, command=error.command)
@@ -68,6 +80,9 @@ def action_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], batch: Se
     """
     actions = [p.action for p in batch if p.action is not None]
     last = batch[-1]
+    if isinstance(error, ClientClosedError):
+        # The copy may have started before the close: its slot is kept (the next run starts or adopts it).
+        return client_closed(status)
     if planner.is_not_found(error) and any(a.tolerate_not_found for a in actions):
         # "Already gone" is what a tolerant action wanted; look again before the rest.
         return Settled(last.status, planner.AFTER_ACTION, last.events, observe_again=True)
