@@ -179,12 +179,12 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
         if settle.wants_slot(result):
             # Ask the host's ledger (written through the API, optimistic concurrency): a slot, or a
             # place in its first-come-first-served queue. Plan again with the answer.
-            granted = await s.slots.try_acquire(s.host_key, s.vm.uid, limit, vm_label)
+            granted = await s.slots.try_acquire(s.host_key, s.vm.uid, limit, vm_label, s.now)
             obs = replace(obs, slot=_slot_view(s, limit, granted=granted))
             result = plan_fn(s.spec, status, obs, s.now, vm=s.vm, layout=layout)
         use = settle.slot_use(result.action, obs, layout)
         if use == "hold" and slots_read:
-            await s.slots.adopt(s.host_key, s.vm.uid, vm_label)
+            await s.slots.adopt(s.host_key, s.vm.uid, vm_label, s.now)
         elif use == "free" and slots_read and not settle.wants_slot(result):  # a VM in line keeps its place
             await s.slots.release(s.host_key, s.vm.uid)
         if str(result.status.get("phase")) != str(status.get("phase")):

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Protocol
+
+from hyperv_operator import conditions as cond
 
 log = logging.getLogger("hyperv_operator.provisioning.ledger")
 
@@ -29,13 +33,17 @@ PRUNE_INTERVAL = 60.0
 class Entry:
     uid: str
     vm: str = ""  # "namespace/name", for people reading the host's status (and for pruning)
+    owner: str = ""  # the operator process that took the slot: only it starts the copy
+    since: str = ""  # when the slot was taken (RFC 3339)
 
     def to_dict(self) -> dict[str, str]:
-        return {"uid": self.uid, "vm": self.vm}
+        return {k: v for k, v in (("uid", self.uid), ("vm", self.vm), ("owner", self.owner),
+                                  ("since", self.since)) if v}
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> Entry:
-        return Entry(str(data.get("uid") or ""), str(data.get("vm") or ""))
+        return Entry(str(data.get("uid") or ""), str(data.get("vm") or ""), str(data.get("owner") or ""),
+                     str(data.get("since") or ""))
 
 
 @dataclass(frozen=True)
@@ -66,11 +74,28 @@ class Decision:
     position: int | None = None  # 1-based place in the queue while not granted
 
 
-def acquire(ledger: Ledger, entry: Entry, limit: int) -> Decision:
+OWNER_LEASE = timedelta(seconds=60)
+"""A slot taken by another operator process for the same VM is left to it this long (it is about to
+start the copy, or the copy runs and the host shows it); after that the process is presumed gone
+(killed between taking the slot and starting the copy) and another takes the slot over."""
+
+
+def acquire(ledger: Ledger, entry: Entry, limit: int, now: datetime | None = None) -> Decision:
     """Pure. A holder keeps its slot; otherwise the VM joins the queue (once) and is granted a slot
-    only when it is among the first `free` of the queue: VMs get slots in the order they asked."""
-    if ledger.holds(entry.uid):
-        return Decision(True, ledger)
+    only when it is among the first `free` of the queue: VMs get slots in the order they asked.
+
+    Two operator processes working on the same VM (replicas, or a process and its successor) must
+    not both start its copy: a slot is granted to the process that took it (`owner`); another
+    process waits, and takes it over only once the owner's lease has run out."""
+    held = next((e for e in ledger.holders if e.uid == entry.uid), None)
+    if held is not None:
+        if not held.owner or not entry.owner or held.owner == entry.owner:
+            return Decision(True, ledger)
+        taken = cond.parse_timestamp(held.since) if held.since else None
+        if now is not None and (taken is None or now - taken >= OWNER_LEASE):
+            holders = tuple(entry if e.uid == entry.uid else e for e in ledger.holders)
+            return Decision(True, Ledger(holders, ledger.queue))
+        return Decision(False, ledger)
     queue = ledger.queue if ledger.queued_at(entry.uid) is not None else (*ledger.queue, entry)
     index = next(i for i, e in enumerate(queue) if e.uid == entry.uid)
     free = max(1, limit) - len(ledger.holders)
@@ -139,8 +164,10 @@ class CopySlots:
     reclaims) its slot with `adopt`, even if that briefly exceeds the limit.
     """
 
-    def __init__(self, store: LedgerStore | None = None) -> None:
+    def __init__(self, store: LedgerStore | None = None, owner: str | None = None) -> None:
         self.store: LedgerStore = store if store is not None else MemoryLedgerStore()
+        self.owner = owner if owner is not None else uuid.uuid4().hex[:12]
+        """This process (a new one per start): see `acquire`."""
         self._seen: dict[str, Ledger] = {}
         self._pruned: dict[str, float] = {}
 
@@ -149,11 +176,15 @@ class CopySlots:
         self._seen[host_key] = ledger
         return ledger
 
+    def _mine(self, host_key: str, uid: str) -> bool:
+        held = next((e for e in self._seen.get(host_key, Ledger()).holders if e.uid == uid), None)
+        return held is not None and held.owner in ("", self.owner)
+
     def can_acquire(self, host_key: str, uid: str, limit: int) -> bool:
-        return acquire(self._seen.get(host_key, Ledger()), Entry(uid), limit).granted
+        return acquire(self._seen.get(host_key, Ledger()), Entry(uid, owner=self.owner), limit).granted
 
     def position(self, host_key: str, uid: str, limit: int) -> int | None:
-        return acquire(self._seen.get(host_key, Ledger()), Entry(uid), limit).position
+        return acquire(self._seen.get(host_key, Ledger()), Entry(uid, owner=self.owner), limit).position
 
     def holders(self, host_key: str) -> frozenset[str]:
         return frozenset(e.uid for e in self._seen.get(host_key, Ledger()).holders)
@@ -161,23 +192,24 @@ class CopySlots:
     def queue(self, host_key: str) -> tuple[str, ...]:
         return tuple(e.uid for e in self._seen.get(host_key, Ledger()).queue)
 
-    async def try_acquire(self, host_key: str, uid: str, limit: int, vm: str = "") -> bool:
-        seen = self._seen.get(host_key)
-        if seen is not None and seen.holds(uid):
+    async def try_acquire(self, host_key: str, uid: str, limit: int, vm: str = "", now: datetime | None = None) -> bool:
+        if self._mine(host_key, uid):
             return True  # ours as of this run's read: only this VM's own runs give it away
-        now = time.monotonic()
-        prune_now = now - self._pruned.get(host_key, -PRUNE_INTERVAL) >= PRUNE_INTERVAL
-        decision = await self._update(host_key, lambda ledger: acquire(ledger, Entry(uid, vm), limit),
+        clock = time.monotonic()
+        prune_now = clock - self._pruned.get(host_key, -PRUNE_INTERVAL) >= PRUNE_INTERVAL
+        entry = Entry(uid, vm, self.owner, cond.timestamp(now) if now is not None else "")
+        decision = await self._update(host_key, lambda ledger: acquire(ledger, entry, limit, now),
                                       prune_if_denied=prune_now)
         if prune_now and not decision.granted:
-            self._pruned[host_key] = now
+            self._pruned[host_key] = clock
         return decision.granted
 
-    async def adopt(self, host_key: str, uid: str, vm: str = "") -> None:
+    async def adopt(self, host_key: str, uid: str, vm: str = "", now: datetime | None = None) -> None:
         seen = self._seen.get(host_key)
         if seen is not None and seen.holds(uid):
-            return
-        await self._update(host_key, lambda ledger: Decision(True, adopt(ledger, Entry(uid, vm))))
+            return  # whoever took it: the copy runs, nobody starts another for this VM
+        entry = Entry(uid, vm, self.owner, cond.timestamp(now) if now is not None else "")
+        await self._update(host_key, lambda ledger: Decision(True, adopt(ledger, entry)))
 
     async def release(self, host_key: str, uid: str) -> None:
         seen = self._seen.get(host_key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.unit.provisioning.test_engine_simulator import VM_ROOT, World, merged, ref, spec
@@ -13,6 +14,7 @@ from tests.unit.provisioning.test_engine_simulator import VM_ROOT, World, merged
 from hyperv_operator.api import HyperVHostSpec
 from hyperv_operator.provisioning.engine import reconcile
 from hyperv_operator.provisioning.ledger import (
+    OWNER_LEASE,
     CopySlots,
     Entry,
     Ledger,
@@ -170,3 +172,13 @@ def test_queued_vms_show_their_place_in_line() -> None:
     assert first["copy"].get("queued") is False and running_copies(world) == 1
     assert second["copy"]["queuePosition"] == 1 and "position 1 in the queue" in second["message"]
     assert third["copy"]["queuePosition"] == 2
+
+
+def test_another_process_does_not_start_a_copy_for_a_vm_whose_slot_it_did_not_take() -> None:
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    taken = acquire(Ledger(), Entry("vm", owner="A", since="2025-01-01T00:00:00.000Z"), 1, t0).ledger
+    assert acquire(taken, Entry("vm", owner="A"), 1, t0 + timedelta(seconds=5)).granted
+    assert not acquire(taken, Entry("vm", owner="B"), 1, t0 + timedelta(seconds=5)).granted
+    # A died between taking the slot and starting the copy: B takes it over once A's lease ran out.
+    late = acquire(taken, Entry("vm", owner="B", since="x"), 1, t0 + OWNER_LEASE)
+    assert late.granted and [e.owner for e in late.ledger.holders] == ["B"]
