@@ -128,7 +128,7 @@ async def run_step(s: StepInput) -> StepOutcome:
         # The host's copy ledger could not be read or written (API server, conflicts): nothing was
         # started without a slot; try again soon, status unchanged.
         log.warning("%s: copy ledger of %s: %s", who, s.host_key, error)
-        return _outcome(s, settle.Settled(dict(s.status), planner.TRANSIENT_BACKOFF))
+        return _outcome(s, settle.Settled(dict(s.status), planner.TRANSIENT_BACKOFF, retrying=True))
 
 
 def _uses_slots(s: StepInput) -> bool:
@@ -266,7 +266,8 @@ def _slot_view(s: StepInput, limit: int, *, granted: bool | None = None) -> Slot
 
 
 def _outcome(s: StepInput, settled: settle.Settled, events: Sequence[Event] = ()) -> StepOutcome:
-    return StepOutcome(_complete(settled.status, s.status), settled.requeue_after, (*events, *settled.events),
+    status = settled.status if settled.retrying else {k: v for k, v in settled.status.items() if k != "retry"}
+    return StepOutcome(_complete(status, s.status), settled.requeue_after, (*events, *settled.events),
                        settled.finished)
 
 

@@ -882,6 +882,7 @@ def is_not_found(error: HostError) -> bool:
 def error_status(
     spec: VirtualMachineSpec, status: Mapping[str, Any], intended: Mapping[str, Any], error: HostError,
     now: datetime, *, vm: VmRef, layout: Layout, host_name: str, step: str, deleting: bool = False,
+    retry_in: float | None = None,
 ) -> tuple[dict[str, Any], float | None, tuple[Event, ...]]:
     """The status after a failed host call: keep the phase on transient errors (retry), Failed on
     permanent ones. `intended` is the plan's status; its createdFiles are kept (intent)."""
@@ -898,12 +899,13 @@ def error_status(
     s["lastError"] = f"{step}: {error}"
     if isinstance(error, TransientHostError):
         reason = "HostUnreachable" if isinstance(error, HostUnreachableError) else "HostBusy"
-        s["message"] = f"{phase.value}: {step} failed, retrying in {int(TRANSIENT_BACKOFF)}s: {error}"
+        delay = TRANSIENT_BACKOFF if retry_in is None else retry_in  # [reliability] backoff from settle
+        s["message"] = f"{phase.value}: {step} failed, retrying in {delay:g}s: {error}"
         s["conditions"] = cond.merge(prev, [
             cond.make(prev, cond.RECONCILING, True, reason, s["message"], gen, now),
             cond.make(prev, cond.STALLED, False, "NoError", "", gen, now),
         ])
-        return s, TRANSIENT_BACKOFF, (Event("Warning", reason, f"{step} on host {host_name}: {error}"),)
+        return s, delay, (Event("Warning", reason, f"{step} on host {host_name}: {error}"),)
     if error.category in HOST_ACCESS_CATEGORIES:
         # The host refused *us* (credentials, TLS trust), not this VM: stall visibly, keep the phase
         # and retry, so fixing the HyperVHost's Secret resumes the VM where it stopped.

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from hyperv_operator import conditions as cond
 from hyperv_operator.api import DeletionPolicy, VirtualMachineSpec
 from hyperv_operator.hyperv.errors import ClientClosedError, HostError, PermanentHostError, TransientHostError
-from hyperv_operator.provisioning import planner
+from hyperv_operator.provisioning import planner, retry
 from hyperv_operator.provisioning.layout import Layout
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import Observation
@@ -28,6 +28,7 @@ class Settled:
     finished: bool = False
     free_slot: bool = False
     observe_again: bool = False  # the run may go on: observe the host now instead of requeueing
+    retrying: bool = False  # keeps status.retry (a transient failure); any other outcome clears it
 
 
 ALONE = frozenset({"RemoveFolders"})
@@ -55,7 +56,40 @@ CLIENT_CLOSED_RETRY = 1.0
 def client_closed(status: Mapping[str, Any]) -> Settled:
     """The client was closed under the call: nothing happened to the VM or the host, so nothing is
     reported (no condition, message, lastError or event): the status stays as it was before the call."""
-    return Settled(dict(status), CLIENT_CLOSED_RETRY)
+    return Settled(dict(status), CLIENT_CLOSED_RETRY, retrying=True)
+
+
+def _failed(spec: VirtualMachineSpec, status: Mapping[str, Any], intended: Mapping[str, Any], error: HostError,
+            now: datetime, *, vm: VmRef, layout: Layout, step: str, deleting: bool,
+            free_slot: bool = False) -> Settled:
+    """planner.error_status, with transient errors retried on a growing, jittered delay recorded in
+    status.retry; a deletion whose host stays unreachable is Stalled after retry.DELETE_STALL_AFTER."""
+    if not isinstance(error, TransientHostError):
+        new, requeue, events = planner.error_status(spec, status, intended, error, now, vm=vm, layout=layout,
+                                                    host_name=spec.host_name, step=step, deleting=deleting)
+        return Settled(new, requeue, events, free_slot=free_slot)
+    record, delay = retry.next_attempt(status, now, vm.uid)
+    new, requeue, events = planner.error_status(spec, status, intended, error, now, vm=vm, layout=layout,
+                                                host_name=spec.host_name, step=step, deleting=deleting,
+                                                retry_in=delay)
+    new["retry"] = record
+    if record["attempts"] > 1:
+        events = ()  # one Warning per streak of failures, not one per retry
+    if deleting and retry.failing_for(record, now) >= retry.DELETE_STALL_AFTER:
+        message = (f"Deleting: host {spec.host_name} unreachable since {record['since']}, still retrying "
+                   f"(attempt {record['attempts']}, next at {record['nextRetryAt']}): {error}. To remove this "
+                   f"VirtualMachine and leave its VM and files on the host, annotate it "
+                   f"{retry.ABANDON_ANNOTATION}=\"true\"")
+        prev = status.get("conditions")  # as before this failure: the transition time stays put
+        stalled_before = cond.is_true(prev, cond.STALLED)
+        new["message"] = message
+        new["conditions"] = cond.merge(new.get("conditions"), [
+            cond.make(prev, cond.STALLED, True, "DeleteHostUnreachable", message, vm.generation, now),
+            cond.make(prev, cond.RECONCILING, True, "Deleting", message, vm.generation, now),
+        ])
+        if not stalled_before:
+            events = (Event("Warning", "DeleteStalled", message),)
+    return Settled(new, requeue, events, free_slot=free_slot, retrying=True)
 
 
 def observe_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], error: HostError, now: datetime, *,
@@ -67,9 +101,7 @@ def observe_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], error: H
     if isinstance(error, PermanentHostError) and planner.is_not_found(error):
         error = TransientHostError(f"host state changed while observing: {error.message}",
                                    category=error.category, command=error.command)
-    new, requeue, events = planner.error_status(spec, status, status, error, now, vm=vm, layout=layout,
-                                                host_name=spec.host_name, step="observe", deleting=deleting)
-    return Settled(new, requeue, events)
+    return _failed(spec, status, status, error, now, vm=vm, layout=layout, step="observe", deleting=deleting)
 
 
 def action_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], batch: Sequence[planner.Plan],
@@ -101,9 +133,8 @@ def action_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], batch: Se
     if files:
         intended["createdFiles"] = files
     step = "; ".join(a.description for a in actions)
-    new, requeue, events = planner.error_status(spec, status, intended, error, now, vm=vm, layout=layout,
-                                                host_name=spec.host_name, step=step, deleting=deleting)
-    return Settled(new, requeue, events, free_slot=any(a.starts_copy for a in actions))
+    return _failed(spec, status, intended, error, now, vm=vm, layout=layout, step=step, deleting=deleting,
+                   free_slot=any(a.starts_copy for a in actions))
 
 
 def wants_slot(result: planner.Plan) -> bool:

@@ -1,0 +1,188 @@
+"""Limits and outcomes that survive restarts (issue 10), against the real API server and the operator
+as a process: copy slots held in the host's status across SIGKILLs and two operator processes, and a
+SIGTERM that writes nothing."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hyperv_operator.envtest.controlplane import ControlPlane
+from hyperv_operator.envtest.operator_process import OperatorProcess
+from hyperv_operator.envtest.stack import SimulatedHyperV, apply_objects, host_objects
+from tests.integration import hostview
+from tests.integration.conftest import NAMESPACE
+from tests.integration.kube import Kube, condition
+
+ONE_SLOT_HOST = "hv-oneslot"
+
+
+@pytest.fixture(scope="module")
+def slow_sim() -> Iterator[SimulatedHyperV]:
+    """Its own host, so other tests' copies do not count: a 9 GB copy lasts ~4 s of wall time here,
+    long enough to kill the operator while one runs."""
+    simulated = SimulatedHyperV(time_scale=30.0, guest_write_bytes_per_second=20e3).start()
+    yield simulated
+    simulated.stop()
+
+
+@pytest.fixture(scope="module")
+def one_slot_host(control_plane: ControlPlane, slow_sim: SimulatedHyperV, operator: OperatorProcess) -> str:
+    apply_objects(control_plane, host_objects(NAMESPACE, ONE_SLOT_HOST, slow_sim, max_concurrent_copies=1))
+    return ONE_SLOT_HOST
+
+
+class CopySampler:
+    """Counts the copies running on the simulated host every few milliseconds."""
+
+    def __init__(self, sim: SimulatedHyperV) -> None:
+        self.sim = sim
+        self.samples = 0
+        self.overlaps = 0
+        self.max_running = 0
+        self.overlap_seen: list[list[str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            running = [j["Destination"] for j in self.sim.host.copy_jobs() if j["State"] == "Running"]
+            self.samples += 1
+            self.max_running = max(self.max_running, len(running))
+            if len(running) > 1:
+                self.overlaps += 1
+                self.overlap_seen.append(running)
+            time.sleep(0.02)
+
+    def __enter__(self) -> CopySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _copy_running(sim: SimulatedHyperV, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(j["State"] == "Running" and j["BytesCopied"] > 0 for j in sim.host.copy_jobs()):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _all_provisioned(kube: Kube, names: list[str]) -> bool:
+    return all(((kube.get_vm(NAMESPACE, n) or {}).get("status") or {}).get("phase") == "Provisioned" for n in names)
+
+
+def _queue_positions(kube: Kube, names: list[str]) -> set[int]:
+    seen: set[int] = set()
+    for n in names:
+        position = (((kube.get_vm(NAMESPACE, n) or {}).get("status") or {}).get("copy") or {}).get("queuePosition")
+        if position:
+            seen.add(int(position))
+    return seen
+
+
+def test_kills_and_two_processes_never_run_two_copies_on_a_one_slot_host(
+    slow_sim: SimulatedHyperV, one_slot_host: str, kube: Kube, running_operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(10)
+    tag = uuid.uuid4().hex[:5]
+    kills = 0
+    positions: set[int] = set()
+    second = OperatorProcess(running_operator.kubeconfig, tmp_path / "second-operator.log",
+                             drift_interval=running_operator.drift_interval,
+                             host_probe_interval=running_operator.host_probe_interval, env=running_operator.env)
+    with CopySampler(slow_sim) as sampler:
+        # Phase 1: one operator, killed while a copy runs, five VMs queued behind one slot.
+        first_batch = [f"slot-{tag}-a{i}" for i in range(5)]
+        for name in first_batch:
+            kube.create_vm(NAMESPACE, name, "Copy", host=one_slot_host)
+        while not _all_provisioned(kube, first_batch) and kills < 8:
+            if not _copy_running(slow_sim, timeout=30):
+                break
+            positions |= _queue_positions(kube, first_batch)
+            time.sleep(rng.uniform(0.0, 1.5))  # anywhere inside the running copy
+            running_operator.kill()
+            kills += 1
+            time.sleep(rng.uniform(0.0, 0.5))
+            running_operator.start()
+        # Phase 2: two operator processes at once on the same VMs, each killed in turn.
+        second.start()
+        try:
+            second_batch = [f"slot-{tag}-b{i}" for i in range(4)]
+            for name in second_batch:
+                kube.create_vm(NAMESPACE, name, "Copy", host=one_slot_host)
+            victims = [running_operator, second]
+            while not _all_provisioned(kube, second_batch) and kills < 16:
+                if not _copy_running(slow_sim, timeout=30):
+                    break
+                positions |= _queue_positions(kube, second_batch)
+                time.sleep(rng.uniform(0.0, 1.5))
+                victim = victims[kills % 2]
+                victim.kill()
+                kills += 1
+                time.sleep(rng.uniform(0.0, 0.5))
+                victim.start()
+            for name in [*first_batch, *second_batch]:
+                kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=240)
+        finally:
+            second.stop()
+            print(f"\nsecond operator log: {second.log_path}")
+    print(f"\nkill test: {kills} kills, {sampler.samples} samples, {sampler.overlaps} overlapping samples, "
+          f"max running copies {sampler.max_running}")
+    assert kills >= 10
+    assert sampler.overlaps == 0, f"copies running at once: {sampler.overlap_seen[:3]}"
+    assert sampler.max_running == 1
+    assert positions, "queued VMs show their place in line"
+    host = kube.get_host(NAMESPACE, one_slot_host)
+    assert (host.get("status") or {}).get("copySlots") in ([], None)  # every slot given back
+    assert (host.get("status") or {}).get("copyQueue") in ([], None)
+
+
+def test_sigterm_during_drift_checks_leaves_every_ready_condition_as_it_was(
+    slow_sim: SimulatedHyperV, one_slot_host: str, kube: Kube, running_operator: OperatorProcess,
+) -> None:
+    tag = uuid.uuid4().hex[:5]
+    names = [f"term-{tag}-{i}" for i in range(3)]
+    for name in names:
+        kube.create_vm(NAMESPACE, name, "Differencing", host=one_slot_host)
+    for name in names:
+        kube.wait_phase(NAMESPACE, name, "Provisioned")
+    time.sleep(1.0)  # let the last status writes land
+    before = {n: (condition(kube.get_vm(NAMESPACE, n) or {}, "Ready"), (kube.get_vm(NAMESPACE, n) or {})["status"])
+              for n in names}
+    in_flight = threading.Event()
+    hook = hostview.CommandHook()
+    slow_sim.host.on_command(hook)
+
+    def reading(command: str, _params: dict[str, Any], when: str) -> None:
+        if when == "before" and hostview.command_is(command, "Get-VM"):
+            in_flight.set()
+
+    hook.set(reading)
+    # Drift checks read the VM by Id: hold each read on the host (outside its lock) so the stop lands
+    # while checks are in flight.
+    slow_sim.host.set_latency("Get-VM", 30.0)  # simulated seconds: 1 s of wall time at x30
+    try:
+        assert in_flight.wait(timeout=running_operator.drift_interval * 3), "no drift check reached the host"
+        running_operator.stop(timeout=40)
+    finally:
+        slow_sim.host.set_latency("Get-VM", 0.0)
+        hook.clear()
+    for name in names:
+        vm = kube.get_vm(NAMESPACE, name) or {}
+        ready_before, status_before = before[name]
+        assert condition(vm, "Ready") == ready_before, f"{name}: {vm.get('status')}"
+        assert "closed" not in str(vm["status"].get("message")) and "closed" not in str(vm["status"].get("lastError"))
+        assert vm["status"].get("lastError") == status_before.get("lastError")
