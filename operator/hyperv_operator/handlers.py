@@ -28,7 +28,7 @@ from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
 from hyperv_operator.hyperv.errors import ClientClosedError, HostError
 from hyperv_operator.hyperv.probe import probe_client
-from hyperv_operator.provisioning import engine, settle
+from hyperv_operator.provisioning import engine, retry, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
 from hyperv_operator.provisioning.gate import HostGate, under_way
 from hyperv_operator.provisioning.phases import Phase
@@ -63,6 +63,8 @@ class OperatorConfig:
     operator_namespace: str = "hyperv-operator-system"
     """Where ClusterHyperVHosts' Secrets live."""
     webhook: WebhookConfig | None = None
+    delete_stall_after: float = retry.DELETE_STALL_AFTER
+    """Seconds a deletion may fail on an unreachable host before it is Stalled (and the abandon annotation named)."""
     shutdown_grace: float = 20.0
     """On SIGTERM, seconds the running steps get to finish their host commands before the connections close
     (below the pod's terminationGracePeriodSeconds, 30 by default)."""
@@ -412,8 +414,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         metered = metrics.MeteredClient(client, host_key)
         first = under_way(old_status, deleting=deleting)
         async with runtime.gate.turn(host_key, started=first):  # the VM's lock is held by step()
-            run = engine.finalize if deleting else engine.reconcile
-            outcome = await run(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots, _now())
+            if deleting:
+                outcome = await engine.finalize(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots,
+                                                _now(), delete_stall_after=runtime.config.delete_stall_after)
+            else:
+                outcome = await engine.reconcile(metered, ref, vm_spec, old_status, host_spec, host_key,
+                                                 runtime.slots, _now())
         _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
         return outcome
 
@@ -440,10 +446,31 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.delete(*vm_resource, id="finalize", registry=registry)
     async def delete_vm(**kwargs: Any) -> None:
+        meta: kopf.Meta = kwargs["meta"]
+        if str((meta.get("annotations") or {}).get(retry.ABANDON_ANNOTATION, "")).lower() == "true":
+            await _abandon(kwargs)
+            return
         outcome = await step(kwargs, deleting=True)
         if outcome is not None and not outcome.finished:
             delay = outcome.requeue_after if outcome.requeue_after is not None else 2.0
             raise kopf.TemporaryError(outcome.status.get("message") or "deleting", delay=delay)
+
+    async def _abandon(kwargs: Mapping[str, Any]) -> None:
+        """The user's explicit opt-in: remove the VirtualMachine without cleaning up on its host (a host
+        gone for good). Never silent: a Warning event lists what stays on the host."""
+        body: kopf.Body = kwargs["body"]
+        meta: kopf.Meta = kwargs["meta"]
+        status = dict(kwargs["status"])
+        spec = dict(kwargs["spec"])
+        left = (f"host {policy.HostRef.from_vm_spec(spec).name}: VM {status.get('vmName') or '-'} "
+                f"(Id {status.get('vmId') or 'none recorded'}), files {status.get('createdFiles') or []}")
+        kopf.event(body, type="Warning", reason="HostResourcesAbandoned",
+                   message=f"removed without cleaning up ({retry.ABANDON_ANNOTATION}=true); left on {left}")
+        logger.warning("%s/%s: abandoned on request; left on %s", meta.get("namespace"), meta.get("name"), left)
+        resolved = resolve_host(str(meta["namespace"]), spec, kwargs, runtime.config.operator_namespace)
+        with contextlib.suppress(Exception):  # its copy slot is not needed any more (best effort)
+            await runtime.slots.refresh(resolved.key)
+            await runtime.slots.release(resolved.key, str(meta["uid"]))
 
     async def probe_host(
         namespace: str,

@@ -18,7 +18,7 @@ from hyperv_operator.hyperv import cmdlets, second_hop
 from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, PermanentHostError, TransientHostError
-from hyperv_operator.provisioning import effects, planner, settle
+from hyperv_operator.provisioning import effects, planner, retry, settle
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, join, layout_for, same_path
 from hyperv_operator.provisioning.ledger import CopySlots, LedgerError
 from hyperv_operator.provisioning.model import Event, VmRef
@@ -62,6 +62,7 @@ class StepInput:
     slots: CopySlots
     now: datetime
     deleting: bool = False
+    delete_stall_after: float = retry.DELETE_STALL_AFTER
 
 
 MAX_PLANS_PER_RUN = 16
@@ -97,9 +98,12 @@ async def finalize(
     host_key: str,
     slots: CopySlots,
     now: datetime,
+    *,
+    delete_stall_after: float = retry.DELETE_STALL_AFTER,
 ) -> StepOutcome:
     """Deletion, as far as it goes without waiting; `finished=True` once the finalizer may be removed."""
-    return await run_step(StepInput(client, vm, spec, status, host, host_key, slots, now, deleting=True))
+    return await run_step(StepInput(client, vm, spec, status, host, host_key, slots, now, deleting=True,
+                                    delete_stall_after=delete_stall_after))
 
 
 def _complete(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,7 +173,7 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
                 log.warning("%s [%s]: observing host %s failed: %s", who, status.get("phase"), s.spec.host_name,
                             error)
                 failed = settle.observe_failed(s.spec, status, error, s.now, vm=s.vm, layout=layout,
-                                               deleting=s.deleting)
+                                               deleting=s.deleting, stall_after=s.delete_stall_after)
                 return _outcome(s, failed, events)
         if not slots_read and str(status.get("phase")) in _COPY_PHASE_NAMES:
             slots_read = True  # reached a copy phase within this run (from Provisioned? no: a drift re-run)
@@ -223,7 +227,7 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
             log.warning("%s [%s]: host %s: %s failed: %s", who, result.status.get("phase"), s.spec.host_name,
                         "; ".join(a.kind for a in sent), error)
             failed = settle.action_failed(s.spec, batch_from, batch, error, s.now, vm=s.vm, layout=layout,
-                                          deleting=s.deleting)
+                                          deleting=s.deleting, stall_after=s.delete_stall_after)
             if failed.free_slot and slots_read:
                 await s.slots.release(s.host_key, s.vm.uid)
             if failed.observe_again:

@@ -61,7 +61,7 @@ def client_closed(status: Mapping[str, Any]) -> Settled:
 
 def _failed(spec: VirtualMachineSpec, status: Mapping[str, Any], intended: Mapping[str, Any], error: HostError,
             now: datetime, *, vm: VmRef, layout: Layout, step: str, deleting: bool,
-            free_slot: bool = False) -> Settled:
+            free_slot: bool = False, stall_after: float = retry.DELETE_STALL_AFTER) -> Settled:
     """planner.error_status, with transient errors retried on a growing, jittered delay recorded in
     status.retry; a deletion whose host stays unreachable is Stalled after retry.DELETE_STALL_AFTER."""
     if not isinstance(error, TransientHostError):
@@ -75,7 +75,7 @@ def _failed(spec: VirtualMachineSpec, status: Mapping[str, Any], intended: Mappi
     new["retry"] = record
     if record["attempts"] > 1:
         events = ()  # one Warning per streak of failures, not one per retry
-    if deleting and retry.failing_for(record, now) >= retry.DELETE_STALL_AFTER:
+    if deleting and retry.failing_for(record, now) >= stall_after:
         message = (f"Deleting: host {spec.host_name} unreachable since {record['since']}, still retrying "
                    f"(attempt {record['attempts']}, next at {record['nextRetryAt']}): {error}. To remove this "
                    f"VirtualMachine and leave its VM and files on the host, annotate it "
@@ -93,7 +93,7 @@ def _failed(spec: VirtualMachineSpec, status: Mapping[str, Any], intended: Mappi
 
 
 def observe_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], error: HostError, now: datetime, *,
-                   vm: VmRef, layout: Layout, deleting: bool) -> Settled:
+                   vm: VmRef, layout: Layout, deleting: bool, stall_after: float = retry.DELETE_STALL_AFTER) -> Settled:
     """Reading never fails for a missing object (that is data); a not-found here means the host changed
     while we read it: retry, do not fail the VM."""
     if isinstance(error, ClientClosedError):
@@ -101,11 +101,13 @@ def observe_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], error: H
     if isinstance(error, PermanentHostError) and planner.is_not_found(error):
         error = TransientHostError(f"host state changed while observing: {error.message}",
                                    category=error.category, command=error.command)
-    return _failed(spec, status, status, error, now, vm=vm, layout=layout, step="observe", deleting=deleting)
+    return _failed(spec, status, status, error, now, vm=vm, layout=layout, step="observe", deleting=deleting,
+                   stall_after=stall_after)
 
 
 def action_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], batch: Sequence[planner.Plan],
-                  error: HostError, now: datetime, *, vm: VmRef, layout: Layout, deleting: bool) -> Settled:
+                  error: HostError, now: datetime, *, vm: VmRef, layout: Layout, deleting: bool,
+                  stall_after: float = retry.DELETE_STALL_AFTER) -> Settled:
     """A pipeline of the batch's actions stopped at `error` (any prefix of it may have run).
 
     `status` is the status before the batch; `batch` the plans whose actions were sent, in order.
@@ -134,7 +136,7 @@ def action_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], batch: Se
         intended["createdFiles"] = files
     step = "; ".join(a.description for a in actions)
     return _failed(spec, status, intended, error, now, vm=vm, layout=layout, step=step, deleting=deleting,
-                   free_slot=any(a.starts_copy for a in actions))
+                   free_slot=any(a.starts_copy for a in actions), stall_after=stall_after)
 
 
 def wants_slot(result: planner.Plan) -> bool:
