@@ -28,10 +28,10 @@ from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
 from hyperv_operator.hyperv.errors import ClientClosedError, HostError
 from hyperv_operator.hyperv.probe import probe_client
-from hyperv_operator.provisioning import engine, retry, settle
+from hyperv_operator.provisioning import engine, planner, retry, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
 from hyperv_operator.provisioning.gate import HostGate, under_way
-from hyperv_operator.provisioning.phases import Phase
+from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
 from hyperv_operator.tenancy import policy
 from hyperv_operator.tenancy.webhook import VALIDATE_VM_ID, WebhookCertificate, inject_ca_bundle
 
@@ -412,13 +412,25 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             raise kopf.TemporaryError(str(exc), delay=wrong.requeue_after) from exc
         ref = VmRef(namespace=namespace, name=name, uid=uid, generation=generation)
         metered = metrics.MeteredClient(client, host_key)
-        first = under_way(old_status, deleting=deleting)
+        engine_status = old_status
+        if not deleting:
+            # A new value of the retry annotation: failure counts reset, a failed copy copies again.
+            request = str((meta.get("annotations") or {}).get(retry.RETRY_ANNOTATION) or "")
+            copy_phase = next((p.value for p in planner.phases(vm_spec.strategy) if p in COPY_PHASES),
+                              Phase.PENDING.value)
+            again = retry.requested(old_status, request, copy_phase)
+            if again is not None:
+                kopf.event(body, type="Normal", reason="RetryRequested",
+                           message=f"{retry.RETRY_ANNOTATION}={request}: trying again from {again.get('phase')}")
+                engine_status = again
+        first = under_way(engine_status, deleting=deleting)
         async with runtime.gate.turn(host_key, started=first):  # the VM's lock is held by step()
             if deleting:
-                outcome = await engine.finalize(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots,
-                                                _now(), delete_stall_after=runtime.config.delete_stall_after)
+                outcome = await engine.finalize(metered, ref, vm_spec, engine_status, host_spec, host_key,
+                                                runtime.slots, _now(),
+                                                delete_stall_after=runtime.config.delete_stall_after)
             else:
-                outcome = await engine.reconcile(metered, ref, vm_spec, old_status, host_spec, host_key,
+                outcome = await engine.reconcile(metered, ref, vm_spec, engine_status, host_spec, host_key,
                                                  runtime.slots, _now())
         _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
         return outcome
@@ -426,6 +438,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.resume(*vm_resource, id="reconcile", registry=registry)
     @kopf.on.create(*vm_resource, id="reconcile", registry=registry)
     @kopf.on.update(*vm_resource, id="reconcile", field="spec", registry=registry)
+    @kopf.on.update(*vm_resource, id="retry-request", field="metadata.annotations",
+                    annotations={retry.RETRY_ANNOTATION: kopf.PRESENT}, registry=registry)
     async def reconcile_vm(**kwargs: Any) -> None:
         outcome = await step(kwargs, deleting=False)
         if outcome is not None and outcome.requeue_after is not None:

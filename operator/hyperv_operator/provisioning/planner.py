@@ -20,9 +20,10 @@ from hyperv_operator.api import UID_TAG_PREFIX, DeletionPolicy, PowerState, Stra
 from hyperv_operator.hyperv import cmdlets, errors, scripts, second_hop
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, TransientHostError
+from hyperv_operator.provisioning import retry
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, is_checkpoint_of, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
-from hyperv_operator.provisioning.observation import Observation, kind_of, parse_vm
+from hyperv_operator.provisioning.observation import CopyJob, Observation, kind_of, parse_vm
 from hyperv_operator.provisioning.pacing import copy_poll_delay
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase, Step
 
@@ -252,6 +253,26 @@ def _creating_disk(w: _Work) -> _Result:
                 f"creating differencing disk {disk} on base {base}")
 
 
+def _copy_failed(w: _Work, job: CopyJob) -> _Result:
+    """[reliability] A failed copy (disk full, share dropped) is tried again after a growing wait, its
+    files removed first; after retry.COPY_ATTEMPTS the VM is Failed with the last error (the retry
+    annotation tries again on demand)."""
+    base, disk, layout = w.spec.base_vhd, w.layout.disk, w.layout
+    again = retry.copy_failed(w.status.get("copy") or {}, job.finished_at or job.updated_at or "", w.now,
+                              w.vm.uid)
+    w.copy_status(**again.record)
+    text = (f"background copy of {base} to {disk} failed on host {w.obs.host_name} "
+            f"(attempt {again.record['failures']} of {retry.COPY_ATTEMPTS}): {job.error or 'no reason given'}")
+    if again.give_up:
+        return _Fail("CopyFailed", f"{text}; annotate {retry.RETRY_ANNOTATION} with a new value to try again")
+    if again.wait > 0:
+        return _Wait(f"{text}; copying again at {again.record['retryAt']}", min(again.wait, retry.MAX_DELAY))
+    leftovers = [p for p in (layout.copy_status, layout.partial) if w.obs.exists(p)]
+    return _Act(Action("RemoveFailedCopy", tuple(cmdlets.remove_file(p) for p in leftovers),
+                       "Remove-Item " + ", ".join(leftovers), tolerate_not_found=True),
+                f"{text}; removing the failed copy's files to copy again")
+
+
 def _copying(w: _Work) -> _Result:
     base, disk, layout = w.spec.base_vhd, w.layout.disk, w.layout
     job = w.obs.copy
@@ -280,8 +301,7 @@ def _copying(w: _Work) -> _Result:
         # rather than start a second copy over the finished one.
         return _Wait(f"copy of {base} to {disk} completed; confirming {disk} exists", AFTER_ACTION)
     if job is not None and job.state == "Failed":
-        return _Fail("CopyFailed", f"background copy of {base} to {disk} failed on host {w.obs.host_name}: "
-                                   f"{job.error or 'no reason given'}")
+        return _copy_failed(w, job)  # [reliability] retried when its cause may be gone
     slot = w.obs.slot
     if not slot.available:
         if not (w.status.get("copy") or {}).get("queued"):

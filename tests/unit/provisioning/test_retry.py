@@ -77,3 +77,47 @@ def test_delete_on_an_unreachable_host_stalls_with_the_reason_and_the_way_out() 
     assert (stalled["status"], stalled["reason"]) == ("True", "DeleteHostUnreachable")
     assert retry.ABANDON_ANNOTATION in status["message"] and "connection refused" in status["message"]
     assert len(stalled_events) == 1  # said once, not at every retry
+
+
+def _run_until(world: World, vm: Any, s: Any, status: dict[str, Any], done: Any, steps: int = 400) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        current = status
+        for _ in range(steps):
+            outcome = await reconcile(world.client, vm, s, current, HOST, "hv1", world.slots, world.now)
+            current = merged(current, outcome)
+            if done(current) or outcome.requeue_after is None:
+                return current
+            await world.wait(max(outcome.requeue_after, 0.05))
+        raise AssertionError(f"not reached: {current.get('phase')} {current.get('message')}")
+
+    return asyncio.run(go())
+
+
+def test_a_disk_full_copy_is_copied_again_once_space_is_freed() -> None:
+    world = World()
+    vm = ref("retry-diskfull")
+    s = spec("Copy")
+    world.host.set_free_bytes(10 * 1024 * 1024)  # less than the 64 MiB base
+    status = _run_until(world, vm, s, {}, lambda st: (st.get("copy") or {}).get("failures"))
+    assert status["phase"] == "Copying" and "attempt 1 of" in status["message"]
+    world.host.set_free_bytes(10 * 1024**3)
+    final = asyncio.run(provision(world, vm, s, status))
+    assert final["phase"] == "Provisioned"
+    assert not any(f.endswith((".partial", ".copy.json")) for f in world.files())
+
+
+def test_a_copy_that_keeps_failing_ends_failed_and_the_annotation_retries_it() -> None:
+    world = World()
+    vm = ref("retry-giveup")
+    s = spec("Copy")
+    world.host.set_free_bytes(10 * 1024 * 1024)
+    status = _run_until(world, vm, s, {}, lambda st: st.get("phase") == "Failed", steps=2000)
+    assert status["copy"]["failures"] == retry.COPY_ATTEMPTS
+    assert "disk" in status["lastError"].lower() and retry.RETRY_ANNOTATION in status["message"]
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "CopyFailed")
+    world.host.set_free_bytes(10 * 1024**3)
+    again = retry.requested(status, "1", "Copying")
+    assert again is not None and again["phase"] == "Copying" and retry.requested(again, "1", "Copying") is None
+    final = asyncio.run(provision(world, vm, s, again))
+    assert final["phase"] == "Provisioned" and final["retryRequest"] == "1"
