@@ -7,6 +7,7 @@ import asyncio
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from tests.unit.provisioning.test_engine_simulator import VM_ROOT, World, merged, ref, spec
@@ -182,3 +183,22 @@ def test_another_process_does_not_start_a_copy_for_a_vm_whose_slot_it_did_not_ta
     # A died between taking the slot and starting the copy: B takes it over once A's lease ran out.
     late = acquire(taken, Entry("vm", owner="B", since="x"), 1, t0 + OWNER_LEASE)
     assert late.granted and [e.owner for e in late.ledger.holders] == ["B"]
+
+
+def test_the_crds_keep_every_field_the_ledger_and_the_vm_status_write() -> None:
+    """The API server prunes fields a structural schema does not declare: an undeclared `owner` would
+    silently come back empty (and every process would own every slot)."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[3] / "crds"
+    written = set(Entry("u", "ns/vm", "owner", "2025-01-01T00:00:00Z").to_dict())
+    for crd in ("hyperv-operator.io_hypervhosts.yaml", "hyperv-operator.io_clusterhypervhosts.yaml"):
+        doc = yaml.safe_load((root / crd).read_text())
+        status = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+        for key in ("copySlots", "copyQueue"):
+            assert written <= set(status[key]["items"]["properties"]), (crd, key)
+    vm = yaml.safe_load((root / "hyperv-operator.io_virtualmachines.yaml").read_text())
+    status = vm["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert {"queuePosition", "failures", "lastFailureAt", "retryAt"} <= set(status["copy"]["properties"])
+    assert {"attempts", "since", "nextRetryAt"} <= set(status["retry"]["properties"])
+    assert "retryRequest" in status
