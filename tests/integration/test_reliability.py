@@ -168,13 +168,13 @@ def test_sigterm_during_drift_checks_leaves_every_ready_condition_as_it_was(
     slow_sim.host.on_command(hook)
 
     def reading(command: str, _params: dict[str, Any], when: str) -> None:
-        if when == "before" and hostview.command_is(command, "Get-VM"):
+        if when == "before" and hostview.command_is(command, "Test-Path"):
             in_flight.set()
 
     hook.set(reading)
-    # Drift checks read the VM by Id: hold each read on the host (outside its lock) so the stop lands
-    # while checks are in flight.
-    slow_sim.host.set_latency("Get-VM", 30.0)  # simulated seconds: 1 s of wall time at x30
+    # A drift check's one round trip is Test-Path ... then Get-VM -Id: hold Get-VM on the host (a wall
+    # time latency, outside the host's lock) so the stop lands while checks are in flight.
+    slow_sim.host.set_latency("Get-VM", 2.0)
     try:
         assert in_flight.wait(timeout=running_operator.drift_interval * 3), "no drift check reached the host"
         running_operator.stop(timeout=40)
@@ -187,3 +187,63 @@ def test_sigterm_during_drift_checks_leaves_every_ready_condition_as_it_was(
         assert condition(vm, "Ready") == ready_before, f"{name}: {vm.get('status')}"
         assert "closed" not in str(vm["status"].get("message")) and "closed" not in str(vm["status"].get("lastError"))
         assert vm["status"].get("lastError") == status_before.get("lastError")
+
+
+@pytest.mark.timeout(400)
+def test_a_disk_full_copy_recovers_once_space_is_freed(
+    slow_sim: SimulatedHyperV, one_slot_host: str, kube: Kube, running_operator: OperatorProcess,
+) -> None:
+    name = f"diskfull-{uuid.uuid4().hex[:5]}"
+    slow_sim.host.set_free_bytes(2 * 10**9)  # less than the 9 GB base
+    try:
+        kube.create_vm(NAMESPACE, name, "Copy", host=one_slot_host)
+        failed = kube.wait_vm(NAMESPACE, name,
+                              lambda o: bool(((o.get("status") or {}).get("copy") or {}).get("failures")),
+                              timeout=120, what="a failed copy attempt")
+        status = failed["status"]
+        assert status["phase"] == "Copying" and "attempt 1 of" in status["message"], status
+        assert "disk" in status["message"].lower()
+    finally:
+        slow_sim.host.set_free_bytes(10 * 10**12)
+    final = kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=180)
+    assert final["status"]["copy"]["percent"] == 100
+    assert not [f for f in hostview.file_paths(slow_sim) if name in f and f.endswith((".partial", ".copy.json"))]
+
+
+@pytest.mark.timeout(400)
+def test_a_delete_on_a_vanished_host_stalls_with_the_reason_and_completes_with_the_opt_in(
+    control_plane: ControlPlane, kube: Kube, operator: OperatorProcess, tmp_path: Path,
+) -> None:
+    gone = SimulatedHyperV(time_scale=60.0, guest_write_bytes_per_second=20e3).start()
+    apply_objects(control_plane, host_objects(NAMESPACE, "hv-vanishing", gone))
+    # The shared operator makes way for one that reports a stalled delete after 5 s (default 10 min).
+    operator.stop()
+    quick = OperatorProcess(operator.kubeconfig, tmp_path / "operator.log", drift_interval=operator.drift_interval,
+                            host_probe_interval=operator.host_probe_interval, env=operator.env,
+                            extra_args=("--delete-stall-after", "5"))
+    quick.start()
+    name = f"vanish-{uuid.uuid4().hex[:5]}"
+    try:
+        kube.create_vm(NAMESPACE, name, "Differencing", host="hv-vanishing")
+        vm_id = kube.wait_phase(NAMESPACE, name, "Provisioned")["status"]["vmId"]
+        gone.stop()  # the host is gone for good
+        kube.delete_vm(NAMESPACE, name)
+
+        def stalled(obj: dict[str, Any]) -> bool:
+            c = condition(obj, "Stalled") or {}
+            return c.get("status") == "True" and c.get("reason") == "DeleteHostUnreachable"
+
+        obj = kube.wait_vm(NAMESPACE, name, stalled, timeout=120, what="Stalled DeleteHostUnreachable")
+        assert "abandon-host-resources" in obj["status"]["message"]
+        assert obj["status"]["retry"]["attempts"] >= 2
+        time.sleep(3)
+        assert kube.get_vm(NAMESPACE, name) is not None  # never silently
+        kube.patch_vm(NAMESPACE, name,
+                      {"metadata": {"annotations": {"hyperv-operator.io/abandon-host-resources": "true"}}})
+        kube.wait_gone(NAMESPACE, name, timeout=120)
+        abandoned = [e for e in kube.events_for(NAMESPACE, name) if e.reason == "HostResourcesAbandoned"]
+        assert abandoned and abandoned[0].type == "Warning" and vm_id in abandoned[0].message
+    finally:
+        quick.stop()
+        print(f"\noperator log (stall after 5 s): {quick.log_path}")
+        operator.start()
