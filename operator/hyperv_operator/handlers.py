@@ -364,10 +364,16 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 return await _step_locked(kwargs, deleting=deleting)
 
     def _settled(kwargs: Mapping[str, Any]) -> bool:
-        # Only settled VMs: the change handlers own everything in flight. Failed is re-checked
-        # too, so a VM waiting for a missing base disk starts once the base appears.
-        settled = (Phase.PROVISIONED.value, Phase.FAILED.value)
-        return kwargs["status"].get("phase") in settled and not kwargs["meta"].get("deletionTimestamp")
+        # Only VMs no change handler drives: settled ones (Failed is re-checked too, so a VM waiting
+        # for a missing base disk starts once the base appears), and VMs left in a phase between
+        # with no change handler under way (its kopf progress annotation is gone): a Failed VM the
+        # timer moved on (base appeared, retry annotation) is carried by the timer to Provisioned.
+        if kwargs["meta"].get("deletionTimestamp"):
+            return False
+        if kwargs["status"].get("phase") in (Phase.PROVISIONED.value, Phase.FAILED.value):
+            return True
+        annotations = kwargs["meta"].get("annotations") or {}
+        return bool(kwargs["status"].get("phase")) and f"{api.ANNOTATION_PREFIX}/reconcile" not in annotations
 
     async def _step_locked(kwargs: Mapping[str, Any], *, deleting: bool) -> StepOutcome:
         body: kopf.Body = kwargs["body"]
@@ -438,8 +444,6 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.resume(*vm_resource, id="reconcile", registry=registry)
     @kopf.on.create(*vm_resource, id="reconcile", registry=registry)
     @kopf.on.update(*vm_resource, id="reconcile", field="spec", registry=registry)
-    @kopf.on.update(*vm_resource, id="retry-request", field="metadata.annotations",
-                    annotations={retry.RETRY_ANNOTATION: kopf.PRESENT}, registry=registry)
     async def reconcile_vm(**kwargs: Any) -> None:
         outcome = await step(kwargs, deleting=False)
         if outcome is not None and outcome.requeue_after is not None:

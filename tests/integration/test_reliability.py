@@ -247,3 +247,18 @@ def test_a_delete_on_a_vanished_host_stalls_with_the_reason_and_completes_with_t
         quick.stop()
         print(f"\noperator log (stall after 5 s): {quick.log_path}")
         operator.start()
+
+
+@pytest.mark.timeout(300)
+def test_a_copy_vm_whose_base_appears_later_runs_to_provisioned(
+    slow_sim: SimulatedHyperV, one_slot_host: str, kube: Kube, running_operator: OperatorProcess,
+) -> None:
+    """The drift timer re-checks the Failed VM and starts its copy; the VM is then in Copying with no
+    change handler under way: the timer must carry it on, not leave it there."""
+    name = f"late-{uuid.uuid4().hex[:5]}"
+    late = f"\\\\FS\\VMSHARE\\LATE-{name.upper()}.VHDX"
+    kube.create_vm(NAMESPACE, name, "Copy", host=one_slot_host, baseVhd=late)
+    failed = kube.wait_phase(NAMESPACE, name, "Failed")
+    assert (condition(failed, "Stalled") or {}).get("reason") == "BaseDiskNotFound"
+    slow_sim.host.add_base_disk(late, 2 * 1024**3, acl_read_only=True)
+    kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=120)
