@@ -402,17 +402,17 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 return StepOutcome(status=old_status, requeue_after=None, events=(), finished=True)
             if refusal is not None:
                 refused = settle.refused(old_status, generation, refusal.reason, refusal.message, _now(),
-                                         retry=HOST_MISSING_RETRY_SECONDS)
+                                         retry=HOST_MISSING_RETRY_SECONDS, key=uid)
                 outcome = StepOutcome(refused.status, refused.requeue_after, ())
                 _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
-                raise kopf.TemporaryError(refusal.message, delay=HOST_MISSING_RETRY_SECONDS)
+                raise kopf.TemporaryError(refusal.message, delay=refused.requeue_after)
         if resolved.spec is None:  # a refusal covers a missing host; this is unreachable
             raise kopf.TemporaryError(f"host of {namespace}/{name} not resolved", delay=HOST_MISSING_RETRY_SECONDS)
         host_spec = HyperVHostSpec.from_dict(resolved.spec)
         try:
             client = await runtime.connections.client_for(resolved.secret_namespace, vm_spec.host_name, host_spec)
         except HostConfigError as exc:
-            wrong = settle.host_misconfigured(old_status, generation, str(exc), _now())
+            wrong = settle.host_misconfigured(old_status, generation, str(exc), _now(), key=uid)
             outcome = StepOutcome(wrong.status, wrong.requeue_after, ())
             _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
             raise kopf.TemporaryError(str(exc), delay=wrong.requeue_after) from exc

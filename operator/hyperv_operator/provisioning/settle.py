@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from hyperv_operator import conditions as cond
@@ -189,14 +189,28 @@ def host_missing(status: Mapping[str, Any], generation: int, host: str, now: dat
     return Settled(_waiting(status, generation, "HostNotFound", message, now, stalled=False), retry)
 
 
-def host_misconfigured(status: Mapping[str, Any], generation: int, message: str, now: datetime) -> Settled:
+def _rechecked(waiting: dict[str, Any], status: Mapping[str, Any], now: datetime, key: str,
+               cap: float) -> Settled:
+    """A wait for something outside (a host, a Secret, an admission) is re-checked on a backoff that
+    starts short (the fix is often seconds away: GitOps applying the host after the VM) and grows to
+    `cap`; the attempts show in status.retry."""
+    record, delay = retry.next_attempt(status, now, key)
+    delay = min(delay, cap)
+    record["nextRetryAt"] = cond.timestamp(now + timedelta(seconds=delay))
+    waiting["retry"] = record
+    return Settled(waiting, delay, retrying=True)
+
+
+def host_misconfigured(status: Mapping[str, Any], generation: int, message: str, now: datetime, *,
+                       key: str = "") -> Settled:
     """The HyperVHost cannot be used as configured (its Secret, its settings): stalled until it changes."""
-    return Settled(_waiting(status, generation, "HostMisconfigured", message, now, stalled=True),
-                   HOST_MISCONFIGURED_RETRY)
+    return _rechecked(_waiting(status, generation, "HostMisconfigured", message, now, stalled=True), status, now,
+                      key, HOST_MISCONFIGURED_RETRY)
 
 
 def refused(status: Mapping[str, Any], generation: int, reason: str, message: str, now: datetime, *,
-            retry: float) -> Settled:
+            retry: float, key: str = "") -> Settled:
     """The VM may not use its host (host missing, namespace not admitted, a path outside the host's roots):
-    Stalled with the reason, re-checked in the cluster only; nothing is sent to any host."""
-    return Settled(_waiting(status, generation, reason, message, now, stalled=True), retry)
+    Stalled with the reason, re-checked in the cluster only (backoff from ~1 s up to `retry` seconds);
+    nothing is sent to any host."""
+    return _rechecked(_waiting(status, generation, reason, message, now, stalled=True), status, now, key, retry)

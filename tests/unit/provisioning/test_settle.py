@@ -84,4 +84,14 @@ def test_host_missing_and_misconfigured() -> None:
     assert waiting.status["phase"] == "Pending" and "default/hv1" in waiting.status["message"]
     wrong = settle.host_misconfigured(status("Copying"), 1, "secret hv1-creds has no password", NOW)
     assert condition(wrong.status, "Stalled")["status"] == "True"
-    assert wrong.status["phase"] == "Copying" and wrong.requeue_after == 30.0
+    assert wrong.status["phase"] == "Copying" and wrong.requeue_after is not None and wrong.requeue_after <= 2.0
+    # re-checked on a backoff that starts short and grows to its cap
+    delays = []
+    current = status("Copying")
+    for _ in range(8):
+        wrong = settle.host_misconfigured(current, 1, "secret hv1-creds has no password", NOW, key="vm")
+        assert wrong.requeue_after is not None
+        delays.append(wrong.requeue_after)
+        current = wrong.status
+    assert delays[0] <= 2.0 and delays[-1] == settle.HOST_MISCONFIGURED_RETRY and delays == sorted(delays)
+    assert current["retry"]["attempts"] == 8
