@@ -37,8 +37,10 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from hyperv_operator import metrics
+    from hyperv_operator.copy_ledger import KubeLedgerStore
     from hyperv_operator.handlers import OperatorConfig, Runtime, build_registry
     from hyperv_operator.hosts import HostConnections, kubernetes_secret_reader, winrm_client_factory
+    from hyperv_operator.provisioning.ledger import CopySlots
 
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=kopf.LogFormat.FULL)
     logging.getLogger("hyperv_operator").setLevel(logging.DEBUG if args.debug else logging.INFO)
@@ -48,6 +50,8 @@ def _run(args: argparse.Namespace) -> int:
     config = OperatorConfig(
         drift_interval=args.drift_interval,
         host_probe_interval=args.host_probe_interval,
+        delete_stall_after=args.delete_stall_after,
+        shutdown_grace=args.shutdown_grace,
         operator_namespace=args.operator_namespace,
         webhook=_webhook_config(args),
         peering_lifetime=None if args.standalone else args.peering_lifetime,
@@ -62,6 +66,8 @@ def _run(args: argparse.Namespace) -> int:
             ),
             kubernetes_secret_reader(),
         ),
+        # Copy slots are written in the host objects' status, so the limit survives restarts and replicas.
+        slots=CopySlots(KubeLedgerStore()),
     )
     if args.metrics_port:
         metrics.start_metrics_server(args.metrics_port, args.metrics_address)
@@ -212,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness-address", default="0.0.0.0")  # noqa: S104 - probed by the kubelet
     run.add_argument("--drift-interval", type=float, default=30.0, help="seconds between drift checks of a VM")
     run.add_argument("--host-probe-interval", type=float, default=60.0, help="seconds between HyperVHost probes")
+    run.add_argument("--delete-stall-after", type=float, default=600.0,
+                     help="seconds a deletion may fail on an unreachable host before it is reported Stalled")
+    run.add_argument("--shutdown-grace", type=float, default=20.0,
+                     help="on SIGTERM, seconds running steps get to finish their host commands")
     run.add_argument("--winrm-connection-timeout", type=float, default=30.0)
     run.add_argument("--winrm-read-timeout", type=float, default=30.0)
     run.add_argument("--winrm-operation-timeout", type=float, default=20.0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,13 +27,13 @@ from hyperv_operator import conditions as cond
 from hyperv_operator.api import DeletionPolicy, HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.draining import Drain
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
-from hyperv_operator.hyperv.errors import HostError
+from hyperv_operator.hyperv.errors import ClientClosedError, HostError
 from hyperv_operator.hyperv.probe import probe_client
 from hyperv_operator.images import controller as images
-from hyperv_operator.provisioning import engine, settle
+from hyperv_operator.provisioning import engine, planner, retry, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
 from hyperv_operator.provisioning.gate import HostGate, under_way
-from hyperv_operator.provisioning.phases import Phase
+from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
 from hyperv_operator.tenancy import classes, policy
 from hyperv_operator.tenancy.webhook import VALIDATE_VM_ID, WebhookCertificate, inject_ca_bundle
 
@@ -67,6 +67,11 @@ class OperatorConfig:
     webhook: WebhookConfig | None = None
     peering_lifetime: int | None = None
     """kopf's settings.peering.lifetime (seconds) when peering; None: kopf's default or standalone."""
+    delete_stall_after: float = retry.DELETE_STALL_AFTER
+    """Seconds a deletion may fail on an unreachable host before it is Stalled (and the abandon annotation named)."""
+    shutdown_grace: float = 20.0
+    """On SIGTERM, seconds the running steps get to finish their host commands before the connections close
+    (below the pod's terminationGracePeriodSeconds, 30 by default)."""
 
 
 @dataclass
@@ -109,6 +114,49 @@ class VmLocks:
         return len(self._entries)
 
 
+class Shutdown:
+    """Graceful stop (SIGTERM): no new engine steps; the steps already running finish their host
+    commands (bounded by `drain`'s timeout) before the connections close, so no step sees a closed
+    client because of the stop."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._active = 0
+        self._idle: asyncio.Event | None = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        self._active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop starting steps and wait up to `timeout` seconds for the running ones; True if all ended."""
+        self.stopping = True
+        if self._active == 0 or self._idle is None:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+SHUTDOWN_RETRY_SECONDS = 5.0
+"""A change that arrives while the operator stops is handled by the next process (kopf retries it)."""
+
+
 @dataclass
 class Runtime:
     config: OperatorConfig
@@ -117,6 +165,7 @@ class Runtime:
     locks: VmLocks = field(default_factory=VmLocks)
     gate: HostGate = field(default_factory=HostGate)
     drain: Drain = field(default_factory=Drain)
+    shutdown: Shutdown = field(default_factory=Shutdown)
     read_class: Callable[[str], dict[str, Any] | None] | None = None
     """Issue 14: a VirtualMachineClass's spec by name (None: absent); default: the kubernetes client."""
 
@@ -286,6 +335,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(registry=registry)
     async def close_connections(**_: Any) -> None:
+        # Running steps finish their host commands first (bounded): closing under them would turn a
+        # stop into errors on healthy VMs. What still runs after the grace sees ClientClosedError,
+        # which writes nothing (settle.client_closed).
+        if not await runtime.shutdown.drain(runtime.config.shutdown_grace):
+            logger.warning("stopping with %d engine step(s) still running after %.0fs", runtime.shutdown.active,
+                           runtime.config.shutdown_grace)
         await runtime.connections.close()
 
     @kopf.index(*host_resource, id="hosts_by_name", registry=registry)
@@ -354,16 +409,29 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         wait for the lock does nothing (None): the step that held it changed the VM, and its status
         patch may not be visible yet, so acting on what the timer saw would act on a stale VM."""
         meta: kopf.Meta = kwargs["meta"]
-        async with runtime.locks.held(str(meta["uid"])) as held:
-            if drift and (held.stale or not _settled(kwargs)):
+        if runtime.shutdown.stopping:
+            if drift:
                 return None
-            return await _step_locked(kwargs, deleting=deleting)
+            raise kopf.TemporaryError("the operator is stopping", delay=SHUTDOWN_RETRY_SECONDS)
+        with runtime.shutdown.running():
+            async with runtime.locks.held(str(meta["uid"])) as held:
+                if drift and (held.stale or not _settled(kwargs)):
+                    return None
+                if runtime.shutdown.stopping and drift:
+                    return None  # waited for the lock into a stop: the next process checks drift
+                return await _step_locked(kwargs, deleting=deleting)
 
     def _settled(kwargs: Mapping[str, Any]) -> bool:
-        # Only settled VMs: the change handlers own everything in flight. Failed is re-checked
-        # too, so a VM waiting for a missing base disk starts once the base appears.
-        settled = (Phase.PROVISIONED.value, Phase.FAILED.value)
-        return kwargs["status"].get("phase") in settled and not kwargs["meta"].get("deletionTimestamp")
+        # Only VMs no change handler drives: settled ones (Failed is re-checked too, so a VM waiting
+        # for a missing base disk starts once the base appears), and VMs left in a phase between
+        # with no change handler under way (its kopf progress annotation is gone): a Failed VM the
+        # timer moved on (base appeared, retry annotation) is carried by the timer to Provisioned.
+        if kwargs["meta"].get("deletionTimestamp"):
+            return False
+        if kwargs["status"].get("phase") in (Phase.PROVISIONED.value, Phase.FAILED.value):
+            return True
+        annotations = kwargs["meta"].get("annotations") or {}
+        return bool(kwargs["status"].get("phase")) and f"{api.ANNOTATION_PREFIX}/reconcile" not in annotations
 
     async def _step_locked(kwargs: Mapping[str, Any], *, deleting: bool) -> StepOutcome:
         body: kopf.Body = kwargs["body"]
@@ -421,26 +489,42 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 return StepOutcome(status=old_status, requeue_after=None, events=(), finished=True)
             if refusal is not None:
                 refused = settle.refused(old_status, generation, refusal.reason, refusal.message, _now(),
-                                         retry=HOST_MISSING_RETRY_SECONDS)
+                                         retry=HOST_MISSING_RETRY_SECONDS, key=uid)
                 outcome = StepOutcome(refused.status, refused.requeue_after, ())
                 _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
-                raise kopf.TemporaryError(refusal.message, delay=HOST_MISSING_RETRY_SECONDS)
+                raise kopf.TemporaryError(refusal.message, delay=refused.requeue_after)
         if resolved.spec is None:  # a refusal covers a missing host; this is unreachable
             raise kopf.TemporaryError(f"host of {namespace}/{name} not resolved", delay=HOST_MISSING_RETRY_SECONDS)
         host_spec = HyperVHostSpec.from_dict(resolved.spec)
         try:
             client = await runtime.connections.client_for(resolved.secret_namespace, vm_spec.host_name, host_spec)
         except HostConfigError as exc:
-            wrong = settle.host_misconfigured(old_status, generation, str(exc), _now())
+            wrong = settle.host_misconfigured(old_status, generation, str(exc), _now(), key=uid)
             outcome = StepOutcome(wrong.status, wrong.requeue_after, ())
             _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
             raise kopf.TemporaryError(str(exc), delay=wrong.requeue_after) from exc
         ref = VmRef(namespace=namespace, name=name, uid=uid, generation=generation)
         metered = metrics.MeteredClient(client, host_key)
-        first = under_way(old_status, deleting=deleting)
+        engine_status = old_status
+        if not deleting:
+            # A new value of the retry annotation: failure counts reset, a failed copy copies again.
+            request = str((meta.get("annotations") or {}).get(retry.RETRY_ANNOTATION) or "")
+            copy_phase = next((p.value for p in planner.phases(vm_spec.strategy) if p in COPY_PHASES),
+                              Phase.PENDING.value)
+            again = retry.requested(old_status, request, copy_phase)
+            if again is not None:
+                kopf.event(body, type="Normal", reason="RetryRequested",
+                           message=f"{retry.RETRY_ANNOTATION}={request}: trying again from {again.get('phase')}")
+                engine_status = again
+        first = under_way(engine_status, deleting=deleting)
         async with runtime.gate.turn(host_key, started=first):  # the VM's lock is held by step()
-            run = engine.finalize if deleting else engine.reconcile
-            outcome = await run(metered, ref, vm_spec, old_status, host_spec, host_key, runtime.slots, _now())
+            if deleting:
+                outcome = await engine.finalize(metered, ref, vm_spec, engine_status, host_spec, host_key,
+                                                runtime.slots, _now(),
+                                                delete_stall_after=runtime.config.delete_stall_after)
+            else:
+                outcome = await engine.reconcile(metered, ref, vm_spec, engine_status, host_spec, host_key,
+                                                 runtime.slots, _now())
         if deleting and outcome.finished and image is not None and vm_spec.deletion_policy is DeletionPolicy.RETAIN:
             # images: the retained disk may still chain to the image's file; the image must keep it.
             await images.record_retained(namespace, name, kwargs["spec"], old_status)
@@ -470,10 +554,31 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.delete(*vm_resource, id="finalize", registry=registry)
     async def delete_vm(**kwargs: Any) -> None:
+        meta: kopf.Meta = kwargs["meta"]
+        if str((meta.get("annotations") or {}).get(retry.ABANDON_ANNOTATION, "")).lower() == "true":
+            await _abandon(kwargs)
+            return
         outcome = await step(kwargs, deleting=True)
         if outcome is not None and not outcome.finished:
             delay = outcome.requeue_after if outcome.requeue_after is not None else 2.0
             raise kopf.TemporaryError(outcome.status.get("message") or "deleting", delay=delay)
+
+    async def _abandon(kwargs: Mapping[str, Any]) -> None:
+        """The user's explicit opt-in: remove the VirtualMachine without cleaning up on its host (a host
+        gone for good). Never silent: a Warning event lists what stays on the host."""
+        body: kopf.Body = kwargs["body"]
+        meta: kopf.Meta = kwargs["meta"]
+        status = dict(kwargs["status"])
+        spec = dict(kwargs["spec"])
+        left = (f"host {policy.HostRef.from_vm_spec(spec).name}: VM {status.get('vmName') or '-'} "
+                f"(Id {status.get('vmId') or 'none recorded'}), files {status.get('createdFiles') or []}")
+        kopf.event(body, type="Warning", reason="HostResourcesAbandoned",
+                   message=f"removed without cleaning up ({retry.ABANDON_ANNOTATION}=true); left on {left}")
+        logger.warning("%s/%s: abandoned on request; left on %s", meta.get("namespace"), meta.get("name"), left)
+        resolved = resolve_host(str(meta["namespace"]), spec, kwargs, runtime.config.operator_namespace)
+        with contextlib.suppress(Exception):  # its copy slot is not needed any more (best effort)
+            await runtime.slots.refresh(resolved.key)
+            await runtime.slots.release(resolved.key, str(meta["uid"]))
 
     async def probe_host(
         namespace: str,
@@ -482,12 +587,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         status: kopf.Status,
         patch: kopf.Patch,
         generation: int,
-        slots_key: str | None = None,
     ) -> None:
         async with runtime.drain.working():
             await _probe_host(
                 namespace=namespace, name=name, spec=spec, status=status, patch=patch, generation=generation,
-                slots_key=slots_key,
             )
 
     async def _probe_host(
@@ -497,7 +600,6 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         status: kopf.Status,
         patch: kopf.Patch,
         generation: int,
-        slots_key: str | None = None,
     ) -> None:
         host_spec = HyperVHostSpec.from_dict(spec)
         now = _now()
@@ -507,6 +609,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             # Reachable only after a round trip: a client without its own probe runs the same
             # read-only batch through `run`.
             facts = await probe_client(client, host_spec.address)
+        except ClientClosedError:
+            return  # replaced or shutting down: says nothing about the host; the next probe tells
         except (HostError, HostConfigError) as exc:
             metrics.HOST_REACHABLE.labels(namespace=namespace, host=name).set(0)
             reason = "HostMisconfigured" if isinstance(exc, HostConfigError) else "Unreachable"
@@ -535,7 +639,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                     patch.status[target] = value
         patch.status["lastProbeTime"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         patch.status["observedGeneration"] = generation
-        patch.status["copiesInFlight"] = len(runtime.slots.holders(slots_key or f"{namespace}/{name}"))
+        # copiesInFlight is written with the copy ledger (status.copySlots), never from one process's view.
 
     @kopf.on.resume(*host_resource, id="probe", registry=registry)
     @kopf.on.create(*host_resource, id="probe", registry=registry)
@@ -592,7 +696,6 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             kwargs["status"],
             kwargs["patch"],
             int(meta.get("generation") or 0),
-            slots_key=f"{policy.CLUSTER_HOST_KIND}/{kwargs['name']}",
         )
 
     @kopf.on.delete(*cluster_host_resource, id="forget", optional=True, registry=registry)

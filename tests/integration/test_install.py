@@ -269,6 +269,8 @@ def test_rules_review_shows_exactly_the_role(installed: Installed) -> None:
         *(("hyperv-operator.io", r, v) for r in ("virtualmachines", "hypervhosts", "clusterhypervhosts",
                                                  "virtualmachineimages", "clustervirtualmachineimages")
           for v in ("list", "watch", "patch")),
+        # the copy-slot ledger reads its host (and the VMs it names) right before a conditional write
+        *(("hyperv-operator.io", r, "get") for r in ("virtualmachines", "hypervhosts", "clusterhypervhosts")),
         ("hyperv-operator.io", "virtualmachines/status", "patch"),
         ("hyperv-operator.io", "hypervhosts/status", "patch"),
         ("hyperv-operator.io", "clusterhypervhosts/status", "patch"),

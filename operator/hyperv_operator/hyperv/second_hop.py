@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.hyperv.client import HyperVClient
-from hyperv_operator.hyperv.errors import HostError
+from hyperv_operator.hyperv.errors import ClientClosedError, HostError
 
 REASON = "BaseDiskAccessDenied"
 
@@ -31,6 +31,8 @@ async def read_denied(client: HyperVClient, path: str) -> bool:
     """True if the host answers access denied (not not-found) when reading `path`."""
     try:
         await client.run([cmdlets.get_item(path)])
+    except ClientClosedError:
+        raise  # not an answer about the path: the call never reached the host
     except HostError as error:
         return is_access_denied(error)
     return False

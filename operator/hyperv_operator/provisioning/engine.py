@@ -18,9 +18,10 @@ from hyperv_operator.hyperv import cmdlets, second_hop
 from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, PermanentHostError, TransientHostError
-from hyperv_operator.provisioning import effects, planner, settle
+from hyperv_operator.provisioning import effects, planner, retry, settle
 from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, join, layout_for, same_path
+from hyperv_operator.provisioning.ledger import CopySlots, LedgerError
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import (
     CopyJob,
@@ -36,9 +37,9 @@ from hyperv_operator.provisioning.observation import (
     parse_vm,
     pick_vm,
 )
-from hyperv_operator.provisioning.phases import Phase
+from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
 
-__all__ = ["CopySlots", "Event", "StepOutcome", "VmRef", "finalize", "observe", "reconcile"]
+__all__ = ["CopySlots", "Event", "LedgerError", "StepOutcome", "VmRef", "finalize", "observe", "reconcile"]
 
 log = logging.getLogger("hyperv_operator.provisioning")
 
@@ -49,39 +50,6 @@ class StepOutcome:
     requeue_after: float | None  # seconds until the next call; None = converged
     events: tuple[Event, ...]
     finished: bool = False  # finalize(): True when the finalizer may be removed
-
-
-class CopySlots:
-    """In-memory copy slots per host: at most `limit` copies hold a slot at once.
-
-    A VM whose copy is already running on the host keeps (or, after an operator restart, reclaims)
-    its slot with `adopt`, even if that briefly exceeds the limit.
-    """
-
-    def __init__(self) -> None:
-        self._holders: dict[str, set[str]] = {}
-
-    def try_acquire(self, host_key: str, uid: str, limit: int) -> bool:
-        holders = self._holders.setdefault(host_key, set())
-        if uid in holders:
-            return True
-        if len(holders) >= max(1, limit):
-            return False
-        holders.add(uid)
-        return True
-
-    def can_acquire(self, host_key: str, uid: str, limit: int) -> bool:
-        holders = self._holders.get(host_key, set())
-        return uid in holders or len(holders) < max(1, limit)
-
-    def adopt(self, host_key: str, uid: str) -> None:
-        self._holders.setdefault(host_key, set()).add(uid)
-
-    def release(self, host_key: str, uid: str) -> None:
-        self._holders.get(host_key, set()).discard(uid)
-
-    def holders(self, host_key: str) -> frozenset[str]:
-        return frozenset(self._holders.get(host_key, set()))
 
 
 @dataclass(frozen=True)
@@ -97,6 +65,7 @@ class StepInput:
     slots: CopySlots
     now: datetime
     deleting: bool = False
+    delete_stall_after: float = retry.DELETE_STALL_AFTER
 
 
 MAX_PLANS_PER_RUN = 16
@@ -132,9 +101,12 @@ async def finalize(
     host_key: str,
     slots: CopySlots,
     now: datetime,
+    *,
+    delete_stall_after: float = retry.DELETE_STALL_AFTER,
 ) -> StepOutcome:
     """Deletion, as far as it goes without waiting; `finished=True` once the finalizer may be removed."""
-    return await run_step(StepInput(client, vm, spec, status, host, host_key, slots, now, deleting=True))
+    return await run_step(StepInput(client, vm, spec, status, host, host_key, slots, now, deleting=True,
+                                    delete_stall_after=delete_stall_after))
 
 
 def _complete(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,10 +129,29 @@ async def run_step(s: StepInput) -> StepOutcome:
     """
     who = f"{s.vm.namespace}/{s.vm.name}"
     layout = layout_for(s.vm.name, s.vm.uid, s.spec.vm_path, s.host.default_vm_path)
+    try:
+        return await _run_step(s, who, layout)
+    except LedgerError as error:
+        # The host's copy ledger could not be read or written (API server, conflicts): nothing was
+        # started without a slot; try again soon, status unchanged.
+        log.warning("%s: copy ledger of %s: %s", who, s.host_key, error)
+        return _outcome(s, settle.Settled(dict(s.status), planner.TRANSIENT_BACKOFF, retrying=True))
+
+
+def _uses_slots(s: StepInput) -> bool:
+    """Whether this run may take, hold or free a copy slot: read the host's ledger first."""
+    if not any(p in COPY_PHASES for p in planner.phases(s.spec.strategy)):
+        return False
+    return s.deleting or str(s.status.get("phase") or Phase.PENDING.value) != Phase.PROVISIONED.value
+
+
+async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
+    vm_label = f"{s.vm.namespace}/{s.vm.name}"
     early = settle.without_host(s.spec, s.status, s.now, vm=s.vm, layout=layout, deleting=s.deleting)
     if early is not None:
-        if early.free_slot:
-            s.slots.release(s.host_key, s.vm.uid)
+        if early.free_slot and _uses_slots(s):
+            await s.slots.refresh(s.host_key)
+            await s.slots.release(s.host_key, s.vm.uid)
         if s.deleting:
             log.info("%s: deletionPolicy Retain: leaving VM and files on host %s", who, s.spec.host_name)
         return _outcome(s, early)
@@ -173,6 +164,9 @@ async def run_step(s: StepInput) -> StepOutcome:
     batch_from: dict[str, Any] = status  # the status the current batch started from
     limit = s.host.max_concurrent_copies
     looks = 0  # plans in a row that only asked to look again
+    slots_read = _uses_slots(s)
+    if slots_read:
+        await s.slots.refresh(s.host_key)
     for _ in range(MAX_PLANS_PER_RUN):
         if obs is None:
             try:
@@ -182,20 +176,24 @@ async def run_step(s: StepInput) -> StepOutcome:
                 log.warning("%s [%s]: observing host %s failed: %s", who, status.get("phase"), s.spec.host_name,
                             error)
                 failed = settle.observe_failed(s.spec, status, error, s.now, vm=s.vm, layout=layout,
-                                               deleting=s.deleting)
+                                               deleting=s.deleting, stall_after=s.delete_stall_after)
                 return _outcome(s, failed, events)
+        if not slots_read and str(status.get("phase")) in _COPY_PHASE_NAMES:
+            slots_read = True  # reached a copy phase within this run (from Provisioned? no: a drift re-run)
+            await s.slots.refresh(s.host_key)
         obs = replace(obs, slot=_slot_view(s, limit))
         result = plan_fn(s.spec, status, obs, s.now, vm=s.vm, layout=layout)
-        if result.action is not None and result.action.starts_copy and not s.slots.try_acquire(
-                s.host_key, s.vm.uid, limit):
-            # Another VM on this host took the last slot while we were observing: plan again without one.
-            obs = replace(obs, slot=SlotView(False, len(s.slots.holders(s.host_key) - {s.vm.uid}), limit))
+        if settle.wants_slot(result):
+            # Ask the host's ledger (written through the API, optimistic concurrency): a slot, or a
+            # place in its first-come-first-served queue. Plan again with the answer.
+            granted = await s.slots.try_acquire(s.host_key, s.vm.uid, limit, vm_label, s.now)
+            obs = replace(obs, slot=_slot_view(s, limit, granted=granted))
             result = plan_fn(s.spec, status, obs, s.now, vm=s.vm, layout=layout)
         use = settle.slot_use(result.action, obs, layout)
-        if use == "hold":
-            s.slots.adopt(s.host_key, s.vm.uid)
-        elif use == "free":
-            s.slots.release(s.host_key, s.vm.uid)
+        if use == "hold" and slots_read:
+            await s.slots.adopt(s.host_key, s.vm.uid, vm_label, s.now)
+        elif use == "free" and slots_read and not settle.wants_slot(result):  # a VM in line keeps its place
+            await s.slots.release(s.host_key, s.vm.uid)
         if str(result.status.get("phase")) != str(status.get("phase")):
             log.info("%s: phase %s -> %s", who, status.get("phase"), result.status.get("phase"))
         action = result.action
@@ -232,9 +230,9 @@ async def run_step(s: StepInput) -> StepOutcome:
             log.warning("%s [%s]: host %s: %s failed: %s", who, result.status.get("phase"), s.spec.host_name,
                         "; ".join(a.kind for a in sent), error)
             failed = settle.action_failed(s.spec, batch_from, batch, error, s.now, vm=s.vm, layout=layout,
-                                          deleting=s.deleting)
-            if failed.free_slot:
-                s.slots.release(s.host_key, s.vm.uid)
+                                          deleting=s.deleting, stall_after=s.delete_stall_after)
+            if failed.free_slot and slots_read:
+                await s.slots.release(s.host_key, s.vm.uid)
             if failed.observe_again:
                 events += [e for p in batch for e in p.events]
                 status, obs, batch = failed.status, None, []
@@ -263,13 +261,20 @@ async def run_step(s: StepInput) -> StepOutcome:
     return _outcome(s, settle.Settled(batch_from if batch else status, planner.AFTER_ACTION), events)
 
 
-def _slot_view(s: StepInput, limit: int) -> SlotView:
+_COPY_PHASE_NAMES = frozenset(p.value for p in COPY_PHASES)
+
+
+def _slot_view(s: StepInput, limit: int, *, granted: bool | None = None) -> SlotView:
+    """The slots as last read or written: `granted` is the ledger's answer when we just asked it."""
     holders = s.slots.holders(s.host_key) - {s.vm.uid}
-    return SlotView(available=s.slots.can_acquire(s.host_key, s.vm.uid, limit), running=len(holders), limit=limit)
+    available = s.slots.can_acquire(s.host_key, s.vm.uid, limit) if granted is None else granted
+    position = None if available else s.slots.position(s.host_key, s.vm.uid, limit)
+    return SlotView(available=available, running=len(holders), limit=limit, position=position)
 
 
 def _outcome(s: StepInput, settled: settle.Settled, events: Sequence[Event] = ()) -> StepOutcome:
-    return StepOutcome(_complete(settled.status, s.status), settled.requeue_after, (*events, *settled.events),
+    status = settled.status if settled.retrying else {k: v for k, v in settled.status.items() if k != "retry"}
+    return StepOutcome(_complete(status, s.status), settled.requeue_after, (*events, *settled.events),
                        settled.finished)
 
 

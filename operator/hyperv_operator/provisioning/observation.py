@@ -129,6 +129,7 @@ class SlotView:
     available: bool  # this VM holds a slot or may take one
     running: int  # copies holding a slot on the host (other VMs)
     limit: int
+    position: int | None = None  # this VM's 1-based place in the host's copy queue, once queued
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, TransientHostError
 from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning import resize as resize_mod
+from hyperv_operator.provisioning import retry
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, is_checkpoint_of, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import CopyJob, Observation, VmInfo, is_copy_worker, kind_of, parse_vm
@@ -309,6 +310,28 @@ def _restart_copy(w: _Work, reason: str, job: CopyJob | None) -> _Result | None:
                 f"restarting the copy: {reason}")
 
 
+def _copy_failed(w: _Work, job: CopyJob) -> _Result:
+    """[reliability] A failed copy (disk full, share dropped) is tried again after a growing wait, its
+    files removed first; after retry.COPY_ATTEMPTS the VM is Failed with the last error (the retry
+    annotation tries again on demand)."""
+    base, disk, layout = w.spec.base_vhd, w.layout.disk, w.layout
+    again = retry.copy_failed(w.status.get("copy") or {}, job.finished_at or job.updated_at or "", w.now,
+                              w.vm.uid)
+    w.copy_status(**again.record)
+    text = (f"background copy of {base} to {disk} failed on host {w.obs.host_name} "
+            f"(attempt {again.record['failures']} of {retry.COPY_ATTEMPTS}): {job.error or 'no reason given'}")
+    if again.give_up:
+        return _Fail("CopyFailed", f"{text}; annotate {retry.RETRY_ANNOTATION} with a new value to try again")
+    if again.wait > 0:
+        return _Wait(f"{text}; copying again at {again.record['retryAt']}", min(again.wait, retry.MAX_DELAY))
+    leftovers = [p for p in (layout.copy_status, layout.partial) if w.obs.exists(p)]
+    # The failed worker has ended: the next copy is a new start, not a lost worker to restart.
+    w.copy_status(processId=None, processCreatedAt=None, progressMark=None, progressSeenAt=None)
+    return _Act(Action("RemoveFailedCopy", tuple(cmdlets.remove_file(p) for p in leftovers),
+                       "Remove-Item " + ", ".join(leftovers), tolerate_not_found=True),
+                f"{text}; removing the failed copy's files to copy again")
+
+
 def _copying(w: _Work) -> _Result:
     base, disk, layout = w.spec.base_vhd, w.layout.disk, w.layout
     job = w.obs.copy
@@ -342,8 +365,7 @@ def _copying(w: _Work) -> _Result:
         # rather than start a second copy over the finished one.
         return _Wait(f"copy of {base} to {disk} completed; confirming {disk} exists", AFTER_ACTION)
     elif job is not None and job.state == "Failed":
-        return _Fail("CopyFailed", f"background copy of {base} to {disk} failed on host {w.obs.host_name}: "
-                                   f"{job.error or 'no reason given'}")
+        return _copy_failed(w, job)  # [reliability] retried when its cause may be gone
     elif job is None and (w.status.get("copy") or {}).get("processId"):
         # We started a worker but no status file is there (yet): wait while the worker lives.
         alive = _copy_worker_alive(w, None)
@@ -358,11 +380,13 @@ def _copying(w: _Work) -> _Result:
         if not (w.status.get("copy") or {}).get("queued"):
             w.event("CopyQueued", f"copy of {base} queued: {slot.running} copies already running on host "
                                   f"{w.obs.host_name} (maxConcurrentCopies={slot.limit})")
-        w.copy_status(queued=True)
+        w.copy_status(queued=True, queuePosition=slot.position)  # [reliability] FIFO place in the host's ledger
+        place = f", position {slot.position} in the queue" if slot.position else ""
         return _Wait(f"queued: {slot.running} copies already running on host {w.obs.host_name} "
-                     f"(maxConcurrentCopies={slot.limit})", COPY_POLL)
+                     f"(maxConcurrentCopies={slot.limit}){place}", COPY_POLL)
     w.created(layout.partial, layout.copy_status, disk)
-    w.copy_status(bytesCopied=0, percent=0, queued=False, startedAt=cond.timestamp(w.now), finishedAt=None)
+    w.copy_status(bytesCopied=0, percent=0, queued=False, queuePosition=None, startedAt=cond.timestamp(w.now),
+                  finishedAt=None)
     w.event("CopyStarted", f"background copy of {base} to {disk} started on host {w.obs.host_name}")
     return _Act(Action("StartCopy",
                        (cmdlets.new_directory(layout.vm_dir),
@@ -994,6 +1018,7 @@ def is_not_found(error: HostError) -> bool:
 def error_status(
     spec: VirtualMachineSpec, status: Mapping[str, Any], intended: Mapping[str, Any], error: HostError,
     now: datetime, *, vm: VmRef, layout: Layout, host_name: str, step: str, deleting: bool = False,
+    retry_in: float | None = None,
 ) -> tuple[dict[str, Any], float | None, tuple[Event, ...]]:
     """The status after a failed host call: keep the phase on transient errors (retry), Failed on
     permanent ones. `intended` is the plan's status; its createdFiles are kept (intent)."""
@@ -1010,12 +1035,13 @@ def error_status(
     s["lastError"] = f"{step}: {error}"
     if isinstance(error, TransientHostError):
         reason = "HostUnreachable" if isinstance(error, HostUnreachableError) else "HostBusy"
-        s["message"] = f"{phase.value}: {step} failed, retrying in {int(TRANSIENT_BACKOFF)}s: {error}"
+        delay = TRANSIENT_BACKOFF if retry_in is None else retry_in  # [reliability] backoff from settle
+        s["message"] = f"{phase.value}: {step} failed, retrying in {delay:g}s: {error}"
         s["conditions"] = cond.merge(prev, [
             cond.make(prev, cond.RECONCILING, True, reason, s["message"], gen, now),
             cond.make(prev, cond.STALLED, False, "NoError", "", gen, now),
         ])
-        return s, TRANSIENT_BACKOFF, (Event("Warning", reason, f"{step} on host {host_name}: {error}"),)
+        return s, delay, (Event("Warning", reason, f"{step} on host {host_name}: {error}"),)
     if error.category in HOST_ACCESS_CATEGORIES:
         # The host refused *us* (credentials, TLS trust), not this VM: stall visibly, keep the phase
         # and retry, so fixing the HyperVHost's Secret resumes the VM where it stopped.

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from hyperv_operator import conditions as cond
 from hyperv_operator.api import DeletionPolicy, VirtualMachineSpec
-from hyperv_operator.hyperv.errors import HostError, PermanentHostError, TransientHostError
-from hyperv_operator.provisioning import planner
+from hyperv_operator.hyperv.errors import ClientClosedError, HostError, PermanentHostError, TransientHostError
+from hyperv_operator.provisioning import planner, retry
 from hyperv_operator.provisioning.layout import Layout
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import Observation
-from hyperv_operator.provisioning.phases import Phase
+from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Settled:
     finished: bool = False
     free_slot: bool = False
     observe_again: bool = False  # the run may go on: observe the host now instead of requeueing
+    retrying: bool = False  # keeps status.retry (a transient failure); any other outcome clears it
 
 
 ALONE = frozenset({"RemoveFolders"})
@@ -48,26 +49,74 @@ def without_host(spec: VirtualMachineSpec, status: Mapping[str, Any], now: datet
     return None
 
 
+CLIENT_CLOSED_RETRY = 1.0
+"""A closed client (replaced after an edit, or the operator shutting down) is retried this soon."""
+
+
+def client_closed(status: Mapping[str, Any]) -> Settled:
+    """The client was closed under the call: nothing happened to the VM or the host, so nothing is
+    reported (no condition, message, lastError or event): the status stays as it was before the call."""
+    return Settled(dict(status), CLIENT_CLOSED_RETRY, retrying=True)
+
+
+def _failed(spec: VirtualMachineSpec, status: Mapping[str, Any], intended: Mapping[str, Any], error: HostError,
+            now: datetime, *, vm: VmRef, layout: Layout, step: str, deleting: bool,
+            free_slot: bool = False, stall_after: float = retry.DELETE_STALL_AFTER) -> Settled:
+    """planner.error_status, with transient errors retried on a growing, jittered delay recorded in
+    status.retry; a deletion whose host stays unreachable is Stalled after retry.DELETE_STALL_AFTER."""
+    if not isinstance(error, TransientHostError):
+        new, requeue, events = planner.error_status(spec, status, intended, error, now, vm=vm, layout=layout,
+                                                    host_name=spec.host_name, step=step, deleting=deleting)
+        return Settled(new, requeue, events, free_slot=free_slot)
+    record, delay = retry.next_attempt(status, now, vm.uid)
+    new, requeue, events = planner.error_status(spec, status, intended, error, now, vm=vm, layout=layout,
+                                                host_name=spec.host_name, step=step, deleting=deleting,
+                                                retry_in=delay)
+    new["retry"] = record
+    if record["attempts"] > 1:
+        events = ()  # one Warning per streak of failures, not one per retry
+    if deleting and retry.failing_for(record, now) >= stall_after:
+        message = (f"Deleting: host {spec.host_name} unreachable since {record['since']}, still retrying "
+                   f"(attempt {record['attempts']}, next at {record['nextRetryAt']}): {error}. To remove this "
+                   f"VirtualMachine and leave its VM and files on the host, annotate it "
+                   f"{retry.ABANDON_ANNOTATION}=\"true\"")
+        prev = status.get("conditions")  # as before this failure: the transition time stays put
+        stalled_before = cond.is_true(prev, cond.STALLED)
+        new["message"] = message
+        new["conditions"] = cond.merge(new.get("conditions"), [
+            cond.make(prev, cond.STALLED, True, "DeleteHostUnreachable", message, vm.generation, now),
+            cond.make(prev, cond.RECONCILING, True, "Deleting", message, vm.generation, now),
+        ])
+        if not stalled_before:
+            events = (Event("Warning", "DeleteStalled", message),)
+    return Settled(new, requeue, events, free_slot=free_slot, retrying=True)
+
+
 def observe_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], error: HostError, now: datetime, *,
-                   vm: VmRef, layout: Layout, deleting: bool) -> Settled:
+                   vm: VmRef, layout: Layout, deleting: bool, stall_after: float = retry.DELETE_STALL_AFTER) -> Settled:
     """Reading never fails for a missing object (that is data); a not-found here means the host changed
     while we read it: retry, do not fail the VM."""
+    if isinstance(error, ClientClosedError):
+        return client_closed(status)
     if isinstance(error, PermanentHostError) and planner.is_not_found(error):
         error = TransientHostError(f"host state changed while observing: {error.message}",
                                    category=error.category, command=error.command)
-    new, requeue, events = planner.error_status(spec, status, status, error, now, vm=vm, layout=layout,
-                                                host_name=spec.host_name, step="observe", deleting=deleting)
-    return Settled(new, requeue, events)
+    return _failed(spec, status, status, error, now, vm=vm, layout=layout, step="observe", deleting=deleting,
+                   stall_after=stall_after)
 
 
 def action_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], batch: Sequence[planner.Plan],
-                  error: HostError, now: datetime, *, vm: VmRef, layout: Layout, deleting: bool) -> Settled:
+                  error: HostError, now: datetime, *, vm: VmRef, layout: Layout, deleting: bool,
+                  stall_after: float = retry.DELETE_STALL_AFTER) -> Settled:
     """A pipeline of the batch's actions stopped at `error` (any prefix of it may have run).
 
     `status` is the status before the batch; `batch` the plans whose actions were sent, in order.
     """
     actions = [p.action for p in batch if p.action is not None]
     last = batch[-1]
+    if isinstance(error, ClientClosedError):
+        # The copy may have started before the close: its slot is kept (the next run starts or adopts it).
+        return client_closed(status)
     if planner.is_not_found(error) and any(a.tolerate_not_found for a in actions):
         # "Already gone" is what a tolerant action wanted; look again before the rest.
         return Settled(last.status, planner.AFTER_ACTION, last.events, observe_again=True)
@@ -86,10 +135,20 @@ def action_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], batch: Se
     if files:
         intended["createdFiles"] = files
     step = "; ".join(a.description for a in actions)
-    new, requeue, events = planner.error_status(spec, status, intended, error, now, vm=vm, layout=layout,
-                                                host_name=spec.host_name, step=step, deleting=deleting)
-    return Settled(new, requeue, events, free_slot=any(a.starts_copy for a in actions))
+    return _failed(spec, status, intended, error, now, vm=vm, layout=layout, step=step, deleting=deleting,
+                   free_slot=any(a.starts_copy for a in actions), stall_after=stall_after)
 
+
+def wants_slot(result: planner.Plan) -> bool:
+    """The plan needs a copy slot: it starts a copy, or it waits in a copy phase because none was free
+    as last read (then the VM takes its place in the host's queue, or the slot freed since)."""
+    if result.action is not None:
+        return result.action.starts_copy
+    copy = result.status.get("copy") or {}
+    return bool(copy.get("queued")) and str(result.status.get("phase")) in _COPY_PHASE_NAMES
+
+
+_COPY_PHASE_NAMES = frozenset(p.value for p in COPY_PHASES)
 
 SlotUse = Literal["take", "hold", "free"]
 
@@ -130,14 +189,28 @@ def host_missing(status: Mapping[str, Any], generation: int, host: str, now: dat
     return Settled(_waiting(status, generation, "HostNotFound", message, now, stalled=False), retry)
 
 
-def host_misconfigured(status: Mapping[str, Any], generation: int, message: str, now: datetime) -> Settled:
+def _rechecked(waiting: dict[str, Any], status: Mapping[str, Any], now: datetime, key: str,
+               cap: float) -> Settled:
+    """A wait for something outside (a host, a Secret, an admission) is re-checked on a backoff that
+    starts short (the fix is often seconds away: GitOps applying the host after the VM) and grows to
+    `cap`; the attempts show in status.retry."""
+    record, delay = retry.next_attempt(status, now, key)
+    delay = min(delay, cap)
+    record["nextRetryAt"] = cond.timestamp(now + timedelta(seconds=delay))
+    waiting["retry"] = record
+    return Settled(waiting, delay, retrying=True)
+
+
+def host_misconfigured(status: Mapping[str, Any], generation: int, message: str, now: datetime, *,
+                       key: str = "") -> Settled:
     """The HyperVHost cannot be used as configured (its Secret, its settings): stalled until it changes."""
-    return Settled(_waiting(status, generation, "HostMisconfigured", message, now, stalled=True),
-                   HOST_MISCONFIGURED_RETRY)
+    return _rechecked(_waiting(status, generation, "HostMisconfigured", message, now, stalled=True), status, now,
+                      key, HOST_MISCONFIGURED_RETRY)
 
 
 def refused(status: Mapping[str, Any], generation: int, reason: str, message: str, now: datetime, *,
-            retry: float) -> Settled:
+            retry: float, key: str = "") -> Settled:
     """The VM may not use its host (host missing, namespace not admitted, a path outside the host's roots):
-    Stalled with the reason, re-checked in the cluster only; nothing is sent to any host."""
-    return Settled(_waiting(status, generation, reason, message, now, stalled=True), retry)
+    Stalled with the reason, re-checked in the cluster only (backoff from ~1 s up to `retry` seconds);
+    nothing is sent to any host."""
+    return _rechecked(_waiting(status, generation, reason, message, now, stalled=True), status, now, key, retry)

@@ -575,6 +575,12 @@ class SimulatedHost:
         with self._lock:
             return self._now().free_bytes()
 
+    def set_free_bytes(self, free: int) -> None:
+        """Test control: the volume has `free` bytes from now on (fill it up, or free space)."""
+        with self._lock:
+            model = self._now()
+            model.capacity = int(model.used_bytes_float()) + free
+
     def call_log(self) -> list[tuple[str, dict[str, object]]]:
         with self._lock:
             return [(name, dict(params)) for name, params in self._log]

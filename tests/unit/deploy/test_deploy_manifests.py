@@ -67,8 +67,10 @@ IMAGE_KINDS = ("virtualmachineimages", "clustervirtualmachineimages")
 EXPECTED_OPERATOR_GRANTS = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-    *(("hyperv-operator.io", r, v) for r in ("virtualmachines", *HOST_KINDS, *IMAGE_KINDS)
-      for v in ("list", "watch", "patch")),
+    # get: the copy-slot ledger reads its host (and the VMs it names) right before a conditional write
+    *(("hyperv-operator.io", r, v) for r in ("virtualmachines", *HOST_KINDS)
+      for v in ("get", "list", "watch", "patch")),
+    *(("hyperv-operator.io", r, v) for r in IMAGE_KINDS for v in ("list", "watch", "patch")),
     ("hyperv-operator.io", "virtualmachines/status", "patch"),
     *(("hyperv-operator.io", f"{r}/status", "patch") for r in (*HOST_KINDS, *IMAGE_KINDS)),
     ("", "namespaces", "list"),

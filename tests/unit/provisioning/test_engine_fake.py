@@ -170,7 +170,8 @@ def test_transient_and_permanent_errors_from_the_engine() -> None:
     s = VirtualMachineSpec.from_dict({"hostRef": {"name": "hv1"}, "baseVhd": BASE, "strategy": "Differencing"})
     host.fail_next = TransientHostError("The operation cannot be performed while the object is in use")
     outcome = asyncio.run(reconcile(host, REF, s, {}, HOST, "hv1", CopySlots(), NOW))
-    assert outcome.requeue_after == 5.0
+    assert outcome.requeue_after is not None and 1.0 <= outcome.requeue_after <= 2.0  # first retry: 2 s, jittered
+    assert outcome.status["retry"]["attempts"] == 1
     rec = next(c for c in outcome.status["conditions"] if c["type"] == "Reconciling")
     assert (rec["status"], rec["reason"]) == ("True", "HostBusy")
     host.fail_next = PermanentHostError("Access is denied", category="PermissionDenied")

@@ -51,7 +51,7 @@ class Case:
     phase: str  # expected status.phase after the step
     action: str | None  # expected Action.kind
     cmdlets: tuple[str, ...] = ()  # expected cmdlets (short names), when given
-    requeue: str = "soon"  # soon | none
+    requeue: str = "soon"  # soon | later | none
 
 
 CASES = [
@@ -93,7 +93,15 @@ CASES = [
     Case("copy/finished between Test-Path and the status read -> look again, no 2nd copy", "Copy",
          status("Copying"), observe(files=(BASE, LAYOUT.partial, LAYOUT.copy_status), job=DONE_JOB), "Copying",
          None),
-    Case("copy/copy failed", "Copy", status("Copying"),
+    Case("copy/copy failed -> wait for its cause to go", "Copy", status("Copying"),
+         observe(files=(BASE, LAYOUT.copy_status), job=CopyJob("Failed", 0, 10, 1, error="disk full")), "Copying",
+         None, requeue="later"),
+    Case("copy/failed copy's wait over -> remove its files, copy again", "Copy",
+         status("Copying", copy={"failures": 1, "lastFailureAt": "", "retryAt": "2020-01-01T00:00:00Z"}),
+         observe(files=(BASE, LAYOUT.copy_status, LAYOUT.partial), job=CopyJob("Failed", 0, 10, 1, error="disk full")),
+         "Copying", "RemoveFailedCopy", ("Remove-Item", "Remove-Item")),
+    Case("copy/copy failed its last attempt -> Failed", "Copy",
+         status("Copying", copy={"failures": 3, "lastFailureAt": "earlier", "retryAt": "2020-01-01T00:00:00Z"}),
          observe(files=(BASE, LAYOUT.copy_status), job=CopyJob("Failed", 0, 10, 1, error="disk full")), "Failed",
          None, requeue="none"),
     Case("copy/died-after-new-vm", "Copy", status("CreatingVM"),
@@ -173,6 +181,8 @@ def test_phase_table(case: Case) -> None:
         assert tuple(cmdlet_names(result.action)) == case.cmdlets
     if case.requeue == "none":
         assert result.requeue_after is None
+    elif case.requeue == "later":
+        assert result.requeue_after is not None and result.requeue_after > 5
     else:
         assert result.requeue_after is not None and result.requeue_after <= 5
     assert result.status["message"]

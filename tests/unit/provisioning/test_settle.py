@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.hyperv.errors import PermanentHostError, TransientHostError
-from hyperv_operator.provisioning import settle
+from hyperv_operator.provisioning import retry, settle
 from hyperv_operator.provisioning.observation import CopyJob, Observation
 from hyperv_operator.provisioning.planner import Action, Plan
 
@@ -41,7 +41,7 @@ def test_a_failed_batch_retries_from_its_first_phase_keeping_every_intent() -> N
                                deleting=False)
     assert out.status["phase"] == "CreatingDisk"  # not CreatingVM: the disk may not exist
     assert out.status["createdFiles"] == [DISK, LAYOUT.partial]
-    assert out.requeue_after == 5.0 and not out.free_slot
+    assert out.requeue_after is not None and out.requeue_after <= retry.BASE_DELAY and not out.free_slot
 
 
 def test_a_failed_copy_start_frees_its_slot() -> None:
@@ -54,7 +54,7 @@ def test_a_failed_copy_start_frees_its_slot() -> None:
 def test_not_found_while_observing_is_a_retry_not_a_failure() -> None:
     out = settle.observe_failed(spec("Copy"), status("Copying"), NOT_FOUND, NOW, vm=REF, layout=LAYOUT,
                                 deleting=False)
-    assert out.status["phase"] == "Copying" and out.requeue_after == 5.0
+    assert out.status["phase"] == "Copying" and out.status["retry"]["attempts"] == 1
 
 
 def test_retain_and_terminal_need_nothing_from_the_host() -> None:
@@ -84,4 +84,14 @@ def test_host_missing_and_misconfigured() -> None:
     assert waiting.status["phase"] == "Pending" and "default/hv1" in waiting.status["message"]
     wrong = settle.host_misconfigured(status("Copying"), 1, "secret hv1-creds has no password", NOW)
     assert condition(wrong.status, "Stalled")["status"] == "True"
-    assert wrong.status["phase"] == "Copying" and wrong.requeue_after == 30.0
+    assert wrong.status["phase"] == "Copying" and wrong.requeue_after is not None and wrong.requeue_after <= 2.0
+    # re-checked on a backoff that starts short and grows to its cap
+    delays = []
+    current = status("Copying")
+    for _ in range(8):
+        wrong = settle.host_misconfigured(current, 1, "secret hv1-creds has no password", NOW, key="vm")
+        assert wrong.requeue_after is not None
+        delays.append(wrong.requeue_after)
+        current = wrong.status
+    assert delays[0] <= 2.0 and delays[-1] == settle.HOST_MISCONFIGURED_RETRY and delays == sorted(delays)
+    assert current["retry"]["attempts"] == 8

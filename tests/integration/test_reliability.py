@@ -1,0 +1,264 @@
+"""Limits and outcomes that survive restarts (issue 10), against the real API server and the operator
+as a process: copy slots held in the host's status across SIGKILLs and two operator processes, and a
+SIGTERM that writes nothing."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hyperv_operator.envtest.controlplane import ControlPlane
+from hyperv_operator.envtest.operator_process import OperatorProcess
+from hyperv_operator.envtest.stack import SimulatedHyperV, apply_objects, host_objects
+from tests.integration import hostview
+from tests.integration.conftest import NAMESPACE
+from tests.integration.kube import Kube, condition
+
+ONE_SLOT_HOST = "hv-oneslot"
+
+
+@pytest.fixture(scope="module")
+def slow_sim() -> Iterator[SimulatedHyperV]:
+    """Its own host, so other tests' copies do not count: a 9 GB copy lasts ~2 s of wall time here
+    (the operator's first look at a copy is 2 s after its start; at x60 it is then done)."""
+    simulated = SimulatedHyperV(time_scale=60.0, guest_write_bytes_per_second=20e3).start()
+    yield simulated
+    simulated.stop()
+
+
+@pytest.fixture(scope="module")
+def one_slot_host(control_plane: ControlPlane, slow_sim: SimulatedHyperV, operator: OperatorProcess) -> str:
+    apply_objects(control_plane, host_objects(NAMESPACE, ONE_SLOT_HOST, slow_sim, max_concurrent_copies=1))
+    return ONE_SLOT_HOST
+
+
+class CopySampler:
+    """Counts the copies running on the simulated host every few milliseconds."""
+
+    def __init__(self, sim: SimulatedHyperV) -> None:
+        self.sim = sim
+        self.samples = 0
+        self.overlaps = 0
+        self.max_running = 0
+        self.overlap_seen: list[list[str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            running = [j["Destination"] for j in self.sim.host.copy_jobs() if j["State"] == "Running"]
+            self.samples += 1
+            self.max_running = max(self.max_running, len(running))
+            if len(running) > 1:
+                self.overlaps += 1
+                self.overlap_seen.append(running)
+            time.sleep(0.02)
+
+    def __enter__(self) -> CopySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _copy_running(sim: SimulatedHyperV, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(j["State"] == "Running" and j["BytesCopied"] > 0 for j in sim.host.copy_jobs()):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _all_provisioned(kube: Kube, names: list[str]) -> bool:
+    return all(((kube.get_vm(NAMESPACE, n) or {}).get("status") or {}).get("phase") == "Provisioned" for n in names)
+
+
+def _queue_positions(kube: Kube, names: list[str]) -> set[int]:
+    seen: set[int] = set()
+    for n in names:
+        position = (((kube.get_vm(NAMESPACE, n) or {}).get("status") or {}).get("copy") or {}).get("queuePosition")
+        if position:
+            seen.add(int(position))
+    return seen
+
+
+@pytest.mark.timeout(600)
+def test_kills_and_two_processes_never_run_two_copies_on_a_one_slot_host(
+    slow_sim: SimulatedHyperV, one_slot_host: str, kube: Kube, running_operator: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(10)
+    tag = uuid.uuid4().hex[:5]
+    kills = 0
+    positions: set[int] = set()
+    second = OperatorProcess(running_operator.kubeconfig, tmp_path / "second-operator.log",
+                             drift_interval=running_operator.drift_interval,
+                             host_probe_interval=running_operator.host_probe_interval, env=running_operator.env)
+    with CopySampler(slow_sim) as sampler:
+        # Phase 1: one operator, killed while a copy runs, seven VMs queued behind one slot.
+        first_batch = [f"slot-{tag}-a{i}" for i in range(7)]
+        for name in first_batch:
+            kube.create_vm(NAMESPACE, name, "Copy", host=one_slot_host)
+        while not _all_provisioned(kube, first_batch) and kills < 10:
+            if not _copy_running(slow_sim, timeout=30):
+                break
+            positions |= _queue_positions(kube, first_batch)
+            time.sleep(rng.uniform(0.0, 1.2))  # anywhere inside the running copy
+            running_operator.kill()
+            kills += 1
+            time.sleep(rng.uniform(0.0, 0.5))
+            running_operator.start()
+        # Phase 2: two operator processes at once on the same VMs, each killed in turn.
+        second.start()
+        try:
+            second_batch = [f"slot-{tag}-b{i}" for i in range(8)]
+            for name in second_batch:
+                kube.create_vm(NAMESPACE, name, "Copy", host=one_slot_host)
+            victims = [running_operator, second]
+            while not _all_provisioned(kube, second_batch) and kills < 20:
+                if not _copy_running(slow_sim, timeout=30):
+                    break
+                positions |= _queue_positions(kube, second_batch)
+                time.sleep(rng.uniform(0.0, 1.2))
+                victim = victims[kills % 2]
+                victim.kill()
+                kills += 1
+                time.sleep(rng.uniform(0.0, 0.5))
+                victim.start()
+            for name in [*first_batch, *second_batch]:
+                kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=240)
+        finally:
+            second.stop()
+            print(f"\nsecond operator log: {second.log_path}")
+    print(f"\nkill test: {kills} kills, {sampler.samples} samples, {sampler.overlaps} overlapping samples, "
+          f"max running copies {sampler.max_running}")
+    assert kills >= 8  # each kill lands while a copy runs; how many fit depends on the copies' timing
+    assert sampler.overlaps == 0, f"copies running at once: {sampler.overlap_seen[:3]}"
+    assert sampler.max_running == 1
+    assert positions, "queued VMs show their place in line"
+    host = kube.get_host(NAMESPACE, one_slot_host)
+    assert (host.get("status") or {}).get("copySlots") in ([], None)  # every slot given back
+    assert (host.get("status") or {}).get("copyQueue") in ([], None)
+
+
+def test_sigterm_during_drift_checks_leaves_every_ready_condition_as_it_was(
+    slow_sim: SimulatedHyperV, one_slot_host: str, kube: Kube, running_operator: OperatorProcess,
+) -> None:
+    tag = uuid.uuid4().hex[:5]
+    names = [f"term-{tag}-{i}" for i in range(3)]
+    for name in names:
+        kube.create_vm(NAMESPACE, name, "Differencing", host=one_slot_host)
+    for name in names:
+        kube.wait_phase(NAMESPACE, name, "Provisioned")
+    time.sleep(1.0)  # let the last status writes land
+    before = {n: (condition(kube.get_vm(NAMESPACE, n) or {}, "Ready"), (kube.get_vm(NAMESPACE, n) or {})["status"])
+              for n in names}
+    in_flight = threading.Event()
+    hook = hostview.CommandHook()
+    slow_sim.host.on_command(hook)
+
+    def reading(command: str, _params: dict[str, Any], when: str) -> None:
+        if when == "before" and hostview.command_is(command, "Test-Path"):
+            in_flight.set()
+
+    hook.set(reading)
+    # A drift check's one round trip is Test-Path ... then Get-VM -Id: hold Get-VM on the host (a wall
+    # time latency, outside the host's lock) so the stop lands while checks are in flight.
+    slow_sim.host.set_latency("Get-VM", 2.0)
+    try:
+        assert in_flight.wait(timeout=running_operator.drift_interval * 3), "no drift check reached the host"
+        running_operator.stop(timeout=40)
+    finally:
+        slow_sim.host.set_latency("Get-VM", 0.0)
+        hook.clear()
+    for name in names:
+        vm = kube.get_vm(NAMESPACE, name) or {}
+        ready_before, status_before = before[name]
+        assert condition(vm, "Ready") == ready_before, f"{name}: {vm.get('status')}"
+        assert "closed" not in str(vm["status"].get("message")) and "closed" not in str(vm["status"].get("lastError"))
+        assert vm["status"].get("lastError") == status_before.get("lastError")
+
+
+@pytest.mark.timeout(400)
+def test_a_disk_full_copy_recovers_once_space_is_freed(
+    slow_sim: SimulatedHyperV, one_slot_host: str, kube: Kube, running_operator: OperatorProcess,
+) -> None:
+    name = f"diskfull-{uuid.uuid4().hex[:5]}"
+    slow_sim.host.set_free_bytes(2 * 10**9)  # less than the 9 GB base
+    try:
+        kube.create_vm(NAMESPACE, name, "Copy", host=one_slot_host)
+        failed = kube.wait_vm(NAMESPACE, name,
+                              lambda o: bool(((o.get("status") or {}).get("copy") or {}).get("failures")),
+                              timeout=120, what="a failed copy attempt")
+        status = failed["status"]
+        assert status["phase"] == "Copying" and "attempt 1 of" in status["message"], status
+        assert "disk" in status["message"].lower()
+    finally:
+        slow_sim.host.set_free_bytes(10 * 10**12)
+    final = kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=180)
+    assert final["status"]["copy"]["percent"] == 100
+    assert not [f for f in hostview.file_paths(slow_sim) if name in f and f.endswith((".partial", ".copy.json"))]
+
+
+@pytest.mark.timeout(400)
+def test_a_delete_on_a_vanished_host_stalls_with_the_reason_and_completes_with_the_opt_in(
+    control_plane: ControlPlane, kube: Kube, operator: OperatorProcess, tmp_path: Path,
+) -> None:
+    gone = SimulatedHyperV(time_scale=60.0, guest_write_bytes_per_second=20e3).start()
+    apply_objects(control_plane, host_objects(NAMESPACE, "hv-vanishing", gone))
+    # The shared operator makes way for one that reports a stalled delete after 5 s (default 10 min).
+    operator.stop()
+    quick = OperatorProcess(operator.kubeconfig, tmp_path / "operator.log", drift_interval=operator.drift_interval,
+                            host_probe_interval=operator.host_probe_interval, env=operator.env,
+                            extra_args=("--delete-stall-after", "5"))
+    quick.start()
+    name = f"vanish-{uuid.uuid4().hex[:5]}"
+    try:
+        kube.create_vm(NAMESPACE, name, "Differencing", host="hv-vanishing")
+        vm_id = kube.wait_phase(NAMESPACE, name, "Provisioned")["status"]["vmId"]
+        gone.stop()  # the host is gone for good
+        kube.delete_vm(NAMESPACE, name)
+
+        def stalled(obj: dict[str, Any]) -> bool:
+            c = condition(obj, "Stalled") or {}
+            return c.get("status") == "True" and c.get("reason") == "DeleteHostUnreachable"
+
+        obj = kube.wait_vm(NAMESPACE, name, stalled, timeout=120, what="Stalled DeleteHostUnreachable")
+        assert "abandon-host-resources" in obj["status"]["message"]
+        assert obj["status"]["retry"]["attempts"] >= 2
+        time.sleep(3)
+        assert kube.get_vm(NAMESPACE, name) is not None  # never silently
+        kube.patch_vm(NAMESPACE, name,
+                      {"metadata": {"annotations": {"hyperv-operator.io/abandon-host-resources": "true"}}})
+        kube.wait_gone(NAMESPACE, name, timeout=120)
+        abandoned = [e for e in kube.events_for(NAMESPACE, name) if e.reason == "HostResourcesAbandoned"]
+        assert abandoned and abandoned[0].type == "Warning" and vm_id in abandoned[0].message
+    finally:
+        quick.stop()
+        print(f"\noperator log (stall after 5 s): {quick.log_path}")
+        operator.start()
+
+
+@pytest.mark.timeout(300)
+def test_a_copy_vm_whose_base_appears_later_runs_to_provisioned(
+    slow_sim: SimulatedHyperV, one_slot_host: str, kube: Kube, running_operator: OperatorProcess,
+) -> None:
+    """The drift timer re-checks the Failed VM and starts its copy; the VM is then in Copying with no
+    change handler under way: the timer must carry it on, not leave it there."""
+    name = f"late-{uuid.uuid4().hex[:5]}"
+    late = f"\\\\FS\\VMSHARE\\LATE-{name.upper()}.VHDX"
+    kube.create_vm(NAMESPACE, name, "Copy", host=one_slot_host, baseVhd=late)
+    failed = kube.wait_phase(NAMESPACE, name, "Failed")
+    assert (condition(failed, "Stalled") or {}).get("reason") == "BaseDiskNotFound"
+    slow_sim.host.add_base_disk(late, 2 * 1024**3, acl_read_only=True)
+    kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=120)
