@@ -25,6 +25,8 @@ READ_ONLY_COMMANDS = {
     "get-module",
     "get-ciminstance",
     "get-command",
+    "get-vmintegrationservice",
+    "get-vmnetworkadapter",
 }
 
 

@@ -100,7 +100,8 @@ def test_unknown_status_fields_are_pruned(control_plane: ControlPlane) -> None:
         '{"status":{"phase":"Copying","notInSchema":1,"copy":{"percent":40}}}',
     )
     status = json.loads(control_plane.kubectl("get", "hvvm", name, "-o", "json").stdout)["status"]
-    assert status == {"phase": "Copying", "copy": {"percent": 40}}
+    # (the operator, if running, may add its own conditions meanwhile: only pruning is judged here)
+    assert "notInSchema" not in status and status.get("copy") == {"percent": 40}, status
 
 
 def test_printer_columns_show_in_kubectl_get(control_plane: ControlPlane) -> None:

@@ -296,8 +296,9 @@ def test_kubectl_printer_columns_on_real_objects(
     kube.create_vm(NAMESPACE, name, "Copy")
     kube.wait_phase(NAMESPACE, name, "Provisioned")
     out = control_plane.kubectl("get", "hvvm", name, "-n", NAMESPACE).stdout.splitlines()
-    assert out[0].split() == ["NAME", "PHASE", "STRATEGY", "HOST", "POWER", "READY", "PROGRESS", "AGE"]
-    assert out[1].split()[:7] == [name, "Provisioned", "Copy", "hv01", "Running", "True", "100"]
+    assert out[0].split() == ["NAME", "PHASE", "STRATEGY", "HOST", "POWER", "READY", "IP", "PROGRESS", "AGE"]
+    row = out[1].split()
+    assert row[:6] == [name, "Provisioned", "Copy", "hv01", "Running", "True"] and row[7] == "100", row
 
 
 def test_operator_cli_help_is_the_image_entrypoint() -> None:
@@ -317,7 +318,8 @@ def _versions_until_provisioned(kube: Kube, namespace: str, name: str, strategy:
     listing = kube.objects.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VM_PLURAL)
     watch = kubernetes.watch.Watch()
     versions: list[dict[str, Any]] = []
-    kube.create_vm(namespace, name, strategy)
+    # readiness Running: waiting for the guest's boot is host time (its polls are requeues, like a copy's)
+    kube.create_vm(namespace, name, strategy, readiness="Running")
     stream = watch.stream(kube.objects.list_namespaced_custom_object, api.GROUP, api.VERSION, namespace,
                           api.VM_PLURAL, field_selector=f"metadata.name={name}",
                           resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=120)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -19,8 +20,15 @@ def _ready(kube: Kube, name: str) -> dict[str, Any]:
                         what="Ready")
 
 
-def _events(kube: Kube, name: str) -> set[str]:
-    return {e.reason for e in kube.events_for(NAMESPACE, name)}
+def _events(kube: Kube, name: str, expect: str | None = None, timeout: float = 30.0) -> set[str]:
+    """The VM's event reasons; with `expect`, wait for that one first (kopf posts events in the
+    background, after the host command it reports has already changed the host)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reasons = {e.reason for e in kube.events_for(NAMESPACE, name)}
+        if expect is None or expect in reasons or time.monotonic() > deadline:
+            return reasons
+        time.sleep(0.2)
 
 
 def _host_vm(sim: SimulatedHyperV, obj: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +48,7 @@ def test_memory_grows_online_on_a_running_generation_2_vm(
     after = _host_vm(sim, obj)
     assert after["State"] == "Running"
     assert after["CreationTime"] == before["CreationTime"]
-    reasons = _events(kube, name)
+    reasons = _events(kube, name, expect="ResizedOnline")
     assert "ResizedOnline" in reasons and "RestartingForResize" not in reasons
     assert (condition(kube.get_vm(NAMESPACE, name) or {}, "ResizePending") or {}).get("status") != "True"
     kube.delete_vm(NAMESPACE, name)
@@ -78,7 +86,7 @@ def test_cpu_change_restarts_the_vm_with_update_policy_restart(
                         and _host_vm(sim, o)["State"] == "Running"
                         and (condition(o, "Ready") or {}).get("status") == "True"
                         and not o["status"].get("resizeRestartAt"), timeout=120, what="restarted with 3 CPUs")
-    reasons = _events(kube, name)
+    reasons = _events(kube, name, expect="Resized")
     assert {"RestartingForResize", "Resized"} <= reasons, (reasons, done["status"])
     assert (condition(done, "ResizePending") or {}).get("status") == "False", done["status"]
     kube.delete_vm(NAMESPACE, name)
