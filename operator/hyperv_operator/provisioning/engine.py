@@ -8,9 +8,10 @@ does I/O around it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from hyperv_operator.api import HyperVHostSpec, Strategy, VirtualMachineSpec
@@ -157,6 +158,13 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
         return _outcome(s, early)
 
     plan_fn = planner.plan_delete if s.deleting else planner.plan
+    started = time.monotonic()
+
+    def now() -> datetime:
+        # One run goes through several phases: each plan sees the time it is made, so the timings it
+        # records (createdAt, runningAt, ...) measure the host's work, not zero.
+        return s.now + timedelta(seconds=time.monotonic() - started)
+
     status: dict[str, Any] = dict(s.status)
     events: list[Event] = []
     obs: Observation | None = None
@@ -182,13 +190,13 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
             slots_read = True  # reached a copy phase within this run (from Provisioned? no: a drift re-run)
             await s.slots.refresh(s.host_key)
         obs = replace(obs, slot=_slot_view(s, limit))
-        result = plan_fn(s.spec, status, obs, s.now, vm=s.vm, layout=layout)
+        result = plan_fn(s.spec, status, obs, now(), vm=s.vm, layout=layout)
         if settle.wants_slot(result):
             # Ask the host's ledger (written through the API, optimistic concurrency): a slot, or a
             # place in its first-come-first-served queue. Plan again with the answer.
             granted = await s.slots.try_acquire(s.host_key, s.vm.uid, limit, vm_label, s.now)
             obs = replace(obs, slot=_slot_view(s, limit, granted=granted))
-            result = plan_fn(s.spec, status, obs, s.now, vm=s.vm, layout=layout)
+            result = plan_fn(s.spec, status, obs, now(), vm=s.vm, layout=layout)
         use = settle.slot_use(result.action, obs, layout)
         if use == "hold" and slots_read:
             await s.slots.adopt(s.host_key, s.vm.uid, vm_label, s.now)
