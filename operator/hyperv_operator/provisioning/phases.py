@@ -1,7 +1,8 @@
 """The phase tables: every strategy's phases in order, and what each phase does on the host.
 
 The phases in order per strategy, what each does and when it is done, are the rows of
-`planner.PHASE_TABLES` (each row carries the function that plans it). Each run of `engine.reconcile`
+`planner.PHASE_TABLES` (planner/table.py; each row carries the function that plans it, the Independent
+condition while in it and the time it records when done). Each run of `engine.reconcile`
 observes the host, skips every phase whose result the host already shows ("done when"), and issues
 the command of the first phase that is not done; while the effect of a command is known, it goes on
 to the next phase in the same run. `status.phase` is the phase whose command was
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -40,6 +41,24 @@ class Phase(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Independence:
+    """The Independent condition while a VM is in a phase: does its disk still need the base?"""
+
+    independent: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Milestone:
+    """A time recorded once in status.timings: `at` (when, ms precision) and, with `seconds`, how
+    long after createdAt."""
+
+    at: str
+    seconds: str | None = None
+
+
+@dataclass(frozen=True)
 class Step:
     """One row of a strategy's phase table (the tables are `planner.PHASE_TABLES`, next to the
     functions they run): `plan` looks at the observation and returns done / an action / a wait / a
@@ -52,6 +71,10 @@ class Step:
     watches_vm: bool = True
     """Run the shared prologue first: a VM recorded in the status but gone from the host fails the
     resource (never re-created); a VM found on the host is adopted (vmId, its .avhdx)."""
+    independent: Independence = field(kw_only=True)
+    """The Independent condition while the VM is in this phase."""
+    reached: Milestone | None = field(default=None, kw_only=True)
+    """Recorded the first time this row reports done (later runs change nothing)."""
 
 
 COPY_PHASES = frozenset({Phase.COPYING, Phase.COPYING_BASE})

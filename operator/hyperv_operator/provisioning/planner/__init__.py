@@ -15,7 +15,7 @@ from hyperv_operator.provisioning.planner.deletion import plan_delete
 from hyperv_operator.provisioning.planner.provision import plan
 from hyperv_operator.provisioning.planner.results import absorb, error_status, is_not_found
 from hyperv_operator.provisioning.planner.status import retryable_failure
-from hyperv_operator.provisioning.planner.table import PENDING, PHASE_TABLES, is_before, next_phase, phases, step_of
+from hyperv_operator.provisioning.planner.table import PHASE_TABLES, is_before, next_phase, phases, step_of
 from hyperv_operator.provisioning.planner.work import (
     AFTER_ACTION,
     CLEANUP_RETRY,
@@ -42,7 +42,7 @@ from hyperv_operator.provisioning.planner.work import (
 
 __all__ = [
     "AFTER_ACTION", "CLEANUP_RETRY", "COPY_POLL", "COPY_STALL_SECONDS", "CRITICAL_POLL", "DONE",
-    "HOST_ACCESS_CATEGORIES", "MAX_COPY_RESTARTS", "MERGE_POLL", "MERGE_TIMEOUT", "OFF", "PAUSED", "PENDING",
+    "HOST_ACCESS_CATEGORIES", "MAX_COPY_RESTARTS", "MERGE_POLL", "MERGE_TIMEOUT", "OFF", "PAUSED",
     "PHASE_TABLES", "POWER_POLL", "RUNNING", "SAVED_STATES", "SHORT_WAIT", "STOP_TIMEOUT", "TRANSIENT_BACKOFF",
     "Action", "Plan", "absorb", "error_status", "is_before", "is_critical", "is_not_found", "next_phase", "phases",
     "plan", "plan_delete", "retryable_failure", "step_of",

@@ -15,6 +15,7 @@ from hyperv_operator.provisioning.model import VmRef
 from hyperv_operator.provisioning.observation import Observation
 from hyperv_operator.provisioning.phases import Phase
 from hyperv_operator.provisioning.planner.copying import _copy_worker_alive
+from hyperv_operator.provisioning.planner.table import PHASE_TABLES
 from hyperv_operator.provisioning.planner.work import AFTER_ACTION, MERGE_POLL, OFF, Action, Plan, _phase_of, _Work
 
 # --- finalize ------------------------------------------------------------------------------------
@@ -39,7 +40,7 @@ def plan_delete(
     vm: VmRef, layout: Layout,
 ) -> Plan:
     """The next step of deletion. Pure. `finished=True` when the finalizer may go."""
-    w = _Work(spec, _copy.deepcopy(dict(status)), observation, now, vm, layout)
+    w = _Work(spec, _copy.deepcopy(dict(status)), observation, now, vm, layout, PHASE_TABLES[spec.strategy])
     obs = observation
     if spec.deletion_policy is DeletionPolicy.RETAIN:
         w.status["message"] = (f"deletionPolicy Retain: VM {status.get('vmId') or layout.vm_name} and its files in "

@@ -17,7 +17,7 @@ from hyperv_operator.provisioning.pacing import copy_poll_delay, progress_sample
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
 from hyperv_operator.provisioning.planner.status import _fail, _finish_status, retryable_failure
 from hyperv_operator.provisioning.planner.steps import _critical
-from hyperv_operator.provisioning.planner.table import next_phase, phases, step_of
+from hyperv_operator.provisioning.planner.table import PHASE_TABLES, next_phase, phases, step_of
 from hyperv_operator.provisioning.planner.work import Plan, _Act, _Done, _Fail, _phase_of, _Result, _Work
 
 
@@ -36,7 +36,7 @@ def plan(
     vm: VmRef, layout: Layout,
 ) -> Plan:
     """The next step of provisioning / power management. Pure."""
-    w = _Work(spec, _copy.deepcopy(dict(status)), observation, now, vm, layout)
+    w = _Work(spec, _copy.deepcopy(dict(status)), observation, now, vm, layout, PHASE_TABLES[spec.strategy])
     start = _phase_of(status)
     start_conditions = status.get("conditions")
     if start is Phase.DELETING:
@@ -58,6 +58,8 @@ def plan(
             w.adopt_vm()
         result: _Result = critical if critical is not None else step.plan(w)
         if isinstance(result, _Done):
+            if step.reached is not None:  # the first time the VM gets past this phase
+                w.reached(step.reached.at, step.reached.seconds)
             nxt = next_phase(spec.strategy, phase)
             if nxt == phase:  # Provisioned never reports done; guard anyway
                 return Plan(None, _finish_status(w, phase, "provisioned", converged=True), None, tuple(w.events))

@@ -18,6 +18,7 @@ from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import Observation, kind_of, parse_vm
 from hyperv_operator.provisioning.phases import Phase
 from hyperv_operator.provisioning.planner.status import _fail
+from hyperv_operator.provisioning.planner.table import PHASE_TABLES
 from hyperv_operator.provisioning.planner.work import (
     CLEANUP_RETRY,
     HOST_ACCESS_CATEGORIES,
@@ -81,7 +82,7 @@ def error_status(
     if intended.get("phase") not in (None, Phase.FAILED.value):
         s["phase"] = intended["phase"]  # the phase whose host step was attempted
     phase = _phase_of(s)
-    w = _Work(spec, s, Observation(host_name=host_name), now, vm, layout)
+    w = _Work(spec, s, Observation(host_name=host_name), now, vm, layout, PHASE_TABLES[spec.strategy])
     prev, gen = s.get("conditions"), vm.generation
     s["lastError"] = f"{step}: {error}"
     if isinstance(error, TransientHostError):

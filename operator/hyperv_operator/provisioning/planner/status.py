@@ -11,24 +11,15 @@ from hyperv_operator.api import PowerState, Strategy
 from hyperv_operator.hyperv import second_hop
 from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning.phases import Phase
-from hyperv_operator.provisioning.planner.table import is_before
+from hyperv_operator.provisioning.planner.table import is_before, step_of
 from hyperv_operator.provisioning.planner.work import OFF, RUNNING, Plan, _Fail, _guest_verdict, _Work
 
 # --- conditions ----------------------------------------------------------------------------------
 
 
 def _independent(strategy: Strategy, phase: Phase) -> tuple[bool, str, str]:
-    if strategy is Strategy.DIFFERENCING:
-        return False, "DifferencingDisk", "the VM's disk is a differencing child of the base"
-    if strategy is Strategy.COPY:
-        if phase is Phase.PENDING or phase is Phase.COPYING:
-            return False, "CopyInProgress", "the base is being copied"
-        return True, "FullCopy", "the VM's disk is a full copy of the base"
-    if phase is Phase.PROVISIONED:
-        return True, "Merged", "the checkpoint was merged into the VM's own disk"
-    if is_before(strategy, phase, Phase.REPARENTING):
-        return False, "RunningOnBase", "the VM runs on a checkpoint of the base until the copy is merged"
-    return False, "Merging", "the VM's checkpoint is being re-parented and merged into its own disk"
+    row = step_of(strategy, phase).independent  # the phase table says it, per strategy and phase
+    return row.independent, row.reason, row.message
 
 
 def _with_conditions(

@@ -4,7 +4,7 @@ and returns DONE, one host action, a wait or a failure. The rows that run them a
 from __future__ import annotations
 
 from hyperv_operator import conditions as cond
-from hyperv_operator.api import UID_TAG_PREFIX, PowerState, Strategy
+from hyperv_operator.api import UID_TAG_PREFIX, PowerState
 from hyperv_operator.hyperv import cmdlets, second_hop
 from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning import resize as resize_mod
@@ -59,14 +59,13 @@ def _pending(w: _Work) -> _Result:
                      f"as base; nothing was created")
     w.status["vmName"] = w.layout.vm_name
     w.status["vmDir"] = w.layout.vm_dir
-    if w.strategy is Strategy.QUICK:
+    if w.on_checkpoint:
         w.status["checkpointName"] = w.layout.checkpoint_name
-    w.reached("createdAt")
-    if w.strategy is not Strategy.QUICK and not w.status.get("disk"):
-        diff = w.strategy is Strategy.DIFFERENCING
+    if not w.on_checkpoint and not w.status.get("disk"):
+        diff = not w.copies_base
         w.status["disk"] = {"path": w.layout.disk, "type": "Differencing" if diff else "Dynamic",
                             "parentPath": w.spec.base_vhd if diff else None}
-    if info.size is not None and w.strategy is not Strategy.DIFFERENCING and not w.status.get("copy"):
+    if info.size is not None and w.copies_base and not w.status.get("copy"):
         w.copy_status(bytesTotal=info.file_size or info.size, bytesCopied=0, percent=0)
     return DONE
 
@@ -90,7 +89,7 @@ def _creating_disk(w: _Work) -> _Result:
 
 
 def _creating_vm(w: _Work) -> _Result:
-    quick = w.strategy is Strategy.QUICK
+    quick = w.on_checkpoint  # made on the base (not started: the base is read-only), checkpointed next
     vhd = w.spec.base_vhd if quick else w.layout.disk
     vm = w.obs.vm
     if vm is None:
@@ -140,8 +139,6 @@ def _creating_vm(w: _Work) -> _Result:
                            f"Set-VMFirmware {vm.id} -EnableSecureBoot {'On' if boot.enabled else 'Off'}"
                            + (f" -SecureBootTemplate {template}" if template else "")),
                     f"applying secure boot settings to VM {vm.id} before its first start")
-    if w.strategy is Strategy.COPY:
-        w.reached("independentAt", "secondsToIndependent")
     return DONE
 
 
@@ -220,7 +217,6 @@ def _merging(w: _Work) -> _Result:
                                f"Set-VM {vm.id} -CheckpointType {before}"),
                         f"merged; restoring the VM's checkpoint type {before}")
         w.status["mergeStartedAt"] = None
-        w.reached("independentAt", "secondsToIndependent")
         w.event("Independent", f"{w.vm_label} now runs on its own disk {disk}; the base is no longer used")
         return DONE
     name = w.layout.checkpoint_name

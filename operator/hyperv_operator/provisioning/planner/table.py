@@ -1,9 +1,12 @@
-"""The phase tables: each strategy's rows, in order, with the function that plans each phase."""
+"""The phase tables: each strategy's rows, in order, with the function that plans each phase, the
+Independent condition while in it and the time recorded when it is done. What differs between the
+strategies is said here (and derived from here, see `_Work.on_checkpoint` / `copies_base`), not by
+tests of the strategy in the plan functions."""
 
 from __future__ import annotations
 
 from hyperv_operator.api import Strategy
-from hyperv_operator.provisioning.phases import Phase, Step
+from hyperv_operator.provisioning.phases import Independence, Milestone, Phase, Step
 from hyperv_operator.provisioning.planner.copying import _copying
 from hyperv_operator.provisioning.planner.steps import (
     _checkpointing,
@@ -16,54 +19,71 @@ from hyperv_operator.provisioning.planner.steps import (
     _starting,
 )
 
-PENDING = Step(Phase.PENDING, _pending,
-               "check the base: Get-VHD must find it, not a differencing disk; nothing is created",
-               "the base is a standalone VHDX", watches_vm=False)
+CREATED = Milestone("createdAt")
+INDEPENDENT = Milestone("independentAt", "secondsToIndependent")
+
+DIFFERENCING_DISK = Independence(False, "DifferencingDisk", "the VM's disk is a differencing child of the base")
+COPY_IN_PROGRESS = Independence(False, "CopyInProgress", "the base is being copied")
+FULL_COPY = Independence(True, "FullCopy", "the VM's disk is a full copy of the base")
+RUNNING_ON_BASE = Independence(False, "RunningOnBase",
+                               "the VM runs on a checkpoint of the base until the copy is merged")
+MERGING = Independence(False, "Merging", "the VM's checkpoint is being re-parented and merged into its own disk")
+MERGED = Independence(True, "Merged", "the checkpoint was merged into the VM's own disk")
+
+
+def _pending_step(independent: Independence) -> Step:
+    return Step(Phase.PENDING, _pending,
+                "check the base: Get-VHD must find it, not a differencing disk; nothing is created",
+                "the base is a standalone VHDX", watches_vm=False, independent=independent, reached=CREATED)
+
 
 PHASE_TABLES: dict[Strategy, tuple[Step, ...]] = {
     Strategy.DIFFERENCING: (
-        PENDING,
+        _pending_step(DIFFERENCING_DISK),
         Step(Phase.CREATING_DISK, _creating_disk, "New-Item vm_dir; New-VHD disk -ParentPath base -Differencing",
-             "Get-VHD disk exists with ParentPath = base", watches_vm=False),
+             "Get-VHD disk exists with ParentPath = base", watches_vm=False, independent=DIFFERENCING_DISK),
         Step(Phase.CREATING_VM, _creating_vm, "New-VM -Path vm_dir -VHDPath disk | Set-VM Notes=uid tag, CPUs "
                                               "-Passthru | Start-VM -Passthru (record vmId)",
-             "a VM with our uid tag (or status.vmId) exists, configured"),
-        Step(Phase.STARTING, _starting, "Start-VM (skipped when powerState is Off)", "VM State Running"),
+             "a VM with our uid tag (or status.vmId) exists, configured", independent=DIFFERENCING_DISK),
+        Step(Phase.STARTING, _starting, "Start-VM (skipped when powerState is Off)", "VM State Running",
+             independent=DIFFERENCING_DISK),
         Step(Phase.PROVISIONED, _provisioned, "power and drift: start/stop per spec.powerState; report "
-                                              "out-of-band changes", "converged"),
+                                              "out-of-band changes", "converged", independent=DIFFERENCING_DISK),
     ),
     Strategy.COPY: (
-        PENDING,
+        _pending_step(COPY_IN_PROGRESS),
         Step(Phase.COPYING, _copying, "wait for a copy slot; start the background copy base -> disk.partial "
                                       "(renamed to disk when whole); poll its status file by its ETA",
-             "disk exists (the rename happened)"),
+             "disk exists (the rename happened)", independent=COPY_IN_PROGRESS),
         Step(Phase.CREATING_VM, _creating_vm, "New-VM -VHDPath disk | Set-VM Notes=uid tag, CPUs -Passthru | "
                                               "Start-VM -Passthru (record vmId)",
-             "a VM with our uid tag exists, configured"),
-        Step(Phase.STARTING, _starting, "Start-VM (skipped when powerState is Off)", "VM State Running"),
-        Step(Phase.PROVISIONED, _provisioned, "power and drift", "converged"),
+             "a VM with our uid tag exists, configured", independent=FULL_COPY, reached=INDEPENDENT),
+        Step(Phase.STARTING, _starting, "Start-VM (skipped when powerState is Off)", "VM State Running",
+             independent=FULL_COPY),
+        Step(Phase.PROVISIONED, _provisioned, "power and drift", "converged", independent=FULL_COPY),
     ),
     Strategy.QUICK: (
-        PENDING,
+        _pending_step(RUNNING_ON_BASE),
         Step(Phase.CREATING_VM, _creating_vm, "New-VM -VHDPath base | Set-VM Notes=uid tag, CPUs, CheckpointType "
                                               "Standard -Passthru (NOT started: the base is read-only)",
-             "a VM with our tag exists, configured"),
+             "a VM with our tag exists, configured", independent=RUNNING_ON_BASE),
         Step(Phase.CHECKPOINTING, _checkpointing, "Checkpoint-VM hyperv-operator-quick-provision (the VM moves "
                                                   "onto <base>_<GUID>.avhdx next to the base, so the base's "
                                                   "FOLDER must be writable for the host; recorded in createdFiles)",
-             "the checkpoint exists"),
+             "the checkpoint exists", independent=RUNNING_ON_BASE),
         Step(Phase.STARTING, _starting, "Start-VM: the VM runs on the .avhdx (Ready=True from here)",
-             "VM State Running"),
+             "VM State Running", independent=RUNNING_ON_BASE),
         Step(Phase.COPYING_BASE, _copying, "wait for a copy slot; background copy base -> disk.partial -> disk; "
-                                           "poll by its ETA", "disk exists"),
+                                           "poll by its ETA", "disk exists", independent=RUNNING_ON_BASE),
         Step(Phase.REPARENTING, _reparenting, "Set-VHD avhdx -ParentPath disk -LeafPath avhdx (never "
-                                              "-IgnoreIdMismatch)", "Get-VHD avhdx ParentPath = disk"),
+                                              "-IgnoreIdMismatch)", "Get-VHD avhdx ParentPath = disk",
+             independent=MERGING),
         Step(Phase.MERGING, _merging, "Remove-VMSnapshot (merges the .avhdx into disk online; never into the "
                                       "base); poll (Stalled MergeTimedOut after an hour); then Set-VM "
                                       "-CheckpointType <the type before>",
              "drive = disk, .avhdx gone, disk has no parent, VM Status not 'Merging disks', checkpoint type "
-             "restored"),
-        Step(Phase.PROVISIONED, _provisioned, "power and drift (Independent=True)", "converged"),
+             "restored", independent=MERGING, reached=INDEPENDENT),
+        Step(Phase.PROVISIONED, _provisioned, "power and drift (Independent=True)", "converged", independent=MERGED),
     ),
 }
 

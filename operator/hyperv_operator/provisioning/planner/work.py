@@ -16,7 +16,7 @@ from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import Observation
-from hyperv_operator.provisioning.phases import Phase
+from hyperv_operator.provisioning.phases import COPY_PHASES, Phase, Step
 
 # Requeue delays (seconds).
 HOST_ACCESS_CATEGORIES = frozenset({"AuthenticationError", "SecurityError"})
@@ -109,11 +109,24 @@ class _Work:
     now: datetime
     vm: VmRef
     layout: Layout
+    rows: tuple[Step, ...]  # the strategy's phase table
     events: list[Event] = field(default_factory=list)
 
     @property
     def strategy(self) -> Strategy:
         return self.spec.strategy
+
+    @property
+    def on_checkpoint(self) -> bool:
+        """The VM is made on the base and runs on a checkpoint beside it until its copy is merged
+        (the table has a Checkpointing phase: Quick)."""
+        return any(step.phase is Phase.CHECKPOINTING for step in self.rows)
+
+    @property
+    def copies_base(self) -> bool:
+        """The VM's own disk is a full copy of the base (the table has a copy phase: Copy, Quick), not a
+        differencing child of it."""
+        return any(step.phase in COPY_PHASES for step in self.rows)
 
     @property
     def vm_label(self) -> str:
@@ -170,7 +183,7 @@ class _Work:
                 self.event("Adopted", f"adopted existing VM {vm.id} found by its {self.obs.found_by} on host "
                                       f"{self.obs.host_name}")
             self.status["vmId"] = vm.id
-        if self.strategy is Strategy.QUICK:
+        if self.on_checkpoint:
             avhdx = self.obs.avhdx_drive()
             if avhdx and not any(same_path(avhdx, f) for f in self.status.get("createdFiles") or []):
                 self.created(avhdx)
