@@ -38,6 +38,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, PermanentHostError, TransientHostError
+from hyperv_operator.provisioning.phases import Phase
 
 __all__ = [
     "COPIES_IN_FLIGHT",
@@ -110,9 +111,9 @@ WINRM_ERRORS_TOTAL = Counter(
     ["host", "kind"],
 )
 
-_TERMINAL_PHASES = frozenset({"Provisioned", "Failed"})
-_NOT_COPYING_PHASES = frozenset({"Provisioned", "Failed", "Deleting"})
-_OUTCOMES = {"Provisioned": "provisioned", "Failed": "failed"}
+_TERMINAL_PHASES = frozenset({Phase.PROVISIONED, Phase.FAILED})
+_NOT_COPYING_PHASES = frozenset({Phase.PROVISIONED, Phase.FAILED, Phase.DELETING})
+_OUTCOMES = {Phase.PROVISIONED.value: "provisioned", Phase.FAILED.value: "failed"}
 _MAX_TRACKED = 10_000
 
 _lock = threading.Lock()

@@ -104,7 +104,7 @@ def _deleting(w: _Work, message: str, action: Action | None, requeue: float) -> 
     w.status["message"] = f"Deleting: {message}"
     prev, gen = w.status.get("conditions"), w.vm.generation
     w.status["conditions"] = cond.merge(prev, [
-        cond.make(prev, cond.RECONCILING, True, "Deleting", w.status["message"], gen, w.now),
-        cond.make(prev, cond.READY, False, "Deleting", w.status["message"], gen, w.now),
+        cond.make(prev, cond.RECONCILING, True, Phase.DELETING.value, w.status["message"], gen, w.now),
+        cond.make(prev, cond.READY, False, Phase.DELETING.value, w.status["message"], gen, w.now),
     ])
     return Plan(action, w.status, requeue, tuple(w.events))

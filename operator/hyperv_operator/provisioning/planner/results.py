@@ -111,7 +111,7 @@ def error_status(
         s["message"] = f"Deleting: {step} failed, retrying in {int(CLEANUP_RETRY)}s: {error}"
         s["conditions"] = cond.merge(prev, [
             cond.make(prev, cond.STALLED, True, "CleanupFailed", s["message"], gen, now),
-            cond.make(prev, cond.RECONCILING, True, "Deleting", s["message"], gen, now),
+            cond.make(prev, cond.RECONCILING, True, Phase.DELETING.value, s["message"], gen, now),
         ])
         return s, CLEANUP_RETRY, (Event("Warning", "CleanupFailed", f"{step} on host {host_name}: {error}"),)
     if phase is Phase.PROVISIONED:  # a failed power action does not un-provision the VM

@@ -34,14 +34,14 @@ def _with_conditions(
         updates.append(cond.make(prev, cond.RECONCILING, False, "Stalled", failure[1], gen, now))
         updates.append(cond.make(prev, cond.READY, False, failure[0], failure[1], gen, now))
         if cond.find(prev, cond.INDEPENDENT) is None:
-            updates.append(cond.make(prev, cond.INDEPENDENT, None, "Failed", failure[1], gen, now))
+            updates.append(cond.make(prev, cond.INDEPENDENT, None, Phase.FAILED.value, failure[1], gen, now))
         s["conditions"] = cond.merge(prev, updates)
         return
     updates.append(cond.make(prev, cond.STALLED, False, "NoError", "", gen, now))
     if busy:
         updates.append(cond.make(prev, cond.RECONCILING, True, busy[0], busy[1], gen, now))
     elif converged:
-        updates.append(cond.make(prev, cond.RECONCILING, False, "Provisioned", message, gen, now))
+        updates.append(cond.make(prev, cond.RECONCILING, False, Phase.PROVISIONED.value, message, gen, now))
     else:
         updates.append(cond.make(prev, cond.RECONCILING, True, phase.value, message, gen, now))
     vm = w.obs.vm
