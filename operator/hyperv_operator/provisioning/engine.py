@@ -361,8 +361,7 @@ async def _observe_listing(
                      *([str(disk_path)] if disk_path else []),
                      *((layout.copy_status_tmp, *layout.folders_bottom_up) if deleting else ())])
     first = await client.run([cmdlets.get_all_vms(), *(cmdlets.test_path(p) for p in paths)])
-    vms = [parse_vm(o) for o in first if kind_of(o) == "vm"]
-    flags = [bool(o.value) for o in first if kind_of(o) == "bool"]
+    vms, flags, _, _, _, _ = _parse(first, copy_read=False)
     if len(flags) != len(paths):
         raise TransientHostError(f"Test-Path returned {len(flags)} results for {len(paths)} paths")
     existing = frozenset(p.rstrip("\\").lower() for p, flag in zip(paths, flags, strict=True) if flag)
@@ -386,57 +385,22 @@ async def _observe_listing(
     read_copy = exists(layout.copy_status) and (deleting or phase not in _NO_COPY_READ)
     if read_copy:
         second.append(cmdlets.read_text_file(layout.copy_status))
-    # The copy worker's liveness: the process with the recorded PID (the planner checks it is ours).
     copy_phase = (deleting or phase in _COPY_PHASES) and not exists(layout.disk)
-    recorded_pid = int((status.get("copy") or {}).get("processId") or 0) if copy_phase else 0
-    if recorded_pid:
-        second.append(cmdlets.get_process(recorded_pid))
+    recorded_pid = _recorded_worker(status, copy_phase)
+    second += _worker_reads(recorded_pid)
     if host_vm is not None:
         second += [cmdlets.get_vm_hard_disk_drives(host_vm.id), cmdlets.get_vm_snapshots(host_vm.id)]
-    # --- guest (issue 14): integration services of a running VM, in the same round trip ---
     read_guest = host_vm is not None and host_vm.state == planner.RUNNING and not deleting
-    if read_guest and host_vm is not None:
-        second += [cmdlets.get_vm_heartbeat(host_vm.id), cmdlets.get_vm_network_adapters(host_vm.id),
-                   cmdlets.get_kvp_components()]
-    out: list[HostObject] = await client.run(second) if second else []
-    guest = guest_mod.parse(out, host_vm.id) if read_guest and host_vm is not None else None
-    out = [obj for obj in out if guest_mod.kind(obj) is None]
-    # --- end guest ---
-    drives: list[str] = []
-    snapshots: list[str] = []
-    job: CopyJob | None = None
-    processes: dict[int, ProcessInfo] = {}
-    for obj in out:
-        kind = kind_of(obj)
-        if kind == "vhd":
-            info = parse_vhd(obj)
-            vhds[info.path.rstrip("\\").lower()] = info
-        elif kind == "drive":
-            drives.append(str(obj.get("Path") or ""))
-        elif kind == "snapshot":
-            snapshots.append(str(obj.get("Name") or ""))
-        elif kind == "string" and read_copy:
-            job = CopyJob.parse(str(obj.value))
-        elif kind == "process":
-            info_p = parse_process(obj)
-            processes[info_p.process_id] = info_p
-    checked_pid = recorded_pid
-    if copy_phase and job is not None and job.state == "Running" and job.process_id and job.process_id != recorded_pid:
-        # The status file names a worker the status does not know (crash between start and record).
-        checked_pid = job.process_id
-        for obj in await client.run([cmdlets.get_process(checked_pid)]):
-            if kind_of(obj) == "process":
-                info_p = parse_process(obj)
-                processes[info_p.process_id] = info_p
-    # After a crash mid-checkpoint the status may not know the .avhdx yet: read its chain too.
-    missing = [d for d in drives if is_avhdx(d) and d.rstrip("\\").lower() not in vhds and not deleting]
+    guest_vm_id = host_vm.id if host_vm is not None else ""
+    if read_guest:
+        second += _guest_reads(guest_vm_id)
+    guest, out = _split_guest(await client.run(second) if second else [], guest_vm_id, read=read_guest)
+    _, _, vhds2, drives, snapshots, job = _parse(out, copy_read=read_copy)
+    vhds.update(vhds2)
+    processes = _processes(out)
+    checked_pid = await _unrecorded_worker(client, job, recorded_pid, processes, look=copy_phase)
     extra_existing = set(existing)
-    if missing:
-        for obj in await client.run([cmdlets.get_vhd(d) for d in missing]):
-            if kind_of(obj) == "vhd":
-                info = parse_vhd(obj)
-                vhds[info.path.rstrip("\\").lower()] = info
-                extra_existing.add(info.path.rstrip("\\").lower())
+    await _read_unknown_chains(client, drives, vhds, extra_existing, deleting=deleting)
     return Observation(
         host_name=spec.host_name,
         vm=host_vm,
@@ -546,21 +510,14 @@ async def _observe_by_id(
     if vm_id:
         first += [cmdlets.get_vm_by_id(vm_id), cmdlets.get_vm_hard_disk_drives(vm_id),
                   cmdlets.get_vm_snapshots(vm_id)]
-    # The copy worker's liveness: the process with the recorded PID (the planner checks it is ours).
-    # Get-CimInstance of a PID that is gone outputs nothing, so it cannot fail the batch.
     copy_phase = deleting or phase in _COPY_PHASES
-    recorded_pid = int((status.get("copy") or {}).get("processId") or 0) if copy_phase else 0
-    if recorded_pid:
-        first.append(cmdlets.get_process(recorded_pid))
-    # --- guest (issue 14): integration services of a VM that may run, in the same round trip ---
+    recorded_pid = _recorded_worker(status, copy_phase)
+    first += _worker_reads(recorded_pid)
+    # A VM that may run (the phases from Starting on): its guest, in the same round trip.
     read_guest = bool(vm_id) and not deleting and phase in _GUEST_PHASES
     if read_guest:
-        first += [cmdlets.get_vm_heartbeat(vm_id), cmdlets.get_vm_network_adapters(vm_id),
-                  cmdlets.get_kvp_components()]
-    out1 = await client.run(first)
-    guest = guest_mod.parse(out1, vm_id) if read_guest else None
-    out1 = [obj for obj in out1 if guest_mod.kind(obj) is None]
-    # --- end guest ---
+        first += _guest_reads(vm_id)
+    guest, out1 = _split_guest(await client.run(first), vm_id, read=read_guest)
     vms, flags, vhds, drives, snapshots, job = _parse(out1, copy_read=want.copy_status)
     processes = _processes(out1)
     if len(flags) != len(paths):
@@ -603,13 +560,52 @@ async def _observe_by_id(
             third = [cmdlets.get_vm_hard_disk_drives(host_vm.id), cmdlets.get_vm_snapshots(host_vm.id)]
             _, _, _, drives3, snapshots3, _ = _parse(await client.run(third), copy_read=False)
             drives, snapshots = drives3, snapshots3
-    checked_pid = recorded_pid
-    copy_running = job is not None and job.state == "Running" and not obs.exists(layout.disk)
-    if copy_phase and copy_running and job is not None and job.process_id and job.process_id != recorded_pid:
-        # The status file names a worker the status does not know (crash between start and record).
-        checked_pid = job.process_id
-        processes.update(_processes(await client.run([cmdlets.get_process(checked_pid)])))
-    # After a crash mid-checkpoint the status may not know the .avhdx yet: read its chain too.
+    checked_pid = await _unrecorded_worker(client, job, recorded_pid, processes,
+                                           look=copy_phase and not obs.exists(layout.disk))
+    await _read_unknown_chains(client, drives, vhds, existing, deleting=deleting)
+    return replace(obs, vm=host_vm, found_by=found_by, drives=tuple(drives), snapshots=tuple(snapshots),
+                   existing=frozenset(existing), vhds=vhds, copy=job, copy_process=processes.get(checked_pid),
+                   copy_process_checked=bool(checked_pid))
+
+
+def _recorded_worker(status: Mapping[str, Any], copy_phase: bool) -> int:
+    """The copy worker's PID the status recorded, while its liveness matters (0: none to look up)."""
+    return int((status.get("copy") or {}).get("processId") or 0) if copy_phase else 0
+
+
+def _worker_reads(pid: int) -> list[Statement]:
+    """The copy worker's liveness: the process with the recorded PID (the planner checks it is ours).
+    Get-CimInstance of a PID that is gone outputs nothing, so it cannot fail the batch."""
+    return [cmdlets.get_process(pid)] if pid else []
+
+
+async def _unrecorded_worker(client: HyperVClient, job: CopyJob | None, recorded_pid: int,
+                             processes: dict[int, ProcessInfo], *, look: bool) -> int:
+    """The PID whose process the planner judges: the recorded one, or the one a running copy's status
+    file names when the status does not know it (a crash between the start and its record), looked up
+    in one more round trip (into `processes`)."""
+    if look and job is not None and job.state == "Running" and job.process_id and job.process_id != recorded_pid:
+        processes.update(_processes(await client.run([cmdlets.get_process(job.process_id)])))
+        return job.process_id
+    return recorded_pid
+
+
+def _guest_reads(vm_id: str) -> list[Statement]:
+    """Issue 14: the VM's integration services (heartbeat, adapters, KVP), in the observation's round trip."""
+    return [cmdlets.get_vm_heartbeat(vm_id), cmdlets.get_vm_network_adapters(vm_id), cmdlets.get_kvp_components()]
+
+
+def _split_guest(out: Sequence[HostObject], vm_id: str, *, read: bool) -> tuple[guest_mod.GuestInfo | None,
+                                                                                 list[HostObject]]:
+    """The guest read from `out` (if it was asked for) and the rest of `out`, without the guest's objects."""
+    guest = guest_mod.parse(out, vm_id) if read else None
+    return guest, [obj for obj in out if guest_mod.kind(obj) is None]
+
+
+async def _read_unknown_chains(client: HyperVClient, drives: Sequence[str], vhds: dict[str, VhdInfo],
+                               existing: set[str], *, deleting: bool) -> None:
+    """After a crash mid-checkpoint the status may not know the .avhdx yet: read its chain too, in one
+    more round trip (into `vhds` and `existing`)."""
     missing = [d for d in drives if is_avhdx(d) and d.rstrip("\\").lower() not in vhds and not deleting]
     if missing:
         for obj in await client.run([cmdlets.get_vhd(d) for d in missing]):
@@ -617,9 +613,6 @@ async def _observe_by_id(
                 info = parse_vhd(obj)
                 vhds[info.path.rstrip("\\").lower()] = info
                 existing.add(info.path.rstrip("\\").lower())
-    return replace(obs, vm=host_vm, found_by=found_by, drives=tuple(drives), snapshots=tuple(snapshots),
-                   existing=frozenset(existing), vhds=vhds, copy=job, copy_process=processes.get(checked_pid),
-                   copy_process_checked=bool(checked_pid))
 
 
 def _processes(out: Sequence[HostObject]) -> dict[int, ProcessInfo]:
