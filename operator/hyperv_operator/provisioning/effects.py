@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from hyperv_operator.api import UID_TAG_PREFIX, Strategy, VirtualMachineSpec
+from hyperv_operator.api import UID_TAG_PREFIX, VirtualMachineSpec
 from hyperv_operator.hyperv.commands import HostObject
+from hyperv_operator.provisioning import planner
 from hyperv_operator.provisioning.layout import Layout, join
 from hyperv_operator.provisioning.observation import CopyJob, Observation, VhdInfo, kind_of, parse_vm
 
@@ -84,7 +85,7 @@ def fold(action: object, obs: Observation, output: Sequence[HostObject], layout:
         vm = vms[-1]
         return replace(obs, vm=vm, found_by="id",
                        existing=_with(obs, layout.vm_dir, join(layout.vm_dir, layout.vm_name)),
-                       drives=(spec.base_vhd if spec.strategy is Strategy.QUICK else layout.disk,))
+                       drives=(spec.base_vhd if planner.runs_on_checkpoint(spec.strategy) else layout.disk,))
     if kind == "Checkpoint":
         drives = tuple(str(o.get("Path") or "") for o in output if kind_of(o) == "drive")
         if not drives:

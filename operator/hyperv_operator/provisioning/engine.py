@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from hyperv_operator.api import HyperVHostSpec, Strategy, VirtualMachineSpec
+from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hyperv import cmdlets, second_hop
 from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
@@ -141,7 +141,7 @@ async def run_step(s: StepInput) -> StepOutcome:
 
 def _uses_slots(s: StepInput) -> bool:
     """Whether this run may take, hold or free a copy slot: read the host's ledger first."""
-    if not any(p in COPY_PHASES for p in planner.phases(s.spec.strategy)):
+    if not planner.copies_base(s.spec.strategy):
         return False
     return s.deleting or str(s.status.get("phase") or Phase.PENDING.value) != Phase.PROVISIONED.value
 
@@ -492,7 +492,7 @@ async def _observe_by_id(
     base_apart: bool = False,
 ) -> Observation:
     phase = str(status.get("phase") or Phase.PENDING.value)
-    strategy = spec.strategy.value
+    on_checkpoint = planner.runs_on_checkpoint(spec.strategy)  # Quick: the VM runs on a checkpoint of the base
     vm_id = str(status.get("vmId") or "")
     config_dir = join(layout.vm_dir, layout.vm_name)  # New-VM -Path vm_dir creates it
     recorded = [str(p) for p in status.get("createdFiles") or []]
@@ -500,7 +500,7 @@ async def _observe_by_id(
     paths = _unique([spec.base_vhd, layout.disk, layout.partial, layout.copy_status, *recorded,
                      *([str(disk_path)] if disk_path else []), layout.vm_dir, config_dir,
                      *((layout.copy_status_tmp, *layout.folders_bottom_up) if deleting else ())])
-    want = expected_reads(phase, strategy, status, layout, spec.base_vhd, deleting=deleting)
+    want = expected_reads(phase, on_checkpoint, status, layout, spec.base_vhd, deleting=deleting)
     if base_apart:
         want = replace(want, vhds=tuple(p for p in want.vhds if not same_path(p, spec.base_vhd)))
     first: list[Statement] = [cmdlets.test_path(p) for p in paths]
@@ -529,7 +529,7 @@ async def _observe_by_id(
                       snapshots=tuple(snapshots), existing=frozenset(existing), vhds=vhds, copy=job, slot=slot,
                       guest=guest if running else None)
 
-    need = needed_reads(phase, strategy, status, layout, spec.base_vhd, obs, deleting=deleting)
+    need = needed_reads(phase, on_checkpoint, status, layout, spec.base_vhd, obs, deleting=deleting)
     if base_apart:
         obs = replace(obs, denied=await _denied_base(client, spec, phase, obs.exists(spec.base_vhd), deleting=deleting))
         if obs.exists(spec.base_vhd) and any(same_path(p, spec.base_vhd) for p in need.vhds):
@@ -545,7 +545,7 @@ async def _observe_by_id(
     # there, it has not run); Quick's vm_dir is made right before New-VM. Only then list the host's
     # VMs to find ours by tag / folder.
     disk_ready = obs.exists(layout.disk) and not obs.exists(layout.copy_status)
-    new_vm_possible = obs.exists(layout.vm_dir) and (strategy == Strategy.QUICK.value or disk_ready)
+    new_vm_possible = obs.exists(layout.vm_dir) and (on_checkpoint or disk_ready)
     list_vms = not vm_id and (obs.exists(config_dir) or new_vm_possible)
     if list_vms:
         second.append(cmdlets.get_all_vms())

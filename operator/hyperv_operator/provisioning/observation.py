@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from hyperv_operator.api import UID_TAG_PREFIX, Strategy
+from hyperv_operator.api import UID_TAG_PREFIX
 from hyperv_operator.conditions import parse_timestamp
 from hyperv_operator.hyperv.commands import HostObject
 from hyperv_operator.hyperv.scripts import WORKER_COMMAND_LINE_TAIL
@@ -285,7 +285,7 @@ class Reads:
     copy_status: bool
 
 
-def expected_reads(phase: str, strategy: str, status: Mapping[str, Any], layout: Layout, base_vhd: str, *,
+def expected_reads(phase: str, on_checkpoint: bool, status: Mapping[str, Any], layout: Layout, base_vhd: str, *,
                    deleting: bool) -> Reads:
     copy = status.get("copy") or {}
     copy_live = bool(copy.get("startedAt")) and not copy.get("finishedAt")
@@ -294,18 +294,17 @@ def expected_reads(phase: str, strategy: str, status: Mapping[str, Any], layout:
     vhds: list[str] = []
     if phase in (Phase.PENDING, Phase.FAILED):
         vhds.append(base_vhd)
-    disk_made = (phase in (Phase.CREATING_VM, Phase.STARTING, Phase.PROVISIONED) if strategy != Strategy.QUICK.value
+    disk_made = (phase in (Phase.CREATING_VM, Phase.STARTING, Phase.PROVISIONED) if not on_checkpoint
                  else phase in (Phase.REPARENTING, Phase.MERGING, Phase.PROVISIONED))
     if disk_made:
         vhds.append(layout.disk)
     avhdx = recorded_avhdx(status)
-    quick = strategy == Strategy.QUICK.value
-    if quick and avhdx and phase in (Phase.STARTING, Phase.COPYING_BASE, Phase.REPARENTING):
+    if on_checkpoint and avhdx and phase in (Phase.STARTING, Phase.COPYING_BASE, Phase.REPARENTING):
         vhds.append(avhdx)
     return Reads(tuple(vhds), copy_live and phase in (Phase.COPYING, Phase.COPYING_BASE))
 
 
-def needed_reads(phase: str, strategy: str, status: Mapping[str, Any], layout: Layout, base_vhd: str,
+def needed_reads(phase: str, on_checkpoint: bool, status: Mapping[str, Any], layout: Layout, base_vhd: str,
                  obs: Observation, *, deleting: bool) -> Reads:
     """Everything the planner may consult, given what exists (`obs` from the first round trip)."""
     if deleting:
@@ -317,7 +316,7 @@ def needed_reads(phase: str, strategy: str, status: Mapping[str, Any], layout: L
         vhds.append(layout.disk)
     avhdx = recorded_avhdx(status) or obs.avhdx_drive()
     merging_done = phase == Phase.MERGING and not obs.has_snapshot(layout.checkpoint_name)
-    if strategy == Strategy.QUICK.value and avhdx and obs.exists(avhdx) and not merging_done:
+    if on_checkpoint and avhdx and obs.exists(avhdx) and not merging_done:
         vhds.append(avhdx)
     after_copy = (Phase.PROVISIONED, Phase.REPARENTING, Phase.MERGING, Phase.FAILED)
     read_copy = obs.exists(layout.copy_status) and phase not in after_copy

@@ -20,7 +20,7 @@ Delete:        -> Deleting (finalize) -> finalizer removed
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,3 +78,15 @@ class Step:
 
 
 COPY_PHASES = frozenset({Phase.COPYING, Phase.COPYING_BASE})
+
+
+def runs_on_checkpoint(rows: Iterable[Step]) -> bool:
+    """The VM is made on the base and runs on a checkpoint beside it until its copy is merged (the
+    table has a Checkpointing phase: Quick)."""
+    return any(step.phase is Phase.CHECKPOINTING for step in rows)
+
+
+def copies_base(rows: Iterable[Step]) -> bool:
+    """The VM's own disk is a full copy of the base (the table has a copy phase: Copy, Quick), not a
+    differencing child of it."""
+    return any(step.phase in COPY_PHASES for step in rows)

@@ -15,7 +15,15 @@ from hyperv_operator.provisioning.planner.deletion import plan_delete
 from hyperv_operator.provisioning.planner.provision import plan
 from hyperv_operator.provisioning.planner.results import absorb, error_status, is_not_found
 from hyperv_operator.provisioning.planner.status import retryable_failure
-from hyperv_operator.provisioning.planner.table import PHASE_TABLES, is_before, next_phase, phases, step_of
+from hyperv_operator.provisioning.planner.table import (
+    PHASE_TABLES,
+    copies_base,
+    is_before,
+    next_phase,
+    phases,
+    runs_on_checkpoint,
+    step_of,
+)
 from hyperv_operator.provisioning.planner.work import (
     AFTER_ACTION,
     CLEANUP_RETRY,
@@ -44,6 +52,6 @@ __all__ = [
     "AFTER_ACTION", "CLEANUP_RETRY", "COPY_POLL", "COPY_STALL_SECONDS", "CRITICAL_POLL", "DONE",
     "HOST_ACCESS_CATEGORIES", "MAX_COPY_RESTARTS", "MERGE_POLL", "MERGE_TIMEOUT", "OFF", "PAUSED",
     "PHASE_TABLES", "POWER_POLL", "RUNNING", "SAVED_STATES", "SHORT_WAIT", "STOP_TIMEOUT", "TRANSIENT_BACKOFF",
-    "Action", "Plan", "absorb", "error_status", "is_before", "is_critical", "is_not_found", "next_phase", "phases",
-    "plan", "plan_delete", "retryable_failure", "step_of",
+    "Action", "Plan", "absorb", "copies_base", "error_status", "is_before", "is_critical", "is_not_found",
+    "next_phase", "phases", "plan", "plan_delete", "retryable_failure", "runs_on_checkpoint", "step_of",
 ]

@@ -6,6 +6,7 @@ tests of the strategy in the plan functions."""
 from __future__ import annotations
 
 from hyperv_operator.api import Strategy
+from hyperv_operator.provisioning import phases as phases_mod
 from hyperv_operator.provisioning.phases import Independence, Milestone, Phase, Step
 from hyperv_operator.provisioning.planner.copying import _copying
 from hyperv_operator.provisioning.planner.steps import (
@@ -27,7 +28,8 @@ COPY_IN_PROGRESS = Independence(False, "CopyInProgress", "the base is being copi
 FULL_COPY = Independence(True, "FullCopy", "the VM's disk is a full copy of the base")
 RUNNING_ON_BASE = Independence(False, "RunningOnBase",
                                "the VM runs on a checkpoint of the base until the copy is merged")
-MERGING = Independence(False, "Merging", "the VM's checkpoint is being re-parented and merged into its own disk")
+MERGING_INTO_COPY = Independence(False, "Merging",
+                                 "the VM's checkpoint is being re-parented and merged into its own disk")
 MERGED = Independence(True, "Merged", "the checkpoint was merged into the VM's own disk")
 
 
@@ -77,15 +79,25 @@ PHASE_TABLES: dict[Strategy, tuple[Step, ...]] = {
                                            "poll by its ETA", "disk exists", independent=RUNNING_ON_BASE),
         Step(Phase.REPARENTING, _reparenting, "Set-VHD avhdx -ParentPath disk -LeafPath avhdx (never "
                                               "-IgnoreIdMismatch)", "Get-VHD avhdx ParentPath = disk",
-             independent=MERGING),
+             independent=MERGING_INTO_COPY),
         Step(Phase.MERGING, _merging, "Remove-VMSnapshot (merges the .avhdx into disk online; never into the "
                                       "base); poll (Stalled MergeTimedOut after an hour); then Set-VM "
                                       "-CheckpointType <the type before>",
              "drive = disk, .avhdx gone, disk has no parent, VM Status not 'Merging disks', checkpoint type "
-             "restored", independent=MERGING, reached=INDEPENDENT),
+             "restored", independent=MERGING_INTO_COPY, reached=INDEPENDENT),
         Step(Phase.PROVISIONED, _provisioned, "power and drift (Independent=True)", "converged", independent=MERGED),
     ),
 }
+
+
+def runs_on_checkpoint(strategy: Strategy) -> bool:
+    """Quick: see phases.runs_on_checkpoint."""
+    return phases_mod.runs_on_checkpoint(PHASE_TABLES[strategy])
+
+
+def copies_base(strategy: Strategy) -> bool:
+    """Copy, Quick: see phases.copies_base."""
+    return phases_mod.copies_base(PHASE_TABLES[strategy])
 
 
 def phases(strategy: Strategy) -> tuple[Phase, ...]:

@@ -16,7 +16,7 @@ from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import Observation
-from hyperv_operator.provisioning.phases import COPY_PHASES, Phase, Step
+from hyperv_operator.provisioning.phases import Phase, Step, copies_base, runs_on_checkpoint
 
 # Requeue delays (seconds).
 HOST_ACCESS_CATEGORIES = frozenset({"AuthenticationError", "SecurityError"})
@@ -118,15 +118,13 @@ class _Work:
 
     @property
     def on_checkpoint(self) -> bool:
-        """The VM is made on the base and runs on a checkpoint beside it until its copy is merged
-        (the table has a Checkpointing phase: Quick)."""
-        return any(step.phase is Phase.CHECKPOINTING for step in self.rows)
+        """Quick: made on the base, runs on a checkpoint until its copy is merged (from the table)."""
+        return runs_on_checkpoint(self.rows)
 
     @property
     def copies_base(self) -> bool:
-        """The VM's own disk is a full copy of the base (the table has a copy phase: Copy, Quick), not a
-        differencing child of it."""
-        return any(step.phase in COPY_PHASES for step in self.rows)
+        """Copy, Quick: the VM's own disk is a full copy of the base (from the table)."""
+        return copies_base(self.rows)
 
     @property
     def vm_label(self) -> str:
