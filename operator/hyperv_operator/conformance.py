@@ -46,6 +46,7 @@ from hyperv_operator.hyperv.errors import HostError
 from hyperv_operator.provisioning import planner
 from hyperv_operator.provisioning.engine import CopySlots, VmRef, finalize, reconcile
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, layout_for, same_path
+from hyperv_operator.provisioning.phases import Phase
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class Conformance:
             ref, spec, status = await self._provision(strategy)
             provisioned.append((ref, spec, status))
         ref, spec, status = provisioned[0]
-        if status.get("phase") == "Provisioned":
+        if status.get("phase") == Phase.PROVISIONED:
             provisioned[0] = (ref, spec, await self._stop(ref, spec, status))
         for ref, spec, status in provisioned:
             await self._delete(ref, spec, status)
@@ -169,15 +170,15 @@ class Conformance:
             # the merge start before we can look: its event says it was sent and succeeded.
             seen.reparent_sent = seen.reparent_sent or any(e.reason == "Reparenting" for e in outcome.events)
             await self._observe(status, layout, seen)
-            if outcome.requeue_after is None or status.get("phase") in ("Provisioned", "Failed"):
+            if outcome.requeue_after is None or status.get("phase") in (Phase.PROVISIONED, Phase.FAILED):
                 break
             await asyncio.sleep(max(0.05, min(outcome.requeue_after, self.poll_cap)))
         phase = status.get("phase")
-        self.record(f"{strategy.value} provisions", HELD if phase == "Provisioned" else FAILED,
+        self.record(f"{strategy.value} provisions", HELD if phase == Phase.PROVISIONED else FAILED,
                     f"phase {phase} after {time.monotonic() - started:.1f}s: {status.get('message') or ''}".strip())
         if strategy is not Strategy.DIFFERENCING:
-            self.record(f"{strategy.value}: copy worker starts", HELD if seen.copy_phase and phase == "Provisioned"
-                        else FAILED, "the background copy completed" if phase == "Provisioned"
+            self.record(f"{strategy.value}: copy worker starts", HELD if seen.copy_phase and phase == Phase.PROVISIONED
+                        else FAILED, "the background copy completed" if phase == Phase.PROVISIONED
                         else "the copy did not complete")
             if "Running" in seen.states:
                 self.record(f"{strategy.value}: status file readable while written", HELD,
@@ -199,12 +200,12 @@ class Conformance:
                             f"{seen.avhdx} (base folder {base_folder})")
             else:
                 self.record("Quick: checkpoint beside its parent", NOT_OBSERVED, "no .avhdx seen on the VM")
-            merged = phase == "Provisioned" and await self._drive_is(status, layout)
+            merged = phase == Phase.PROVISIONED and await self._drive_is(status, layout)
             # The operator removes the checkpoint only once Get-VHD shows the .avhdx on the VM's own
             # disk (never into the base), so a merge that ended on that disk proves the re-parent held.
             reparent_proved = seen.reparented or (seen.reparent_sent and merged)
             self.record("Quick: online re-parent (-LeafPath)", HELD if reparent_proved else
-                        (FAILED if phase != "Provisioned" else NOT_OBSERVED),
+                        (FAILED if phase != Phase.PROVISIONED else NOT_OBSERVED),
                         "the running VM's .avhdx took its own disk as parent" if seen.reparented
                         else "Set-VHD -LeafPath succeeded and the merge landed in the VM's own disk" if reparent_proved
                         else "not seen between steps")
@@ -215,7 +216,7 @@ class Conformance:
 
     async def _observe(self, status: dict[str, Any], layout: Layout, seen: _Observed) -> None:
         phase = status.get("phase")
-        if phase in ("Copying", "CopyingBase"):
+        if phase in (Phase.COPYING, Phase.COPYING_BASE):
             seen.copy_phase = True
             try:
                 out = await self.client.run([cmdlets.read_text_file(layout.copy_status)])
@@ -235,7 +236,8 @@ class Conformance:
                     seen.status_misses += 1
                     seen.last_miss = f"{out[0].type_names if out else 'no output'}: {text!r}"[:200]
         vm_id = status.get("vmId")
-        if vm_id and phase in ("Checkpointing", "Starting", "CopyingBase", "Reparenting", "Merging"):
+        if vm_id and phase in (Phase.CHECKPOINTING, Phase.STARTING, Phase.COPYING_BASE, Phase.REPARENTING,
+                               Phase.MERGING):
             try:
                 drives = await self.client.run([cmdlets.get_vm_hard_disk_drives(str(vm_id))])
             except HostError:
