@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hyperv_operator import conditions as cond
+from hyperv_operator.provisioning.phases import Phase
 
 BASE_DELAY = 2.0
 MAX_DELAY = 300.0
@@ -87,10 +88,10 @@ def requested(status: Mapping[str, Any], value: str, copy_phase: str) -> dict[st
         copy.pop(key, None)
     if new.get("copy") is not None:
         new["copy"] = copy
-    if status.get("phase") == "Failed":
+    if status.get("phase") == Phase.FAILED.value:
         stalled = cond.find(status.get("conditions"), cond.STALLED) or {}
         if stalled.get("reason") == "CopyFailed":
             new["phase"] = copy_phase
         elif not status.get("vmId") and not status.get("createdFiles"):
-            new["phase"] = "Pending"
+            new["phase"] = Phase.PENDING.value
     return new
