@@ -9,11 +9,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hyperv_operator.conditions import parse_timestamp
 from hyperv_operator.envtest.controlplane import ControlPlane
 from hyperv_operator.envtest.operator_process import OperatorProcess
 from hyperv_operator.envtest.stack import SimulatedHyperV, apply_objects, host_objects
@@ -236,11 +238,19 @@ def test_a_delete_on_a_vanished_host_stalls_with_the_reason_and_completes_with_t
         obj = kube.wait_vm(NAMESPACE, name, stalled, timeout=120, what="Stalled DeleteHostUnreachable")
         assert "abandon-host-resources" in obj["status"]["message"]
         assert obj["status"]["retry"]["attempts"] >= 2
-        time.sleep(3)
+
+        def next_retry_in(o: dict[str, Any]) -> float:
+            at = parse_timestamp(o["status"]["retry"]["nextRetryAt"])
+            return (at - datetime.now(UTC)).total_seconds() if at else 0.0
+
+        # The deletion's backoff grows; annotate while its next retry is far away: the opt-in acts at
+        # once (the annotation is a change kopf sees, and wakes the sleeping finalizer), not then.
+        obj = kube.wait_vm(NAMESPACE, name, lambda o: next_retry_in(o) > 12, timeout=120,
+                           what="a next retry more than 12 s away")
         assert kube.get_vm(NAMESPACE, name) is not None  # never silently
         kube.patch_vm(NAMESPACE, name,
                       {"metadata": {"annotations": {"hyperv-operator.io/abandon-host-resources": "true"}}})
-        kube.wait_gone(NAMESPACE, name, timeout=120)
+        kube.wait_gone(NAMESPACE, name, timeout=8)
         abandoned = [e for e in kube.events_for(NAMESPACE, name) if e.reason == "HostResourcesAbandoned"]
         assert abandoned and abandoned[0].type == "Warning" and vm_id in abandoned[0].message
     finally:
