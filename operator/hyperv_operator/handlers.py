@@ -634,7 +634,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.create(*vm_resource, id="reconcile", registry=registry)
     @kopf.on.update(*vm_resource, id="reconcile", when=spec_or_retry_changed, registry=registry)
     async def reconcile_vm(**kwargs: Any) -> None:
-        runtime.wakeups.consume(kwargs["body"], api.ANNOTATION_PREFIX)
+        runtime.wakeups.consume(kwargs["body"])
         outcome = await step(kwargs, deleting=False)
         if outcome is not None and outcome.requeue_after is not None:
             raise kopf.TemporaryError(outcome.status.get("message") or "in progress", delay=outcome.requeue_after)
@@ -654,7 +654,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.delete(*vm_resource, id="finalize", registry=registry)
     async def delete_vm(**kwargs: Any) -> None:
-        runtime.wakeups.consume(kwargs["body"], api.ANNOTATION_PREFIX)
+        runtime.wakeups.consume(kwargs["body"])
         meta: kopf.Meta = kwargs["meta"]
         if str((meta.get("annotations") or {}).get(retry.ABANDON_ANNOTATION, "")).lower() == "true":
             await _abandon(kwargs)

@@ -29,8 +29,10 @@ from typing import Any
 
 import kopf
 
-USER_ANNOTATIONS: tuple[str, ...] = ("retry", "abandon-host-resources")
-"""Names under the storage prefix that belong to users, not to kopf: kept in the essence."""
+from hyperv_operator.provisioning.retry import ABANDON_ANNOTATION, RETRY_ANNOTATION
+
+USER_ANNOTATIONS: tuple[str, ...] = (RETRY_ANNOTATION, ABANDON_ANNOTATION)
+"""Annotations under kopf's storage prefix that belong to users, not to kopf: kept in the essence."""
 
 MARK_LIFETIME = 120.0
 """Seconds a wake-up mark waits for its VM's handler; a mark for a VM that had no handler due drops."""
@@ -59,33 +61,32 @@ class Wakeups:
             return False
         return True
 
-    def annotation_due(self, body: Mapping[str, Any], prefix: str) -> str | None:
+    def annotation_due(self, body: Mapping[str, Any]) -> str | None:
         """A user annotation that asks for action now and was not acted on in this process: the token."""
         meta = body.get("metadata") or {}
         annotations = meta.get("annotations") or {}
         status = body.get("status") or {}
         uid = str(meta.get("uid") or "")
         token = None
-        if meta.get("deletionTimestamp") and str(annotations.get(f"{prefix}/abandon-host-resources", "")).lower() \
-                == "true":
+        if meta.get("deletionTimestamp") and str(annotations.get(ABANDON_ANNOTATION, "")).lower() == "true":
             token = "abandon"
         else:
-            value = str(annotations.get(f"{prefix}/retry") or "")
+            value = str(annotations.get(RETRY_ANNOTATION) or "")
             if value and value != status.get("retryRequest"):
                 token = f"retry={value}"
         if token is None or (uid, token) in self._spent:
             return None
         return token
 
-    def due(self, body: Mapping[str, Any], prefix: str) -> bool:
+    def due(self, body: Mapping[str, Any]) -> bool:
         uid = str((body.get("metadata") or {}).get("uid") or "")
-        return self.marked(uid) or self.annotation_due(body, prefix) is not None
+        return self.marked(uid) or self.annotation_due(body) is not None
 
-    def consume(self, body: Mapping[str, Any], prefix: str) -> None:
+    def consume(self, body: Mapping[str, Any]) -> None:
         """The VM's handler runs now: its mark and its pending annotation are acted on."""
         uid = str((body.get("metadata") or {}).get("uid") or "")
         self._marks.pop(uid, None)
-        token = self.annotation_due(body, prefix)
+        token = self.annotation_due(body)
         now = self._clock()
         if token is not None:
             self._spent[(uid, token)] = now
@@ -111,13 +112,13 @@ class Storage(kopf.AnnotationsProgressStorage):
     def __init__(self, *, prefix: str, wakeups: Wakeups) -> None:
         super().__init__(prefix=prefix)
         self.wakeups = wakeups
-        self.user_annotations = tuple(f"{prefix}/{name}" for name in USER_ANNOTATIONS)
+        self.user_annotations = USER_ANNOTATIONS
 
     def fetch(self, *, key: Any, body: kopf.Body) -> Any:
         record = super().fetch(key=key, body=body)
         if (record is not None and record.get("delayed") and not record.get("success")
                 and not record.get("failure") and str(key) in SLEEPING_HANDLERS
-                and self.wakeups.due(body, self.prefix)):
+                and self.wakeups.due(body)):
             return {**record, "delayed": None}  # due now: kopf runs it on this event
         return record
 
@@ -142,7 +143,7 @@ class DiffBase(kopf.AnnotationsDiffBaseStorage):
 
     def __init__(self, *, prefix: str, key: str) -> None:
         super().__init__(prefix=prefix, key=key)
-        self.user_annotations = tuple(f"{prefix}/{name}" for name in USER_ANNOTATIONS)
+        self.user_annotations = USER_ANNOTATIONS
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
         return _keep(super().build(body=body, extra_fields=extra_fields), body, self.user_annotations)
