@@ -154,14 +154,25 @@ def test_kills_and_two_processes_never_run_two_copies_on_a_one_slot_host(
 
 
 def test_sigterm_during_drift_checks_leaves_every_ready_condition_as_it_was(
-    slow_sim: SimulatedHyperV, one_slot_host: str, kube: Kube, running_operator: OperatorProcess,
+    control_plane: ControlPlane, slow_sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess,
 ) -> None:
     tag = uuid.uuid4().hex[:5]
+    # One WinRM connection for VM work: while one drift check holds it, the others wait for it, and
+    # the stop closes the client under them (what wrote "the WinRM client ... is closed" before).
+    host = f"hv-oneconn-{tag}"
+    objects = host_objects(NAMESPACE, host, slow_sim)
+    objects[-1]["spec"]["maxConnections"] = 1
+    apply_objects(control_plane, objects)
     names = [f"term-{tag}-{i}" for i in range(3)]
     for name in names:
-        kube.create_vm(NAMESPACE, name, "Differencing", host=one_slot_host)
+        kube.create_vm(NAMESPACE, name, "Differencing", host=host)
     for name in names:
-        kube.wait_phase(NAMESPACE, name, "Provisioned")
+        # Ready (the guest's heartbeat seen) and no change handler under way: from here on, only the
+        # drift timers talk to the host about these VMs. (A change handler still polling for the
+        # heartbeat is cancelled by kopf on stop and writes nothing: the stop must meet drift checks.)
+        kube.wait_vm(NAMESPACE, name, lambda o: (condition(o, "Ready") or {}).get("status") == "True"
+                     and "hyperv-operator.io/reconcile" not in (o["metadata"].get("annotations") or {}),
+                     timeout=90, what="Ready with no change handler under way")
     time.sleep(1.0)  # let the last status writes land
     before = {n: (condition(kube.get_vm(NAMESPACE, n) or {}, "Ready"), (kube.get_vm(NAMESPACE, n) or {})["status"])
               for n in names}
