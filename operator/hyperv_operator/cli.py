@@ -52,6 +52,8 @@ def _run(args: argparse.Namespace) -> int:
         host_probe_interval=args.host_probe_interval,
         delete_stall_after=args.delete_stall_after,
         shutdown_grace=args.shutdown_grace,
+        wait_retry_min=args.wait_retry_min,
+        wait_retry_max=args.wait_retry_max,
         operator_namespace=args.operator_namespace,
         webhook=_webhook_config(args),
         peering_lifetime=None if args.standalone else args.peering_lifetime,
@@ -222,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds a deletion may fail on an unreachable host before it is reported Stalled")
     run.add_argument("--shutdown-grace", type=float, default=20.0,
                      help="on SIGTERM, seconds running steps get to finish their host commands")
+    run.add_argument("--wait-retry-min", type=float, default=0.0,
+                     help="seconds a VM waiting for its host, Secret or admission waits at least between checks")
+    run.add_argument("--wait-retry-max", type=float, default=10.0,
+                     help="...and at most (an edit of the host or its Secrets re-checks it at once)")
     run.add_argument("--winrm-connection-timeout", type=float, default=30.0)
     run.add_argument("--winrm-read-timeout", type=float, default=30.0)
     run.add_argument("--winrm-operation-timeout", type=float, default=20.0)

@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from hyperv_operator import api, metrics
+from hyperv_operator import api, metrics, wakeups
 from hyperv_operator import conditions as cond
 from hyperv_operator.api import DeletionPolicy, HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.draining import Drain
@@ -36,6 +36,7 @@ from hyperv_operator.provisioning.gate import HostGate, under_way
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
 from hyperv_operator.tenancy import classes, policy
 from hyperv_operator.tenancy.webhook import VALIDATE_VM_ID, WebhookCertificate, inject_ca_bundle
+from hyperv_operator.wakeups import Wakeups
 
 logger = logging.getLogger("hyperv_operator.handlers")
 
@@ -72,6 +73,10 @@ class OperatorConfig:
     shutdown_grace: float = 20.0
     """On SIGTERM, seconds the running steps get to finish their host commands before the connections close
     (below the pod's terminationGracePeriodSeconds, 30 by default)."""
+    wait_retry_min: float = 0.0
+    """Seconds a VM waiting for its host / Secret / admission waits at least before its next check."""
+    wait_retry_max: float = HOST_MISSING_RETRY_SECONDS
+    """...and at most (30 s at least for a misconfigured host). An edit of the host or Secret re-checks it at once."""
 
 
 @dataclass
@@ -166,13 +171,21 @@ class Runtime:
     gate: HostGate = field(default_factory=HostGate)
     drain: Drain = field(default_factory=Drain)
     shutdown: Shutdown = field(default_factory=Shutdown)
+    wakeups: Wakeups = field(default_factory=Wakeups)
     read_class: Callable[[str], dict[str, Any] | None] | None = None
     """Issue 14: a VirtualMachineClass's spec by name (None: absent); default: the kubernetes client."""
+    touch_vm: Callable[[str, str, Mapping[str, str]], None] | None = None
+    """Writes annotations on a VirtualMachine (namespace, name, annotations); default: the kubernetes client."""
 
     def vm_class(self, name: str) -> dict[str, Any] | None:
         if self.read_class is None:
             self.read_class = kubernetes_class_reader()
         return self.read_class(name)
+
+    def annotate_vm(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        if self.touch_vm is None:
+            self.touch_vm = kubernetes_vm_annotator()
+        self.touch_vm(namespace, name, annotations)
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,6 +248,35 @@ def kubernetes_class_reader() -> Callable[[str], dict[str, Any] | None]:
     return read
 
 
+def kubernetes_vm_annotator() -> Callable[[str, str, Mapping[str, str]], None]:
+    """Merge-patches annotations onto a VirtualMachine (a VM gone meanwhile is fine)."""
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    objects = kubernetes.client.CustomObjectsApi()
+
+    def annotate(namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        try:
+            objects.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VM_PLURAL, name,
+                                                   {"metadata": {"annotations": dict(annotations)}})
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    return annotate
+
+
+def vm_host_key(namespace: str, spec: Mapping[str, Any]) -> str:
+    """The key of the VM's host in copy slots, metrics and status ("ns/name" or "ClusterHyperVHost/name")."""
+    ref = policy.HostRef.from_vm_spec(spec)
+    if ref.kind == policy.CLUSTER_HOST_KIND:
+        return f"{policy.CLUSTER_HOST_KIND}/{ref.name}"
+    return f"{namespace}/{ref.name}"
+
+
 def _one(index: kopf.Index[Any, dict[str, Any]], key: Any) -> dict[str, Any] | None:
     store = index.get(key)
     return next(iter(store), None) if store else None
@@ -258,13 +300,14 @@ def resolve_host(
 ) -> ResolvedHost:
     """The VM's host from the indices, and the tenancy verdict (no host I/O)."""
     ref = policy.HostRef.from_vm_spec(spec)
+    key = vm_host_key(namespace, spec)
     if ref.kind == policy.CLUSTER_HOST_KIND:
         host = _one(indices["cluster_hosts_by_name"], ref.name)
         labels = _one(indices["namespace_labels"], namespace)
-        secret_namespace, key = operator_namespace, f"{policy.CLUSTER_HOST_KIND}/{ref.name}"
+        secret_namespace = operator_namespace
     else:
         host = _host_of(indices["hosts_by_name"], namespace, ref.name)
-        labels, secret_namespace, key = None, namespace, f"{namespace}/{ref.name}"
+        labels, secret_namespace = None, namespace
     return ResolvedHost(host, secret_namespace, key, policy.check_vm(namespace, spec, host, labels))
 
 
@@ -293,12 +336,15 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     vm_resource = (api.GROUP, api.VERSION, api.VM_PLURAL)
     host_resource = (api.GROUP, api.VERSION, api.HOST_PLURAL)
+    cluster_host_resource = (api.GROUP, api.VERSION, api.CLUSTER_HOST_PLURAL)
+    progress = wakeups.Storage(prefix=api.ANNOTATION_PREFIX, wakeups=runtime.wakeups)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = api.FINALIZER
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.ANNOTATION_PREFIX)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        # Same prefix and keys as kopf's own storages had (no migration); see wakeups.py for what they add.
+        settings.persistence.progress_storage = progress
+        settings.persistence.diffbase_storage = wakeups.DiffBase(
             prefix=api.ANNOTATION_PREFIX, key="last-handled-configuration"
         )
         settings.posting.level = logging.INFO
@@ -357,6 +403,47 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
         # ClusterHyperVHost.namespaceSelector is matched against these (admission and controller).
         return {name: dict(labels)}
+
+    @kopf.index(*vm_resource, id="vms_waiting", registry=registry)
+    def vms_waiting(
+        namespace: str | None, name: str, uid: str | None, spec: kopf.Spec, body: kopf.Body, **_: Any
+    ) -> dict[str, tuple[str, str, str]]:
+        # Only VMs waiting for something outside (a retry record or Stalled) whose handler sleeps on
+        # kopf's retry delay, keyed by their host: the ones a host or Secret edit may wake (wakeups.py).
+        # Kept from the watch, in memory: no listing, no write.
+        status = body.get("status") or {}
+        waiting = bool(status.get("retry")) or cond.is_true(status.get("conditions"), cond.STALLED)
+        if not waiting or not progress.sleeping(body):
+            return {}
+        return {vm_host_key(str(namespace), spec): (str(namespace), name, str(uid))}
+
+    async def wake(host_keys: Iterable[str], index: kopf.Index[str, tuple[str, str, str]], why: str) -> None:
+        """Re-check now the waiting VMs of these hosts: mark them due, and write kopf's touch annotation
+        on each (the event ends kopf's retry sleep; `wakeups.Storage` then reports the handler due)."""
+        targets = sorted({entry for key in host_keys for entry in index.get(key, ())})
+        if not targets:
+            return
+        logger.info("%s: re-checking %d waiting VirtualMachine(s) now", why, len(targets))
+        stamp = _now().isoformat()
+        for namespace, name, uid in targets:
+            runtime.wakeups.mark(uid)
+            try:
+                await asyncio.to_thread(runtime.annotate_vm, namespace, name,
+                                        {f"{api.ANNOTATION_PREFIX}/{progress.touch_key}": stamp})
+            except Exception as exc:  # best effort: its own backoff re-checks it anyway
+                logger.warning("cannot wake %s/%s: %s", namespace, name, exc)
+
+    def hosts_using_secret(namespace: str, name: str, indices: Mapping[str, Any]) -> list[str]:
+        """Keys of the hosts whose spec names this Secret (credentials or CA bundle)."""
+        def uses(spec: Mapping[str, Any]) -> bool:
+            return any((spec.get(ref) or {}).get("name") == name
+                       for ref in ("credentialsSecretRef", "caBundleSecretRef"))
+        keys = [f"{ns}/{host}" for (ns, host), store in indices["hosts_by_name"].items()
+                if ns == namespace and any(uses(s) for s in store)]
+        if namespace == runtime.config.operator_namespace:
+            keys += [f"{policy.CLUSTER_HOST_KIND}/{host}" for host, store in indices["cluster_hosts_by_name"].items()
+                     if any(uses(s) for s in store)]
+        return keys
 
     # kopf refuses to start with admission handlers but no server: register only with a webhook.
     if runtime.config.webhook is not None:
@@ -489,7 +576,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 return StepOutcome(status=old_status, requeue_after=None, events=(), finished=True)
             if refusal is not None:
                 refused = settle.refused(old_status, generation, refusal.reason, refusal.message, _now(),
-                                         retry=HOST_MISSING_RETRY_SECONDS, key=uid)
+                                         retry=runtime.config.wait_retry_max, key=uid,
+                                         floor=runtime.config.wait_retry_min)
                 outcome = StepOutcome(refused.status, refused.requeue_after, ())
                 _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
                 raise kopf.TemporaryError(refusal.message, delay=refused.requeue_after)
@@ -499,7 +587,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         try:
             client = await runtime.connections.client_for(resolved.secret_namespace, vm_spec.host_name, host_spec)
         except HostConfigError as exc:
-            wrong = settle.host_misconfigured(old_status, generation, str(exc), _now(), key=uid)
+            wrong = settle.host_misconfigured(
+                old_status, generation, str(exc), _now(), key=uid,
+                cap=max(settle.HOST_MISCONFIGURED_RETRY, runtime.config.wait_retry_max),
+                floor=runtime.config.wait_retry_min)
             outcome = StepOutcome(wrong.status, wrong.requeue_after, ())
             _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
             raise kopf.TemporaryError(str(exc), delay=wrong.requeue_after) from exc
@@ -531,10 +622,19 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
         return outcome
 
+    retry_key = retry.RETRY_ANNOTATION
+
+    def spec_or_retry_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, **_: Any) -> bool:
+        # A spec edit, or a new value of the retry annotation (kept in kopf's essence by wakeups.DiffBase).
+        def retry_value(essence: Mapping[str, Any] | None) -> Any:
+            return (((essence or {}).get("metadata") or {}).get("annotations") or {}).get(retry_key)
+        return (old or {}).get("spec") != (new or {}).get("spec") or retry_value(old) != retry_value(new)
+
     @kopf.on.resume(*vm_resource, id="reconcile", registry=registry)
     @kopf.on.create(*vm_resource, id="reconcile", registry=registry)
-    @kopf.on.update(*vm_resource, id="reconcile", field="spec", registry=registry)
+    @kopf.on.update(*vm_resource, id="reconcile", when=spec_or_retry_changed, registry=registry)
     async def reconcile_vm(**kwargs: Any) -> None:
+        runtime.wakeups.consume(kwargs["body"])
         outcome = await step(kwargs, deleting=False)
         if outcome is not None and outcome.requeue_after is not None:
             raise kopf.TemporaryError(outcome.status.get("message") or "in progress", delay=outcome.requeue_after)
@@ -554,6 +654,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.delete(*vm_resource, id="finalize", registry=registry)
     async def delete_vm(**kwargs: Any) -> None:
+        runtime.wakeups.consume(kwargs["body"])
         meta: kopf.Meta = kwargs["meta"]
         if str((meta.get("annotations") or {}).get(retry.ABANDON_ANNOTATION, "")).lower() == "true":
             await _abandon(kwargs)
@@ -580,18 +681,47 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             await runtime.slots.refresh(resolved.key)
             await runtime.slots.release(resolved.key, str(meta["uid"]))
 
-    async def probe_host(
-        namespace: str,
-        name: str,
-        spec: kopf.Spec,
-        status: kopf.Status,
-        patch: kopf.Patch,
-        generation: int,
+    def secret_namespace(resource: kopf.Resource, namespace: str | None) -> str:
+        """Where a host's Secrets live: its own namespace, or the operator's for a ClusterHyperVHost."""
+        return runtime.config.operator_namespace if resource.plural == api.CLUSTER_HOST_PLURAL else str(namespace)
+
+    def host_key(resource: kopf.Resource, namespace: str | None, name: str) -> str:
+        return f"{policy.CLUSTER_HOST_KIND}/{name}" if resource.plural == api.CLUSTER_HOST_PLURAL \
+            else f"{namespace}/{name}"
+
+    # Registered before the probe, so a created or edited host re-checks its waiting VMs before it is
+    # probed (the host indexes are already current when a handler runs).
+    @kopf.on.create(*host_resource, id="wake", registry=registry)
+    @kopf.on.update(*host_resource, id="wake", field="spec", registry=registry)
+    @kopf.on.create(*cluster_host_resource, id="wake", registry=registry)
+    @kopf.on.update(*cluster_host_resource, id="wake", field="spec", registry=registry)
+    async def host_changed(resource: kopf.Resource, namespace: str | None, name: str, **kwargs: Any) -> None:
+        await wake([host_key(resource, namespace, name)], kwargs["vms_waiting"],
+                   f"{resource.kind} {name} created or edited")
+
+    @kopf.on.resume(*host_resource, id="probe", registry=registry)
+    @kopf.on.create(*host_resource, id="probe", registry=registry)
+    @kopf.on.update(*host_resource, id="probe", field="spec", registry=registry)
+    @kopf.on.resume(*cluster_host_resource, id="probe", registry=registry)
+    @kopf.on.create(*cluster_host_resource, id="probe", registry=registry)
+    @kopf.on.update(*cluster_host_resource, id="probe", field="spec", registry=registry)
+    @kopf.timer(*host_resource, id="probe-timer", interval=runtime.config.host_probe_interval,
+                initial_delay=runtime.config.host_probe_interval, registry=registry)
+    @kopf.timer(*cluster_host_resource, id="probe-timer", interval=runtime.config.host_probe_interval,
+                initial_delay=runtime.config.host_probe_interval, registry=registry)
+    async def probe_host_handler(
+        resource: kopf.Resource, namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status,
+        patch: kopf.Patch, meta: kopf.Meta, **kwargs: Any,
     ) -> None:
+        # One probe for both kinds; only where the Secrets are read differs.
+        was_reachable = cond.is_true(status.get("conditions"), "Reachable")
         async with runtime.drain.working():
-            await _probe_host(
-                namespace=namespace, name=name, spec=spec, status=status, patch=patch, generation=generation,
-            )
+            await _probe_host(secret_namespace(resource, namespace), name, spec, status, patch,
+                              int(meta.get("generation") or 0))
+        if not was_reachable and cond.is_true(patch.status.get("conditions"), "Reachable"):
+            # Reachable again (fixed outside the cluster): its VMs on a long transient backoff go now.
+            await wake([host_key(resource, namespace, name)], kwargs["vms_waiting"],
+                       f"{resource.kind} {name} reachable")
 
     async def _probe_host(
         namespace: str,
@@ -641,66 +771,23 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         patch.status["observedGeneration"] = generation
         # copiesInFlight is written with the copy ledger (status.copySlots), never from one process's view.
 
-    @kopf.on.resume(*host_resource, id="probe", registry=registry)
-    @kopf.on.create(*host_resource, id="probe", registry=registry)
-    @kopf.on.update(*host_resource, id="probe", field="spec", registry=registry)
-    @kopf.timer(
-        *host_resource,
-        id="probe-timer",
-        interval=runtime.config.host_probe_interval,
-        initial_delay=runtime.config.host_probe_interval,
-        registry=registry,
-    )
-    async def probe_host_handler(**kwargs: Any) -> None:
-        meta: kopf.Meta = kwargs["meta"]
-        await probe_host(
-            str(kwargs["namespace"]),
-            kwargs["name"],
-            kwargs["spec"],
-            kwargs["status"],
-            kwargs["patch"],
-            int(meta.get("generation") or 0),
-        )
-
     @kopf.on.event("v1", "secrets", id="secrets", registry=registry)
-    def secret_changed(type: str | None, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
+    async def secret_changed(
+        type: str | None, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
+    ) -> None:
         # Keeps the Secret cache current: an edited credentials or CA Secret changes the host's
         # fingerprint, so its next use builds a new client (the old one's calls become retries).
         data = None if type == "DELETED" else dict(body.get("data") or {})
         if runtime.connections.secrets.observe(str(namespace), name, data):
             logger.info("Secret %s/%s changed: its hosts reconnect on their next call", namespace, name)
+        if type is not None:  # not the initial listing: created, edited or deleted now
+            await wake(hosts_using_secret(str(namespace), name, kwargs), kwargs["vms_waiting"],
+                       f"Secret {namespace}/{name} changed")
 
     @kopf.on.delete(*host_resource, id="forget", optional=True, registry=registry)
-    async def host_deleted(namespace: str | None, name: str, **_: Any) -> None:
-        await runtime.connections.forget(str(namespace), name)
-
-    cluster_host_resource = (api.GROUP, api.VERSION, api.CLUSTER_HOST_PLURAL)
-
-    @kopf.on.resume(*cluster_host_resource, id="probe", registry=registry)
-    @kopf.on.create(*cluster_host_resource, id="probe", registry=registry)
-    @kopf.on.update(*cluster_host_resource, id="probe", field="spec", registry=registry)
-    @kopf.timer(
-        *cluster_host_resource,
-        id="probe-timer",
-        interval=runtime.config.host_probe_interval,
-        initial_delay=runtime.config.host_probe_interval,
-        registry=registry,
-    )
-    async def probe_cluster_host_handler(**kwargs: Any) -> None:
-        # Same probe; the Secrets are read from the operator's namespace.
-        meta: kopf.Meta = kwargs["meta"]
-        await probe_host(
-            runtime.config.operator_namespace,
-            kwargs["name"],
-            kwargs["spec"],
-            kwargs["status"],
-            kwargs["patch"],
-            int(meta.get("generation") or 0),
-        )
-
     @kopf.on.delete(*cluster_host_resource, id="forget", optional=True, registry=registry)
-    async def cluster_host_deleted(name: str, **_: Any) -> None:
-        await runtime.connections.forget(runtime.config.operator_namespace, name)
+    async def host_deleted(resource: kopf.Resource, namespace: str | None, name: str, **_: Any) -> None:
+        await runtime.connections.forget(secret_namespace(resource, namespace), name)
 
     images.register(registry, runtime)
     return registry

@@ -9,11 +9,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hyperv_operator.conditions import parse_timestamp
 from hyperv_operator.envtest.controlplane import ControlPlane
 from hyperv_operator.envtest.operator_process import OperatorProcess
 from hyperv_operator.envtest.stack import SimulatedHyperV, apply_objects, host_objects
@@ -152,14 +154,25 @@ def test_kills_and_two_processes_never_run_two_copies_on_a_one_slot_host(
 
 
 def test_sigterm_during_drift_checks_leaves_every_ready_condition_as_it_was(
-    slow_sim: SimulatedHyperV, one_slot_host: str, kube: Kube, running_operator: OperatorProcess,
+    control_plane: ControlPlane, slow_sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess,
 ) -> None:
     tag = uuid.uuid4().hex[:5]
+    # One WinRM connection for VM work: while one drift check holds it, the others wait for it, and
+    # the stop closes the client under them (what wrote "the WinRM client ... is closed" before).
+    host = f"hv-oneconn-{tag}"
+    objects = host_objects(NAMESPACE, host, slow_sim)
+    objects[-1]["spec"]["maxConnections"] = 1
+    apply_objects(control_plane, objects)
     names = [f"term-{tag}-{i}" for i in range(3)]
     for name in names:
-        kube.create_vm(NAMESPACE, name, "Differencing", host=one_slot_host)
+        kube.create_vm(NAMESPACE, name, "Differencing", host=host)
     for name in names:
-        kube.wait_phase(NAMESPACE, name, "Provisioned")
+        # Ready (the guest's heartbeat seen) and no change handler under way: from here on, only the
+        # drift timers talk to the host about these VMs. (A change handler still polling for the
+        # heartbeat is cancelled by kopf on stop and writes nothing: the stop must meet drift checks.)
+        kube.wait_vm(NAMESPACE, name, lambda o: (condition(o, "Ready") or {}).get("status") == "True"
+                     and "hyperv-operator.io/reconcile" not in (o["metadata"].get("annotations") or {}),
+                     timeout=90, what="Ready with no change handler under way")
     time.sleep(1.0)  # let the last status writes land
     before = {n: (condition(kube.get_vm(NAMESPACE, n) or {}, "Ready"), (kube.get_vm(NAMESPACE, n) or {})["status"])
               for n in names}
@@ -236,11 +249,19 @@ def test_a_delete_on_a_vanished_host_stalls_with_the_reason_and_completes_with_t
         obj = kube.wait_vm(NAMESPACE, name, stalled, timeout=120, what="Stalled DeleteHostUnreachable")
         assert "abandon-host-resources" in obj["status"]["message"]
         assert obj["status"]["retry"]["attempts"] >= 2
-        time.sleep(3)
+
+        def next_retry_in(o: dict[str, Any]) -> float:
+            at = parse_timestamp(o["status"]["retry"]["nextRetryAt"])
+            return (at - datetime.now(UTC)).total_seconds() if at else 0.0
+
+        # The deletion's backoff grows; annotate while its next retry is far away: the opt-in acts at
+        # once (the annotation is a change kopf sees, and wakes the sleeping finalizer), not then.
+        obj = kube.wait_vm(NAMESPACE, name, lambda o: next_retry_in(o) > 12, timeout=120,
+                           what="a next retry more than 12 s away")
         assert kube.get_vm(NAMESPACE, name) is not None  # never silently
         kube.patch_vm(NAMESPACE, name,
                       {"metadata": {"annotations": {"hyperv-operator.io/abandon-host-resources": "true"}}})
-        kube.wait_gone(NAMESPACE, name, timeout=120)
+        kube.wait_gone(NAMESPACE, name, timeout=8)
         abandoned = [e for e in kube.events_for(NAMESPACE, name) if e.reason == "HostResourcesAbandoned"]
         assert abandoned and abandoned[0].type == "Warning" and vm_id in abandoned[0].message
     finally:

@@ -317,6 +317,11 @@ def test_stalled_vm_recovers_when_the_namespace_is_admitted_or_the_host_appears(
             obj = tenancy.admin.wait_phase(ns, name, "Provisioned", timeout=90)
             assert (condition(obj, "Stalled") or {}).get("status") == "False"
             assert obj["status"]["vmId"]
+        # The ClusterHyperVHost is probed like a HyperVHost, with its Secrets read in the operator's namespace.
+        _wait(lambda: condition(tenancy.admin.objects.get_cluster_custom_object(
+            api.GROUP, api.VERSION, api.CLUSTER_HOST_PLURAL, late), "Reachable"), 30, "the late host's probe")
+        probed = tenancy.admin.objects.get_cluster_custom_object(api.GROUP, api.VERSION, api.CLUSTER_HOST_PLURAL, late)
+        assert (condition(probed, "Reachable") or {}).get("status") == "True", probed.get("status")
     finally:
         tenancy.plane.kubectl("label", "namespace", TEAM_C, f"{TENANT_LABEL}-")
         tenancy.restore_webhook()

@@ -190,27 +190,29 @@ def host_missing(status: Mapping[str, Any], generation: int, host: str, now: dat
 
 
 def _rechecked(waiting: dict[str, Any], status: Mapping[str, Any], now: datetime, key: str,
-               cap: float) -> Settled:
+               cap: float, floor: float = 0.0) -> Settled:
     """A wait for something outside (a host, a Secret, an admission) is re-checked on a backoff that
     starts short (the fix is often seconds away: GitOps applying the host after the VM) and grows to
-    `cap`; the attempts show in status.retry."""
+    `cap` (never below `floor`); the attempts show in status.retry. An edit of the host or its Secret
+    re-checks it at once (wakeups.py), whatever the backoff."""
     record, delay = retry.next_attempt(status, now, key)
-    delay = min(delay, cap)
+    delay = min(max(delay, floor), max(cap, floor))
     record["nextRetryAt"] = cond.timestamp(now + timedelta(seconds=delay))
     waiting["retry"] = record
     return Settled(waiting, delay, retrying=True)
 
 
 def host_misconfigured(status: Mapping[str, Any], generation: int, message: str, now: datetime, *,
-                       key: str = "") -> Settled:
+                       key: str = "", cap: float = HOST_MISCONFIGURED_RETRY, floor: float = 0.0) -> Settled:
     """The HyperVHost cannot be used as configured (its Secret, its settings): stalled until it changes."""
     return _rechecked(_waiting(status, generation, "HostMisconfigured", message, now, stalled=True), status, now,
-                      key, HOST_MISCONFIGURED_RETRY)
+                      key, cap, floor)
 
 
 def refused(status: Mapping[str, Any], generation: int, reason: str, message: str, now: datetime, *,
-            retry: float, key: str = "") -> Settled:
+            retry: float, key: str = "", floor: float = 0.0) -> Settled:
     """The VM may not use its host (host missing, namespace not admitted, a path outside the host's roots):
     Stalled with the reason, re-checked in the cluster only (backoff from ~1 s up to `retry` seconds);
     nothing is sent to any host."""
-    return _rechecked(_waiting(status, generation, reason, message, now, stalled=True), status, now, key, retry)
+    return _rechecked(_waiting(status, generation, reason, message, now, stalled=True), status, now, key, retry,
+                      floor)
