@@ -101,6 +101,27 @@ class SecureBoot:
 
 
 @dataclass(frozen=True)
+class Bootstrap:
+    """spec.bootstrap (issue 14): first-boot configuration from a Secret in the VM's namespace.
+
+    `files` is filled by the handler from the Secret (never from the spec) and is the content of the
+    configuration disk; it is hidden from repr so no log line or exception text can carry it.
+    `problem` says why it could not be read (the planner waits with that reason)."""
+
+    secret_name: str
+    keep_disk: bool = False
+    files: tuple[tuple[str, bytes], ...] | None = field(default=None, repr=False, compare=False)
+    problem: str | None = None
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any] | None) -> Bootstrap | None:
+        if not spec:
+            return None
+        return cls(secret_name=str((spec.get("secretRef") or {}).get("name") or ""),
+                   keep_disk=bool(spec.get("keepDisk", False)))
+
+
+@dataclass(frozen=True)
 class VirtualMachineSpec:
     host_name: str
     base_vhd: str
@@ -117,6 +138,7 @@ class VirtualMachineSpec:
     readiness: Readiness = Readiness.HEARTBEAT
     readiness_timeout_seconds: int = DEFAULT_READINESS_TIMEOUT
     update_policy: UpdatePolicy = UpdatePolicy.ON_POWER_OFF
+    bootstrap: Bootstrap | None = None
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> VirtualMachineSpec:
@@ -136,6 +158,7 @@ class VirtualMachineSpec:
             readiness=Readiness(spec.get("readiness") or Readiness.HEARTBEAT),
             readiness_timeout_seconds=int(spec.get("readinessTimeoutSeconds") or DEFAULT_READINESS_TIMEOUT),
             update_policy=UpdatePolicy(spec.get("updatePolicy") or UpdatePolicy.ON_POWER_OFF),
+            bootstrap=Bootstrap.from_dict(spec.get("bootstrap")),
         )
 
 

@@ -14,6 +14,7 @@ HYPERV = "Hyper-V\\"
 MGMT = "Microsoft.PowerShell.Management\\"
 UTILITY = "Microsoft.PowerShell.Utility\\"
 CIM = "CimCmdlets\\"
+STORAGE = "Storage\\"
 
 # --- observe -----------------------------------------------------------------------------------
 
@@ -102,6 +103,66 @@ def get_kvp_components() -> Statement:
     query text is ever built."""
     return pipe(cmd(CIM + "Get-CimInstance", Namespace=VIRTUALIZATION_NAMESPACE,
                     ClassName="Msvm_KvpExchangeComponent"))
+
+
+# --- the first-boot configuration disk (issue 14, provisioning/bootstrap.py) -------------------
+
+
+CONFIG_FILE_SYSTEM = "FAT32"
+"""The configuration disk's file system: cloud-init's NoCloud and cloudbase-init read vfat (and iso9660,
+which no cmdlet writes)."""
+
+
+def new_config_volume(path: str, size_bytes: int, label: str) -> Statement:
+    """`New-VHD -Dynamic | Mount-VHD -Passthru | Initialize-Disk -Passthru | New-Partition
+    -AssignDriveLetter -UseMaximumSize | Format-Volume`: the idiom of the New-VHD documentation
+    (Example 5). Output: the MSFT_Volume (DriveLetter, FileSystemLabel, FileSystem). The disk stays
+    mounted on the host for the file writes that follow (`write_file`, by the volume's letter)."""
+    return pipe(
+        cmd(HYPERV + "New-VHD", Path=path, SizeBytes=UInt64(size_bytes), Dynamic=SWITCH),
+        cmd(HYPERV + "Mount-VHD", Passthru=SWITCH),
+        cmd(STORAGE + "Initialize-Disk", PartitionStyle="MBR", PassThru=SWITCH),
+        cmd(STORAGE + "New-Partition", UseMaximumSize=SWITCH, AssignDriveLetter=SWITCH),
+        cmd(STORAGE + "Format-Volume", FileSystem=CONFIG_FILE_SYSTEM, NewFileSystemLabel=label, Force=SWITCH,
+            Confirm=False),
+    )
+
+
+def write_file(path: str, content: bytes) -> Statement:
+    """No output. The content travels as a typed byte[] (`-Encoding Byte`: Windows PowerShell 5.1
+    writes the bytes as they are, no BOM, no newline added); it is never shown (commands._show)."""
+    return pipe(cmd(MGMT + "Set-Content", LiteralPath=path, Value=content, Encoding="Byte"))
+
+
+def dismount_vhd(path: str) -> Statement:
+    """No output. Fails if the disk is not mounted on the host."""
+    return pipe(cmd(HYPERV + "Dismount-VHD", Path=path))
+
+
+def rename_item(path: str, new_name: str) -> Statement:
+    """No output. `new_name` is a file name in the same folder (Rename-Item does not move)."""
+    return pipe(cmd(MGMT + "Rename-Item", LiteralPath=path, NewName=new_name))
+
+
+def add_vm_scsi_disk(vm_id: str, path: str, controller_number: int, location: int) -> Statement:
+    """No output. Attach `path` to the VM's SCSI controller at a fixed location (the operator picks
+    it, so it can name the same drive when it detaches it)."""
+    return pipe(
+        cmd(HYPERV + "Get-VM", Id=vm_id),
+        cmd(HYPERV + "Add-VMHardDiskDrive", Path=path, ControllerType="SCSI", ControllerNumber=controller_number,
+            ControllerLocation=location),
+    )
+
+
+def remove_vm_scsi_disk(vm_id: str, controller_number: int, location: int) -> Statement:
+    """No output. Detach the drive at that SCSI location (hot-remove works on a running VM for SCSI;
+    the file stays)."""
+    return pipe(
+        cmd(HYPERV + "Get-VM", Id=vm_id),
+        cmd(HYPERV + "Get-VMHardDiskDrive", ControllerType="SCSI", ControllerNumber=controller_number,
+            ControllerLocation=location),
+        cmd(HYPERV + "Remove-VMHardDiskDrive"),
+    )
 
 
 # --- act ---------------------------------------------------------------------------------------
@@ -297,6 +358,16 @@ ALL_CMDLETS: frozenset[str] = frozenset(
         MGMT + "Remove-Item",
         MGMT + "Stop-Process",
         CIM + "Get-CimInstance",
+        # issue 14: the first-boot configuration disk
+        HYPERV + "Mount-VHD",
+        HYPERV + "Dismount-VHD",
+        STORAGE + "Initialize-Disk",
+        STORAGE + "New-Partition",
+        STORAGE + "Format-Volume",
+        MGMT + "Set-Content",
+        MGMT + "Rename-Item",
+        HYPERV + "Add-VMHardDiskDrive",
+        HYPERV + "Remove-VMHardDiskDrive",
     }
 )
 """The cmdlets above; `hyperv_operator.hyperv.scripts` holds the fixed scripts (background copy)."""

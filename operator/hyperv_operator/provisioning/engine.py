@@ -19,7 +19,7 @@ from hyperv_operator.hyperv import cmdlets, second_hop
 from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, PermanentHostError, TransientHostError
-from hyperv_operator.provisioning import effects, planner, retry, settle
+from hyperv_operator.provisioning import bootstrap, effects, planner, retry, settle
 from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, join, layout_for, same_path
 from hyperv_operator.provisioning.ledger import CopySlots, LedgerError
@@ -358,7 +358,7 @@ async def _observe_listing(
     recorded = [str(p) for p in status.get("createdFiles") or []]
     disk_path = (status.get("disk") or {}).get("path")
     paths = _unique([spec.base_vhd, layout.disk, layout.partial, layout.copy_status, *recorded,
-                     *([str(disk_path)] if disk_path else []),
+                     *([str(disk_path)] if disk_path else []), *bootstrap.paths(spec, layout),
                      *((layout.copy_status_tmp, *layout.folders_bottom_up) if deleting else ())])
     first = await client.run([cmdlets.get_all_vms(), *(cmdlets.test_path(p) for p in paths)])
     vms = [parse_vm(o) for o in first if kind_of(o) == "vm"]
@@ -535,6 +535,7 @@ async def _observe_by_id(
     disk_path = (status.get("disk") or {}).get("path")
     paths = _unique([spec.base_vhd, layout.disk, layout.partial, layout.copy_status, *recorded,
                      *([str(disk_path)] if disk_path else []), layout.vm_dir, config_dir,
+                     *bootstrap.paths(spec, layout),  # issue 14
                      *((layout.copy_status_tmp, *layout.folders_bottom_up) if deleting else ())])
     want = expected_reads(phase, strategy, status, layout, spec.base_vhd, deleting=deleting)
     if base_apart:

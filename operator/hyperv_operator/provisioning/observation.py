@@ -51,6 +51,7 @@ class VhdInfo:
     file_size: int | None = None
     vhd_format: str = ""  # VHD | VHDX
     in_use_elsewhere: bool = False  # Get-VHD refused (another host has it open); read by file instead
+    attached: bool | None = None  # Get-VHD Attached: open by a running VM, or mounted on the host
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class Observation:
     copy_process: ProcessInfo | None = None  # the process with the copy worker's recorded PID, if any
     copy_process_checked: bool = False  # whether the engine looked for it (False: unknown)
     guest: GuestInfo | None = None  # issue 14: integration services' view of a running guest (None: not read)
+    config_drive: str | None = None  # issue 14: the first-boot configuration disk, when attached (bootstrap.split)
 
     def exists(self, path: str | None) -> bool:
         return path is not None and path.rstrip("\\").lower() in self.existing
@@ -250,6 +252,7 @@ def parse_vhd(obj: HostObject) -> VhdInfo:
         size=_int(_prop(obj, "Size")),
         file_size=_int(_prop(obj, "FileSize")),
         vhd_format=_text(_prop(obj, "VhdFormat")),
+        attached=_bool(_prop(obj, "Attached")),
     )
 
 
@@ -319,6 +322,8 @@ def needed_reads(phase: str, strategy: str, status: Mapping[str, Any], layout: L
     merging_done = phase == Phase.MERGING and not obs.has_snapshot(layout.checkpoint_name)
     if strategy == Strategy.QUICK.value and avhdx and obs.exists(avhdx) and not merging_done:
         vhds.append(avhdx)
+    if obs.exists(layout.config_partial):  # issue 14: is the half-built configuration disk still mounted?
+        vhds.append(layout.config_partial)
     after_copy = (Phase.PROVISIONED, Phase.REPARENTING, Phase.MERGING, Phase.FAILED)
     read_copy = obs.exists(layout.copy_status) and phase not in after_copy
     return Reads(tuple(vhds), read_copy)

@@ -20,6 +20,7 @@ from hyperv_operator.api import UID_TAG_PREFIX, DeletionPolicy, PowerState, Stra
 from hyperv_operator.hyperv import cmdlets, errors, scripts, second_hop
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, TransientHostError
+from hyperv_operator.provisioning import bootstrap as bootstrap_mod
 from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning import resize as resize_mod
 from hyperv_operator.provisioning import retry
@@ -407,7 +408,7 @@ def _creating_vm(w: _Work) -> _Result:
         # New-VM's output feeds Set-VM, so a crash half-way leaves an untagged VM in our folder.
         # Secure boot settings go on with Set-VMFirmware while the VM is still off: no start then.
         firmware_first = s.secure_boot is not None and s.generation == 2
-        start = not quick and s.power_state is PowerState.RUNNING and not firmware_first
+        start = not quick and s.power_state is PowerState.RUNNING and not firmware_first and s.bootstrap is None
         if quick and not w.status.get("checkpointTypeBefore"):
             # New VMs get Production checkpoints by default; Standard is only for the quick-provision
             # checkpoint and is put back once it is merged.
@@ -479,6 +480,9 @@ def _starting(w: _Work) -> _Result:
                     f"resuming VM {vm.id} (it was paused)")
     if vm.state != OFF and vm.state not in SAVED_STATES:
         return _Wait(f"waiting for VM {vm.id} to settle (state {vm.state})", SHORT_WAIT)
+    prepared = _bootstrap(w, bootstrap_mod.before_start(w.spec, w.status, w.obs, vm, w.layout, w.now))  # issue 14
+    if prepared is not None:
+        return prepared
     return _Act(Action("StartVM", (cmdlets.start_vm(vm.id),), f"Start-VM {vm.id}"), f"starting VM {vm.id}")
 
 
@@ -582,8 +586,16 @@ def _provisioned(w: _Work) -> _Result:
             seen = _guest_verdict(w)  # issue 14: Ready follows spec.readiness
             if not seen.ready:
                 return _Wait(seen.message, guest_mod.GUEST_POLL, stall=seen.reason if seen.stalled else None)
+            finished = _bootstrap(w, bootstrap_mod.after_ready(w.spec, w.status, w.obs, vm, w.layout, seen.ready,
+                                                               w.now))
+            if finished is not None:  # issue 14: the configuration disk goes once the guest is up
+                return finished
             return _Wait(seen.message, None)
         if vm.state == OFF or vm.state in SAVED_STATES:
+            prepared = _bootstrap(w, bootstrap_mod.before_start(w.spec, w.status, w.obs, vm, w.layout, w.now)) \
+                if vm.state == OFF else None
+            if prepared is not None:  # issue 14: a first start that comes after powerState Off
+                return prepared
             unchanged_spec = w.status.get("observedGeneration") == w.vm.generation
             if unchanged_spec and w.status.get("powerState") == RUNNING:
                 w.event("VMStoppedOutOfBand", f"VM {vm.id} was stopped outside the operator (state {vm.state}); "
@@ -797,6 +809,24 @@ def _resize(w: _Work, vm: VmInfo) -> _Result | None:
     return None
 
 
+def _bootstrap(w: _Work, d: bootstrap_mod.Decision | None) -> _Result | None:
+    """Issue 14: apply a first-boot configuration decision (provisioning/bootstrap.py) to the work."""
+    if d is None:
+        return None
+    if d.status:
+        w.status[bootstrap_mod.KEY] = d.status
+    if d.created:
+        w.created(*d.created)
+    for reason, message in d.events:
+        w.event(reason, message)
+    if d.action is not None:
+        kind, statements, description = d.action
+        return _Act(Action(kind, statements, description), d.message)
+    if d.wait is not None:
+        return _Wait(d.message, d.wait, stall=d.stall)
+    return None
+
+
 def _guest_verdict(w: _Work) -> guest_mod.Verdict:
     """Issue 14: is the running VM's guest ready per spec.readiness (from the status.guest before this step)."""
     vm_id = w.obs.vm.id if w.obs.vm else str(w.status.get("vmId") or "")
@@ -838,6 +868,7 @@ def plan(
     vm: VmRef, layout: Layout,
 ) -> Plan:
     """The next step of provisioning / power management. Pure."""
+    observation = bootstrap_mod.split(observation, layout)  # issue 14: the configuration disk apart
     w = _Work(spec, _copy.deepcopy(dict(status)), observation, now, vm, layout)
     start = _phase_of(status)
     start_conditions = status.get("conditions")
@@ -1000,6 +1031,8 @@ def absorb(action: Action, status: Mapping[str, Any], output: Sequence[HostObjec
                     disk = dict(s.get("disk") or {})
                     s["disk"] = {"path": path, "type": "Differencing",
                                  "parentPath": disk.get("parentPath") if not is_avhdx(disk.get("path")) else None}
+    elif action.kind == bootstrap_mod.BUILD:
+        s = bootstrap_mod.absorb(s, output)
     elif action.kind == "StartCopy":
         for obj in output:
             pid = obj.get("ProcessId")

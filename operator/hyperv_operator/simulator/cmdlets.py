@@ -40,6 +40,7 @@ from hyperv_operator.simulator.model import (
     Folder,
     HostModel,
     ModelError,
+    Mount,
     Snapshot,
     canonical_path,
     failed_to_stop,
@@ -61,7 +62,9 @@ _RANGES: dict[str, tuple[int, int, str]] = {
 }
 _NET_TYPES = {"string": "System.String", "string[]": "System.String[]", "guid": "System.Guid",
               "switch": "System.Management.Automation.SwitchParameter", "int32[]": "System.Int32[]",
-              "vm": "Microsoft.HyperV.PowerShell.VirtualMachine[]",
+              "vm": "Microsoft.HyperV.PowerShell.VirtualMachine[]", "object[]": "System.Object[]",
+              "drive": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",
+              "cim": "Microsoft.Management.Infrastructure.CimInstance[]",
               "snapshot": "Microsoft.HyperV.PowerShell.VMSnapshot[]"}
 
 
@@ -219,6 +222,8 @@ def convert(cmdlet: Cmdlet, p: Param, value: object) -> Any:
         raise _convert_error(cmdlet, p, value, f"Unable to match the identifier name {text} to a valid enumerator "
                              f"name. Specify one of the following enumerator names and try again: "
                              f"{', '.join(p.choices)}")
+    if p.kind == "object[]":  # Set-Content -Value: a byte[] (<BA>) or strings, kept as they are
+        return list(value) if isinstance(value, (tuple, list)) else [value]
     if p.kind == "string[]":
         items = list(value) if isinstance(value, (tuple, list)) else [value]
         texts = []
@@ -273,8 +278,9 @@ def bind_pipeline(cmdlet: Cmdlet, named: Bound, item: HostObject) -> Bound:
     done = False
     for p in cmdlet.params:
         if p.by_property and p.name not in bound:
+            names = {p.name.lower(), *(a.lower() for a in p.aliases)}
             for key, value in item.properties.items():
-                if key.lower() == p.name.lower() and value is not None:
+                if key.lower() in names and value is not None and p.name not in bound:
                     bound[p.name] = convert(cmdlet, p, value)
                     done = True
     if not done:
@@ -370,8 +376,9 @@ def vhd_object(model: HostModel, node: FileNode) -> HostObject:
         "FileSize": node.size, "Size": node.vhd.size, "MinimumSize": node.vhd.size, "LogicalSectorSize": 512,
         "PhysicalSectorSize": 4096, "BlockSize": node.vhd.block_size, "ParentPath": node.vhd.parent_path,
         "DiskIdentifier": node.vhd.disk_identifier, "FragmentationPercentage": 0, "Alignment": 1,
-        "Attached": node.key in model.attached_keys(), "DiskNumber": None, "IsPMEMCompatible": False,
-        "AddressAbstractionType": "None", "Number": None,
+        "Attached": node.key in model.attached_keys(), "IsPMEMCompatible": False, "AddressAbstractionType": "None",
+        "DiskNumber": model.mounts[node.key].disk_number if node.key in model.mounts else None,
+        "Number": model.mounts[node.key].disk_number if node.key in model.mounts else None,
     })
 
 
@@ -479,7 +486,12 @@ def get_vm(ctx: Context, b: Bound) -> list[HostObject]:
 
 
 def get_vm_hard_disk_drive(ctx: Context, b: Bound) -> list[HostObject]:
-    return [drive_object(ctx.model, vm, d) for vm in _vms_from(ctx, b, "VMName") for d in vm.drives]
+    def wanted(d: Drive) -> bool:
+        return ((b.get("ControllerType") is None or d.controller_type == b["ControllerType"])
+                and (b.get("ControllerNumber") is None or d.controller_number == b["ControllerNumber"])
+                and (b.get("ControllerLocation") is None or d.controller_location == b["ControllerLocation"]))
+
+    return [drive_object(ctx.model, vm, d) for vm in _vms_from(ctx, b, "VMName") for d in vm.drives if wanted(d)]
 
 
 def get_vm_snapshot(ctx: Context, b: Bound) -> list[HostObject]:
@@ -995,6 +1007,123 @@ def get_cim_instance(ctx: Context, b: Bound) -> list[HostObject]:
     return _process_cim_instances(ctx, b)
 
 
+# --- host-mounted disks: the first-boot configuration disk (issue 14) --------------------------------
+
+STORAGE_NS = "Microsoft.Management.Infrastructure.CimInstance#ROOT/Microsoft/Windows/Storage/"
+MSFT_DISK = STORAGE_NS + "MSFT_Disk"
+MSFT_PARTITION = STORAGE_NS + "MSFT_Partition"
+MSFT_VOLUME = STORAGE_NS + "MSFT_Volume"
+_CIM = ("Microsoft.Management.Infrastructure.CimInstance", "System.Object")
+FILE_SYSTEMS = ("FAT", "FAT32", "exFAT", "NTFS", "ReFS")
+ENCODINGS = ("Unknown", "String", "Unicode", "Byte", "BigEndianUnicode", "UTF8", "UTF7", "UTF32", "Ascii",
+             "Default", "Oem", "BigEndianUTF32")
+
+
+def _disk_object(model: HostModel, mount: Mount) -> HostObject:
+    vhd = model.files[mount.key].vhd
+    assert vhd is not None
+    return HostObject((MSFT_DISK, *_CIM), {
+        "Number": mount.disk_number, "DiskNumber": mount.disk_number, "Location": model.files[mount.key].path,
+        "PartitionStyle": vhd.partition_style or "RAW", "Size": vhd.size, "BusType": "File Backed Virtual",
+        "OperationalStatus": "Online", "FriendlyName": "Msft Virtual Disk",
+    })
+
+
+def _partition_object(model: HostModel, mount: Mount) -> HostObject:
+    vhd = model.files[mount.key].vhd
+    assert vhd is not None
+    return HostObject((MSFT_PARTITION, *_CIM), {
+        "DiskNumber": mount.disk_number, "PartitionNumber": 1, "DriveLetter": mount.letter or "\0",
+        "Size": vhd.size - 1024 * 1024, "Type": "FAT32 XINT13" if vhd.volume else "Unknown",
+        "AccessPaths": [f"{mount.letter}:\\"] if mount.letter else [],
+    })
+
+
+def mount_vhd(ctx: Context, b: Bound) -> list[HostObject]:
+    out = []
+    for path in b["Path"]:
+        mount = ctx.model.mount_vhd(path)
+        if b.get("Passthru"):
+            out.append(vhd_object(ctx.model, ctx.model.files[mount.key]))
+    return out
+
+
+def dismount_vhd(ctx: Context, b: Bound) -> list[HostObject]:
+    for path in b["Path"]:
+        ctx.model.dismount_vhd(path)
+    return []
+
+
+def _disk_number(b: Bound, name: str) -> int:
+    if "InputObject" in b:
+        return int(b["InputObject"]["Number"])
+    return int(b[name])
+
+
+def initialize_disk(ctx: Context, b: Bound) -> list[HostObject]:
+    mount = ctx.model.initialize_disk(_disk_number(b, "Number"), str(b.get("PartitionStyle") or "GPT"))
+    return [_disk_object(ctx.model, mount)] if b.get("PassThru") else []
+
+
+def new_partition(ctx: Context, b: Bound) -> list[HostObject]:
+    if not b.get("UseMaximumSize"):
+        raise ModelError("Only -UseMaximumSize is modelled.", category="NotImplemented", reason="NotImplemented")
+    mount = ctx.model.new_partition(_disk_number(b, "DiskNumber"), assign_letter=bool(b.get("AssignDriveLetter")))
+    return [_partition_object(ctx.model, mount)]
+
+
+def format_volume(ctx: Context, b: Bound) -> list[HostObject]:
+    partition: HostObject = b["Partition"]
+    mount, volume = ctx.model.format_volume(int(partition["DiskNumber"]), str(b.get("FileSystem") or "NTFS"),
+                                            str(b.get("NewFileSystemLabel") or ""))
+    vhd = ctx.model.files[mount.key].vhd
+    assert vhd is not None
+    return [HostObject((MSFT_VOLUME, *_CIM), {
+        "DriveLetter": mount.letter, "FileSystemLabel": volume.label, "FileSystem": volume.file_system,
+        "FileSystemType": volume.file_system, "Size": vhd.size - 1024 * 1024,
+        "SizeRemaining": vhd.size - 2 * 1024 * 1024,
+        "HealthStatus": "Healthy", "DriveType": "Fixed",
+    })]
+
+
+def set_content(ctx: Context, b: Bound) -> list[HostObject]:
+    value = b.get("Value")
+    items = list(value) if isinstance(value, (tuple, list)) else [value]
+    byte_encoding = str(b.get("Encoding") or "").lower() == "byte"
+    data: bytes | str = b"".join(i for i in items if isinstance(i, bytes)) if any(isinstance(i, bytes) for i in items) \
+        else "\r\n".join(str(i) for i in items if i is not None) + "\r\n"
+    for path in _paths(b):
+        ctx.model.set_content(path, data, byte_encoding=byte_encoding)
+    return []
+
+
+def rename_item(ctx: Context, b: Bound) -> list[HostObject]:
+    ctx.model.rename_item(str(b.get("LiteralPath") or b.get("Path")), str(b["NewName"]))
+    return []
+
+
+def add_vm_hard_disk_drive(ctx: Context, b: Bound) -> list[HostObject]:
+    out = []
+    for vm in _vms_from(ctx, b, "VMName"):
+        drive = ctx.model.add_hard_disk_drive(vm, str(b["Path"]), str(b.get("ControllerType") or "SCSI"),
+                                              int(b.get("ControllerNumber", 0)), int(b.get("ControllerLocation", 0)))
+        if b.get("Passthru"):
+            out.append(drive_object(ctx.model, vm, drive))
+    return out
+
+
+def remove_vm_hard_disk_drive(ctx: Context, b: Bound) -> list[HostObject]:
+    obj: HostObject = b["VMHardDiskDrive"]
+    vm = ctx.model.vm(str(obj["VMId"]))
+    wanted = str(obj["Id"]).lower()
+    drive = next((d for d in vm.drives if f"microsoft:{vm.id}\\{d.id}".lower() == wanted), None)
+    if drive is None:
+        raise ModelError(f"Hyper-V was unable to find the drive '{obj['Id']}'.", category="ObjectNotFound",
+                         reason="ObjectNotFound", target=str(obj["Id"]))
+    ctx.model.remove_hard_disk_drive(vm, drive)
+    return []
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 HYPERV = "Hyper-V"
@@ -1012,6 +1141,9 @@ _LIT = (Param("LiteralPath", "string[]", path=True, aliases=("PSPath", "LP")),
         Param("Path", "string[]", path=True, wildcards=True))
 _PATH_ONE_OF = ("LiteralPath", "Path")
 _PATH_EXCL = (("LiteralPath", "Path"),)
+_CONTROLLER_TYPE = Param("ControllerType", "enum", enum_type="Microsoft.HyperV.PowerShell.ControllerType",
+                         choices=("IDE", "SCSI"))
+STORAGE = "Storage"
 
 
 def _cmdlets() -> dict[str, Cmdlet]:
@@ -1020,7 +1152,8 @@ def _cmdlets() -> dict[str, Cmdlet]:
                (Param("Id", "guid", aliases=("VMId",)), Param("Name", "string[]", aliases=("VMName",))),
                get_vm, exclusive=(("Id", "Name"),)),
         Cmdlet("Get-VMHardDiskDrive", HYPERV, _HV + "GetVMHardDiskDrive",
-               (_VM_INPUT[0], Param("VMName", "string[]")), get_vm_hard_disk_drive,
+               (_VM_INPUT[0], Param("VMName", "string[]"), _CONTROLLER_TYPE, Param("ControllerNumber", "int32"),
+                Param("ControllerLocation", "int32")), get_vm_hard_disk_drive,
                exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
         Cmdlet("Get-VMSnapshot", HYPERV, _HV + "GetVMSnapshot",
                (_VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string")), get_vm_snapshot,
@@ -1104,6 +1237,48 @@ def _cmdlets() -> dict[str, Cmdlet]:
         Cmdlet("Get-CimInstance", "CimCmdlets", "Microsoft.Management.Infrastructure.CimCmdlets.GetCimInstanceCommand",
                (Param("ClassName", "string", mandatory=True), Param("Filter", "string"),
                 Param("Namespace", "string")), get_cim_instance),
+        # issue 14: the first-boot configuration disk
+        Cmdlet("Mount-VHD", HYPERV, _VHD + "MountVHD",
+               (Param("Path", "string[]", mandatory=True, by_property=True, path=True, aliases=("FullName",)),
+                Param("Passthru", "switch"), Param("NoDriveLetter", "switch")), mount_vhd),
+        Cmdlet("Dismount-VHD", HYPERV, _VHD + "DismountVHD",
+               (Param("Path", "string[]", mandatory=True, by_property=True, path=True, aliases=("FullName",)),
+                Param("Passthru", "switch")), dismount_vhd),
+        Cmdlet("Initialize-Disk", STORAGE, "Microsoft.Management.Infrastructure.CimCmdlets.InitializeDisk",
+               (Param("InputObject", "cim", pipeline_type=MSFT_DISK),
+                Param("Number", "int32", by_property=True, aliases=("DiskNumber",)),
+                Param("PartitionStyle", "enum", enum_type="Microsoft.PowerShell.Cmdletization.GeneratedTypes.Disk."
+                      "PartitionStyle", choices=("MBR", "GPT")), Param("PassThru", "switch"),
+                Param("Confirm", "switch")),
+               initialize_disk, exclusive=(("InputObject", "Number"),), one_of=("InputObject", "Number")),
+        Cmdlet("New-Partition", STORAGE, "Microsoft.Management.Infrastructure.CimCmdlets.NewPartition",
+               (Param("InputObject", "cim", pipeline_type=MSFT_DISK),
+                Param("DiskNumber", "int32", by_property=True, aliases=("Number",)),
+                Param("UseMaximumSize", "switch"), Param("AssignDriveLetter", "switch")),
+               new_partition, exclusive=(("InputObject", "DiskNumber"),), one_of=("InputObject", "DiskNumber")),
+        Cmdlet("Format-Volume", STORAGE, "Microsoft.Management.Infrastructure.CimCmdlets.FormatVolume",
+               (Param("Partition", "cim", mandatory=True, pipeline_type=MSFT_PARTITION),
+                Param("FileSystem", "enum", enum_type="Microsoft.PowerShell.Cmdletization.GeneratedTypes.Volume."
+                      "FileSystemType", choices=FILE_SYSTEMS), Param("NewFileSystemLabel", "string"),
+                Param("Force", "switch"), Param("Confirm", "switch")), format_volume),
+        Cmdlet("Set-Content", MGMT, _PS + "SetContentCommand",
+               (*_LIT, Param("Value", "object[]", allow_empty=True),
+                Param("Encoding", "enum", enum_type="Microsoft.PowerShell.Commands.FileSystemCmdletProviderEncoding",
+                      choices=ENCODINGS), Param("NoNewline", "switch"), Param("Force", "switch")),
+               set_content, exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
+        Cmdlet("Rename-Item", MGMT, _PS + "RenameItemCommand",
+               (Param("LiteralPath", "string", path=True, aliases=("PSPath", "LP")),
+                Param("Path", "string", path=True, wildcards=True), Param("NewName", "string", mandatory=True),
+                Param("Force", "switch")),
+               rename_item, exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
+        Cmdlet("Add-VMHardDiskDrive", HYPERV, _HV + "AddVMHardDiskDrive",
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("Path", "string", path=True), _CONTROLLER_TYPE,
+                Param("ControllerNumber", "int32"), Param("ControllerLocation", "int32"), Param("Passthru", "switch")),
+               add_vm_hard_disk_drive, exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
+        Cmdlet("Remove-VMHardDiskDrive", HYPERV, _HV + "RemoveVMHardDiskDrive",
+               (Param("VMHardDiskDrive", "drive", mandatory=True,
+                      pipeline_type="Microsoft.HyperV.PowerShell.HardDiskDrive"), Param("Passthru", "switch")),
+               remove_vm_hard_disk_drive),
         Cmdlet("Stop-Process", MGMT, _PS + "StopProcessCommand",
                (Param("Id", "int32[]", mandatory=True), Param("Force", "switch"), Param("PassThru", "switch")),
                stop_process),
