@@ -8,6 +8,8 @@ VMs are always addressed by Id (`Get-VM -Id <guid> | <cmdlet>`), never by name: 
 
 from __future__ import annotations
 
+import uuid
+
 from hyperv_operator.hyperv.commands import SWITCH, Int64, Statement, UInt64, cmd, pipe
 
 HYPERV = "Hyper-V\\"
@@ -96,13 +98,15 @@ def get_vm_network_adapters(vm_id: str) -> Statement:
     return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMNetworkAdapter"))
 
 
-def get_kvp_components() -> Statement:
-    """Output: one Msvm_KvpExchangeComponent CIM instance per running VM (SystemName = the VM's Id,
+def get_kvp_component(vm_id: str) -> Statement:
+    """Output: the VM's Msvm_KvpExchangeComponent CIM instance (SystemName = the VM's Id,
     GuestIntrinsicExchangeItems = CIM-XML Msvm_KvpExchangeDataItem instances: FullyQualifiedDomainName,
-    OSName, NetworkAddressIPv4, ...). No -Filter: the VM is picked by SystemName on our side, so no
-    query text is ever built."""
+    OSName, NetworkAddressIPv4, ...), or nothing. Filtered on the host by `SystemName`, so the answer
+    does not grow with the host's VMs. The WQL text is built from a parsed GUID only (ValueError
+    otherwise): no user text reaches the query, as with `get_process`'s int."""
+    guid = str(uuid.UUID(vm_id)).upper()
     return pipe(cmd(CIM + "Get-CimInstance", Namespace=VIRTUALIZATION_NAMESPACE,
-                    ClassName="Msvm_KvpExchangeComponent"))
+                    ClassName="Msvm_KvpExchangeComponent", Filter=f"SystemName = '{guid}'"))
 
 
 # --- the first-boot configuration disk (issue 14, provisioning/bootstrap.py) -------------------

@@ -397,7 +397,7 @@ async def _observe_listing(
     read_guest = host_vm is not None and host_vm.state == planner.RUNNING and not deleting
     if read_guest and host_vm is not None:
         second += [cmdlets.get_vm_heartbeat(host_vm.id), cmdlets.get_vm_network_adapters(host_vm.id),
-                   cmdlets.get_kvp_components()]
+                   cmdlets.get_kvp_component(host_vm.id)]
     out: list[HostObject] = await client.run(second) if second else []
     guest = guest_mod.parse(out, host_vm.id) if read_guest and host_vm is not None else None
     out = [obj for obj in out if guest_mod.kind(obj) is None]
@@ -557,7 +557,7 @@ async def _observe_by_id(
     read_guest = bool(vm_id) and not deleting and phase in _GUEST_PHASES
     if read_guest:
         first += [cmdlets.get_vm_heartbeat(vm_id), cmdlets.get_vm_network_adapters(vm_id),
-                  cmdlets.get_kvp_components()]
+                  cmdlets.get_kvp_component(vm_id)]
     out1 = await client.run(first)
     guest = guest_mod.parse(out1, vm_id) if read_guest else None
     out1 = [obj for obj in out1 if guest_mod.kind(obj) is None]

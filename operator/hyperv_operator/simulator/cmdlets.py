@@ -688,6 +688,17 @@ def _kvp_cim_instances(ctx: Context, b: Bound) -> list[HostObject]:
                          fq_error_id="HRESULT 0x80041010,Microsoft.Management.Infrastructure.CimCmdlets."
                                      "GetCimInstanceCommand", target=class_name,
                          exception_type="Microsoft.Management.Infrastructure.CimException")
+    wanted_id: str | None = None
+    if "Filter" in b:
+        # WQL `SystemName = '<guid>'` is the one filter form modelled [strict]; WMI refuses a malformed
+        # query (0x80041017); a filter that matches nothing gives no output and no error.
+        match = _SYSTEM_NAME_FILTER.match(b["Filter"])
+        if match is None:
+            raise ModelError("Invalid query ", category="InvalidArgument", reason="",
+                             fq_error_id="HRESULT 0x80041017,Microsoft.Management.Infrastructure.CimCmdlets."
+                                         "GetCimInstanceCommand", target=b["Filter"],
+                             exception_type="Microsoft.Management.Infrastructure.CimException")
+        wanted_id = match.group(1).lower()
     types = (f"Microsoft.Management.Infrastructure.CimInstance#root/virtualization/v2/{KVP_CLASS}",
              f"Microsoft.Management.Infrastructure.CimInstance#{KVP_CLASS}",
              "Microsoft.Management.Infrastructure.CimInstance", "System.Object")
@@ -695,7 +706,7 @@ def _kvp_cim_instances(ctx: Context, b: Bound) -> list[HostObject]:
         "SystemName": vm.id.upper(), "ElementName": "Key-Value Pair Exchange", "CreationClassName": KVP_CLASS,
         "GuestIntrinsicExchangeItems": [_kvp_item_xml(k, v) for k, v in model.kvp_items(vm).items()],
         "EnabledState": 2 if vm.state == "Running" else 3,
-    }) for vm in model.vms.values()]
+    }) for vm in model.vms.values() if wanted_id is None or vm.id.lower() == wanted_id]
 
 
 def job_object(model: HostModel, command: str, state: str) -> HostObject:
@@ -968,6 +979,8 @@ LEGACY_WORKER_IDS = {
 CIM_PROCESS_TYPES = (*(f"Microsoft.Management.Infrastructure.CimInstance#root/cimv2/{c}" for c in
                        ("Win32_Process", "CIM_Process", "CIM_LogicalElement", "CIM_ManagedSystemElement")),
                      "Microsoft.Management.Infrastructure.CimInstance", "System.Object")
+_SYSTEM_NAME_FILTER = re.compile(r"^\s*SystemName\s*=\s*'([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"
+                                 r"[0-9A-Fa-f]{12})'\s*$", re.IGNORECASE)
 _PROCESS_ID_FILTER = re.compile(r"^\s*ProcessId\s*=\s*(\d{1,10})\s*$", re.IGNORECASE)
 
 

@@ -47,7 +47,7 @@ def test_build_write_dismount_rename_attach_and_the_guest_reads_it_at_first_boot
     sim.run(c.start_vm(vm_id))
     assert sim.host.guest_first_boot_files(vm_id)["user-data"] == b"#cloud-config\n"
     sim.wait(21)
-    kvp = sim.run(c.get_kvp_components())
+    kvp = sim.run(c.get_kvp_component(vm_id))
     assert any("web1" in str(item) for o in kvp if str(o["SystemName"]).lower() == vm_id
                for item in o["GuestIntrinsicExchangeItems"])
     sim.run(c.remove_vm_scsi_disk(vm_id, 0, 1), c.remove_file(FINAL))  # SCSI hot-remove while running
@@ -62,7 +62,7 @@ def test_the_guest_agent_needs_the_cidata_label_and_both_files(sim: Sim) -> None
         sim.run(c.dismount_vhd(path), c.add_vm_scsi_disk(vm_id, path, 0, 1), c.start_vm(vm_id))
         assert sim.host.guest_first_boot_files(vm_id) == {}, label
         sim.wait(21)
-        kvp = [o for o in sim.run(c.get_kvp_components()) if str(o["SystemName"]).lower() == vm_id]
+        kvp = [o for o in sim.run(c.get_kvp_component(vm_id)) if str(o["SystemName"]).lower() == vm_id]
         assert any("localhost" in str(i) for i in kvp[0]["GuestIntrinsicExchangeItems"])  # unchanged
 
 
