@@ -100,6 +100,32 @@ class SecureBoot:
         return cls(enabled=bool(spec.get("enabled", True)), template=template)
 
 
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}([-:]?[0-9A-Fa-f]{2}){5}$")
+
+
+@dataclass(frozen=True)
+class NetworkAdapter:
+    """spec.networkAdapters[] (issue 14): one adapter on a switch, optional access VLAN and static MAC
+    (12 hex digits, upper case, no separators: the form Set-VMNetworkAdapter -StaticMacAddress takes)."""
+
+    name: str
+    switch_name: str
+    vlan_id: int | None = None
+    static_mac: str | None = None
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> NetworkAdapter:
+        mac = spec.get("staticMacAddress")
+        if mac is not None and not _MAC.match(str(mac)):
+            raise ValueError(f"staticMacAddress {mac!r} is not a MAC address (12 hex digits)")
+        vlan = spec.get("vlanId")
+        if vlan is not None and not 1 <= int(vlan) <= 4094:
+            raise ValueError(f"vlanId {vlan} is not between 1 and 4094")
+        return cls(name=str(spec["name"]), switch_name=str(spec["switchName"]),
+                   vlan_id=None if vlan is None else int(vlan),
+                   static_mac=None if mac is None else re.sub(r"[-:]", "", str(mac)).upper())
+
+
 @dataclass(frozen=True)
 class Bootstrap:
     """spec.bootstrap (issue 14): first-boot configuration from a Secret in the VM's namespace.
@@ -139,6 +165,7 @@ class VirtualMachineSpec:
     readiness_timeout_seconds: int = DEFAULT_READINESS_TIMEOUT
     update_policy: UpdatePolicy = UpdatePolicy.ON_POWER_OFF
     bootstrap: Bootstrap | None = None
+    network_adapters: tuple[NetworkAdapter, ...] = ()
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> VirtualMachineSpec:
@@ -159,6 +186,7 @@ class VirtualMachineSpec:
             readiness_timeout_seconds=int(spec.get("readinessTimeoutSeconds") or DEFAULT_READINESS_TIMEOUT),
             update_policy=UpdatePolicy(spec.get("updatePolicy") or UpdatePolicy.ON_POWER_OFF),
             bootstrap=Bootstrap.from_dict(spec.get("bootstrap")),
+            network_adapters=tuple(NetworkAdapter.from_dict(a) for a in spec.get("networkAdapters") or ()),
         )
 
 

@@ -169,6 +169,28 @@ def remove_vm_scsi_disk(vm_id: str, controller_number: int, location: int) -> St
     )
 
 
+# --- network adapters (issue 14, provisioning/network.py) -----------------------------------------
+
+
+def add_vm_network_adapter(vm_id: str, name: str, switch_name: str, static_mac: str | None) -> Statement:
+    """No output. A synthetic adapter named `name` on `switch_name`; `static_mac` is 12 hex digits
+    (None: Hyper-V assigns a dynamic MAC from its pool)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id),
+                cmd(HYPERV + "Add-VMNetworkAdapter", Name=name, SwitchName=switch_name, StaticMacAddress=static_mac))
+
+
+def remove_vm_network_adapter(vm_id: str, name: str) -> Statement:
+    """No output. Removes the VM's adapters with that name."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMNetworkAdapter", Name=name),
+                cmd(HYPERV + "Remove-VMNetworkAdapter"))
+
+
+def set_vm_network_adapter_vlan(vm_id: str, name: str, vlan_id: int) -> Statement:
+    """No output. Access mode with `vlan_id` (1-4094) on the VM's adapter(s) with that name."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMNetworkAdapter", Name=name),
+                cmd(HYPERV + "Set-VMNetworkAdapterVlan", Access=SWITCH, VlanId=vlan_id))
+
+
 # --- act ---------------------------------------------------------------------------------------
 
 
@@ -372,6 +394,10 @@ ALL_CMDLETS: frozenset[str] = frozenset(
         MGMT + "Rename-Item",
         HYPERV + "Add-VMHardDiskDrive",
         HYPERV + "Remove-VMHardDiskDrive",
+        # issue 14: network adapters as a list
+        HYPERV + "Add-VMNetworkAdapter",
+        HYPERV + "Remove-VMNetworkAdapter",
+        HYPERV + "Set-VMNetworkAdapterVlan",
     }
 )
 """The cmdlets above; `hyperv_operator.hyperv.scripts` holds the fixed scripts (background copy)."""

@@ -96,7 +96,11 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     VisibleCmdlet(CORE + "Get-Module", ("Name",), (("Name", ("Hyper-V",)),)),
     # The guest (issue 14): read-only, each with its one argument pinned.
     VisibleCmdlet(HYPERV + "Get-VMIntegrationService", ("VM", "Name"), (("Name", ("Heartbeat",)),)),
-    VisibleCmdlet(HYPERV + "Get-VMNetworkAdapter", ("VM",)),
+    VisibleCmdlet(HYPERV + "Get-VMNetworkAdapter", ("VM", "Name")),
+    # Network adapters as a list (issue 14): added, removed and given an access VLAN while the VM is off.
+    VisibleCmdlet(HYPERV + "Add-VMNetworkAdapter", ("VM", "Name", "SwitchName", "StaticMacAddress")),
+    VisibleCmdlet(HYPERV + "Remove-VMNetworkAdapter", ("VMNetworkAdapter",)),
+    VisibleCmdlet(HYPERV + "Set-VMNetworkAdapterVlan", ("VMNetworkAdapter", "Access", "VlanId")),
     VisibleCmdlet(HYPERV + "Set-VMMemory", ("VM", "StartupBytes")),
     # The first-boot configuration disk (issue 14): built, written, attached and detached by the
     # operator; file systems and partition style pinned to what it uses.

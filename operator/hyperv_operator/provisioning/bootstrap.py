@@ -128,6 +128,7 @@ class Decision:
     wait: float | None = None
     stall: str | None = None
     status: dict[str, Any] = field(default_factory=dict)  # the new status.bootstrap (None: unchanged)
+    top: dict[str, Any] = field(default_factory=dict)  # top-level status keys to set (network.py)
     created: tuple[str, ...] = ()
     events: tuple[tuple[str, str], ...] = ()
 

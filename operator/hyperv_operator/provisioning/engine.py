@@ -19,7 +19,7 @@ from hyperv_operator.hyperv import cmdlets, second_hop
 from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, PermanentHostError, TransientHostError
-from hyperv_operator.provisioning import bootstrap, effects, planner, retry, settle
+from hyperv_operator.provisioning import bootstrap, effects, network, planner, retry, settle
 from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, join, layout_for, same_path
 from hyperv_operator.provisioning.ledger import CopySlots, LedgerError
@@ -554,7 +554,7 @@ async def _observe_by_id(
     if recorded_pid:
         first.append(cmdlets.get_process(recorded_pid))
     # --- guest (issue 14): integration services of a VM that may run, in the same round trip ---
-    read_guest = bool(vm_id) and not deleting and phase in _GUEST_PHASES
+    read_guest = bool(vm_id) and not deleting and (phase in _GUEST_PHASES or network.reads_adapters(spec, phase))
     if read_guest:
         first += [cmdlets.get_vm_heartbeat(vm_id), cmdlets.get_vm_network_adapters(vm_id),
                   cmdlets.get_kvp_component(vm_id)]
@@ -571,7 +571,7 @@ async def _observe_by_id(
     running = host_vm is not None and host_vm.state == planner.RUNNING
     obs = Observation(host_name=spec.host_name, vm=host_vm, found_by=found_by, drives=tuple(drives),
                       snapshots=tuple(snapshots), existing=frozenset(existing), vhds=vhds, copy=job, slot=slot,
-                      guest=guest if running else None)
+                      guest=guest if running else None, adapters=guest.adapters if guest is not None else None)
 
     need = needed_reads(phase, strategy, status, layout, spec.base_vhd, obs, deleting=deleting)
     if base_apart:

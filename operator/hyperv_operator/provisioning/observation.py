@@ -12,7 +12,7 @@ from hyperv_operator.api import UID_TAG_PREFIX, Strategy
 from hyperv_operator.conditions import parse_timestamp
 from hyperv_operator.hyperv.commands import HostObject
 from hyperv_operator.hyperv.scripts import WORKER_COMMAND_LINE_TAIL
-from hyperv_operator.provisioning.guest import GuestInfo
+from hyperv_operator.provisioning.guest import Adapter, GuestInfo
 from hyperv_operator.provisioning.layout import Layout, same_path
 from hyperv_operator.provisioning.phases import Phase
 
@@ -149,6 +149,7 @@ class Observation:
     copy_process_checked: bool = False  # whether the engine looked for it (False: unknown)
     guest: GuestInfo | None = None  # issue 14: integration services' view of a running guest (None: not read)
     config_drive: str | None = None  # issue 14: the first-boot configuration disk, when attached (bootstrap.split)
+    adapters: tuple[Adapter, ...] | None = None  # issue 14: Get-VMNetworkAdapter, running or not (None: not read)
 
     def exists(self, path: str | None) -> bool:
         return path is not None and path.rstrip("\\").lower() in self.existing

@@ -22,6 +22,7 @@ from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, TransientHostError
 from hyperv_operator.provisioning import bootstrap as bootstrap_mod
 from hyperv_operator.provisioning import guest as guest_mod
+from hyperv_operator.provisioning import network as network_mod
 from hyperv_operator.provisioning import resize as resize_mod
 from hyperv_operator.provisioning import retry
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, is_checkpoint_of, same_path
@@ -408,7 +409,8 @@ def _creating_vm(w: _Work) -> _Result:
         # New-VM's output feeds Set-VM, so a crash half-way leaves an untagged VM in our folder.
         # Secure boot settings go on with Set-VMFirmware while the VM is still off: no start then.
         firmware_first = s.secure_boot is not None and s.generation == 2
-        start = not quick and s.power_state is PowerState.RUNNING and not firmware_first and s.bootstrap is None
+        start = not quick and s.power_state is PowerState.RUNNING and not firmware_first and s.bootstrap is None \
+            and not s.network_adapters  # issue 14: configured while off, before the first start
         if quick and not w.status.get("checkpointTypeBefore"):
             # New VMs get Production checkpoints by default; Standard is only for the quick-provision
             # checkpoint and is put back once it is merged.
@@ -447,6 +449,9 @@ def _creating_vm(w: _Work) -> _Result:
                            f"Set-VMFirmware {vm.id} -EnableSecureBoot {'On' if boot.enabled else 'Off'}"
                            + (f" -SecureBootTemplate {template}" if template else "")),
                     f"applying secure boot settings to VM {vm.id} before its first start")
+    networked = _bootstrap(w, network_mod.configure(w.spec, w.status, w.obs, vm))  # issue 14: adapters
+    if networked is not None:
+        return networked
     if w.strategy is Strategy.COPY:
         w.reached("independentAt", "secondsToIndependent")
     return DONE
@@ -815,6 +820,7 @@ def _bootstrap(w: _Work, d: bootstrap_mod.Decision | None) -> _Result | None:
         return None
     if d.status:
         w.status[bootstrap_mod.KEY] = d.status
+    w.status.update(d.top)
     if d.created:
         w.created(*d.created)
     for reason, message in d.events:

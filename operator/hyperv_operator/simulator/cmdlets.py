@@ -41,6 +41,7 @@ from hyperv_operator.simulator.model import (
     HostModel,
     ModelError,
     Mount,
+    NetAdapter,
     Snapshot,
     canonical_path,
     failed_to_stop,
@@ -64,6 +65,7 @@ _NET_TYPES = {"string": "System.String", "string[]": "System.String[]", "guid": 
               "switch": "System.Management.Automation.SwitchParameter", "int32[]": "System.Int32[]",
               "vm": "Microsoft.HyperV.PowerShell.VirtualMachine[]", "object[]": "System.Object[]",
               "drive": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",
+              "adapter": "Microsoft.HyperV.PowerShell.VMNetworkAdapterBase[]",
               "cim": "Microsoft.Management.Infrastructure.CimInstance[]",
               "snapshot": "Microsoft.HyperV.PowerShell.VMSnapshot[]"}
 
@@ -656,15 +658,55 @@ def get_vm_integration_service(ctx: Context, b: Bound) -> list[HostObject]:
     return out
 
 
-def get_vm_network_adapter(ctx: Context, b: Bound) -> list[HostObject]:
-    model = ctx.model
-    return [HostObject(ADAPTER_TYPES, {
+def _adapter_object(model: HostModel, vm: VM, adapter: NetAdapter) -> HostObject:
+    return HostObject(ADAPTER_TYPES, {
         "Name": adapter.name, "VMName": vm.name, "VMId": vm.id,
         "Id": f"Microsoft:{vm.id.upper()}\\{adapter.id.upper()}",
-        "MacAddress": adapter.mac, "DynamicMacAddressEnabled": True, "SwitchName": adapter.switch_name,
+        "MacAddress": adapter.mac, "DynamicMacAddressEnabled": not adapter.static_mac,
+        "SwitchName": adapter.switch_name,
         "Connected": adapter.switch_name is not None, "IPAddresses": model.guest_addresses(vm, adapter),
         "Status": ["Ok"] if vm.state == "Running" else [], "IsLegacy": False, "ComputerName": model.host_name,
-    }) for vm in _vms_from(ctx, b, "VMName") for adapter in vm.adapters]
+    })
+
+
+def get_vm_network_adapter(ctx: Context, b: Bound) -> list[HostObject]:
+    name = b.get("Name")
+    return [_adapter_object(ctx.model, vm, adapter) for vm in _vms_from(ctx, b, "VMName") for adapter in vm.adapters
+            if name is None or fnmatch.fnmatchcase(adapter.name.lower(), name.lower())]
+
+
+def _adapter_from(ctx: Context, obj: HostObject) -> tuple[VM, NetAdapter]:
+    vm = ctx.model.vm(str(obj["VMId"]))
+    wanted = str(obj["Id"]).lower()
+    adapter = next((a for a in vm.adapters if f"microsoft:{vm.id}\\{a.id}".lower() == wanted), None)
+    if adapter is None:
+        raise ModelError(f"Hyper-V was unable to find the network adapter '{obj['Id']}'.", category="ObjectNotFound",
+                         reason="ObjectNotFound", target=str(obj["Id"]))
+    return vm, adapter
+
+
+def add_vm_network_adapter(ctx: Context, b: Bound) -> list[HostObject]:
+    out = []
+    for vm in _vms_from(ctx, b, "VMName"):
+        adapter = ctx.model.add_network_adapter(vm, str(b.get("Name") or "Network Adapter"), b.get("SwitchName"),
+                                                b.get("StaticMacAddress"))
+        if b.get("Passthru"):
+            out.append(_adapter_object(ctx.model, vm, adapter))
+    return out
+
+
+def remove_vm_network_adapter(ctx: Context, b: Bound) -> list[HostObject]:
+    vm, adapter = _adapter_from(ctx, b["VMNetworkAdapter"])
+    ctx.model.remove_network_adapter(vm, adapter)
+    return []
+
+
+def set_vm_network_adapter_vlan(ctx: Context, b: Bound) -> list[HostObject]:
+    if not b.get("Access") or "VlanId" not in b:
+        raise ModelError("Only -Access -VlanId is modelled.", category="NotImplemented", reason="NotImplemented")
+    _, adapter = _adapter_from(ctx, b["VMNetworkAdapter"])
+    ctx.model.set_adapter_vlan(adapter, int(b["VlanId"]))
+    return []
 
 
 def _kvp_item_xml(name: str, data: str) -> str:
@@ -1292,6 +1334,20 @@ def _cmdlets() -> dict[str, Cmdlet]:
                (Param("VMHardDiskDrive", "drive", mandatory=True,
                       pipeline_type="Microsoft.HyperV.PowerShell.HardDiskDrive"), Param("Passthru", "switch")),
                remove_vm_hard_disk_drive),
+        # issue 14: network adapters as a list
+        Cmdlet("Add-VMNetworkAdapter", HYPERV, _HV + "AddVMNetworkAdapter",
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string"), Param("SwitchName", "string"),
+                Param("StaticMacAddress", "string"), Param("Passthru", "switch")),
+               add_vm_network_adapter, exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
+        Cmdlet("Remove-VMNetworkAdapter", HYPERV, _HV + "RemoveVMNetworkAdapter",
+               (Param("VMNetworkAdapter", "adapter", mandatory=True,
+                      pipeline_type="Microsoft.HyperV.PowerShell.VMNetworkAdapter"), Param("Passthru", "switch")),
+               remove_vm_network_adapter),
+        Cmdlet("Set-VMNetworkAdapterVlan", HYPERV, _HV + "SetVMNetworkAdapterVlan",
+               (Param("VMNetworkAdapter", "adapter", mandatory=True,
+                      pipeline_type="Microsoft.HyperV.PowerShell.VMNetworkAdapter"), Param("Access", "switch"),
+                Param("Untagged", "switch"), Param("VlanId", "int32"), Param("Passthru", "switch")),
+               set_vm_network_adapter_vlan),
         Cmdlet("Stop-Process", MGMT, _PS + "StopProcessCommand",
                (Param("Id", "int32[]", mandatory=True), Param("Force", "switch"), Param("PassThru", "switch")),
                stop_process),

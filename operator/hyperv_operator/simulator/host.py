@@ -487,6 +487,12 @@ class SimulatedHost:
         with self._lock:
             return dict(self._now().vm(vm_id).first_boot_files)
 
+    def network_adapters(self, vm_id: str) -> list[dict[str, Any]]:
+        """The VM's adapters as Hyper-V holds them (issue 14): name, switch, MAC, static or not, VLAN."""
+        with self._lock:
+            return [{"name": a.name, "switch": a.switch_name, "mac": a.mac, "static": a.static_mac,
+                     "vlan": a.vlan_id} for a in self._now().vm(vm_id).adapters]
+
     def set_guest_agent(self, vm_id: str, agent: str | None) -> None:
         """The guest's first-boot agent: cloud-init, cloudbase-init, or None (the base has none)."""
         with self._lock:

@@ -441,6 +441,8 @@ class NetAdapter:
     switch_name: str | None
     ipv4: str
     ipv6_link_local: str
+    static_mac: bool = False
+    vlan_id: int | None = None  # access VLAN (None: untagged)
 
 
 @dataclass
@@ -1144,6 +1146,37 @@ class HostModel:
             if startup < GUEST_MEMORY_DEMAND:
                 raise refused("the guest cannot release that much memory.")
         vm.memory_startup = startup
+
+    def add_network_adapter(self, vm: VM, name: str, switch: str | None, static_mac: str | None) -> NetAdapter:
+        """Add-VMNetworkAdapter: the switch must exist; a static MAC is 12 hex digits; a Generation 1 VM
+        takes a new adapter only while off (Generation 2 supports hot add, Windows Server 2016+)."""
+        if vm.critical or (vm.state != STATE_OFF and vm.generation == 1):
+            raise invalid_state(vm.name)
+        if switch is not None and switch.lower() not in self.switches:
+            raise ModelError(f"Hyper-V was unable to find a virtual switch with name '{switch}'.",
+                             category="InvalidArgument", reason="InvalidParameter", target=switch)
+        adapter = self._new_adapter(switch)
+        adapter.name = name
+        if static_mac is not None:
+            mac = static_mac.replace("-", "").replace(":", "").upper()
+            if len(mac) != 12 or any(ch not in "0123456789ABCDEF" for ch in mac):
+                raise ModelError(f"Failed to set the MAC address '{static_mac}': it is not a valid MAC address.",
+                                 category="InvalidArgument", reason="InvalidParameter", target=static_mac)
+            adapter.mac, adapter.static_mac = mac, True
+        vm.adapters.append(adapter)
+        return adapter
+
+    def remove_network_adapter(self, vm: VM, adapter: NetAdapter) -> None:
+        if vm.critical or (vm.state != STATE_OFF and vm.generation == 1):
+            raise invalid_state(vm.name)
+        vm.adapters = [a for a in vm.adapters if a.id != adapter.id]
+
+    def set_adapter_vlan(self, adapter: NetAdapter, vlan_id: int) -> None:
+        """Set-VMNetworkAdapterVlan -Access -VlanId: 1 to 4094."""
+        if not 1 <= vlan_id <= 4094:
+            raise ModelError(f"The VLAN identifier {vlan_id} is not valid: it must be between 1 and 4094.",
+                             category="InvalidArgument", reason="InvalidParameter", target=str(vlan_id))
+        adapter.vlan_id = vlan_id
 
     def _new_adapter(self, switch: str | None) -> NetAdapter:
         self._next_mac += 1
