@@ -100,6 +100,28 @@ class SecureBoot:
         return cls(enabled=bool(spec.get("enabled", True)), template=template)
 
 
+@dataclass(frozen=True)
+class DynamicMemory:
+    """spec.dynamicMemory (issue 14): Hyper-V Dynamic Memory between `minimum_bytes` and `maximum_bytes`
+    (minimum <= startup memory <= maximum), keeping `buffer` percent (5-2000) spare in the guest."""
+
+    minimum_bytes: int
+    maximum_bytes: int
+    buffer: int = 20
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any] | None, startup_bytes: int) -> DynamicMemory | None:
+        if not spec:
+            return None
+        result = cls(minimum_bytes=parse_memory(spec["minimum"]), maximum_bytes=parse_memory(spec["maximum"]),
+                     buffer=int(spec.get("buffer", 20)))
+        if not result.minimum_bytes <= startup_bytes <= result.maximum_bytes:
+            raise ValueError("dynamicMemory needs minimum <= memory (startup) <= maximum")
+        if not 5 <= result.buffer <= 2000:
+            raise ValueError(f"dynamicMemory.buffer {result.buffer} is not between 5 and 2000")
+        return result
+
+
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}([-:]?[0-9A-Fa-f]{2}){5}$")
 
 
@@ -166,6 +188,7 @@ class VirtualMachineSpec:
     update_policy: UpdatePolicy = UpdatePolicy.ON_POWER_OFF
     bootstrap: Bootstrap | None = None
     network_adapters: tuple[NetworkAdapter, ...] = ()
+    dynamic_memory: DynamicMemory | None = None
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> VirtualMachineSpec:
@@ -187,6 +210,7 @@ class VirtualMachineSpec:
             update_policy=UpdatePolicy(spec.get("updatePolicy") or UpdatePolicy.ON_POWER_OFF),
             bootstrap=Bootstrap.from_dict(spec.get("bootstrap")),
             network_adapters=tuple(NetworkAdapter.from_dict(a) for a in spec.get("networkAdapters") or ()),
+            dynamic_memory=DynamicMemory.from_dict(spec.get("dynamicMemory"), parse_memory(spec.get("memory", "1Gi"))),
         )
 
 

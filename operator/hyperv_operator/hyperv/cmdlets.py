@@ -278,6 +278,21 @@ def set_vm_memory(vm_id: str, startup_bytes: int) -> Statement:
     return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Set-VMMemory", StartupBytes=Int64(startup_bytes)))
 
 
+def set_vm_dynamic_memory(vm_id: str, startup_bytes: int, minimum_bytes: int, maximum_bytes: int,
+                          buffer: int) -> Statement:
+    """No output. Dynamic Memory on (while the VM is off) with its range: minimum <= startup <= maximum,
+    buffer 5-2000 percent (Set-VMMemory documentation)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id),
+                cmd(HYPERV + "Set-VMMemory", DynamicMemoryEnabled=True, StartupBytes=Int64(startup_bytes),
+                    MinimumBytes=Int64(minimum_bytes), MaximumBytes=Int64(maximum_bytes), Buffer=buffer))
+
+
+def set_vm_static_memory(vm_id: str, startup_bytes: int) -> Statement:
+    """No output. Dynamic Memory off (while the VM is off), static `startup_bytes`."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id),
+                cmd(HYPERV + "Set-VMMemory", DynamicMemoryEnabled=False, StartupBytes=Int64(startup_bytes)))
+
+
 def checkpoint_vm(vm_id: str, snapshot_name: str) -> Statement:
     """Output (with -Passthru): the VMSnapshot. Creates `<parent>_<GUID>.avhdx` next to each disk's
     parent file and moves the VM's drive onto it."""

@@ -101,7 +101,8 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     VisibleCmdlet(HYPERV + "Add-VMNetworkAdapter", ("VM", "Name", "SwitchName", "StaticMacAddress")),
     VisibleCmdlet(HYPERV + "Remove-VMNetworkAdapter", ("VMNetworkAdapter",)),
     VisibleCmdlet(HYPERV + "Set-VMNetworkAdapterVlan", ("VMNetworkAdapter", "Access", "VlanId")),
-    VisibleCmdlet(HYPERV + "Set-VMMemory", ("VM", "StartupBytes")),
+    VisibleCmdlet(HYPERV + "Set-VMMemory", ("VM", "StartupBytes", "DynamicMemoryEnabled", "MinimumBytes",
+                                            "MaximumBytes", "Buffer")),
     # The first-boot configuration disk (issue 14): built, written, attached and detached by the
     # operator; file systems and partition style pinned to what it uses.
     VisibleCmdlet(HYPERV + "Mount-VHD", ("Path", "Passthru")),

@@ -33,6 +33,8 @@ class VmInfo:
     memory_startup: int | None = None
     dynamic_memory: bool | None = None
     generation: int | None = None
+    memory_minimum: int | None = None  # Get-VM MemoryMinimum / MemoryMaximum (Dynamic Memory's range)
+    memory_maximum: int | None = None
 
     def tagged_for(self, uid: str) -> bool:
         return f"{UID_TAG_PREFIX}{uid}" in self.notes
@@ -241,6 +243,8 @@ def parse_vm(obj: HostObject) -> VmInfo:
         memory_startup=_int(_prop(obj, "MemoryStartup")),
         dynamic_memory=_bool(_prop(obj, "DynamicMemoryEnabled")),
         generation=_int(_prop(obj, "Generation")),
+        memory_minimum=_int(_prop(obj, "MemoryMinimum")),
+        memory_maximum=_int(_prop(obj, "MemoryMaximum")),
     )
 
 

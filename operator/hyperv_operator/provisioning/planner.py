@@ -410,7 +410,7 @@ def _creating_vm(w: _Work) -> _Result:
         # Secure boot settings go on with Set-VMFirmware while the VM is still off: no start then.
         firmware_first = s.secure_boot is not None and s.generation == 2
         start = not quick and s.power_state is PowerState.RUNNING and not firmware_first and s.bootstrap is None \
-            and not s.network_adapters  # issue 14: configured while off, before the first start
+            and not s.network_adapters and s.dynamic_memory is None  # issue 14: configured while off
         if quick and not w.status.get("checkpointTypeBefore"):
             # New VMs get Production checkpoints by default; Standard is only for the quick-provision
             # checkpoint and is put back once it is merged.
@@ -452,6 +452,9 @@ def _creating_vm(w: _Work) -> _Result:
     networked = _bootstrap(w, network_mod.configure(w.spec, w.status, w.obs, vm))  # issue 14: adapters
     if networked is not None:
         return networked
+    memory = resize_mod.before_first_start(w.spec, vm)  # issue 14: Dynamic Memory, set while off
+    if memory is not None:
+        return _Act(Action(*memory), f"configuring the memory of VM {vm.id} before its first start")
     if w.strategy is Strategy.COPY:
         w.reached("independentAt", "secondsToIndependent")
     return DONE

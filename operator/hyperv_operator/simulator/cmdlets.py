@@ -64,6 +64,7 @@ _RANGES: dict[str, tuple[int, int, str]] = {
 _NET_TYPES = {"string": "System.String", "string[]": "System.String[]", "guid": "System.Guid",
               "switch": "System.Management.Automation.SwitchParameter", "int32[]": "System.Int32[]",
               "vm": "Microsoft.HyperV.PowerShell.VirtualMachine[]", "object[]": "System.Object[]",
+              "bool": "System.Boolean",
               "drive": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",
               "adapter": "Microsoft.HyperV.PowerShell.VMNetworkAdapterBase[]",
               "cim": "Microsoft.Management.Infrastructure.CimInstance[]",
@@ -224,6 +225,11 @@ def convert(cmdlet: Cmdlet, p: Param, value: object) -> Any:
         raise _convert_error(cmdlet, p, value, f"Unable to match the identifier name {text} to a valid enumerator "
                              f"name. Specify one of the following enumerator names and try again: "
                              f"{', '.join(p.choices)}")
+    if p.kind == "bool":  # a [bool] parameter (not a switch): $true / $false, nothing else [strict]
+        if isinstance(value, bool):
+            return value
+        raise _convert_error(cmdlet, p, value, "Cannot convert value to type System.Boolean. Boolean parameters "
+                                               "accept only Boolean values and numbers, such as $True, $False, 1 or 0.")
     if p.kind == "object[]":  # Set-Content -Value: a byte[] (<BA>) or strings, kept as they are
         return list(value) if isinstance(value, (tuple, list)) else [value]
     if p.kind == "string[]":
@@ -353,6 +359,7 @@ def vm_object(model: HostModel, vm: VM) -> HostObject:
         "ParentSnapshotId": current.id if current else None, "ParentSnapshotName": current.name if current else None,
         "CreationTime": model.date(vm.created), "Version": "11.0", "IsClustered": False,
         "DynamicMemoryEnabled": vm.dynamic_memory, "SwitchName": vm.switch_name,
+        "MemoryMinimum": vm.memory_minimum, "MemoryMaximum": vm.memory_maximum,
     })
 
 
@@ -632,8 +639,13 @@ VIRTUALIZATION_NAMESPACE = "root\\virtualization\\v2"
 
 
 def set_vm_memory(ctx: Context, b: Bound) -> list[HostObject]:
+    dynamic_params = ("DynamicMemoryEnabled", "MinimumBytes", "MaximumBytes", "Buffer")
     for vm in _vms_from(ctx, b, "VMName"):
-        if "StartupBytes" in b:
+        if any(p in b for p in dynamic_params):
+            ctx.model.set_memory_config(vm, startup=b.get("StartupBytes"), dynamic=b.get("DynamicMemoryEnabled"),
+                                        minimum=b.get("MinimumBytes"), maximum=b.get("MaximumBytes"),
+                                        buffer=b.get("Buffer"))
+        elif "StartupBytes" in b:
             ctx.model.set_memory(vm, int(b["StartupBytes"]))
     return []
 
@@ -1276,7 +1288,9 @@ def _cmdlets() -> dict[str, Cmdlet]:
                (*_LIT, Param("Force", "switch"), Param("Recurse", "switch")), remove_item,
                exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
         Cmdlet("Set-VMMemory", HYPERV, _HV + "SetVMMemory",
-               (_VM_INPUT[0], Param("VMName", "string[]"), Param("StartupBytes", "int64"), Param("Passthru", "switch")),
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("StartupBytes", "int64"), Param("Passthru", "switch"),
+                Param("DynamicMemoryEnabled", "bool"), Param("MinimumBytes", "int64"), Param("MaximumBytes", "int64"),
+                Param("Buffer", "int32")),
                set_vm_memory, exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
         Cmdlet("Get-VMIntegrationService", HYPERV, _HV + "GetVMIntegrationService",
                (_VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string[]")), get_vm_integration_service,

@@ -478,6 +478,9 @@ class VM:
     guest_hostname: str = "localhost"  # the base image's hostname until something configures it
     guest_os: str = "Ubuntu 22.04.4 LTS"
     dynamic_memory: bool = False
+    memory_minimum: int = 512 * MiB  # Get-VM MemoryMinimum / MemoryMaximum of a new VM (Dynamic Memory off)
+    memory_maximum: int = 1024 * 1024 * MiB
+    memory_buffer: int = 20
     guest_agent: str | None = "cloud-init"  # cloud-init | cloudbase-init | None: what reads a cidata volume
     instance_id: str | None = None  # the meta-data instance-id the guest agent last applied
     first_boot_files: dict[str, bytes] = field(default_factory=dict)  # what the agent read at first boot
@@ -1177,6 +1180,43 @@ class HostModel:
             raise ModelError(f"The VLAN identifier {vlan_id} is not valid: it must be between 1 and 4094.",
                              category="InvalidArgument", reason="InvalidParameter", target=str(vlan_id))
         adapter.vlan_id = vlan_id
+
+    def set_memory_config(self, vm: VM, *, startup: int | None, dynamic: bool | None, minimum: int | None,
+                          maximum: int | None, buffer: int | None) -> None:
+        """Set-VMMemory with Dynamic Memory parameters (issue 14). Buffer 5-2000 (Set-VMMemory
+        documentation); with Dynamic Memory on, minimum <= startup <= maximum, each at least 32 MB and a
+        multiple of 2 MB [strict]. Dynamic Memory is switched on or off only while the VM is off; on a
+        running VM with Dynamic Memory only a larger maximum or a smaller minimum is taken [strict]."""
+        def invalid(why: str) -> ModelError:
+            return ModelError(f"Failed to modify device 'Memory'. '{vm.name}': {why}", category="InvalidArgument",
+                              reason="InvalidParameter", target=vm.name, exception_type=HYPERV_EXCEPTION)
+
+        if buffer is not None and not 5 <= buffer <= 2000:
+            raise invalid(f"the memory buffer {buffer} is not between 5 and 2000 percent.")
+        for value in (v for v in (minimum, maximum, startup) if v is not None):
+            if value < 32 * MiB or value % (2 * MiB):
+                raise invalid(f"{value} bytes is not at least 32 MB and a multiple of 2 MB.")
+        enabled = vm.dynamic_memory if dynamic is None else dynamic
+        new_startup = vm.memory_startup if startup is None else startup
+        new_min = vm.memory_minimum if minimum is None else minimum
+        new_max = vm.memory_maximum if maximum is None else maximum
+        if enabled and not new_min <= new_startup <= new_max:
+            raise invalid(f"with Dynamic Memory the minimum ({new_min // MiB} MB) must not exceed the startup memory "
+                          f"({new_startup // MiB} MB), nor the startup memory the maximum ({new_max // MiB} MB).")
+        active = vm.state in ACTIVE_STATES or vm.critical
+        if active and dynamic is not None and dynamic != vm.dynamic_memory:
+            raise invalid_state(vm.name)
+        if active and vm.dynamic_memory and (new_min > vm.memory_minimum or new_max < vm.memory_maximum
+                                             or new_startup != vm.memory_startup):
+            raise invalid("on a running virtual machine Dynamic Memory's maximum can only grow and its minimum "
+                          "only shrink.")
+        if startup is not None and not vm.dynamic_memory and not enabled:
+            self.set_memory(vm, startup)  # static memory: the runtime-resize rules
+        else:
+            vm.memory_startup = new_startup
+        vm.dynamic_memory, vm.memory_minimum, vm.memory_maximum = enabled, new_min, new_max
+        if buffer is not None:
+            vm.memory_buffer = buffer
 
     def _new_adapter(self, switch: str | None) -> NetAdapter:
         self._next_mac += 1
