@@ -530,6 +530,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             else:
                 outcome = await engine.reconcile(metered, ref, vm_spec, engine_status, host_spec, host_key,
                                                  runtime.slots, _now())
+        if vm_spec.bootstrap is not None and not bootstrap.needs_secret(vm_spec, outcome.status):
+            # Issue 14: first boot done: the bootstrap Secret's content need not stay in memory.
+            runtime.connections.secrets.forget(namespace, vm_spec.bootstrap.secret_name)
         if deleting and outcome.finished and image is not None and vm_spec.deletion_policy is DeletionPolicy.RETAIN:
             # images: the retained disk may still chain to the image's file; the image must keep it.
             await images.record_retained(namespace, name, kwargs["spec"], old_status)
