@@ -316,8 +316,9 @@ def expected_reads(phase: str, strategy: str, status: Mapping[str, Any], layout:
 def needed_reads(phase: str, strategy: str, status: Mapping[str, Any], layout: Layout, base_vhd: str,
                  obs: Observation, *, deleting: bool) -> Reads:
     """Everything the planner may consult, given what exists (`obs` from the first round trip)."""
-    if deleting:
-        return Reads((), obs.exists(layout.copy_status))
+    if deleting:  # issue 14: a half-built configuration disk may still be mounted on the host
+        return Reads((layout.config_partial,) if obs.exists(layout.config_partial) else (),
+                     obs.exists(layout.copy_status))
     vhds: list[str] = []
     if phase in (Phase.PENDING, Phase.FAILED) and obs.exists(base_vhd):
         vhds.append(base_vhd)

@@ -160,3 +160,28 @@ def test_delete_removes_a_kept_configuration_disk() -> None:
     status = run(provision(world, vm, s))
     run(delete(world, vm, s, status))
     assert not any("cidata" in f for f in world.files())
+
+
+def test_delete_after_a_crash_while_the_disk_is_mounted_on_the_host_dismounts_and_removes_it() -> None:
+    world = World()
+    vm = ref("boot-del-mounted")
+    s = _spec("Differencing", vm, _secret())
+    stop = [False]
+
+    def crash_after_build(name: str, _params: dict[str, object], when: str) -> None:
+        if when == "after" and name.endswith("Format-Volume") and not stop[0]:
+            stop[0] = True
+            raise RuntimeError("operator died")
+
+    world.host.on_command(crash_after_build)
+    status: dict[str, Any] = {}
+    for _ in range(20):
+        try:
+            outcome = run(reconcile(world.client, vm, s, status, HOST, "hv1", world.slots, world.now))
+        except RuntimeError:
+            break
+        status = merged(status, outcome)
+        run(world.wait(outcome.requeue_after or 0.1))
+    assert any(".partial." in f for f in world.files())
+    run(delete(world, vm, s, status))
+    assert not any("cidata" in f for f in world.files())
