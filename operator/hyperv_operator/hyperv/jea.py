@@ -107,9 +107,11 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     # operator; file systems and partition style pinned to what it uses.
     VisibleCmdlet(HYPERV + "Mount-VHD", ("Path", "Passthru")),
     VisibleCmdlet(HYPERV + "Dismount-VHD", ("Path",)),
-    VisibleCmdlet(STORAGE + "Initialize-Disk", ("DiskNumber", "PartitionStyle", "PassThru"),
+    # Pipeline-bound: Initialize-Disk's -Number (by property name from Mount-VHD's VirtualHardDisk),
+    # New-Partition's -InputObject (MSFT_Disk), Format-Volume's -Partition (MSFT_Partition).
+    VisibleCmdlet(STORAGE + "Initialize-Disk", ("Number", "InputObject", "PartitionStyle", "PassThru"),
                   (("PartitionStyle", ("MBR",)),)),
-    VisibleCmdlet(STORAGE + "New-Partition", ("DiskNumber", "UseMaximumSize", "AssignDriveLetter")),
+    VisibleCmdlet(STORAGE + "New-Partition", ("InputObject", "UseMaximumSize", "AssignDriveLetter")),
     VisibleCmdlet(STORAGE + "Format-Volume", ("Partition", "FileSystem", "NewFileSystemLabel", "Force", "Confirm"),
                   (("FileSystem", ("FAT32",)),)),
     VisibleCmdlet(MGMT + "Set-Content", ("LiteralPath", "Value", "Encoding"), (("Encoding", ("Byte",)),)),

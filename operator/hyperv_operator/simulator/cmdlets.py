@@ -1315,7 +1315,7 @@ def _cmdlets() -> dict[str, Cmdlet]:
                 Param("Passthru", "switch")), dismount_vhd),
         Cmdlet("Initialize-Disk", STORAGE, "Microsoft.Management.Infrastructure.CimCmdlets.InitializeDisk",
                (Param("InputObject", "cim", pipeline_type=MSFT_DISK),
-                Param("Number", "int32", by_property=True, aliases=("DiskNumber",)),
+                Param("Number", "int32", by_property=True),
                 Param("PartitionStyle", "enum", enum_type="Microsoft.PowerShell.Cmdletization.GeneratedTypes.Disk."
                       "PartitionStyle", choices=("MBR", "GPT")), Param("PassThru", "switch"),
                 Param("Confirm", "switch")),

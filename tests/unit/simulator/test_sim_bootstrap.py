@@ -81,3 +81,16 @@ def test_set_content_on_a_letter_nothing_is_mounted_on_fails_and_a_raw_disk_cann
     assert sim.fails(c.dismount_vhd(FINAL)).category == "ObjectNotFound"  # no such file
     sim.run(c.dismount_vhd(PARTIAL))
     assert sim.fails(c.dismount_vhd(PARTIAL)).category == "InvalidOperation"  # not mounted any more
+
+
+def test_a_windows_guest_reads_cidata_only_with_cloudbase_init(sim: Sim) -> None:
+    for agent, hostname in (("cloudbase-init", "web1"), (None, "WIN-BASE")):
+        vm_id = _vm(sim, f"win-{agent}")
+        sim.host.set_guest(vm_id, os_name="Windows Server 2022 Datacenter", hostname="WIN-BASE")
+        sim.host.set_guest_agent(vm_id, agent)
+        path = VM_ROOT + f"\\{vm_id}.vhdx"
+        _build(sim, path=path)
+        sim.run(c.dismount_vhd(path), c.add_vm_scsi_disk(vm_id, path, 0, 1), c.start_vm(vm_id))
+        sim.wait(21)
+        kvp = sim.run(c.get_kvp_component(vm_id))
+        assert any(f">{hostname}<" in str(i) for i in kvp[0]["GuestIntrinsicExchangeItems"]), agent
