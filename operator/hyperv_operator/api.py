@@ -101,6 +101,75 @@ class SecureBoot:
 
 
 @dataclass(frozen=True)
+class DynamicMemory:
+    """spec.dynamicMemory (issue 14): Hyper-V Dynamic Memory between `minimum_bytes` and `maximum_bytes`
+    (minimum <= startup memory <= maximum), keeping `buffer` percent (5-2000) spare in the guest."""
+
+    minimum_bytes: int
+    maximum_bytes: int
+    buffer: int = 20
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any] | None, startup_bytes: int) -> DynamicMemory | None:
+        if not spec:
+            return None
+        result = cls(minimum_bytes=parse_memory(spec["minimum"]), maximum_bytes=parse_memory(spec["maximum"]),
+                     buffer=int(spec.get("buffer", 20)))
+        if not result.minimum_bytes <= startup_bytes <= result.maximum_bytes:
+            raise ValueError("dynamicMemory needs minimum <= memory (startup) <= maximum")
+        if not 5 <= result.buffer <= 2000:
+            raise ValueError(f"dynamicMemory.buffer {result.buffer} is not between 5 and 2000")
+        return result
+
+
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}([-:]?[0-9A-Fa-f]{2}){5}$")
+
+
+@dataclass(frozen=True)
+class NetworkAdapter:
+    """spec.networkAdapters[] (issue 14): one adapter on a switch, optional access VLAN and static MAC
+    (12 hex digits, upper case, no separators: the form Set-VMNetworkAdapter -StaticMacAddress takes)."""
+
+    name: str
+    switch_name: str
+    vlan_id: int | None = None
+    static_mac: str | None = None
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> NetworkAdapter:
+        mac = spec.get("staticMacAddress")
+        if mac is not None and not _MAC.match(str(mac)):
+            raise ValueError(f"staticMacAddress {mac!r} is not a MAC address (12 hex digits)")
+        vlan = spec.get("vlanId")
+        if vlan is not None and not 1 <= int(vlan) <= 4094:
+            raise ValueError(f"vlanId {vlan} is not between 1 and 4094")
+        return cls(name=str(spec["name"]), switch_name=str(spec["switchName"]),
+                   vlan_id=None if vlan is None else int(vlan),
+                   static_mac=None if mac is None else re.sub(r"[-:]", "", str(mac)).upper())
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """spec.bootstrap (issue 14): first-boot configuration from a Secret in the VM's namespace.
+
+    `files` is filled by the handler from the Secret (never from the spec) and is the content of the
+    configuration disk; it is hidden from repr so no log line or exception text can carry it.
+    `problem` says why it could not be read (the planner waits with that reason)."""
+
+    secret_name: str
+    keep_disk: bool = False
+    files: tuple[tuple[str, bytes], ...] | None = field(default=None, repr=False, compare=False)
+    problem: str | None = None
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any] | None) -> Bootstrap | None:
+        if not spec:
+            return None
+        return cls(secret_name=str((spec.get("secretRef") or {}).get("name") or ""),
+                   keep_disk=bool(spec.get("keepDisk", False)))
+
+
+@dataclass(frozen=True)
 class VirtualMachineSpec:
     host_name: str
     base_vhd: str
@@ -117,6 +186,9 @@ class VirtualMachineSpec:
     readiness: Readiness = Readiness.HEARTBEAT
     readiness_timeout_seconds: int = DEFAULT_READINESS_TIMEOUT
     update_policy: UpdatePolicy = UpdatePolicy.ON_POWER_OFF
+    bootstrap: Bootstrap | None = None
+    network_adapters: tuple[NetworkAdapter, ...] = ()
+    dynamic_memory: DynamicMemory | None = None
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> VirtualMachineSpec:
@@ -136,6 +208,9 @@ class VirtualMachineSpec:
             readiness=Readiness(spec.get("readiness") or Readiness.HEARTBEAT),
             readiness_timeout_seconds=int(spec.get("readinessTimeoutSeconds") or DEFAULT_READINESS_TIMEOUT),
             update_policy=UpdatePolicy(spec.get("updatePolicy") or UpdatePolicy.ON_POWER_OFF),
+            bootstrap=Bootstrap.from_dict(spec.get("bootstrap")),
+            network_adapters=tuple(NetworkAdapter.from_dict(a) for a in spec.get("networkAdapters") or ()),
+            dynamic_memory=DynamicMemory.from_dict(spec.get("dynamicMemory"), parse_memory(spec.get("memory", "1Gi"))),
         )
 
 

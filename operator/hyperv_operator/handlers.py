@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnection
 from hyperv_operator.hyperv.errors import ClientClosedError, HostError
 from hyperv_operator.hyperv.probe import probe_client
 from hyperv_operator.images import controller as images
-from hyperv_operator.provisioning import engine, planner, retry, settle
+from hyperv_operator.provisioning import bootstrap, engine, planner, retry, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
 from hyperv_operator.provisioning.gate import HostGate, under_way
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
@@ -595,6 +595,11 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
             raise kopf.TemporaryError(str(exc), delay=wrong.requeue_after) from exc
         ref = VmRef(namespace=namespace, name=name, uid=uid, generation=generation)
+        if not deleting and vm_spec.bootstrap is not None and bootstrap.needs_secret(vm_spec, old_status):
+            # Issue 14: the first-boot configuration from the VM's own namespace (only until first boot).
+            data = await runtime.connections.secrets.get(namespace, vm_spec.bootstrap.secret_name) \
+                if vm_spec.bootstrap.secret_name else None
+            vm_spec = replace(vm_spec, bootstrap=bootstrap.with_files(vm_spec.bootstrap, data, name, uid))
         metered = metrics.MeteredClient(client, host_key)
         engine_status = old_status
         if not deleting:
@@ -616,6 +621,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             else:
                 outcome = await engine.reconcile(metered, ref, vm_spec, engine_status, host_spec, host_key,
                                                  runtime.slots, _now())
+        if vm_spec.bootstrap is not None and not bootstrap.needs_secret(vm_spec, outcome.status):
+            # Issue 14: first boot done: the bootstrap Secret's content need not stay in memory.
+            runtime.connections.secrets.forget(namespace, vm_spec.bootstrap.secret_name)
         if deleting and outcome.finished and image is not None and vm_spec.deletion_policy is DeletionPolicy.RETAIN:
             # images: the retained disk may still chain to the image's file; the image must keep it.
             await images.record_retained(namespace, name, kwargs["spec"], old_status)

@@ -8,12 +8,15 @@ VMs are always addressed by Id (`Get-VM -Id <guid> | <cmdlet>`), never by name: 
 
 from __future__ import annotations
 
+import uuid
+
 from hyperv_operator.hyperv.commands import SWITCH, Int64, Statement, UInt64, cmd, pipe
 
 HYPERV = "Hyper-V\\"
 MGMT = "Microsoft.PowerShell.Management\\"
 UTILITY = "Microsoft.PowerShell.Utility\\"
 CIM = "CimCmdlets\\"
+STORAGE = "Storage\\"
 
 # --- observe -----------------------------------------------------------------------------------
 
@@ -95,13 +98,97 @@ def get_vm_network_adapters(vm_id: str) -> Statement:
     return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMNetworkAdapter"))
 
 
-def get_kvp_components() -> Statement:
-    """Output: one Msvm_KvpExchangeComponent CIM instance per running VM (SystemName = the VM's Id,
+def get_kvp_component(vm_id: str) -> Statement:
+    """Output: the VM's Msvm_KvpExchangeComponent CIM instance (SystemName = the VM's Id,
     GuestIntrinsicExchangeItems = CIM-XML Msvm_KvpExchangeDataItem instances: FullyQualifiedDomainName,
-    OSName, NetworkAddressIPv4, ...). No -Filter: the VM is picked by SystemName on our side, so no
-    query text is ever built."""
+    OSName, NetworkAddressIPv4, ...), or nothing. Filtered on the host by `SystemName`, so the answer
+    does not grow with the host's VMs. The WQL text is built from a parsed GUID only (ValueError
+    otherwise): no user text reaches the query, as with `get_process`'s int."""
+    guid = str(uuid.UUID(vm_id)).upper()
     return pipe(cmd(CIM + "Get-CimInstance", Namespace=VIRTUALIZATION_NAMESPACE,
-                    ClassName="Msvm_KvpExchangeComponent"))
+                    ClassName="Msvm_KvpExchangeComponent", Filter=f"SystemName = '{guid}'"))
+
+
+# --- the first-boot configuration disk (issue 14, provisioning/bootstrap.py) -------------------
+
+
+CONFIG_FILE_SYSTEM = "FAT32"
+"""The configuration disk's file system: cloud-init's NoCloud and cloudbase-init read vfat (and iso9660,
+which no cmdlet writes)."""
+
+
+def new_config_volume(path: str, size_bytes: int, label: str) -> Statement:
+    """`New-VHD -Dynamic | Mount-VHD -Passthru | Initialize-Disk -Passthru | New-Partition
+    -AssignDriveLetter -UseMaximumSize | Format-Volume`: the idiom of the New-VHD documentation
+    (Example 5). Output: the MSFT_Volume (DriveLetter, FileSystemLabel, FileSystem). The disk stays
+    mounted on the host for the file writes that follow (`write_file`, by the volume's letter)."""
+    return pipe(
+        cmd(HYPERV + "New-VHD", Path=path, SizeBytes=UInt64(size_bytes), Dynamic=SWITCH),
+        cmd(HYPERV + "Mount-VHD", Passthru=SWITCH),
+        cmd(STORAGE + "Initialize-Disk", PartitionStyle="MBR", PassThru=SWITCH),
+        cmd(STORAGE + "New-Partition", UseMaximumSize=SWITCH, AssignDriveLetter=SWITCH),
+        cmd(STORAGE + "Format-Volume", FileSystem=CONFIG_FILE_SYSTEM, NewFileSystemLabel=label, Force=SWITCH,
+            Confirm=False),
+    )
+
+
+def write_file(path: str, content: bytes) -> Statement:
+    """No output. The content travels as a typed byte[] (`-Encoding Byte`: Windows PowerShell 5.1
+    writes the bytes as they are, no BOM, no newline added); it is never shown (commands._show)."""
+    return pipe(cmd(MGMT + "Set-Content", LiteralPath=path, Value=content, Encoding="Byte"))
+
+
+def dismount_vhd(path: str) -> Statement:
+    """No output. Fails if the disk is not mounted on the host."""
+    return pipe(cmd(HYPERV + "Dismount-VHD", Path=path))
+
+
+def rename_item(path: str, new_name: str) -> Statement:
+    """No output. `new_name` is a file name in the same folder (Rename-Item does not move)."""
+    return pipe(cmd(MGMT + "Rename-Item", LiteralPath=path, NewName=new_name))
+
+
+def add_vm_scsi_disk(vm_id: str, path: str, controller_number: int, location: int) -> Statement:
+    """No output. Attach `path` to the VM's SCSI controller at a fixed location (the operator picks
+    it, so it can name the same drive when it detaches it)."""
+    return pipe(
+        cmd(HYPERV + "Get-VM", Id=vm_id),
+        cmd(HYPERV + "Add-VMHardDiskDrive", Path=path, ControllerType="SCSI", ControllerNumber=controller_number,
+            ControllerLocation=location),
+    )
+
+
+def remove_vm_scsi_disk(vm_id: str, controller_number: int, location: int) -> Statement:
+    """No output. Detach the drive at that SCSI location (hot-remove works on a running VM for SCSI;
+    the file stays)."""
+    return pipe(
+        cmd(HYPERV + "Get-VM", Id=vm_id),
+        cmd(HYPERV + "Get-VMHardDiskDrive", ControllerType="SCSI", ControllerNumber=controller_number,
+            ControllerLocation=location),
+        cmd(HYPERV + "Remove-VMHardDiskDrive"),
+    )
+
+
+# --- network adapters (issue 14, provisioning/network.py) -----------------------------------------
+
+
+def add_vm_network_adapter(vm_id: str, name: str, switch_name: str, static_mac: str | None) -> Statement:
+    """No output. A synthetic adapter named `name` on `switch_name`; `static_mac` is 12 hex digits
+    (None: Hyper-V assigns a dynamic MAC from its pool)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id),
+                cmd(HYPERV + "Add-VMNetworkAdapter", Name=name, SwitchName=switch_name, StaticMacAddress=static_mac))
+
+
+def remove_vm_network_adapter(vm_id: str, name: str) -> Statement:
+    """No output. Removes the VM's adapters with that name."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMNetworkAdapter", Name=name),
+                cmd(HYPERV + "Remove-VMNetworkAdapter"))
+
+
+def set_vm_network_adapter_vlan(vm_id: str, name: str, vlan_id: int) -> Statement:
+    """No output. Access mode with `vlan_id` (1-4094) on the VM's adapter(s) with that name."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMNetworkAdapter", Name=name),
+                cmd(HYPERV + "Set-VMNetworkAdapterVlan", Access=SWITCH, VlanId=vlan_id))
 
 
 # --- act ---------------------------------------------------------------------------------------
@@ -189,6 +276,21 @@ def set_vm_memory(vm_id: str, startup_bytes: int) -> Statement:
     """No output. Static memory: while the VM is off, or on a running VM (runtime memory resize,
     Windows Server 2016+ hosts; the guest must support hot-add, and hot-remove to shrink)."""
     return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Set-VMMemory", StartupBytes=Int64(startup_bytes)))
+
+
+def set_vm_dynamic_memory(vm_id: str, startup_bytes: int, minimum_bytes: int, maximum_bytes: int,
+                          buffer: int) -> Statement:
+    """No output. Dynamic Memory on (while the VM is off) with its range: minimum <= startup <= maximum,
+    buffer 5-2000 percent (Set-VMMemory documentation)."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id),
+                cmd(HYPERV + "Set-VMMemory", DynamicMemoryEnabled=True, StartupBytes=Int64(startup_bytes),
+                    MinimumBytes=Int64(minimum_bytes), MaximumBytes=Int64(maximum_bytes), Buffer=buffer))
+
+
+def set_vm_static_memory(vm_id: str, startup_bytes: int) -> Statement:
+    """No output. Dynamic Memory off (while the VM is off), static `startup_bytes`."""
+    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id),
+                cmd(HYPERV + "Set-VMMemory", DynamicMemoryEnabled=False, StartupBytes=Int64(startup_bytes)))
 
 
 def checkpoint_vm(vm_id: str, snapshot_name: str) -> Statement:
@@ -297,6 +399,20 @@ ALL_CMDLETS: frozenset[str] = frozenset(
         MGMT + "Remove-Item",
         MGMT + "Stop-Process",
         CIM + "Get-CimInstance",
+        # issue 14: the first-boot configuration disk
+        HYPERV + "Mount-VHD",
+        HYPERV + "Dismount-VHD",
+        STORAGE + "Initialize-Disk",
+        STORAGE + "New-Partition",
+        STORAGE + "Format-Volume",
+        MGMT + "Set-Content",
+        MGMT + "Rename-Item",
+        HYPERV + "Add-VMHardDiskDrive",
+        HYPERV + "Remove-VMHardDiskDrive",
+        # issue 14: network adapters as a list
+        HYPERV + "Add-VMNetworkAdapter",
+        HYPERV + "Remove-VMNetworkAdapter",
+        HYPERV + "Set-VMNetworkAdapterVlan",
     }
 )
 """The cmdlets above; `hyperv_operator.hyperv.scripts` holds the fixed scripts (background copy)."""

@@ -33,7 +33,9 @@ class Switch:
 
 SWITCH = Switch()
 
-ParameterValue: TypeAlias = Union[str, int, bool, Int64, UInt64, Switch, "tuple[str, ...]"]
+ParameterValue: TypeAlias = Union[str, int, bool, Int64, UInt64, Switch, bytes, "tuple[str, ...]"]
+"""`bytes` travels as CLIXML `<BA>` (a .NET byte[]): file content (issue 14's configuration disk),
+which may hold secrets and is therefore never shown (`_show`)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class Command:
 def _show(value: ParameterValue) -> str:
     if isinstance(value, (Int64, UInt64)):
         return str(value.value)
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"  # file content from a Secret: never in logs, events or errors
     shown = repr(value)
     # Scripts passed as values (the copy worker) would flood logs and status messages.
     return shown if len(shown) <= 200 else f"{shown[:60]}...<{len(shown)} chars>"

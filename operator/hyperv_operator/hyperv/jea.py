@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyperv_operator.hyperv import scripts
-from hyperv_operator.hyperv.cmdlets import ALL_CMDLETS, CIM, HYPERV, MGMT, SECURE_BOOT_TEMPLATES
+from hyperv_operator.hyperv.cmdlets import ALL_CMDLETS, CIM, HYPERV, MGMT, SECURE_BOOT_TEMPLATES, STORAGE
 from hyperv_operator.hyperv.probe import CORE, PROBE_CMDLETS
 
 ROLE_NAME = "HyperVOperator"
@@ -61,7 +61,8 @@ class VisibleCmdlet:
 # pipeline, and a proxy without -VM could not bind it.
 VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     VisibleCmdlet(HYPERV + "Get-VM", ("Id",)),
-    VisibleCmdlet(HYPERV + "Get-VMHardDiskDrive", ("VM",)),
+    VisibleCmdlet(HYPERV + "Get-VMHardDiskDrive", ("VM", "ControllerType", "ControllerNumber", "ControllerLocation"),
+                  (("ControllerType", ("SCSI",)),)),
     VisibleCmdlet(HYPERV + "Get-VMSnapshot", ("VM", "Name")),
     VisibleCmdlet(HYPERV + "Get-VHD", ("Path",)),
     VisibleCmdlet(HYPERV + "New-VHD", ("Path", "ParentPath", "Differencing", "SizeBytes", "Dynamic")),
@@ -95,8 +96,29 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     VisibleCmdlet(CORE + "Get-Module", ("Name",), (("Name", ("Hyper-V",)),)),
     # The guest (issue 14): read-only, each with its one argument pinned.
     VisibleCmdlet(HYPERV + "Get-VMIntegrationService", ("VM", "Name"), (("Name", ("Heartbeat",)),)),
-    VisibleCmdlet(HYPERV + "Get-VMNetworkAdapter", ("VM",)),
-    VisibleCmdlet(HYPERV + "Set-VMMemory", ("VM", "StartupBytes")),
+    VisibleCmdlet(HYPERV + "Get-VMNetworkAdapter", ("VM", "Name")),
+    # Network adapters as a list (issue 14): added, removed and given an access VLAN while the VM is off.
+    VisibleCmdlet(HYPERV + "Add-VMNetworkAdapter", ("VM", "Name", "SwitchName", "StaticMacAddress")),
+    VisibleCmdlet(HYPERV + "Remove-VMNetworkAdapter", ("VMNetworkAdapter",)),
+    VisibleCmdlet(HYPERV + "Set-VMNetworkAdapterVlan", ("VMNetworkAdapter", "Access", "VlanId")),
+    VisibleCmdlet(HYPERV + "Set-VMMemory", ("VM", "StartupBytes", "DynamicMemoryEnabled", "MinimumBytes",
+                                            "MaximumBytes", "Buffer")),
+    # The first-boot configuration disk (issue 14): built, written, attached and detached by the
+    # operator; file systems and partition style pinned to what it uses.
+    VisibleCmdlet(HYPERV + "Mount-VHD", ("Path", "Passthru")),
+    VisibleCmdlet(HYPERV + "Dismount-VHD", ("Path",)),
+    # Pipeline-bound: Initialize-Disk's -Number (by property name from Mount-VHD's VirtualHardDisk),
+    # New-Partition's -InputObject (MSFT_Disk), Format-Volume's -Partition (MSFT_Partition).
+    VisibleCmdlet(STORAGE + "Initialize-Disk", ("Number", "InputObject", "PartitionStyle", "PassThru"),
+                  (("PartitionStyle", ("MBR",)),)),
+    VisibleCmdlet(STORAGE + "New-Partition", ("InputObject", "UseMaximumSize", "AssignDriveLetter")),
+    VisibleCmdlet(STORAGE + "Format-Volume", ("Partition", "FileSystem", "NewFileSystemLabel", "Force", "Confirm"),
+                  (("FileSystem", ("FAT32",)),)),
+    VisibleCmdlet(MGMT + "Set-Content", ("LiteralPath", "Value", "Encoding"), (("Encoding", ("Byte",)),)),
+    VisibleCmdlet(MGMT + "Rename-Item", ("LiteralPath", "NewName")),
+    VisibleCmdlet(HYPERV + "Add-VMHardDiskDrive", ("VM", "Path", "ControllerType", "ControllerNumber",
+                                                   "ControllerLocation"), (("ControllerType", ("SCSI",)),)),
+    VisibleCmdlet(HYPERV + "Remove-VMHardDiskDrive", ("VMHardDiskDrive",)),
     # The copy worker's process (Win32_Process, filtered by an int PID) and the guest's KVP component.
     VisibleCmdlet(
         CIM + "Get-CimInstance",
@@ -213,7 +235,7 @@ def role_capability_text() -> str:
 @{{
     GUID = '6f1d2c7e-4a7b-4f43-9d2e-5b8c1f0a9e31'
     Description = 'hyperv-operator: provision Hyper-V VMs from base VHDX files'
-    ModulesToImport = 'Hyper-V', 'Microsoft.PowerShell.Management'
+    ModulesToImport = 'Hyper-V', 'Microsoft.PowerShell.Management', 'Storage'
     # Test-Path, Get-Item, Get-ChildItem, Get-Content, New-Item, Remove-Item and Get-PSDrive need it.
     VisibleProviders = 'FileSystem'
     VisibleCmdlets = @(

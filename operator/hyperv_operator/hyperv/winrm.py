@@ -259,6 +259,8 @@ def wire_value(value: ParameterValue) -> Any:
         return TaggedValue("U64", value.value)
     if isinstance(value, tuple):
         return [str(v) for v in value]
+    if isinstance(value, bytes):
+        return value  # pypsrp serializes bytes as <BA> (byte[])
     if isinstance(value, (str, bool, int)):
         return value
     raise TypeError(f"unsupported parameter value type {type(value).__name__}")

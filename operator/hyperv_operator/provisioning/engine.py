@@ -19,7 +19,7 @@ from hyperv_operator.hyperv import cmdlets, second_hop
 from hyperv_operator.hyperv.client import HyperVClient
 from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, PermanentHostError, TransientHostError
-from hyperv_operator.provisioning import effects, planner, retry, settle
+from hyperv_operator.provisioning import bootstrap, effects, network, planner, retry, settle
 from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, join, layout_for, same_path
 from hyperv_operator.provisioning.ledger import CopySlots, LedgerError
@@ -358,7 +358,7 @@ async def _observe_listing(
     recorded = [str(p) for p in status.get("createdFiles") or []]
     disk_path = (status.get("disk") or {}).get("path")
     paths = _unique([spec.base_vhd, layout.disk, layout.partial, layout.copy_status, *recorded,
-                     *([str(disk_path)] if disk_path else []),
+                     *([str(disk_path)] if disk_path else []), *bootstrap.paths(spec, layout),
                      *((layout.copy_status_tmp, *layout.folders_bottom_up) if deleting else ())])
     first = await client.run([cmdlets.get_all_vms(), *(cmdlets.test_path(p) for p in paths)])
     vms, flags, _, _, _, _ = _parse(first, copy_read=False)
@@ -499,6 +499,7 @@ async def _observe_by_id(
     disk_path = (status.get("disk") or {}).get("path")
     paths = _unique([spec.base_vhd, layout.disk, layout.partial, layout.copy_status, *recorded,
                      *([str(disk_path)] if disk_path else []), layout.vm_dir, config_dir,
+                     *bootstrap.paths(spec, layout),  # issue 14
                      *((layout.copy_status_tmp, *layout.folders_bottom_up) if deleting else ())])
     want = expected_reads(phase, on_checkpoint, status, layout, spec.base_vhd, deleting=deleting)
     if base_apart:
@@ -514,7 +515,7 @@ async def _observe_by_id(
     recorded_pid = _recorded_worker(status, copy_phase)
     first += _worker_reads(recorded_pid)
     # A VM that may run (the phases from Starting on): its guest, in the same round trip.
-    read_guest = bool(vm_id) and not deleting and phase in _GUEST_PHASES
+    read_guest = bool(vm_id) and not deleting and (phase in _GUEST_PHASES or network.reads_adapters(spec, phase))
     if read_guest:
         first += _guest_reads(vm_id)
     guest, out1 = _split_guest(await client.run(first), vm_id, read=read_guest)
@@ -527,7 +528,7 @@ async def _observe_by_id(
     running = host_vm is not None and host_vm.state == planner.RUNNING
     obs = Observation(host_name=spec.host_name, vm=host_vm, found_by=found_by, drives=tuple(drives),
                       snapshots=tuple(snapshots), existing=frozenset(existing), vhds=vhds, copy=job, slot=slot,
-                      guest=guest if running else None)
+                      guest=guest if running else None, adapters=guest.adapters if guest is not None else None)
 
     need = needed_reads(phase, on_checkpoint, status, layout, spec.base_vhd, obs, deleting=deleting)
     if base_apart:
@@ -592,7 +593,7 @@ async def _unrecorded_worker(client: HyperVClient, job: CopyJob | None, recorded
 
 def _guest_reads(vm_id: str) -> list[Statement]:
     """Issue 14: the VM's integration services (heartbeat, adapters, KVP), in the observation's round trip."""
-    return [cmdlets.get_vm_heartbeat(vm_id), cmdlets.get_vm_network_adapters(vm_id), cmdlets.get_kvp_components()]
+    return [cmdlets.get_vm_heartbeat(vm_id), cmdlets.get_vm_network_adapters(vm_id), cmdlets.get_kvp_component(vm_id)]
 
 
 def _split_guest(out: Sequence[HostObject], vm_id: str, *, read: bool) -> tuple[guest_mod.GuestInfo | None,

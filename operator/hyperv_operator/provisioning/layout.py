@@ -78,7 +78,18 @@ class Layout:
     @property
     def owned_files(self) -> tuple[str, ...]:
         """Files of this layout that finalize() removes if present (besides status.createdFiles)."""
-        return (self.disk, self.partial, self.copy_status, self.copy_status_tmp)
+        return (self.disk, self.partial, self.copy_status, self.copy_status_tmp, self.config_disk,
+                self.config_partial)
+
+    @property
+    def config_disk(self) -> str:
+        """Issue 14: the first-boot configuration disk (provisioning/bootstrap.py), once complete."""
+        return join(self.vm_dir, f"{self.vm_name}-cidata.vhdx")
+
+    @property
+    def config_partial(self) -> str:
+        """The configuration disk while it is built (renamed to `config_disk` when complete)."""
+        return join(self.vm_dir, f"{self.vm_name}-cidata.partial.vhdx")
 
 
 def layout_for(name: str, uid: str, vm_path: str | None, default_vm_path: str) -> Layout:

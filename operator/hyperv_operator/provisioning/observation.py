@@ -12,7 +12,7 @@ from hyperv_operator.api import UID_TAG_PREFIX
 from hyperv_operator.conditions import parse_timestamp
 from hyperv_operator.hyperv.commands import HostObject
 from hyperv_operator.hyperv.scripts import WORKER_COMMAND_LINE_TAIL
-from hyperv_operator.provisioning.guest import GuestInfo
+from hyperv_operator.provisioning.guest import Adapter, GuestInfo
 from hyperv_operator.provisioning.layout import Layout, same_path
 from hyperv_operator.provisioning.phases import Phase
 
@@ -33,6 +33,8 @@ class VmInfo:
     memory_startup: int | None = None
     dynamic_memory: bool | None = None
     generation: int | None = None
+    memory_minimum: int | None = None  # Get-VM MemoryMinimum / MemoryMaximum (Dynamic Memory's range)
+    memory_maximum: int | None = None
 
     def tagged_for(self, uid: str) -> bool:
         return f"{UID_TAG_PREFIX}{uid}" in self.notes
@@ -51,6 +53,7 @@ class VhdInfo:
     file_size: int | None = None
     vhd_format: str = ""  # VHD | VHDX
     in_use_elsewhere: bool = False  # Get-VHD refused (another host has it open); read by file instead
+    attached: bool | None = None  # Get-VHD Attached: open by a running VM, or mounted on the host
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,8 @@ class Observation:
     copy_process: ProcessInfo | None = None  # the process with the copy worker's recorded PID, if any
     copy_process_checked: bool = False  # whether the engine looked for it (False: unknown)
     guest: GuestInfo | None = None  # issue 14: integration services' view of a running guest (None: not read)
+    config_drive: str | None = None  # issue 14: the first-boot configuration disk, when attached (bootstrap.split)
+    adapters: tuple[Adapter, ...] | None = None  # issue 14: Get-VMNetworkAdapter, running or not (None: not read)
 
     def exists(self, path: str | None) -> bool:
         return path is not None and path.rstrip("\\").lower() in self.existing
@@ -238,6 +243,8 @@ def parse_vm(obj: HostObject) -> VmInfo:
         memory_startup=_int(_prop(obj, "MemoryStartup")),
         dynamic_memory=_bool(_prop(obj, "DynamicMemoryEnabled")),
         generation=_int(_prop(obj, "Generation")),
+        memory_minimum=_int(_prop(obj, "MemoryMinimum")),
+        memory_maximum=_int(_prop(obj, "MemoryMaximum")),
     )
 
 
@@ -250,6 +257,7 @@ def parse_vhd(obj: HostObject) -> VhdInfo:
         size=_int(_prop(obj, "Size")),
         file_size=_int(_prop(obj, "FileSize")),
         vhd_format=_text(_prop(obj, "VhdFormat")),
+        attached=_bool(_prop(obj, "Attached")),
     )
 
 
@@ -307,8 +315,9 @@ def expected_reads(phase: str, on_checkpoint: bool, status: Mapping[str, Any], l
 def needed_reads(phase: str, on_checkpoint: bool, status: Mapping[str, Any], layout: Layout, base_vhd: str,
                  obs: Observation, *, deleting: bool) -> Reads:
     """Everything the planner may consult, given what exists (`obs` from the first round trip)."""
-    if deleting:
-        return Reads((), obs.exists(layout.copy_status))
+    if deleting:  # issue 14: a half-built configuration disk may still be mounted on the host
+        return Reads((layout.config_partial,) if obs.exists(layout.config_partial) else (),
+                     obs.exists(layout.copy_status))
     vhds: list[str] = []
     if phase in (Phase.PENDING, Phase.FAILED) and obs.exists(base_vhd):
         vhds.append(base_vhd)
@@ -318,6 +327,8 @@ def needed_reads(phase: str, on_checkpoint: bool, status: Mapping[str, Any], lay
     merging_done = phase == Phase.MERGING and not obs.has_snapshot(layout.checkpoint_name)
     if on_checkpoint and avhdx and obs.exists(avhdx) and not merging_done:
         vhds.append(avhdx)
+    if obs.exists(layout.config_partial):  # issue 14: is the half-built configuration disk still mounted?
+        vhds.append(layout.config_partial)
     after_copy = (Phase.PROVISIONED, Phase.REPARENTING, Phase.MERGING, Phase.FAILED)
     read_copy = obs.exists(layout.copy_status) and phase not in after_copy
     return Reads(tuple(vhds), read_copy)

@@ -33,12 +33,15 @@ MiB = 1024 * 1024
 class Change:
     cpus: tuple[int, int] | None = None  # (now, wanted)
     memory: tuple[int, int] | None = None  # (now, wanted) startup bytes
+    dynamic: tuple[str, str] | None = None  # (now, wanted) Dynamic Memory, described (issue 14)
 
     def __bool__(self) -> bool:
-        return self.cpus is not None or self.memory is not None
+        return self.cpus is not None or self.memory is not None or self.dynamic is not None
 
     def describe(self) -> str:
         parts = []
+        if self.dynamic:
+            parts.append(f"memory mode {self.dynamic[0]} -> {self.dynamic[1]}")
         if self.cpus:
             parts.append(f"cpus {self.cpus[0]} -> {self.cpus[1]}")
         if self.memory:
@@ -52,13 +55,48 @@ def diff(spec: VirtualMachineSpec, vm: VmInfo) -> Change:
         else None
     memory = (vm.memory_startup, spec.memory_bytes) if vm.memory_startup is not None \
         and vm.memory_startup != spec.memory_bytes else None
-    return Change(cpus, memory)
+    return Change(cpus, memory, _dynamic_change(spec, vm))
+
+
+def _dynamic_change(spec: VirtualMachineSpec, vm: VmInfo) -> tuple[str, str] | None:
+    """Dynamic Memory on/off and its range (the buffer is not on Get-VM: applied with them, not compared)."""
+    want = spec.dynamic_memory
+    if vm.dynamic_memory is None:
+        return None  # not observed
+    now = (f"dynamic {_mi(vm.memory_minimum)}-{_mi(vm.memory_maximum)}" if vm.dynamic_memory else "static")
+    if want is None:
+        return (now, "static") if vm.dynamic_memory else None
+    if vm.dynamic_memory and vm.memory_minimum == want.minimum_bytes and vm.memory_maximum == want.maximum_bytes:
+        return None
+    return now, f"dynamic {_mi(want.minimum_bytes)}-{_mi(want.maximum_bytes)}"
+
+
+def _mi(value: int | None) -> str:
+    return "?" if value is None else f"{value // MiB}Mi"
+
+
+def memory_statement(spec: VirtualMachineSpec, vm_id: str) -> Statement:
+    """Set-VMMemory for the whole memory configuration the spec asks for (the VM must be off when Dynamic
+    Memory is switched or its range changes)."""
+    want = spec.dynamic_memory
+    if want is None:
+        return cmdlets.set_vm_static_memory(vm_id, spec.memory_bytes)
+    return cmdlets.set_vm_dynamic_memory(vm_id, spec.memory_bytes, want.minimum_bytes, want.maximum_bytes, want.buffer)
+
+
+def before_first_start(spec: VirtualMachineSpec, vm: VmInfo) -> tuple[str, tuple[Statement, ...], str] | None:
+    """Issue 14: Dynamic Memory is configured while the new VM is still off (New-VM makes it static)."""
+    change = diff(spec, vm)
+    if change.dynamic is None or vm.state != "Off":
+        return None
+    return ("ConfigureMemory", (memory_statement(spec, vm.id),),
+            f"Set-VMMemory {vm.id}: memory mode {change.dynamic[0]} -> {change.dynamic[1]}")
 
 
 def online_memory(vm: VmInfo, change: Change) -> bool:
     """Grow a running Generation 2 VM with static memory (runtime memory resize)."""
     return (change.memory is not None and change.memory[1] > change.memory[0] and vm.generation == 2
-            and vm.dynamic_memory is False)
+            and vm.dynamic_memory is False and change.dynamic is None)
 
 
 @dataclass(frozen=True)
@@ -94,7 +132,9 @@ def decide(
         statements: list[Statement] = []
         if change.cpus:
             statements.append(cmdlets.set_vm(vm.id, processor_count=change.cpus[1]))
-        if change.memory:
+        if change.dynamic or (change.memory and spec.dynamic_memory is not None):
+            statements.append(memory_statement(spec, vm.id))
+        elif change.memory:
             statements.append(cmdlets.set_vm_memory(vm.id, change.memory[1]))
         return Decision(("Resize", tuple(statements), f"Set-VM/Set-VMMemory {vm.id}: {what}"),
                         f"resizing VM {vm.id} while it is off: {what}",
@@ -111,6 +151,8 @@ def decide(
                         events=(("ResizedOnline", f"VM {vm.id}: memory {change.memory[0] // MiB}Mi -> "
                                                   f"{change.memory[1] // MiB}Mi while running"),))
     why = ("Hyper-V changes processors only while the VM is off" if change.cpus else
+           "the operator switches Dynamic Memory and changes its range only while the VM is off" if change.dynamic
+           else
            "Hyper-V grows memory online only for a Generation 2 VM with static memory; it never shrinks it under "
            "a running guest here")
     if policy is UpdatePolicy.ON_POWER_OFF:

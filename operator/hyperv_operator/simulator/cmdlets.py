@@ -40,6 +40,8 @@ from hyperv_operator.simulator.model import (
     Folder,
     HostModel,
     ModelError,
+    Mount,
+    NetAdapter,
     Snapshot,
     canonical_path,
     failed_to_stop,
@@ -61,7 +63,11 @@ _RANGES: dict[str, tuple[int, int, str]] = {
 }
 _NET_TYPES = {"string": "System.String", "string[]": "System.String[]", "guid": "System.Guid",
               "switch": "System.Management.Automation.SwitchParameter", "int32[]": "System.Int32[]",
-              "vm": "Microsoft.HyperV.PowerShell.VirtualMachine[]",
+              "vm": "Microsoft.HyperV.PowerShell.VirtualMachine[]", "object[]": "System.Object[]",
+              "bool": "System.Boolean",
+              "drive": "Microsoft.HyperV.PowerShell.HardDiskDrive[]",
+              "adapter": "Microsoft.HyperV.PowerShell.VMNetworkAdapterBase[]",
+              "cim": "Microsoft.Management.Infrastructure.CimInstance[]",
               "snapshot": "Microsoft.HyperV.PowerShell.VMSnapshot[]"}
 
 
@@ -219,6 +225,13 @@ def convert(cmdlet: Cmdlet, p: Param, value: object) -> Any:
         raise _convert_error(cmdlet, p, value, f"Unable to match the identifier name {text} to a valid enumerator "
                              f"name. Specify one of the following enumerator names and try again: "
                              f"{', '.join(p.choices)}")
+    if p.kind == "bool":  # a [bool] parameter (not a switch): $true / $false, nothing else [strict]
+        if isinstance(value, bool):
+            return value
+        raise _convert_error(cmdlet, p, value, "Cannot convert value to type System.Boolean. Boolean parameters "
+                                               "accept only Boolean values and numbers, such as $True, $False, 1 or 0.")
+    if p.kind == "object[]":  # Set-Content -Value: a byte[] (<BA>) or strings, kept as they are
+        return list(value) if isinstance(value, (tuple, list)) else [value]
     if p.kind == "string[]":
         items = list(value) if isinstance(value, (tuple, list)) else [value]
         texts = []
@@ -273,8 +286,9 @@ def bind_pipeline(cmdlet: Cmdlet, named: Bound, item: HostObject) -> Bound:
     done = False
     for p in cmdlet.params:
         if p.by_property and p.name not in bound:
+            names = {p.name.lower(), *(a.lower() for a in p.aliases)}
             for key, value in item.properties.items():
-                if key.lower() == p.name.lower() and value is not None:
+                if key.lower() in names and value is not None and p.name not in bound:
                     bound[p.name] = convert(cmdlet, p, value)
                     done = True
     if not done:
@@ -345,6 +359,7 @@ def vm_object(model: HostModel, vm: VM) -> HostObject:
         "ParentSnapshotId": current.id if current else None, "ParentSnapshotName": current.name if current else None,
         "CreationTime": model.date(vm.created), "Version": "11.0", "IsClustered": False,
         "DynamicMemoryEnabled": vm.dynamic_memory, "SwitchName": vm.switch_name,
+        "MemoryMinimum": vm.memory_minimum, "MemoryMaximum": vm.memory_maximum,
     })
 
 
@@ -370,8 +385,9 @@ def vhd_object(model: HostModel, node: FileNode) -> HostObject:
         "FileSize": node.size, "Size": node.vhd.size, "MinimumSize": node.vhd.size, "LogicalSectorSize": 512,
         "PhysicalSectorSize": 4096, "BlockSize": node.vhd.block_size, "ParentPath": node.vhd.parent_path,
         "DiskIdentifier": node.vhd.disk_identifier, "FragmentationPercentage": 0, "Alignment": 1,
-        "Attached": node.key in model.attached_keys(), "DiskNumber": None, "IsPMEMCompatible": False,
-        "AddressAbstractionType": "None", "Number": None,
+        "Attached": node.key in model.attached_keys(), "IsPMEMCompatible": False, "AddressAbstractionType": "None",
+        "DiskNumber": model.mounts[node.key].disk_number if node.key in model.mounts else None,
+        "Number": model.mounts[node.key].disk_number if node.key in model.mounts else None,
     })
 
 
@@ -479,7 +495,12 @@ def get_vm(ctx: Context, b: Bound) -> list[HostObject]:
 
 
 def get_vm_hard_disk_drive(ctx: Context, b: Bound) -> list[HostObject]:
-    return [drive_object(ctx.model, vm, d) for vm in _vms_from(ctx, b, "VMName") for d in vm.drives]
+    def wanted(d: Drive) -> bool:
+        return ((b.get("ControllerType") is None or d.controller_type == b["ControllerType"])
+                and (b.get("ControllerNumber") is None or d.controller_number == b["ControllerNumber"])
+                and (b.get("ControllerLocation") is None or d.controller_location == b["ControllerLocation"]))
+
+    return [drive_object(ctx.model, vm, d) for vm in _vms_from(ctx, b, "VMName") for d in vm.drives if wanted(d)]
 
 
 def get_vm_snapshot(ctx: Context, b: Bound) -> list[HostObject]:
@@ -618,8 +639,13 @@ VIRTUALIZATION_NAMESPACE = "root\\virtualization\\v2"
 
 
 def set_vm_memory(ctx: Context, b: Bound) -> list[HostObject]:
+    dynamic_params = ("DynamicMemoryEnabled", "MinimumBytes", "MaximumBytes", "Buffer")
     for vm in _vms_from(ctx, b, "VMName"):
-        if "StartupBytes" in b:
+        if any(p in b for p in dynamic_params):
+            ctx.model.set_memory_config(vm, startup=b.get("StartupBytes"), dynamic=b.get("DynamicMemoryEnabled"),
+                                        minimum=b.get("MinimumBytes"), maximum=b.get("MaximumBytes"),
+                                        buffer=b.get("Buffer"))
+        elif "StartupBytes" in b:
             ctx.model.set_memory(vm, int(b["StartupBytes"]))
     return []
 
@@ -644,15 +670,55 @@ def get_vm_integration_service(ctx: Context, b: Bound) -> list[HostObject]:
     return out
 
 
-def get_vm_network_adapter(ctx: Context, b: Bound) -> list[HostObject]:
-    model = ctx.model
-    return [HostObject(ADAPTER_TYPES, {
+def _adapter_object(model: HostModel, vm: VM, adapter: NetAdapter) -> HostObject:
+    return HostObject(ADAPTER_TYPES, {
         "Name": adapter.name, "VMName": vm.name, "VMId": vm.id,
         "Id": f"Microsoft:{vm.id.upper()}\\{adapter.id.upper()}",
-        "MacAddress": adapter.mac, "DynamicMacAddressEnabled": True, "SwitchName": adapter.switch_name,
+        "MacAddress": adapter.mac, "DynamicMacAddressEnabled": not adapter.static_mac,
+        "SwitchName": adapter.switch_name,
         "Connected": adapter.switch_name is not None, "IPAddresses": model.guest_addresses(vm, adapter),
         "Status": ["Ok"] if vm.state == "Running" else [], "IsLegacy": False, "ComputerName": model.host_name,
-    }) for vm in _vms_from(ctx, b, "VMName") for adapter in vm.adapters]
+    })
+
+
+def get_vm_network_adapter(ctx: Context, b: Bound) -> list[HostObject]:
+    name = b.get("Name")
+    return [_adapter_object(ctx.model, vm, adapter) for vm in _vms_from(ctx, b, "VMName") for adapter in vm.adapters
+            if name is None or fnmatch.fnmatchcase(adapter.name.lower(), name.lower())]
+
+
+def _adapter_from(ctx: Context, obj: HostObject) -> tuple[VM, NetAdapter]:
+    vm = ctx.model.vm(str(obj["VMId"]))
+    wanted = str(obj["Id"]).lower()
+    adapter = next((a for a in vm.adapters if f"microsoft:{vm.id}\\{a.id}".lower() == wanted), None)
+    if adapter is None:
+        raise ModelError(f"Hyper-V was unable to find the network adapter '{obj['Id']}'.", category="ObjectNotFound",
+                         reason="ObjectNotFound", target=str(obj["Id"]))
+    return vm, adapter
+
+
+def add_vm_network_adapter(ctx: Context, b: Bound) -> list[HostObject]:
+    out = []
+    for vm in _vms_from(ctx, b, "VMName"):
+        adapter = ctx.model.add_network_adapter(vm, str(b.get("Name") or "Network Adapter"), b.get("SwitchName"),
+                                                b.get("StaticMacAddress"))
+        if b.get("Passthru"):
+            out.append(_adapter_object(ctx.model, vm, adapter))
+    return out
+
+
+def remove_vm_network_adapter(ctx: Context, b: Bound) -> list[HostObject]:
+    vm, adapter = _adapter_from(ctx, b["VMNetworkAdapter"])
+    ctx.model.remove_network_adapter(vm, adapter)
+    return []
+
+
+def set_vm_network_adapter_vlan(ctx: Context, b: Bound) -> list[HostObject]:
+    if not b.get("Access") or "VlanId" not in b:
+        raise ModelError("Only -Access -VlanId is modelled.", category="NotImplemented", reason="NotImplemented")
+    _, adapter = _adapter_from(ctx, b["VMNetworkAdapter"])
+    ctx.model.set_adapter_vlan(adapter, int(b["VlanId"]))
+    return []
 
 
 def _kvp_item_xml(name: str, data: str) -> str:
@@ -676,6 +742,17 @@ def _kvp_cim_instances(ctx: Context, b: Bound) -> list[HostObject]:
                          fq_error_id="HRESULT 0x80041010,Microsoft.Management.Infrastructure.CimCmdlets."
                                      "GetCimInstanceCommand", target=class_name,
                          exception_type="Microsoft.Management.Infrastructure.CimException")
+    wanted_id: str | None = None
+    if "Filter" in b:
+        # WQL `SystemName = '<guid>'` is the one filter form modelled [strict]; WMI refuses a malformed
+        # query (0x80041017); a filter that matches nothing gives no output and no error.
+        match = _SYSTEM_NAME_FILTER.match(b["Filter"])
+        if match is None:
+            raise ModelError("Invalid query ", category="InvalidArgument", reason="",
+                             fq_error_id="HRESULT 0x80041017,Microsoft.Management.Infrastructure.CimCmdlets."
+                                         "GetCimInstanceCommand", target=b["Filter"],
+                             exception_type="Microsoft.Management.Infrastructure.CimException")
+        wanted_id = match.group(1).lower()
     types = (f"Microsoft.Management.Infrastructure.CimInstance#root/virtualization/v2/{KVP_CLASS}",
              f"Microsoft.Management.Infrastructure.CimInstance#{KVP_CLASS}",
              "Microsoft.Management.Infrastructure.CimInstance", "System.Object")
@@ -683,7 +760,7 @@ def _kvp_cim_instances(ctx: Context, b: Bound) -> list[HostObject]:
         "SystemName": vm.id.upper(), "ElementName": "Key-Value Pair Exchange", "CreationClassName": KVP_CLASS,
         "GuestIntrinsicExchangeItems": [_kvp_item_xml(k, v) for k, v in model.kvp_items(vm).items()],
         "EnabledState": 2 if vm.state == "Running" else 3,
-    }) for vm in model.vms.values()]
+    }) for vm in model.vms.values() if wanted_id is None or vm.id.lower() == wanted_id]
 
 
 def job_object(model: HostModel, command: str, state: str) -> HostObject:
@@ -956,6 +1033,8 @@ LEGACY_WORKER_IDS = {
 CIM_PROCESS_TYPES = (*(f"Microsoft.Management.Infrastructure.CimInstance#root/cimv2/{c}" for c in
                        ("Win32_Process", "CIM_Process", "CIM_LogicalElement", "CIM_ManagedSystemElement")),
                      "Microsoft.Management.Infrastructure.CimInstance", "System.Object")
+_SYSTEM_NAME_FILTER = re.compile(r"^\s*SystemName\s*=\s*'([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"
+                                 r"[0-9A-Fa-f]{12})'\s*$", re.IGNORECASE)
 _PROCESS_ID_FILTER = re.compile(r"^\s*ProcessId\s*=\s*(\d{1,10})\s*$", re.IGNORECASE)
 
 
@@ -995,6 +1074,123 @@ def get_cim_instance(ctx: Context, b: Bound) -> list[HostObject]:
     return _process_cim_instances(ctx, b)
 
 
+# --- host-mounted disks: the first-boot configuration disk (issue 14) --------------------------------
+
+STORAGE_NS = "Microsoft.Management.Infrastructure.CimInstance#ROOT/Microsoft/Windows/Storage/"
+MSFT_DISK = STORAGE_NS + "MSFT_Disk"
+MSFT_PARTITION = STORAGE_NS + "MSFT_Partition"
+MSFT_VOLUME = STORAGE_NS + "MSFT_Volume"
+_CIM = ("Microsoft.Management.Infrastructure.CimInstance", "System.Object")
+FILE_SYSTEMS = ("FAT", "FAT32", "exFAT", "NTFS", "ReFS")
+ENCODINGS = ("Unknown", "String", "Unicode", "Byte", "BigEndianUnicode", "UTF8", "UTF7", "UTF32", "Ascii",
+             "Default", "Oem", "BigEndianUTF32")
+
+
+def _disk_object(model: HostModel, mount: Mount) -> HostObject:
+    vhd = model.files[mount.key].vhd
+    assert vhd is not None
+    return HostObject((MSFT_DISK, *_CIM), {
+        "Number": mount.disk_number, "DiskNumber": mount.disk_number, "Location": model.files[mount.key].path,
+        "PartitionStyle": vhd.partition_style or "RAW", "Size": vhd.size, "BusType": "File Backed Virtual",
+        "OperationalStatus": "Online", "FriendlyName": "Msft Virtual Disk",
+    })
+
+
+def _partition_object(model: HostModel, mount: Mount) -> HostObject:
+    vhd = model.files[mount.key].vhd
+    assert vhd is not None
+    return HostObject((MSFT_PARTITION, *_CIM), {
+        "DiskNumber": mount.disk_number, "PartitionNumber": 1, "DriveLetter": mount.letter or "\0",
+        "Size": vhd.size - 1024 * 1024, "Type": "FAT32 XINT13" if vhd.volume else "Unknown",
+        "AccessPaths": [f"{mount.letter}:\\"] if mount.letter else [],
+    })
+
+
+def mount_vhd(ctx: Context, b: Bound) -> list[HostObject]:
+    out = []
+    for path in b["Path"]:
+        mount = ctx.model.mount_vhd(path)
+        if b.get("Passthru"):
+            out.append(vhd_object(ctx.model, ctx.model.files[mount.key]))
+    return out
+
+
+def dismount_vhd(ctx: Context, b: Bound) -> list[HostObject]:
+    for path in b["Path"]:
+        ctx.model.dismount_vhd(path)
+    return []
+
+
+def _disk_number(b: Bound, name: str) -> int:
+    if "InputObject" in b:
+        return int(b["InputObject"]["Number"])
+    return int(b[name])
+
+
+def initialize_disk(ctx: Context, b: Bound) -> list[HostObject]:
+    mount = ctx.model.initialize_disk(_disk_number(b, "Number"), str(b.get("PartitionStyle") or "GPT"))
+    return [_disk_object(ctx.model, mount)] if b.get("PassThru") else []
+
+
+def new_partition(ctx: Context, b: Bound) -> list[HostObject]:
+    if not b.get("UseMaximumSize"):
+        raise ModelError("Only -UseMaximumSize is modelled.", category="NotImplemented", reason="NotImplemented")
+    mount = ctx.model.new_partition(_disk_number(b, "DiskNumber"), assign_letter=bool(b.get("AssignDriveLetter")))
+    return [_partition_object(ctx.model, mount)]
+
+
+def format_volume(ctx: Context, b: Bound) -> list[HostObject]:
+    partition: HostObject = b["Partition"]
+    mount, volume = ctx.model.format_volume(int(partition["DiskNumber"]), str(b.get("FileSystem") or "NTFS"),
+                                            str(b.get("NewFileSystemLabel") or ""))
+    vhd = ctx.model.files[mount.key].vhd
+    assert vhd is not None
+    return [HostObject((MSFT_VOLUME, *_CIM), {
+        "DriveLetter": mount.letter, "FileSystemLabel": volume.label, "FileSystem": volume.file_system,
+        "FileSystemType": volume.file_system, "Size": vhd.size - 1024 * 1024,
+        "SizeRemaining": vhd.size - 2 * 1024 * 1024,
+        "HealthStatus": "Healthy", "DriveType": "Fixed",
+    })]
+
+
+def set_content(ctx: Context, b: Bound) -> list[HostObject]:
+    value = b.get("Value")
+    items = list(value) if isinstance(value, (tuple, list)) else [value]
+    byte_encoding = str(b.get("Encoding") or "").lower() == "byte"
+    data: bytes | str = b"".join(i for i in items if isinstance(i, bytes)) if any(isinstance(i, bytes) for i in items) \
+        else "\r\n".join(str(i) for i in items if i is not None) + "\r\n"
+    for path in _paths(b):
+        ctx.model.set_content(path, data, byte_encoding=byte_encoding)
+    return []
+
+
+def rename_item(ctx: Context, b: Bound) -> list[HostObject]:
+    ctx.model.rename_item(str(b.get("LiteralPath") or b.get("Path")), str(b["NewName"]))
+    return []
+
+
+def add_vm_hard_disk_drive(ctx: Context, b: Bound) -> list[HostObject]:
+    out = []
+    for vm in _vms_from(ctx, b, "VMName"):
+        drive = ctx.model.add_hard_disk_drive(vm, str(b["Path"]), str(b.get("ControllerType") or "SCSI"),
+                                              int(b.get("ControllerNumber", 0)), int(b.get("ControllerLocation", 0)))
+        if b.get("Passthru"):
+            out.append(drive_object(ctx.model, vm, drive))
+    return out
+
+
+def remove_vm_hard_disk_drive(ctx: Context, b: Bound) -> list[HostObject]:
+    obj: HostObject = b["VMHardDiskDrive"]
+    vm = ctx.model.vm(str(obj["VMId"]))
+    wanted = str(obj["Id"]).lower()
+    drive = next((d for d in vm.drives if f"microsoft:{vm.id}\\{d.id}".lower() == wanted), None)
+    if drive is None:
+        raise ModelError(f"Hyper-V was unable to find the drive '{obj['Id']}'.", category="ObjectNotFound",
+                         reason="ObjectNotFound", target=str(obj["Id"]))
+    ctx.model.remove_hard_disk_drive(vm, drive)
+    return []
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 HYPERV = "Hyper-V"
@@ -1012,6 +1208,9 @@ _LIT = (Param("LiteralPath", "string[]", path=True, aliases=("PSPath", "LP")),
         Param("Path", "string[]", path=True, wildcards=True))
 _PATH_ONE_OF = ("LiteralPath", "Path")
 _PATH_EXCL = (("LiteralPath", "Path"),)
+_CONTROLLER_TYPE = Param("ControllerType", "enum", enum_type="Microsoft.HyperV.PowerShell.ControllerType",
+                         choices=("IDE", "SCSI"))
+STORAGE = "Storage"
 
 
 def _cmdlets() -> dict[str, Cmdlet]:
@@ -1020,7 +1219,8 @@ def _cmdlets() -> dict[str, Cmdlet]:
                (Param("Id", "guid", aliases=("VMId",)), Param("Name", "string[]", aliases=("VMName",))),
                get_vm, exclusive=(("Id", "Name"),)),
         Cmdlet("Get-VMHardDiskDrive", HYPERV, _HV + "GetVMHardDiskDrive",
-               (_VM_INPUT[0], Param("VMName", "string[]")), get_vm_hard_disk_drive,
+               (_VM_INPUT[0], Param("VMName", "string[]"), _CONTROLLER_TYPE, Param("ControllerNumber", "int32"),
+                Param("ControllerLocation", "int32")), get_vm_hard_disk_drive,
                exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
         Cmdlet("Get-VMSnapshot", HYPERV, _HV + "GetVMSnapshot",
                (_VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string")), get_vm_snapshot,
@@ -1088,7 +1288,9 @@ def _cmdlets() -> dict[str, Cmdlet]:
                (*_LIT, Param("Force", "switch"), Param("Recurse", "switch")), remove_item,
                exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
         Cmdlet("Set-VMMemory", HYPERV, _HV + "SetVMMemory",
-               (_VM_INPUT[0], Param("VMName", "string[]"), Param("StartupBytes", "int64"), Param("Passthru", "switch")),
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("StartupBytes", "int64"), Param("Passthru", "switch"),
+                Param("DynamicMemoryEnabled", "bool"), Param("MinimumBytes", "int64"), Param("MaximumBytes", "int64"),
+                Param("Buffer", "int32")),
                set_vm_memory, exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
         Cmdlet("Get-VMIntegrationService", HYPERV, _HV + "GetVMIntegrationService",
                (_VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string[]")), get_vm_integration_service,
@@ -1104,6 +1306,62 @@ def _cmdlets() -> dict[str, Cmdlet]:
         Cmdlet("Get-CimInstance", "CimCmdlets", "Microsoft.Management.Infrastructure.CimCmdlets.GetCimInstanceCommand",
                (Param("ClassName", "string", mandatory=True), Param("Filter", "string"),
                 Param("Namespace", "string")), get_cim_instance),
+        # issue 14: the first-boot configuration disk
+        Cmdlet("Mount-VHD", HYPERV, _VHD + "MountVHD",
+               (Param("Path", "string[]", mandatory=True, by_property=True, path=True, aliases=("FullName",)),
+                Param("Passthru", "switch"), Param("NoDriveLetter", "switch")), mount_vhd),
+        Cmdlet("Dismount-VHD", HYPERV, _VHD + "DismountVHD",
+               (Param("Path", "string[]", mandatory=True, by_property=True, path=True, aliases=("FullName",)),
+                Param("Passthru", "switch")), dismount_vhd),
+        Cmdlet("Initialize-Disk", STORAGE, "Microsoft.Management.Infrastructure.CimCmdlets.InitializeDisk",
+               (Param("InputObject", "cim", pipeline_type=MSFT_DISK),
+                Param("Number", "int32", by_property=True),
+                Param("PartitionStyle", "enum", enum_type="Microsoft.PowerShell.Cmdletization.GeneratedTypes.Disk."
+                      "PartitionStyle", choices=("MBR", "GPT")), Param("PassThru", "switch"),
+                Param("Confirm", "switch")),
+               initialize_disk, exclusive=(("InputObject", "Number"),), one_of=("InputObject", "Number")),
+        Cmdlet("New-Partition", STORAGE, "Microsoft.Management.Infrastructure.CimCmdlets.NewPartition",
+               (Param("InputObject", "cim", pipeline_type=MSFT_DISK),
+                Param("DiskNumber", "int32", by_property=True, aliases=("Number",)),
+                Param("UseMaximumSize", "switch"), Param("AssignDriveLetter", "switch")),
+               new_partition, exclusive=(("InputObject", "DiskNumber"),), one_of=("InputObject", "DiskNumber")),
+        Cmdlet("Format-Volume", STORAGE, "Microsoft.Management.Infrastructure.CimCmdlets.FormatVolume",
+               (Param("Partition", "cim", mandatory=True, pipeline_type=MSFT_PARTITION),
+                Param("FileSystem", "enum", enum_type="Microsoft.PowerShell.Cmdletization.GeneratedTypes.Volume."
+                      "FileSystemType", choices=FILE_SYSTEMS), Param("NewFileSystemLabel", "string"),
+                Param("Force", "switch"), Param("Confirm", "switch")), format_volume),
+        Cmdlet("Set-Content", MGMT, _PS + "SetContentCommand",
+               (*_LIT, Param("Value", "object[]", allow_empty=True),
+                Param("Encoding", "enum", enum_type="Microsoft.PowerShell.Commands.FileSystemCmdletProviderEncoding",
+                      choices=ENCODINGS), Param("NoNewline", "switch"), Param("Force", "switch")),
+               set_content, exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
+        Cmdlet("Rename-Item", MGMT, _PS + "RenameItemCommand",
+               (Param("LiteralPath", "string", path=True, aliases=("PSPath", "LP")),
+                Param("Path", "string", path=True, wildcards=True), Param("NewName", "string", mandatory=True),
+                Param("Force", "switch")),
+               rename_item, exclusive=_PATH_EXCL, one_of=_PATH_ONE_OF),
+        Cmdlet("Add-VMHardDiskDrive", HYPERV, _HV + "AddVMHardDiskDrive",
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("Path", "string", path=True), _CONTROLLER_TYPE,
+                Param("ControllerNumber", "int32"), Param("ControllerLocation", "int32"), Param("Passthru", "switch")),
+               add_vm_hard_disk_drive, exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
+        Cmdlet("Remove-VMHardDiskDrive", HYPERV, _HV + "RemoveVMHardDiskDrive",
+               (Param("VMHardDiskDrive", "drive", mandatory=True,
+                      pipeline_type="Microsoft.HyperV.PowerShell.HardDiskDrive"), Param("Passthru", "switch")),
+               remove_vm_hard_disk_drive),
+        # issue 14: network adapters as a list
+        Cmdlet("Add-VMNetworkAdapter", HYPERV, _HV + "AddVMNetworkAdapter",
+               (_VM_INPUT[0], Param("VMName", "string[]"), Param("Name", "string"), Param("SwitchName", "string"),
+                Param("StaticMacAddress", "string"), Param("Passthru", "switch")),
+               add_vm_network_adapter, exclusive=(("VM", "VMName"),), one_of=("VM", "VMName")),
+        Cmdlet("Remove-VMNetworkAdapter", HYPERV, _HV + "RemoveVMNetworkAdapter",
+               (Param("VMNetworkAdapter", "adapter", mandatory=True,
+                      pipeline_type="Microsoft.HyperV.PowerShell.VMNetworkAdapter"), Param("Passthru", "switch")),
+               remove_vm_network_adapter),
+        Cmdlet("Set-VMNetworkAdapterVlan", HYPERV, _HV + "SetVMNetworkAdapterVlan",
+               (Param("VMNetworkAdapter", "adapter", mandatory=True,
+                      pipeline_type="Microsoft.HyperV.PowerShell.VMNetworkAdapter"), Param("Access", "switch"),
+                Param("Untagged", "switch"), Param("VlanId", "int32"), Param("Passthru", "switch")),
+               set_vm_network_adapter_vlan),
         Cmdlet("Stop-Process", MGMT, _PS + "StopProcessCommand",
                (Param("Id", "int32[]", mandatory=True), Param("Force", "switch"), Param("PassThru", "switch")),
                stop_process),

@@ -482,6 +482,22 @@ class SimulatedHost:
             if os_name is not None:
                 vm.guest_os = os_name
 
+    def guest_first_boot_files(self, vm_id: str) -> dict[str, bytes]:
+        """What the guest agent read from its configuration disk at first boot (issue 14), by file name."""
+        with self._lock:
+            return dict(self._now().vm(vm_id).first_boot_files)
+
+    def network_adapters(self, vm_id: str) -> list[dict[str, Any]]:
+        """The VM's adapters as Hyper-V holds them (issue 14): name, switch, MAC, static or not, VLAN."""
+        with self._lock:
+            return [{"name": a.name, "switch": a.switch_name, "mac": a.mac, "static": a.static_mac,
+                     "vlan": a.vlan_id} for a in self._now().vm(vm_id).adapters]
+
+    def set_guest_agent(self, vm_id: str, agent: str | None) -> None:
+        """The guest's first-boot agent: cloud-init, cloudbase-init, or None (the base has none)."""
+        with self._lock:
+            self._now().vm(vm_id).guest_agent = agent
+
     def set_guest_defaults(self, *, boot_seconds: float | None = None, network_seconds: float | None = None) -> None:
         """Every guest's boot time and DHCP delay (issue 14)."""
         with self._lock:

@@ -342,6 +342,19 @@ def xs_duration(seconds: float) -> str:
 
 
 @dataclass
+class Volume:
+    """A formatted partition inside a VHD (issue 14: the first-boot configuration disk). Files live in
+    the root folder only; FAT names compare case-insensitively."""
+
+    file_system: str
+    label: str
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    def read(self, name: str) -> bytes | None:
+        return next((v for k, v in self.files.items() if k.lower() == name.lower()), None)
+
+
+@dataclass
 class Vhd:
     vhd_type: str  # "Dynamic" | "Differencing"
     size: int
@@ -352,10 +365,25 @@ class Vhd:
     parent_write_guid: str | None = None
     blocks: dict[int, bytes] = field(default_factory=dict)
     write_open: bool = False
+    partition_style: str | None = None  # None: RAW (never initialized)
+    partition: bool = False  # one partition (the only layout modelled)
+    volume: Volume | None = None
 
     def clone(self) -> Vhd:
         return Vhd(self.vhd_type, self.size, self.block_size, self.disk_identifier, self.data_write_guid,
-                   self.parent_path, self.parent_write_guid, dict(self.blocks), False)
+                   self.parent_path, self.parent_write_guid, dict(self.blocks), False, self.partition_style,
+                   self.partition, None if self.volume is None else Volume(self.volume.file_system,
+                                                                           self.volume.label,
+                                                                           dict(self.volume.files)))
+
+
+@dataclass
+class Mount:
+    """A VHD mounted on the host (Mount-VHD): its disk number and, once partitioned, its drive letter."""
+
+    key: str
+    disk_number: int
+    letter: str | None = None
 
 
 @dataclass
@@ -413,6 +441,8 @@ class NetAdapter:
     switch_name: str | None
     ipv4: str
     ipv6_link_local: str
+    static_mac: bool = False
+    vlan_id: int | None = None  # access VLAN (None: untagged)
 
 
 @dataclass
@@ -448,6 +478,12 @@ class VM:
     guest_hostname: str = "localhost"  # the base image's hostname until something configures it
     guest_os: str = "Ubuntu 22.04.4 LTS"
     dynamic_memory: bool = False
+    memory_minimum: int = 512 * MiB  # Get-VM MemoryMinimum / MemoryMaximum of a new VM (Dynamic Memory off)
+    memory_maximum: int = 1024 * 1024 * MiB
+    memory_buffer: int = 20
+    guest_agent: str | None = "cloud-init"  # cloud-init | cloudbase-init | None: what reads a cidata volume
+    instance_id: str | None = None  # the meta-data instance-id the guest agent last applied
+    first_boot_files: dict[str, bytes] = field(default_factory=dict)  # what the agent read at first boot
 
 
 @dataclass
@@ -556,6 +592,8 @@ class HostModel:
         self.guest_boot_seconds = 20.0  # from Start-VM until the guest's integration services answer
         self.guest_network_seconds = 10.0  # after boot, until DHCP gave the guest its address
         self._next_mac = 0
+        self.mounts: dict[str, Mount] = {}  # file key -> host mount (Mount-VHD)
+        self._next_disk_number = 1  # disk 0 is the host's system disk
         self.status_read_collision: str | None = None  # "read-first" | "write-first": see observe_status_read
         self._next_pid = FIRST_PID
         self.add_root("C:\\")
@@ -740,7 +778,7 @@ class HostModel:
 
     def attached_keys(self) -> set[str]:
         """Files a running VM or a merge holds open (Get-VHD Attached)."""
-        keys = self._merge_keys()
+        keys = self._merge_keys() | set(self.mounts)
         for vm in self.vms.values():
             if vm.state in ACTIVE_STATES:
                 keys |= self._vm_chain_keys(vm)
@@ -757,6 +795,8 @@ class HostModel:
                 return f"configuration of VM {vm.name}"
         if key in self._merge_keys():
             return "merge"
+        if key in self.mounts:
+            return "mounted on the host"
         sources, partials = self._copy_locks()
         if key in sources or key in partials:
             return "copy"
@@ -1110,12 +1150,264 @@ class HostModel:
                 raise refused("the guest cannot release that much memory.")
         vm.memory_startup = startup
 
+    def add_network_adapter(self, vm: VM, name: str, switch: str | None, static_mac: str | None) -> NetAdapter:
+        """Add-VMNetworkAdapter: the switch must exist; a static MAC is 12 hex digits; a Generation 1 VM
+        takes a new adapter only while off (Generation 2 supports hot add, Windows Server 2016+)."""
+        if vm.critical or (vm.state != STATE_OFF and vm.generation == 1):
+            raise invalid_state(vm.name)
+        if switch is not None and switch.lower() not in self.switches:
+            raise ModelError(f"Hyper-V was unable to find a virtual switch with name '{switch}'.",
+                             category="InvalidArgument", reason="InvalidParameter", target=switch)
+        adapter = self._new_adapter(switch)
+        adapter.name = name
+        if static_mac is not None:
+            mac = static_mac.replace("-", "").replace(":", "").upper()
+            if len(mac) != 12 or any(ch not in "0123456789ABCDEF" for ch in mac):
+                raise ModelError(f"Failed to set the MAC address '{static_mac}': it is not a valid MAC address.",
+                                 category="InvalidArgument", reason="InvalidParameter", target=static_mac)
+            adapter.mac, adapter.static_mac = mac, True
+        vm.adapters.append(adapter)
+        return adapter
+
+    def remove_network_adapter(self, vm: VM, adapter: NetAdapter) -> None:
+        if vm.critical or (vm.state != STATE_OFF and vm.generation == 1):
+            raise invalid_state(vm.name)
+        vm.adapters = [a for a in vm.adapters if a.id != adapter.id]
+
+    def set_adapter_vlan(self, adapter: NetAdapter, vlan_id: int) -> None:
+        """Set-VMNetworkAdapterVlan -Access -VlanId: 1 to 4094."""
+        if not 1 <= vlan_id <= 4094:
+            raise ModelError(f"The VLAN identifier {vlan_id} is not valid: it must be between 1 and 4094.",
+                             category="InvalidArgument", reason="InvalidParameter", target=str(vlan_id))
+        adapter.vlan_id = vlan_id
+
+    def set_memory_config(self, vm: VM, *, startup: int | None, dynamic: bool | None, minimum: int | None,
+                          maximum: int | None, buffer: int | None) -> None:
+        """Set-VMMemory with Dynamic Memory parameters (issue 14). Buffer 5-2000 (Set-VMMemory
+        documentation); with Dynamic Memory on, minimum <= startup <= maximum, each at least 32 MB and a
+        multiple of 2 MB [strict]. Dynamic Memory is switched on or off only while the VM is off; on a
+        running VM with Dynamic Memory only a larger maximum or a smaller minimum is taken [strict]."""
+        def invalid(why: str) -> ModelError:
+            return ModelError(f"Failed to modify device 'Memory'. '{vm.name}': {why}", category="InvalidArgument",
+                              reason="InvalidParameter", target=vm.name, exception_type=HYPERV_EXCEPTION)
+
+        if buffer is not None and not 5 <= buffer <= 2000:
+            raise invalid(f"the memory buffer {buffer} is not between 5 and 2000 percent.")
+        for value in (v for v in (minimum, maximum, startup) if v is not None):
+            if value < 32 * MiB or value % (2 * MiB):
+                raise invalid(f"{value} bytes is not at least 32 MB and a multiple of 2 MB.")
+        enabled = vm.dynamic_memory if dynamic is None else dynamic
+        new_startup = vm.memory_startup if startup is None else startup
+        new_min = vm.memory_minimum if minimum is None else minimum
+        new_max = vm.memory_maximum if maximum is None else maximum
+        if enabled and not new_min <= new_startup <= new_max:
+            raise invalid(f"with Dynamic Memory the minimum ({new_min // MiB} MB) must not exceed the startup memory "
+                          f"({new_startup // MiB} MB), nor the startup memory the maximum ({new_max // MiB} MB).")
+        active = vm.state in ACTIVE_STATES or vm.critical
+        if active and dynamic is not None and dynamic != vm.dynamic_memory:
+            raise invalid_state(vm.name)
+        if active and vm.dynamic_memory and (new_min > vm.memory_minimum or new_max < vm.memory_maximum
+                                             or new_startup != vm.memory_startup):
+            raise invalid("on a running virtual machine Dynamic Memory's maximum can only grow and its minimum "
+                          "only shrink.")
+        if startup is not None and not vm.dynamic_memory and not enabled:
+            self.set_memory(vm, startup)  # static memory: the runtime-resize rules
+        else:
+            vm.memory_startup = new_startup
+        vm.dynamic_memory, vm.memory_minimum, vm.memory_maximum = enabled, new_min, new_max
+        if buffer is not None:
+            vm.memory_buffer = buffer
+
     def _new_adapter(self, switch: str | None) -> NetAdapter:
         self._next_mac += 1
         n = self._next_mac
         mac = f"00155D{(n >> 16) & 0xFF:02X}{(n >> 8) & 0xFF:02X}{n & 0xFF:02X}"
         return NetAdapter(new_guid(), "Network Adapter", mac, self.switches.get(switch.lower()) if switch else None,
                           f"172.20.{(n // 250) % 250}.{n % 250 + 2}", f"fe80::215:5dff:fe{n & 0xFF:02x}:{n:04x}")
+
+    # --- host-mounted disks and the first-boot configuration disk (issue 14) ------------------------
+
+    def _mount_of(self, disk_number: int) -> Mount:
+        for mount in self.mounts.values():
+            if mount.disk_number == disk_number:
+                return mount
+        raise ModelError(f"No MSFT_Disk objects found with property 'Number' equal to '{disk_number}'. Verify the "
+                         "value of the property and retry.", category="ObjectNotFound", reason="CmdletizationQuery_"
+                         "NotFound_Number", target=str(disk_number))
+
+    def _mounted_vhd(self, mount: Mount) -> Vhd:
+        node = self.files[mount.key]
+        assert node.vhd is not None
+        return node.vhd
+
+    def mount_vhd(self, path: str) -> Mount:
+        """Mount-VHD: the disk appears on the host (no drive letter until a partition gets one). A disk
+        a running VM holds, or one already mounted, cannot be mounted [strict: 'in use']."""
+        node = self.vhd_node(path)
+        if node.key in self.attached_keys():
+            raise file_in_use(node.path)
+        self._check_writable(node, who=f"Mount-VHD '{node.path}'")
+        mount = Mount(node.key, self._next_disk_number)
+        self._next_disk_number += 1
+        self.mounts[node.key] = mount
+        return mount
+
+    def dismount_vhd(self, path: str) -> None:
+        node = self.vhd_node(path)
+        if node.key not in self.mounts:
+            raise ModelError(f"The disk '{node.path}' is not attached (mounted) on this host.",
+                             category="InvalidOperation", reason="InvalidOperation", target=node.path,
+                             exception_type=HYPERV_EXCEPTION)
+        del self.mounts[node.key]
+        node.modified = self.now
+
+    def initialize_disk(self, disk_number: int, partition_style: str) -> Mount:
+        """Initialize-Disk: only a RAW disk (Initialize-Disk documentation: 'initializes a RAW disk')."""
+        mount = self._mount_of(disk_number)
+        vhd = self._mounted_vhd(mount)
+        if vhd.partition_style is not None:
+            raise ModelError("The disk has already been initialized.", category="InvalidOperation",
+                             reason="StorageWMI 41001,Initialize-Disk", target=str(disk_number))
+        vhd.partition_style = partition_style.upper()
+        return mount
+
+    def new_partition(self, disk_number: int, *, assign_letter: bool) -> Mount:
+        """New-Partition -UseMaximumSize [-AssignDriveLetter]: the one partition modelled."""
+        mount = self._mount_of(disk_number)
+        vhd = self._mounted_vhd(mount)
+        if vhd.partition_style is None:
+            raise ModelError("The disk has not been initialized.", category="InvalidOperation",
+                             reason="StorageWMI 41000,New-Partition", target=str(disk_number))
+        if vhd.partition:
+            raise ModelError("Not enough available capacity.", category="NotSpecified",
+                             reason="StorageWMI 40000,New-Partition", target=str(disk_number))
+        vhd.partition = True
+        if assign_letter:
+            taken = {r[0].upper() for r in self.drive_letters()} | {m.letter for m in self.mounts.values() if m.letter}
+            free = [c for c in "DEFGHIJKLMNOPQRSTUVWXYZ" if c not in taken]
+            if not free:
+                raise ModelError("No drive letter is available.", category="NotSpecified",
+                                 reason="StorageWMI 42002,New-Partition", target=str(disk_number))
+            mount.letter = free[0]
+        return mount
+
+    def format_volume(self, disk_number: int, file_system: str, label: str) -> tuple[Mount, Volume]:
+        """Format-Volume: a new, empty file system. A FAT volume label holds at most 11 characters."""
+        mount = self._mount_of(disk_number)
+        vhd = self._mounted_vhd(mount)
+        if not vhd.partition:
+            raise ModelError("The disk has no partition to format.", category="InvalidOperation",
+                             reason="StorageWMI,Format-Volume", target=str(disk_number))
+        if file_system.upper() in ("FAT", "FAT32") and len(label) > 11:
+            raise ModelError(f"The volume label '{label}' is too long for {file_system} (11 characters at most).",
+                             category="InvalidArgument", reason="StorageWMI,Format-Volume", target=label)
+        vhd.volume = Volume(file_system.upper(), label)
+        return mount, vhd.volume
+
+    def mounted_volume(self, letter: str) -> Volume | None:
+        for mount in self.mounts.values():
+            if mount.letter and mount.letter.upper() == letter.upper():
+                return self._mounted_vhd(mount).volume
+        return None
+
+    def set_content(self, path: str, value: bytes | str, *, byte_encoding: bool) -> None:
+        """Set-Content: on a mounted volume's root (X:\\name) or a host file. `-Encoding Byte` writes
+        the bytes as given; without it a string is written as text."""
+        canon = canonical_path(path)
+        drive, rest = ntpath.splitdrive(canon)
+        data = value if isinstance(value, bytes) else value.encode("utf-8")
+        if byte_encoding and not isinstance(value, bytes):
+            raise ModelError("Cannot convert the value to System.Byte.", category="InvalidArgument",
+                             reason="SetContentWriterIOError", target=canon)
+        volume = self.mounted_volume(drive[0]) if len(drive) == 2 and drive[1] == ":" else None
+        if volume is not None:
+            name = rest.strip("\\")
+            if not name or "\\" in name:
+                raise directory_not_found(canon)  # only the root folder is modelled [strict]
+            for key in [k for k in volume.files if k.lower() == name.lower()]:
+                del volume.files[key]
+            volume.files[name] = data
+            return
+        if len(drive) == 2 and drive[1] == ":" and drive.lower() not in self.roots:
+            raise ModelError(f"Cannot find drive. A drive with the name '{drive[0]}' does not exist.",
+                             category="ObjectNotFound", reason="DriveNotFound", target=drive[0],
+                             exception_type="System.Management.Automation.DriveNotFoundException")
+        self.write_text(canon, data.decode("utf-8", errors="replace"))
+
+    def rename_item(self, path: str, new_name: str) -> FileNode:
+        """Rename-Item: same folder, the target must not exist, the file must not be in use."""
+        node = self.file(path)
+        if "\\" in new_name or not new_name:
+            raise ModelError("Cannot rename the specified target, because it represents a path or device name.",
+                             category="InvalidArgument", reason="Argument", target=new_name)
+        parent = parent_path(node.path)
+        target = canonical_path(f"{parent}\\{new_name}")
+        if self.exists(target):
+            raise ModelError("Cannot create a file when that file already exists.", category="WriteError",
+                             reason="RenameItemIOError", target=target, exception_type=IO_EXCEPTION)
+        if self.in_use_by(node.key) is not None:
+            raise file_in_use(node.path, category="WriteError", reason="RenameItemIOError")
+        del self.files[node.key]
+        node.path = target
+        self.files[node.key] = node
+        return node
+
+    def add_hard_disk_drive(self, vm: VM, path: str, controller_type: str, number: int, location: int) -> Drive:
+        """Add-VMHardDiskDrive: SCSI may be added to a running VM, IDE only while off; the location must be
+        free; a disk mounted on the host or in another VM's chain is in use."""
+        if vm.critical:
+            raise invalid_state(vm.name)
+        node = self.vhd_node(path)
+        ctype = controller_type.upper()
+        if ctype == "IDE" and vm.state != STATE_OFF:
+            raise invalid_state(vm.name)
+        if ctype == "IDE" and vm.generation == 2:
+            raise ModelError("Generation 2 virtual machines have no IDE controller.", category="InvalidArgument",
+                             reason="InvalidParameter", target=vm.name)
+        if self.in_use_by(node.key) is not None:
+            raise file_in_use(node.path)
+        if any(d.controller_type == ctype and d.controller_number == number and d.controller_location == location
+               for d in vm.drives):
+            raise ModelError(f"Failed to add device 'Virtual Hard Disk': the {ctype} controller {number} location "
+                             f"{location} is in use.", category="InvalidArgument", reason="InvalidParameter",
+                             target=vm.name, exception_type=HYPERV_EXCEPTION)
+        drive = Drive(new_guid(), node.path, ctype, number, location)
+        vm.drives.append(drive)
+        self.refresh_opens()
+        return drive
+
+    def remove_hard_disk_drive(self, vm: VM, drive: Drive) -> None:
+        """Remove-VMHardDiskDrive: SCSI drives may go while the VM runs (hot remove), IDE only while off."""
+        if vm.critical or (drive.controller_type == "IDE" and vm.state != STATE_OFF):
+            raise invalid_state(vm.name)
+        vm.drives = [d for d in vm.drives if d.id != drive.id]
+        self.refresh_opens()
+
+    def _first_boot(self, vm: VM) -> None:
+        """The guest agent at boot (cloud-init's NoCloud data source, cloudbase-init's NoCloud service):
+        a vfat/iso9660 volume labelled cidata (or CIDATA) with user-data AND meta-data; the meta-data's
+        instance-id decides whether it runs again (once per instance), local-hostname names the guest.
+        Windows Setup's implicit answer-file search is not modelled: it does not look at fixed data
+        disks (docs/windows-fidelity.md)."""
+        if vm.guest_agent is None:
+            return
+        for drive in vm.drives[1:]:
+            node = self.files.get(path_key(drive.path))
+            volume = node.vhd.volume if node is not None and node.vhd is not None else None
+            if volume is None or volume.label.lower() != "cidata" or volume.file_system not in ("FAT", "FAT32"):
+                continue
+            user, meta = volume.read("user-data"), volume.read("meta-data")
+            if user is None or meta is None:
+                continue
+            fields = _simple_yaml(meta.decode("utf-8", errors="replace"))
+            instance = fields.get("instance-id") or ""
+            if instance and instance == vm.instance_id:
+                return
+            vm.instance_id = instance or None
+            vm.first_boot_files = dict(volume.files)
+            if fields.get("local-hostname"):
+                vm.guest_hostname = fields["local-hostname"]
+            return
 
     # --- the guest (integration services) -------------------------------------------------------
 
@@ -1191,6 +1483,7 @@ class HostModel:
         vm.started_at = self.now
         vm.growth_t = self.now
         vm.stop_at = None
+        self._first_boot(vm)
         self.vm_workers[vm.id] = self.spawn("vmwp.exe", f'"C:\\Windows\\System32\\vmwp.exe" {vm.id.upper()}').pid
         self.refresh_opens()
 
@@ -1650,3 +1943,14 @@ class HostModel:
             data = node.vhd.blocks[index]
             digest.update(index.to_bytes(8, "little") + len(data).to_bytes(8, "little") + data)
         return node.vhd.disk_identifier, node.vhd.data_write_guid, digest.hexdigest()
+
+
+def _simple_yaml(text: str) -> dict[str, str]:
+    """Top-level `key: value` lines of a YAML mapping (meta-data is that simple in practice)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line or line[0] in " \t#" or ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip().strip("'\"")
+    return fields

@@ -16,7 +16,7 @@ from typing import Any
 
 from hyperv_operator.tenancy.policy import Refusal
 
-SIZED_FIELDS = ("cpus", "memory", "generation")
+SIZED_FIELDS = ("cpus", "memory", "generation", "dynamicMemory")
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class ClassSpec:
     generation: int | None = None
     namespaces: tuple[str, ...] | None = None  # None: every namespace
     allow_overrides: bool = False
+    dynamic_memory: Mapping[str, Any] | None = None  # issue 14: {minimum, maximum, buffer}, as on a VM
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> ClassSpec:
@@ -33,7 +34,8 @@ class ClassSpec:
         return cls(cpus=int(spec["cpus"]), memory=str(spec["memory"]),
                    generation=int(spec["generation"]) if spec.get("generation") else None,
                    namespaces=tuple(str(n) for n in namespaces) if namespaces is not None else None,
-                   allow_overrides=bool(spec.get("allowOverrides", False)))
+                   allow_overrides=bool(spec.get("allowOverrides", False)),
+                   dynamic_memory=dict(spec["dynamicMemory"]) if spec.get("dynamicMemory") else None)
 
 
 def check(namespace: str, vm_spec: Mapping[str, Any], class_spec: Mapping[str, Any] | None) -> Refusal | None:
@@ -64,6 +66,8 @@ def effective(vm_spec: Mapping[str, Any], class_spec: Mapping[str, Any] | None) 
     values: dict[str, Any] = {"cpus": klass.cpus, "memory": klass.memory}
     if klass.generation is not None:
         values["generation"] = klass.generation
+    if klass.dynamic_memory is not None:
+        values["dynamicMemory"] = dict(klass.dynamic_memory)
     for key, value in values.items():
         if not (klass.allow_overrides and vm_spec.get(key) is not None):
             result[key] = value

@@ -46,3 +46,16 @@ def test_ip_readiness_without_a_switch_stalls_after_the_timeout() -> None:
     assert "ipAddresses" not in status["guest"]
 
 
+
+
+def test_the_kvp_read_asks_the_host_for_this_vms_component_only() -> None:
+    world = World()
+    for other in ("kvp-other-1", "kvp-other-2"):
+        run(provision(world, ref(other), spec("Differencing")))
+    vm = ref("kvp-mine")
+    status = run(provision(world, vm, spec("Differencing")))
+    reads = [params for name, params in world.host.call_log()
+             if name.endswith("Get-CimInstance") and params.get("ClassName") == "Msvm_KvpExchangeComponent"]
+    assert reads and all("Filter" in p for p in reads)
+    assert f"SystemName = '{status['vmId'].upper()}'" in [p["Filter"] for p in reads]
+    assert status["guest"]["hostname"] == "localhost"

@@ -18,7 +18,7 @@ def diff_vm(sim: Sim, name: str, switch: str | None) -> str:
 
 
 def read(sim: Sim, vm_id: str) -> guest.GuestInfo:
-    out = sim.run(c.get_vm_heartbeat(vm_id), c.get_vm_network_adapters(vm_id), c.get_kvp_components())
+    out = sim.run(c.get_vm_heartbeat(vm_id), c.get_vm_network_adapters(vm_id), c.get_kvp_component(vm_id))
     return guest.parse(out, vm_id)
 
 
@@ -77,3 +77,23 @@ def test_runtime_memory_resize_rules(sim: Sim) -> None:
     sim.run(c.set_vm_memory(vm_id, GiB))
     assert sim.fails(c.set_vm_memory(vm_id, 256 * 2**20)).category == "InvalidOperation"  # below its demand
     assert sim.fails(c.set_vm_memory(vm_id, GiB + 1)).category == "InvalidArgument"  # not a multiple of 2 MB
+
+
+def test_kvp_read_is_one_vms_component_filtered_on_the_host(sim: Sim) -> None:
+    first, second = diff_vm(sim, "kvp-a", None), diff_vm(sim, "kvp-b", None)
+    sim.run(c.start_vm(first), c.start_vm(second))
+    statement = c.get_kvp_component(first)
+    assert statement.commands[0].parameter("Filter") == f"SystemName = '{first.upper()}'"
+    out = sim.run(statement)
+    assert [str(o["SystemName"]).lower() for o in out] == [first]  # not every VM on the host
+    assert sim.run(c.get_kvp_component("00000000-0000-4000-8000-000000000000")) == []  # no match, no error
+    bad = c.pipe(c.cmd(c.CIM + "Get-CimInstance", Namespace=c.VIRTUALIZATION_NAMESPACE,
+                       ClassName="Msvm_KvpExchangeComponent", Filter="SystemName LIKE '%'"))
+    assert "0x80041017" in sim.fails(bad).fq_error_id
+
+
+def test_the_kvp_filter_is_built_from_a_guid_only() -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        c.get_kvp_component("x' OR SystemName LIKE '%")

@@ -130,6 +130,8 @@ def _every_statement() -> list[Statement]:
             args.update(secure_boot=True, template="MicrosoftUEFICertificateAuthority")
         if name == "get_drive":
             args = {"drive": "C"}
+        if name == "get_kvp_component":
+            args = {"vm_id": "6e1f2a3b-1111-2222-3333-444455556666"}
         out.append(builder(**args))
     return out
 

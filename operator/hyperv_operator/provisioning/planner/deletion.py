@@ -80,6 +80,11 @@ def plan_delete(
         statements.append(cmdlets.remove_vm(host_vm.id))
         return act(Action("RemoveVM", tuple(statements), f"Stop-VM {host_vm.id} -TurnOff; Remove-VM {host_vm.id}",
                           tolerate_not_found=True), f"turning off and removing VM {host_vm.id}")
+    partial = obs.vhd(layout.config_partial) if obs.exists(layout.config_partial) else None
+    if partial is not None and partial.attached:  # issue 14: built half-way, still mounted on the host
+        return act(Action("DismountConfigDisk", (cmdlets.dismount_vhd(layout.config_partial),),
+                          f"Dismount-VHD {layout.config_partial}", tolerate_not_found=True),
+                   f"dismounting the incomplete configuration disk {layout.config_partial}")
     candidates: list[str] = []
     for path in [*(w.status.get("createdFiles") or []), *layout.owned_files]:
         if not any(same_path(path, c) for c in candidates):

@@ -10,6 +10,7 @@ from typing import Any
 
 from hyperv_operator import conditions as cond
 from hyperv_operator.api import VirtualMachineSpec
+from hyperv_operator.provisioning import bootstrap as bootstrap_mod
 from hyperv_operator.provisioning.layout import Layout
 from hyperv_operator.provisioning.model import VmRef
 from hyperv_operator.provisioning.observation import Observation
@@ -36,6 +37,7 @@ def plan(
     vm: VmRef, layout: Layout,
 ) -> Plan:
     """The next step of provisioning / power management. Pure."""
+    observation = bootstrap_mod.split(observation, layout)  # issue 14: the configuration disk apart
     w = _Work(spec, _copy.deepcopy(dict(status)), observation, now, vm, layout, PHASE_TABLES[spec.strategy])
     start = _phase_of(status)
     start_conditions = status.get("conditions")

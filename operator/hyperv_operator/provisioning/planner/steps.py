@@ -6,7 +6,9 @@ from __future__ import annotations
 from hyperv_operator import conditions as cond
 from hyperv_operator.api import UID_TAG_PREFIX, PowerState
 from hyperv_operator.hyperv import cmdlets, second_hop
+from hyperv_operator.provisioning import bootstrap as bootstrap_mod
 from hyperv_operator.provisioning import guest as guest_mod
+from hyperv_operator.provisioning import network as network_mod
 from hyperv_operator.provisioning import resize as resize_mod
 from hyperv_operator.provisioning.layout import is_avhdx, same_path
 from hyperv_operator.provisioning.observation import VmInfo
@@ -100,7 +102,8 @@ def _creating_vm(w: _Work) -> _Result:
         # New-VM's output feeds Set-VM, so a crash half-way leaves an untagged VM in our folder.
         # Secure boot settings go on with Set-VMFirmware while the VM is still off: no start then.
         firmware_first = s.secure_boot is not None and s.generation == 2
-        start = not quick and s.power_state is PowerState.RUNNING and not firmware_first
+        start = not quick and s.power_state is PowerState.RUNNING and not firmware_first and s.bootstrap is None \
+            and not s.network_adapters and s.dynamic_memory is None  # issue 14: configured while off
         if quick and not w.status.get("checkpointTypeBefore"):
             # New VMs get Production checkpoints by default; Standard is only for the quick-provision
             # checkpoint and is put back once it is merged.
@@ -139,6 +142,12 @@ def _creating_vm(w: _Work) -> _Result:
                            f"Set-VMFirmware {vm.id} -EnableSecureBoot {'On' if boot.enabled else 'Off'}"
                            + (f" -SecureBootTemplate {template}" if template else "")),
                     f"applying secure boot settings to VM {vm.id} before its first start")
+    networked = _bootstrap(w, network_mod.configure(w.spec, w.status, w.obs, vm))  # issue 14: adapters
+    if networked is not None:
+        return networked
+    memory = resize_mod.before_first_start(w.spec, vm)  # issue 14: Dynamic Memory, set while off
+    if memory is not None:
+        return _Act(Action(*memory), f"configuring the memory of VM {vm.id} before its first start")
     return DONE
 
 
@@ -170,6 +179,9 @@ def _starting(w: _Work) -> _Result:
                     f"resuming VM {vm.id} (it was paused)")
     if vm.state != OFF and vm.state not in SAVED_STATES:
         return _Wait(f"waiting for VM {vm.id} to settle (state {vm.state})", SHORT_WAIT)
+    prepared = _bootstrap(w, bootstrap_mod.before_start(w.spec, w.status, w.obs, vm, w.layout, w.now))  # issue 14
+    if prepared is not None:
+        return prepared
     return _Act(Action("StartVM", (cmdlets.start_vm(vm.id),), f"Start-VM {vm.id}"), f"starting VM {vm.id}")
 
 
@@ -272,8 +284,16 @@ def _provisioned(w: _Work) -> _Result:
             seen = _guest_verdict(w)  # issue 14: Ready follows spec.readiness
             if not seen.ready:
                 return _Wait(seen.message, guest_mod.GUEST_POLL, stall=seen.reason if seen.stalled else None)
+            finished = _bootstrap(w, bootstrap_mod.after_ready(w.spec, w.status, w.obs, vm, w.layout, seen.ready,
+                                                               w.now))
+            if finished is not None:  # issue 14: the configuration disk goes once the guest is up
+                return finished
             return _Wait(seen.message, None)
         if vm.state == OFF or vm.state in SAVED_STATES:
+            prepared = _bootstrap(w, bootstrap_mod.before_start(w.spec, w.status, w.obs, vm, w.layout, w.now)) \
+                if vm.state == OFF else None
+            if prepared is not None:  # issue 14: a first start that comes after powerState Off
+                return prepared
             unchanged_spec = w.status.get("observedGeneration") == w.vm.generation
             if unchanged_spec and w.status.get("powerState") == RUNNING:
                 w.event("VMStoppedOutOfBand", f"VM {vm.id} was stopped outside the operator (state {vm.state}); "
@@ -319,6 +339,25 @@ def _critical(w: _Work) -> _Wait | None:
                  f"configuration folder is unreachable, e.g. the share is down or the volume is full). The "
                  f"operator sends nothing until the host reports a normal state again", CRITICAL_POLL,
                  stall="VMCritical")
+
+
+def _bootstrap(w: _Work, d: bootstrap_mod.Decision | None) -> _Result | None:
+    """Issue 14: apply a first-boot configuration decision (provisioning/bootstrap.py) to the work."""
+    if d is None:
+        return None
+    if d.status:
+        w.status[bootstrap_mod.KEY] = d.status
+    w.status.update(d.top)
+    if d.created:
+        w.created(*d.created)
+    for reason, message in d.events:
+        w.event(reason, message)
+    if d.action is not None:
+        kind, statements, description = d.action
+        return _Act(Action(kind, statements, description), d.message)
+    if d.wait is not None:
+        return _Wait(d.message, d.wait, stall=d.stall)
+    return None
 
 
 def _resize(w: _Work, vm: VmInfo) -> _Result | None:

@@ -110,6 +110,8 @@ def convert_value(value: Any) -> ParameterValue:
         return UInt64(int(value))
     if isinstance(value, int):
         return int(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)  # <BA>: a byte[]
     if isinstance(value, str):
         return str(value)
     if isinstance(value, (list, tuple)):
