@@ -29,6 +29,7 @@ from hyperv_operator.draining import Drain
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
 from hyperv_operator.hyperv.errors import ClientClosedError, HostError
 from hyperv_operator.hyperv.probe import probe_client
+from hyperv_operator.images import cache as image_cache
 from hyperv_operator.images import controller as images
 from hyperv_operator.provisioning import engine, planner, retry, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
@@ -268,6 +269,32 @@ def resolve_host(
     return ResolvedHost(host, secret_namespace, key, policy.check_vm(namespace, spec, host, labels))
 
 
+def _wait_for_image_base(
+    patch: kopf.Patch, old_status: Mapping[str, Any], choice: image_cache.BaseChoice, generation: int, namespace: str,
+    spec: Mapping[str, Any],
+) -> None:
+    """Images: record the VM's base choice before any host command (raises to come back), or wait for its
+    share's cached copy (Reconciling, not a failure); returns when the engine may run."""
+    if choice.stalled is not None:
+        reason, message = choice.stalled
+        new = settle.refused(old_status, generation, reason, message, _now(), retry=HOST_MISSING_RETRY_SECONDS).status
+        new["conditions"] = set_condition(new["conditions"], "Ready", "False", reason, message, generation, _now())
+        patch.status["conditions"], patch.status["message"] = new["conditions"], new["message"]
+        raise kopf.TemporaryError(message, delay=HOST_MISSING_RETRY_SECONDS)
+    if choice.record:
+        patch.status["image"] = {**dict(old_status.get("image") or {}), **choice.record}
+        images.count_cache_use(namespace, spec, choice)
+    if choice.waiting:
+        patch.status["conditions"] = image_cache.waiting_conditions(old_status.get("conditions"), choice.waiting,
+                                                                     generation, _now())
+        patch.status["message"] = choice.waiting
+        patch.status["phase"] = old_status.get("phase") or Phase.PENDING.value
+        raise kopf.TemporaryError(choice.waiting, delay=images.CACHE_WAIT_SECONDS)
+    if choice.record:
+        # Pin first, act later (as for the generation): the image's dependents never miss a chained disk.
+        raise kopf.TemporaryError("recorded the file this VM's disk chains to", delay=0.2)
+
+
 def _apply_outcome(
     body: kopf.Body,
     patch: kopf.Patch,
@@ -495,6 +522,14 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 raise kopf.TemporaryError(refusal.message, delay=refused.requeue_after)
         if resolved.spec is None:  # a refusal covers a missing host; this is unreachable
             raise kopf.TemporaryError(f"host of {namespace}/{name} not resolved", delay=HOST_MISSING_RETRY_SECONDS)
+        # --- images: the file the disk chains to: the image's file or its per-share cached copy (images/cache.py)
+        if image is not None:
+            choice = images.choose_vm_base(namespace, spec_value, old_status, resolved.spec, host_key, kwargs)
+            if choice is not None and not deleting:
+                _wait_for_image_base(patch, old_status, choice, generation, namespace, spec_value)
+            if choice is not None and choice.base:
+                vm_spec = VirtualMachineSpec.from_dict({**spec_value, "baseVhd": choice.base})
+        # --- end images
         host_spec = HyperVHostSpec.from_dict(resolved.spec)
         try:
             client = await runtime.connections.client_for(resolved.secret_namespace, vm_spec.host_name, host_spec)
