@@ -43,7 +43,7 @@ SIZE = 40 * 10**9
 
 
 @pytest.fixture(scope="module")
-def cache_host(sim: SimulatedHyperV, control_plane: ControlPlane, image_env: None) -> str:
+def cache_host(sim: SimulatedHyperV, control_plane: ControlPlane, image_env: None) -> str:  # noqa: F811
     sim.host.add_folder(OTHER_VMS)
     apply_objects(control_plane, [
         {"apiVersion": "v1", "kind": "Secret",
