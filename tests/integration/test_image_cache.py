@@ -45,6 +45,8 @@ SIZE = 40 * 10**9
 @pytest.fixture(scope="module")
 def cache_host(sim: SimulatedHyperV, control_plane: ControlPlane, image_env: None) -> str:  # noqa: F811
     sim.host.add_folder(OTHER_VMS)
+    # The VMs' file server offloads copies within its share (SMB server-side copy); across shares it cannot.
+    sim.host.enable_copy_offload(OTHER_SHARE)
     apply_objects(control_plane, [
         {"apiVersion": "v1", "kind": "Secret",
          "metadata": {"name": f"{CACHE_HOST}-credentials", "namespace": OPERATOR_NAMESPACE},
@@ -117,7 +119,7 @@ def test_cross_share_vms_trigger_one_cache_copy_that_survives_a_crash_and_goes_w
         time.sleep(0.1)
     jobs = _jobs_to(sim, cached)
     assert len(jobs) == 1 and jobs[0]["State"] == "Running", sim.host.copy_jobs()
-    assert jobs[0]["Source"].lower() == source.lower()
+    assert jobs[0]["Source"].lower() == source.lower() and not jobs[0]["Offloaded"]  # across shares: every byte
     copying = _image_where(kube, CLUSTER_IMAGE_PLURAL, image,
                            lambda o: any(c.get("state") == "Copying" for c in o["status"].get("caches") or []),
                            what="the cache copy in the image's status")
@@ -152,7 +154,24 @@ def test_cross_share_vms_trigger_one_cache_copy_that_survives_a_crash_and_goes_w
     done = kube.wait_phase(NS, quick, "Provisioned", timeout=120)
     assert done["status"]["image"]["base"].lower() == cached.lower()
     quick_jobs = [j for j in sim.host.copy_jobs() if j["Destination"].lower().startswith(OTHER_VMS.lower() + "\\quick")]
-    assert quick_jobs and all(j["Source"].lower() == cached.lower() for j in quick_jobs)
+    assert quick_jobs and all(j["Source"].lower() == cached.lower() and j["Offloaded"] for j in quick_jobs)
+    assert _children_of(sim, cached) and not [p for p in _children_of(sim, source) if "quick" in p.lower()]
+
+    # A VM on another host that sees the image's file: the image reports that host's facts too.
+    near = f"near-{uuid.uuid4().hex[:4]}"
+    kube.objects.create_namespaced_custom_object(api.GROUP, api.VERSION, NS, api.VM_PLURAL, {
+        "apiVersion": api.API_VERSION, "kind": api.VM_KIND, "metadata": {"name": near, "namespace": NS},
+        "spec": {"hostRef": {"name": "hv01"}, "imageRef": {"kind": "ClusterVirtualMachineImage", "name": image},
+                 "strategy": "Differencing", "memory": "1Gi"}})
+    near_vm = kube.wait_phase(NS, near, "Provisioned")
+    assert near_vm["status"]["image"]["base"].lower() == source.lower()  # same share as the image: no cache
+    seen = _image_where(kube, CLUSTER_IMAGE_PLURAL, image,
+                        lambda o: any(h.get("host") == f"{NS}/hv01" for h in o["status"].get("hosts") or []),
+                        what="facts through hv01")
+    through = next(h for h in seen["status"]["hosts"] if h["host"] == f"{NS}/hv01")
+    assert through["sameFile"] is True and through["diskIdentifier"] == hostview.vhd(sim, source)["DiskIdentifier"]
+    kube.delete_vm(NS, near)
+    kube.wait_gone(NS, near)
 
     # Metrics from the operator's /metrics endpoint.
     labels = {"kind": "ClusterVirtualMachineImage", "namespace": "", "image": image}

@@ -313,6 +313,36 @@ async def _cache_round(
     return new
 
 
+async def _facts_elsewhere(
+    runtime: Runtime, source: str, image_host: str, deps: Sequence[Dependent], seen: Mapping[str, Any],
+    indices: Mapping[str, Any], now: datetime,
+) -> list[dict[str, Any]]:
+    """The source's facts as read through every other host a VM of this image runs on: the path must name
+    the same file there (a local path, or another file server answering the same name, would not)."""
+    out: list[dict[str, Any]] = []
+    for key in sorted({d.host for d in deps if d.host and d.host != image_host}):
+        host_spec, secret_namespace, host_name = _host_by_key(key, indices, runtime.config.operator_namespace)
+        if host_spec is None or _outside_roots(source, host_spec) is not None:
+            continue  # the VM's own check refuses a file outside its host's roots; nothing is read there
+        record: dict[str, Any] = {"host": key, "path": source, "readAt": cond.timestamp(now)}
+        try:
+            client = await runtime.connections.client_for(secret_namespace, host_name,
+                                                          HyperVHostSpec.from_dict(host_spec))
+            found = await _read_facts(metrics.MeteredClient(client, key), source)
+        except (HostError, HostConfigError) as exc:
+            out.append({**record, "error": str(exc)})
+            continue
+        identity = found.identity
+        record.update(exists=found.exists, size=found.size, format=found.vhd_format, vhdType=found.vhd_type,
+                      fileSize=identity.file_size if identity else None,
+                      diskIdentifier=identity.disk_identifier if identity else None,
+                      identity=identity.text() if identity else None,
+                      sameFile=identity is not None and str(identity.disk_identifier).lower()
+                      == str(seen.get("diskIdentifier") or "").lower())
+        out.append(record)
+    return out
+
+
 async def _drop_caches(
     runtime: Runtime, kind: str, namespace: str, name: str, status: Mapping[str, Any], indices: Mapping[str, Any],
     body: Any,
@@ -442,6 +472,10 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         plan = model.plan_image(spec, status, facts, deps, now, host_key=host_key,
                                 may_delete=kind == CLUSTER_IMAGE_KIND)
         new_status = plan.status
+        if new_status.get("hosts"):
+            new_status["hosts"] = [*new_status["hosts"],
+                                   *await _facts_elsewhere(runtime, source, host_key, deps, new_status["hosts"][0],
+                                                           kwargs, now)]
         for path in plan.remove:
             try:
                 await metered.run([cmdlets.remove_file(path)])

@@ -99,7 +99,8 @@ class Dependent:
     cache_request: str = ""
     """The cached copy the VM waits for (Differencing on another share), if any."""
     host: str = ""
-    """Host key of the VM's host ("namespace/name" or "ClusterHyperVHost/name"), when it asked for a cache."""
+    """Host key of the VM's host ("namespace/name" or "ClusterHyperVHost/name"): it sees the image's file
+    (image facts are read through it too) and makes the VM's share's cached copy."""
 
 
 def vm_dependency(
@@ -118,9 +119,13 @@ def vm_dependency(
     if strategy == "Copy" and ((status.get("copy") or {}).get("finishedAt") or timings.get("independentAt")):
         return None
     key = (str(kind), namespace if kind == IMAGE_KIND else "", str(image_name))
+    host_ref = spec.get("hostRef") or {}
+    host_name = str(host_ref.get("name") or "")
+    host = (f"{host_ref.get('kind')}/{host_name}" if host_ref.get("kind") == "ClusterHyperVHost"
+            else f"{namespace}/{host_name}") if host_name else ""
     return key, Dependent(namespace, name, strategy, str(path), int(pinned.get("generation") or 0),
                           str(pinned.get("base") or ""), str(pinned.get("cacheRequest") or ""),
-                          str(pinned.get("cacheHost") or ""))
+                          str(pinned.get("cacheHost") or host))
 
 
 def _same_path(a: str, b: str) -> bool:
