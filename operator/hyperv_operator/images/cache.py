@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from hyperv_operator import conditions as cond
@@ -59,8 +59,11 @@ COLLECTED = "Collected"
 COPY_STALL_SECONDS = 120.0
 """The worker reports every second: this long without progress means it hangs (as for a VM's copy)."""
 MAX_ATTEMPTS = 3
-"""Copies of one cache that may fail or lose their worker before the entry is Failed (a retry needs a
-new request: a VM asking after the entry was collected, or the image's generation changing)."""
+"""Copies of one cache that may fail or lose their worker in a row before the entry is Failed."""
+RETRY_FAILED_AFTER = timedelta(minutes=5)
+"""A Failed cache is tried again (MAX_ATTEMPTS more) this long after it failed, while VMs still wait: its
+cause (a full share, a file server restarting) is often gone by then. The waiting VMs are Stalled
+meanwhile, with the reason."""
 
 
 def share_of(path: str) -> str | None:
@@ -209,6 +212,11 @@ def choose_base(
         return BaseChoice(path, {"base": path}, hit=False)
     first_ask = not _same(pinned.get("cacheRequest"), target.path)
     record = {"cacheRequest": target.path, "cacheHost": target.host} if first_ask else None
+    if entry is not None and entry.get("state") in (FAILED, MISMATCH) and not first_ask:
+        return BaseChoice(None, stalled=("ImageCacheFailed",
+                                         f"the cached copy {target.path} of {path} could not be made "
+                                         f"({entry.get('message') or entry.get('lastError') or entry.get('state')}); "
+                                         "it is tried again later"))
     return BaseChoice(None, record, waiting=waiting_message(entry, path, target.path), hit=False if first_ask else None)
 
 
@@ -361,7 +369,7 @@ def plan_entry(
             return _collect_or_keep(step, e, users, requesters, now, cmdlets)
         if identity is not None and content_matches(identity, source_identity):
             first = e.get("state") != READY
-            e.update(state=READY, identity=identity.text(), bytes=identity.file_size, percent=100,
+            e.update(state=READY, identity=identity.text(), bytes=identity.file_size, percent=100, attempts=None,
                      bytesCopied=identity.file_size, bytesTotal=identity.file_size, message=None, processId=None,
                      processCreatedAt=None)
             e.setdefault("readyAt", stamp)
@@ -377,7 +385,7 @@ def plan_entry(
         step.events.append(("Warning", "CacheIdentityMismatch", f"cached copy not used: {e['message']}"))
         if users:
             return step
-        return _attempt_again(step, e, "RemoveMismatchedCache", (cmdlets.remove_file(path),),
+        return _attempt_again(step, e, now, "RemoveMismatchedCache", (cmdlets.remove_file(path),),
                               f"removing the mismatched cached copy {path}")
 
     job = facts.job if facts.status_exists else None
@@ -394,7 +402,7 @@ def plan_entry(
             leftovers = [p for p, ok in ((status_of(path), True), (partial_of(path), facts.partial_exists)) if ok]
             e["lastError"] = job.error or "no reason given"
             step.events.append(("Warning", "CacheCopyFailed", f"copy of {source} to {path} failed: {e['lastError']}"))
-            return _attempt_again(step, e, "RemoveFailedCopy", tuple(cmdlets.remove_file(p) for p in leftovers),
+            return _attempt_again(step, e, now, "RemoveFailedCopy", tuple(cmdlets.remove_file(p) for p in leftovers),
                                   f"the copy failed ({e['lastError']}); removing its files")
         # Running (or a state we do not know, treated as running while the worker lives).
         if e.get("progressMark") != f"{job.bytes_copied}":
@@ -408,7 +416,7 @@ def plan_entry(
             leftovers = [p for p, ok in ((status_of(path), True), (partial_of(path), facts.partial_exists)) if ok]
             e["lastError"] = reason
             step.events.append(("Warning", "CacheCopyRestarted", f"copy of {source} to {path}: {reason}"))
-            return _attempt_again(step, e, "RestartCacheCopy",
+            return _attempt_again(step, e, now, "RestartCacheCopy",
                                   (*stop, *(cmdlets.remove_file(p) for p in leftovers)),
                                   f"restarting the copy: {reason}")
         total = job.bytes_total or int(e.get("bytesTotal") or 0)
@@ -433,7 +441,11 @@ def plan_entry(
         e.update(state=COLLECTED, collectedAt=e.get("collectedAt") or stamp, percent=None, queuePosition=None)
         return step
     if e.get("state") == FAILED:
-        return step
+        failed = cond.parse_timestamp(e.get("failedAt"))
+        if failed is not None and now - failed < RETRY_FAILED_AFTER:
+            return step
+        e.update(state=PENDING, attempts=0, failedAt=None)  # its cause may be gone: MAX_ATTEMPTS more
+        step.events.append(("Normal", "CacheRetry", f"trying the cached copy {path} again"))
     if generation is None or generation.get("collected") or generation.get("identityChanged") or not source:
         e.update(state=FAILED, message=f"the generation's file {source or '?'} is gone or changed; nothing to copy")
         return step
@@ -460,12 +472,13 @@ def plan_entry(
     return step
 
 
-def _attempt_again(step: CacheStep, e: dict[str, Any], kind: str, statements: tuple[Any, ...],
+def _attempt_again(step: CacheStep, e: dict[str, Any], now: datetime, kind: str, statements: tuple[Any, ...],
                    description: str) -> CacheStep:
     attempts = int(e.get("attempts") or 0) + 1
     e.update(attempts=attempts, processId=None, processCreatedAt=None, progressMark=None, progressSeenAt=None)
     if attempts >= MAX_ATTEMPTS:
-        e.update(state=FAILED, message=f"{description}; gave up after {attempts} attempts")
+        e.update(state=FAILED, failedAt=cond.timestamp(now),
+                 message=f"{description}; gave up after {attempts} attempts")
         step.events.append(("Warning", "CacheFailed", f"cache {e['path']}: {e['message']}"))
     else:
         e.update(state=PENDING, message=f"{description} (attempt {attempts} of {MAX_ATTEMPTS})")

@@ -185,3 +185,22 @@ def test_a_ready_cache_changed_out_of_band_is_flagged() -> None:
     step = cache.plan_entry(ready, _item(users=(_dep("b", base=CACHED),)), GENERATION, facts, NOW)
     assert step.entry["state"] == cache.CHANGED and step.events[0][1] == "CacheIdentityChanged"
     assert step.action is None  # a file VMs chain to is never removed
+
+
+def test_a_failed_cache_stalls_its_waiting_vms_and_is_tried_again_later() -> None:
+    job = CopyJob("Failed", 0, 5000, 77, error="There is not enough space on the disk.")
+    facts = cache.CacheFacts(exists=False, partial_exists=True, status_exists=True, job=job)
+    step = cache.plan_entry(_entry(state=cache.COPYING, attempts=2), _item(requesters=(_dep("a"),)), GENERATION,
+                            facts, NOW)
+    assert step.action is not None and step.action.kind == "RemoveFailedCopy"
+    assert step.entry["state"] == cache.FAILED and "not enough space" in step.entry["lastError"]
+    target = cache.CacheTarget(CACHED, "\\\\FS2\\VMS", "h")
+    stalled = cache.choose_base(_pinned(cacheRequest=CACHED), "Differencing", False, target,
+                                {"caches": [step.entry]})
+    assert stalled.base is None and stalled.stalled is not None and stalled.stalled[0] == "ImageCacheFailed"
+    nothing = cache.CacheFacts(exists=False)
+    soon = cache.plan_entry(step.entry, _item(requesters=(_dep("a"),)), GENERATION, nothing, NOW)
+    assert soon.entry["state"] == cache.FAILED and not soon.wants_slot
+    later = cache.plan_entry(step.entry, _item(requesters=(_dep("a"),)), GENERATION, nothing,
+                             NOW + cache.RETRY_FAILED_AFTER)
+    assert later.wants_slot and later.entry["attempts"] == 0

@@ -62,3 +62,20 @@ def test_the_image_host_reads_only_inside_its_base_roots() -> None:
     assert _outside_roots(BASES + "\\W.VHDX", HOST) is None
     assert "storage.baseRoots" in str(_outside_roots(VMS + "\\other-team\\disk.vhdx", HOST))
     assert _outside_roots("C:\\Windows\\x.vhdx", HOST) is not None
+
+
+def test_a_vm_on_another_share_waits_for_its_shares_cached_copy() -> None:
+    from hyperv_operator.images.controller import choose_vm_base
+
+    host = {**HOST, "storage": {"baseRoots": [BASES], "vmRoots": [VMS, "\\\\FS2\\FAR", BASES + "\\vms"]}}
+    pinned = {"image": {"kind": "VirtualMachineImage", "name": "win", "generation": 1, "path": BASES + "\\W.VHDX",
+                        "identity": "D/1/t"}}
+    img = indices(image(BASES + "\\W.VHDX"))
+    far = choose_vm_base("team-a", {**vm(), "vmPath": "\\\\FS2\\FAR\\vms"}, pinned, host, "team-a/hv01", img)
+    # Another share on the same server is another share (\\FS\VMS, the host's default VM path): cached too.
+    assert (choose_vm_base("team-a", vm(), pinned, host, "team-a/hv01", img) or far).base is None
+    assert far is not None and far.base is None and far.waiting and far.record is not None
+    assert far.record["cacheRequest"] == "\\\\FS2\\FAR\\ImageCache\\team-a.win\\g1\\W.VHDX"
+    near = choose_vm_base("team-a", {**vm(), "vmPath": BASES + "\\vms"}, pinned, host, "team-a/hv01", img)
+    assert near is not None and near.base == BASES + "\\W.VHDX" and near.record == {"base": BASES + "\\W.VHDX"}
+    assert choose_vm_base("team-a", vm(), {}, host, "team-a/hv01", img) is None  # not pinned yet
