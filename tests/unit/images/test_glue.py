@@ -79,3 +79,22 @@ def test_a_vm_on_another_share_waits_for_its_shares_cached_copy() -> None:
     near = choose_vm_base("team-a", {**vm(), "vmPath": BASES + "\\vms"}, pinned, host, "team-a/hv01", img)
     assert near is not None and near.base == BASES + "\\W.VHDX" and near.record == {"base": BASES + "\\W.VHDX"}
     assert choose_vm_base("team-a", vm(), {}, host, "team-a/hv01", img) is None  # not pinned yet
+
+
+def test_an_image_round_is_due_when_its_dependents_change_and_while_a_cache_copy_runs() -> None:
+    from hyperv_operator.images.controller import CACHE_POLL, _Due
+    from hyperv_operator.images.model import Dependent
+
+    due = _Due(drift=30.0)
+    key = ("VirtualMachineImage", "team-a", "win")
+    one = _Due.fingerprint([Dependent("team-a", "a", "Differencing", "p", 1)], {})
+    assert due.check(key, one, False, 0.0)  # first tick
+    due.done(key, one, 0.0)
+    assert not due.check(key, one, False, 5.0)  # nothing changed: no host I/O
+    two = _Due.fingerprint([Dependent("team-a", "a", "Differencing", "p", 1),
+                            Dependent("team-a", "b", "Differencing", "p", 1, cache_request="c")], {})
+    assert due.check(key, two, False, 1.0)  # a VM started depending on it
+    copying = _Due.busy({}, {"caches": [{"state": "Copying"}]})
+    assert copying and due.check(key, one, copying, CACHE_POLL) and not due.check(key, one, copying, CACHE_POLL / 2)
+    assert due.check(key, one, False, 30.0)  # the drift interval
+    assert not _Due.busy({}, {"caches": [{"state": "Ready"}, {"state": "Collected"}]})
