@@ -127,6 +127,16 @@ def test_cross_share_vms_trigger_one_cache_copy_that_survives_a_crash_and_goes_w
     assert entry["path"].lower() == cached.lower() and entry["share"] == OTHER_SHARE.upper()
     assert "percent" in entry and entry["waiting"] >= 1
 
+    # The copy holds one of the host's copy slots, like a VM's copy.
+    def cache_slots() -> list[dict[str, Any]]:
+        host = _get(kube, "clusterhypervhosts", cache_host) or {}
+        return [e for e in (host.get("status") or {}).get("copySlots") or [] if e["uid"].startswith("image-cache-")]
+
+    deadline = time.monotonic() + 10
+    while not cache_slots() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(cache_slots()) == 1 and "/" not in cache_slots()[0]["vm"]
+
     # Crash mid-copy; the copy goes on on the host; a new operator adopts it.
     operator.kill()
     assert _jobs_to(sim, cached)[0]["State"] == "Running"
@@ -143,6 +153,7 @@ def test_cross_share_vms_trigger_one_cache_copy_that_survives_a_crash_and_goes_w
         drive = hostview.drive_paths(sim, vm["status"]["vmId"])[0]
         assert str(hostview.vhd(sim, drive).get("ParentPath") or "").lower() == cached.lower()
     assert hostview.vhd(sim, cached)["DiskIdentifier"] == hostview.vhd(sim, source)["DiskIdentifier"]
+    assert not cache_slots()  # released once the copy is whole
     ready = _image_where(kube, CLUSTER_IMAGE_PLURAL, image,
                          lambda o: any(c.get("state") == "Ready" and c.get("dependents") == 3
                                        for c in o["status"].get("caches") or []), what="cache Ready with 3")

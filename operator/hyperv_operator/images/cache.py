@@ -354,50 +354,17 @@ def plan_entry(
             return step
         e.update(state=PENDING, collectedAt=None, attempts=0, message=None, unusedSince=None)  # asked again
 
-    if facts.exists and not facts.status_exists:
-        seen = facts.file
-        identity = seen.identity if seen is not None and seen.exists else None
-        if e.get("state") in (READY, CHANGED):
-            recorded = Identity.parse(str(e.get("identity") or ""))
-            if e.get("state") == READY and recorded is not None and identity is not None \
-                    and identity.text() != recorded.text():
-                e.update(state=CHANGED,
-                         message=f"{recorded.text()} is now {identity.text()} (file written or replaced)")
-                step.events.append(("Warning", "CacheIdentityChanged",
-                                    f"cached copy {path} changed out of band ({e['message']}); VMs on it: "
-                                    f"{', '.join(e['dependentVMs']) or 'none'}"))
-            return _collect_or_keep(step, e, users, requesters, now, cmdlets)
-        if identity is not None and content_matches(identity, source_identity):
-            first = e.get("state") != READY
-            e.update(state=READY, identity=identity.text(), bytes=identity.file_size, percent=100, attempts=None,
-                     bytesCopied=identity.file_size, bytesTotal=identity.file_size, message=None, processId=None,
-                     processCreatedAt=None)
-            e.setdefault("readyAt", stamp)
-            if first:
-                step.events.append(("Normal", "CacheReady", f"cached copy {path} of {source} is ready"))
-            return _collect_or_keep(step, e, users, requesters, now, cmdlets)
-        if identity is None:
-            e["message"] = f"reading the cached copy {path}"
-            return step
-        # A whole file whose content is not the generation's: never used. Ours (our cache folder): remove it.
-        e.update(state=MISMATCH, message=f"{path} has identity {identity.text()}, the generation's file is "
-                                         f"{source_identity.text() if source_identity else 'unknown'}")
-        step.events.append(("Warning", "CacheIdentityMismatch", f"cached copy not used: {e['message']}"))
-        if users:
-            return step
-        return _attempt_again(step, e, now, "RemoveMismatchedCache", (cmdlets.remove_file(path),),
-                              f"removing the mismatched cached copy {path}")
-
+    completed = facts.status_exists and facts.job is not None and facts.job.state == "Completed"
+    if facts.exists and (not facts.status_exists or completed):
+        # A whole file (renamed from the partial): verified before use; the copy's bookkeeping files go
+        # in the same step.
+        return _tidy(_whole(step, e, facts, source, source_identity, users, requesters, now), facts, path)
     job = facts.job if facts.status_exists else None
     if facts.status_exists and job is not None:
-        if job.state == "Completed" or facts.exists:
-            leftovers = [p for p, ok in ((status_of(path), facts.status_exists),
-                                         (partial_of(path), facts.partial_exists)) if ok]
-            e.update(state=COPYING, percent=100, bytesCopied=job.bytes_total, bytesTotal=job.bytes_total,
-                     finishedAt=job.finished_at)
-            step.action = CacheAction("RemoveCopyStatus", f"copy complete; removing {', '.join(leftovers)}",
-                                      tuple(cmdlets.remove_file(p) for p in leftovers))
-            return step
+        if facts.exists:
+            # Renamed, final status not written yet: only the bookkeeping goes; verified next round.
+            e.update(state=COPYING, percent=100, bytesCopied=job.bytes_total, bytesTotal=job.bytes_total)
+            return _tidy(step, facts, path)
         if job.state == "Failed":
             leftovers = [p for p, ok in ((status_of(path), True), (partial_of(path), facts.partial_exists)) if ok]
             e["lastError"] = job.error or "no reason given"
@@ -459,6 +426,7 @@ def plan_entry(
         step.slot = "queued"  # keeps its place in the host's first-come-first-served queue
         return step
     e.update(state=COPYING, bytesCopied=0, percent=0, queuePosition=None, startedAt=stamp, source=source,
+             bytesTotal=source_identity.file_size if source_identity else None,
              progressMark=None, progressSeenAt=stamp, message=f"copying {source}")
     step.events.append(("Normal", "CacheCopyStarted", f"copying {source} once to {path} (for "
                                                       f"{', '.join(f'{d.namespace}/{d.name}' for d in requesters)})"))
@@ -469,6 +437,63 @@ def plan_entry(
     step.action = CacheAction("StartCacheCopy", f"StartBackgroundCopy {source} -> {partial_of(path)} -> {path}",
                               tuple(statements), starts_copy=True)
     step.slot = "take"
+    return step
+
+
+def _whole(step: CacheStep, e: dict[str, Any], facts: CacheFacts, source: str, source_identity: Identity | None,
+           users: Sequence[Dependent], requesters: Sequence[Dependent], now: datetime) -> CacheStep:
+    """The cached copy exists under its final name: Ready once its content identity is the generation's."""
+    from hyperv_operator.hyperv import cmdlets
+
+    path, stamp = str(e["path"]), cond.timestamp(now)
+    seen = facts.file
+    identity = seen.identity if seen is not None and seen.exists else None
+    if e.get("state") in (READY, CHANGED):
+        recorded = Identity.parse(str(e.get("identity") or ""))
+        if e.get("state") == READY and recorded is not None and identity is not None \
+                and identity.text() != recorded.text():
+            e.update(state=CHANGED,
+                     message=f"{recorded.text()} is now {identity.text()} (file written or replaced)")
+            step.events.append(("Warning", "CacheIdentityChanged",
+                                f"cached copy {path} changed out of band ({e['message']}); VMs on it: "
+                                f"{', '.join(e['dependentVMs']) or 'none'}"))
+        return _collect_or_keep(step, e, users, requesters, now, cmdlets)
+    if identity is not None and content_matches(identity, source_identity):
+        first = e.get("state") != READY
+        e.update(state=READY, identity=identity.text(), bytes=identity.file_size, percent=100, attempts=None,
+                 bytesCopied=identity.file_size, bytesTotal=identity.file_size, message=None, processId=None,
+                 processCreatedAt=None)
+        e.setdefault("readyAt", stamp)
+        if first:
+            step.events.append(("Normal", "CacheReady", f"cached copy {path} of {source} is ready"))
+        return _collect_or_keep(step, e, users, requesters, now, cmdlets)
+    if identity is None:
+        e["message"] = f"reading the cached copy {path}"
+        return step
+    # A whole file whose content is not the generation's: never used. Ours (our cache folder): remove it.
+    e.update(state=MISMATCH, message=f"{path} has identity {identity.text()}, the generation's file is "
+                                     f"{source_identity.text() if source_identity else 'unknown'}")
+    step.events.append(("Warning", "CacheIdentityMismatch", f"cached copy not used: {e['message']}"))
+    if users:
+        return step
+    return _attempt_again(step, e, now, "RemoveMismatchedCache", (cmdlets.remove_file(path),),
+                          f"removing the mismatched cached copy {path}")
+
+
+def _tidy(step: CacheStep, facts: CacheFacts, path: str) -> CacheStep:
+    """Add the removal of the copy's status file and partial (left once the copy is whole) to the step."""
+    from hyperv_operator.hyperv import cmdlets
+
+    leftovers = [p for p, ok in ((status_of(path), facts.status_exists), (partial_of(path), facts.partial_exists))
+                 if ok]
+    if not leftovers:
+        return step
+    removals = tuple(cmdlets.remove_file(p) for p in leftovers)
+    if step.action is None:
+        step.action = CacheAction("RemoveCopyStatus", f"copy complete; removing {', '.join(leftovers)}", removals)
+    else:
+        step.action = CacheAction(step.action.kind, f"{step.action.description}; removing {', '.join(leftovers)}",
+                                  (*removals, *step.action.statements))
     return step
 
 

@@ -229,7 +229,8 @@ async def _read_cache_facts(client: Any, entry: Mapping[str, Any]) -> cache.Cach
                          if kind_of(o) == "process"]
             created = job.process_created_at or entry.get("processCreatedAt")
             alive = is_copy_worker(next(iter(processes), None), str(created) if created else None)
-    file = await _read_facts(client, path) if exists and not status_file else None
+    whole = exists and (not status_file or (job is not None and job.state == "Completed"))
+    file = await _read_facts(client, path) if whole else None
     return cache.CacheFacts(exists, partial, status_file, job, alive, file)
 
 
@@ -253,6 +254,8 @@ async def _caches(
             continue
         out.append(await _cache_round(runtime, kind, namespace, name, entry, item, new_status, indices, body, now))
     # Collected entries are history: keep the last few for people reading the status.
+    # Unset fields are left out (the API server drops nulls inside list items anyway).
+    out = [{k: v for k, v in e.items() if v is not None} for e in out]
     live = [e for e in out if e.get("state") != cache.COLLECTED]
     gone = sorted((e for e in out if e.get("state") == cache.COLLECTED), key=lambda e: str(e.get("collectedAt")))
     result = [*live, *gone[-5:]]
@@ -308,6 +311,8 @@ async def _cache_round(
         return {**entry, "message": f"copy slots of {host_key}: {exc}"}
     for type_, reason, message in step.events:
         kopf.event(body, type=type_, reason=reason, message=message)
+    if new.get("state") != before:
+        logger.info("%s %s: cache %s: %s -> %s", kind, name, entry["path"], before, new.get("state"))
     if step.action is not None and step.action.starts_copy:
         metrics.IMAGE_CACHE_COPIES_TOTAL.labels(kind=kind).inc()
     return new

@@ -155,6 +155,15 @@ def test_a_finished_copy_is_verified_before_it_is_ready() -> None:
     ready = cache.plan_entry(_entry(state=cache.COPYING), _item(requesters=(_dep("a"),)), GENERATION, whole, NOW)
     assert ready.entry["state"] == cache.READY and ready.entry["identity"] == copy.text()
     assert ready.entry["bytes"] == 5000 and ready.events[0][:2] == ("Normal", "CacheReady")
+    # Verified and tidied in one step (Ready once the bookkeeping files are removed).
+    both = cache.CacheFacts(exists=True, partial_exists=False, status_exists=True,
+                            job=CopyJob("Completed", 5000, 5000, 77), file=FileFacts(CACHED, True, copy))
+    one = cache.plan_entry(_entry(state=cache.COPYING), _item(requesters=(_dep("a"),)), GENERATION, both, NOW)
+    assert one.entry["state"] == cache.READY and one.action is not None and one.action.kind == "RemoveCopyStatus"
+    # Renamed but the worker's final status not written yet: tidy only, verify next round.
+    racing = cache.CacheFacts(exists=True, status_exists=True, job=CopyJob("Running", 4000, 5000, 77))
+    early = cache.plan_entry(_entry(state=cache.COPYING), _item(requesters=(_dep("a"),)), GENERATION, racing, NOW)
+    assert early.entry["state"] == cache.COPYING and early.action is not None
     wrong = cache.CacheFacts(exists=True, file=FileFacts(CACHED, True, Identity("DISK-9", 5000, "t")))
     bad = cache.plan_entry(_entry(state=cache.COPYING), _item(requesters=(_dep("a"),)), GENERATION, wrong, NOW)
     assert bad.action is not None and bad.action.kind == "RemoveMismatchedCache"
