@@ -29,7 +29,6 @@ from hyperv_operator.draining import Drain
 from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnections, SecretReader
 from hyperv_operator.hyperv.errors import ClientClosedError, HostError
 from hyperv_operator.hyperv.probe import probe_client
-from hyperv_operator.images import cache as image_cache
 from hyperv_operator.images import controller as images
 from hyperv_operator.provisioning import engine, planner, retry, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
@@ -269,32 +268,6 @@ def resolve_host(
     return ResolvedHost(host, secret_namespace, key, policy.check_vm(namespace, spec, host, labels))
 
 
-def _wait_for_image_base(
-    patch: kopf.Patch, old_status: Mapping[str, Any], choice: image_cache.BaseChoice, generation: int, namespace: str,
-    spec: Mapping[str, Any],
-) -> None:
-    """Images: record the VM's base choice before any host command (raises to come back), or wait for its
-    share's cached copy (Reconciling, not a failure); returns when the engine may run."""
-    if choice.stalled is not None:
-        reason, message = choice.stalled
-        new = settle.refused(old_status, generation, reason, message, _now(), retry=HOST_MISSING_RETRY_SECONDS).status
-        new["conditions"] = set_condition(new["conditions"], "Ready", "False", reason, message, generation, _now())
-        patch.status["conditions"], patch.status["message"] = new["conditions"], new["message"]
-        raise kopf.TemporaryError(message, delay=HOST_MISSING_RETRY_SECONDS)
-    if choice.record:
-        patch.status["image"] = {**dict(old_status.get("image") or {}), **choice.record}
-        images.count_cache_use(namespace, spec, choice)
-    if choice.waiting:
-        patch.status["conditions"] = image_cache.waiting_conditions(old_status.get("conditions"), choice.waiting,
-                                                                     generation, _now())
-        patch.status["message"] = choice.waiting
-        patch.status["phase"] = old_status.get("phase") or Phase.PENDING.value
-        raise kopf.TemporaryError(choice.waiting, delay=images.CACHE_WAIT_SECONDS)
-    if choice.record:
-        # Pin first, act later (as for the generation): the image's dependents never miss a chained disk.
-        raise kopf.TemporaryError("recorded the file this VM's disk chains to", delay=0.2)
-
-
 def _apply_outcome(
     body: kopf.Body,
     patch: kopf.Patch,
@@ -526,7 +499,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if image is not None:
             choice = images.choose_vm_base(namespace, spec_value, old_status, resolved.spec, host_key, kwargs)
             if choice is not None and not deleting:
-                _wait_for_image_base(patch, old_status, choice, generation, namespace, spec_value)
+                images.wait_for_base(patch, old_status, choice, generation, namespace, spec_value, _now())
             if choice is not None and choice.base:
                 vm_spec = VirtualMachineSpec.from_dict({**spec_value, "baseVhd": choice.base})
         # --- end images

@@ -39,6 +39,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hyperv_operator import conditions as cond
+from hyperv_operator.hyperv import cmdlets, scripts
 from hyperv_operator.images.model import CLUSTER_IMAGE_KIND, COLLECT_GRACE, Dependent, FileFacts, Identity
 from hyperv_operator.provisioning.observation import CopyJob
 from hyperv_operator.tenancy.paths import PathRefused, WindowsPath, parse
@@ -333,8 +334,6 @@ def plan_entry(
 ) -> CacheStep:
     """The next step for one cache (pure). `item`: the VMs asking for / chained to it (None: none);
     `generation`: the image generation record it copies (its path and identity)."""
-    from hyperv_operator.hyperv import cmdlets, scripts  # commands are data; kept local to the decision
-
     e = dict(entry)
     step = CacheStep(e)
     stamp = cond.timestamp(now)
@@ -443,8 +442,6 @@ def plan_entry(
 def _whole(step: CacheStep, e: dict[str, Any], facts: CacheFacts, source: str, source_identity: Identity | None,
            users: Sequence[Dependent], requesters: Sequence[Dependent], now: datetime) -> CacheStep:
     """The cached copy exists under its final name: Ready once its content identity is the generation's."""
-    from hyperv_operator.hyperv import cmdlets
-
     path, stamp = str(e["path"]), cond.timestamp(now)
     seen = facts.file
     identity = seen.identity if seen is not None and seen.exists else None
@@ -457,7 +454,7 @@ def _whole(step: CacheStep, e: dict[str, Any], facts: CacheFacts, source: str, s
             step.events.append(("Warning", "CacheIdentityChanged",
                                 f"cached copy {path} changed out of band ({e['message']}); VMs on it: "
                                 f"{', '.join(e['dependentVMs']) or 'none'}"))
-        return _collect_or_keep(step, e, users, requesters, now, cmdlets)
+        return _collect_or_keep(step, e, users, requesters, now)
     if identity is not None and content_matches(identity, source_identity):
         first = e.get("state") != READY
         e.update(state=READY, identity=identity.text(), bytes=identity.file_size, percent=100, attempts=None,
@@ -466,7 +463,7 @@ def _whole(step: CacheStep, e: dict[str, Any], facts: CacheFacts, source: str, s
         e.setdefault("readyAt", stamp)
         if first:
             step.events.append(("Normal", "CacheReady", f"cached copy {path} of {source} is ready"))
-        return _collect_or_keep(step, e, users, requesters, now, cmdlets)
+        return _collect_or_keep(step, e, users, requesters, now)
     if identity is None:
         e["message"] = f"reading the cached copy {path}"
         return step
@@ -482,8 +479,6 @@ def _whole(step: CacheStep, e: dict[str, Any], facts: CacheFacts, source: str, s
 
 def _tidy(step: CacheStep, facts: CacheFacts, path: str) -> CacheStep:
     """Add the removal of the copy's status file and partial (left once the copy is whole) to the step."""
-    from hyperv_operator.hyperv import cmdlets
-
     leftovers = [p for p, ok in ((status_of(path), facts.status_exists), (partial_of(path), facts.partial_exists))
                  if ok]
     if not leftovers:
@@ -512,7 +507,7 @@ def _attempt_again(step: CacheStep, e: dict[str, Any], now: datetime, kind: str,
 
 
 def _collect_or_keep(step: CacheStep, e: dict[str, Any], users: Sequence[Dependent],
-                     requesters: Sequence[Dependent], now: datetime, cmdlets: Any) -> CacheStep:
+                     requesters: Sequence[Dependent], now: datetime) -> CacheStep:
     """Reference counting: a cache nobody chains to (nor waits for) goes after the grace."""
     if users or requesters:
         e["unusedSince"] = None

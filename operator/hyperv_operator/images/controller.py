@@ -29,6 +29,7 @@ from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.hyperv.errors import HostError, is_not_found
 from hyperv_operator.images import cache, model
 from hyperv_operator.images.model import CLUSTER_IMAGE_KIND, IMAGE_KIND, Dependent, FileFacts, Identity
+from hyperv_operator.provisioning import settle
 from hyperv_operator.provisioning.ledger import LedgerError
 from hyperv_operator.provisioning.observation import CopyJob, is_copy_worker, kind_of, parse_process
 from hyperv_operator.tenancy import policy
@@ -48,6 +49,8 @@ IMAGE_TICK = 1.0
 stopping to depend on the image is seen within a tick."""
 CACHE_POLL = 2.0
 """How often a running cache copy (or a cache waiting to be collected) is looked at."""
+CACHE_STALL_RETRY_SECONDS = 10.0
+"""How often a VM stalled on its cached copy (failed, or changed out of band) looks again."""
 CACHE_WAIT_SECONDS = 2.0
 """How often a VM waiting for its share's cached copy looks at the image's status again (no host I/O)."""
 
@@ -116,6 +119,35 @@ def count_cache_use(namespace: str, vm_spec: Mapping[str, Any], choice: cache.Ba
         return
     counter = metrics.IMAGE_CACHE_HITS if choice.hit else metrics.IMAGE_CACHE_MISSES
     counter.labels(kind=ref.kind, namespace=namespace if ref.kind == IMAGE_KIND else "", image=ref.name).inc()
+
+
+def wait_for_base(
+    patch: Any, old_status: Mapping[str, Any], choice: cache.BaseChoice, generation: int, namespace: str,
+    spec: Mapping[str, Any], now: datetime,
+) -> None:
+    """VM glue: record the VM's choice of base in status.image before any host command (raising to come
+    back at once), or wait for its share's cached copy (Reconciling, not a failure), or stall; returns
+    only when the engine may run."""
+    if choice.stalled is not None:
+        reason, message = choice.stalled
+        new = settle.refused(old_status, generation, reason, message, now, retry=CACHE_STALL_RETRY_SECONDS).status
+        previous = new["conditions"]
+        patch.status["conditions"] = cond.merge(previous, [cond.make(previous, "Ready", False, reason, message,
+                                                                     generation, now)])
+        patch.status["message"] = new["message"]
+        raise kopf.TemporaryError(message, delay=CACHE_STALL_RETRY_SECONDS)
+    if choice.record:
+        patch.status["image"] = {**dict(old_status.get("image") or {}), **choice.record}
+        count_cache_use(namespace, spec, choice)
+    if choice.waiting:
+        patch.status["conditions"] = cache.waiting_conditions(old_status.get("conditions"), choice.waiting,
+                                                              generation, now)
+        patch.status["message"] = choice.waiting
+        patch.status["phase"] = old_status.get("phase") or "Pending"
+        raise kopf.TemporaryError(choice.waiting, delay=CACHE_WAIT_SECONDS)
+    if choice.record:
+        # Pin first, act later (as for the generation): the image's dependents never miss a chained disk.
+        raise kopf.TemporaryError("recorded the file this VM's disk chains to", delay=0.2)
 
 
 def _patch_image_status(kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
