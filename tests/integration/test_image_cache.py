@@ -162,7 +162,8 @@ def test_cross_share_vms_trigger_one_cache_copy_that_survives_a_crash_and_goes_w
     # Quick copies from the nearest cached copy: its checkpoint sits beside it, its copy is share-local.
     quick = f"quick-{uuid.uuid4().hex[:4]}"
     _vm(kube, quick, "Quick", image)
-    done = kube.wait_phase(NS, quick, "Provisioned", timeout=120)
+    done = kube.wait_vm(NS, quick, lambda o: (o.get("status") or {}).get("phase") == "CopyingBase"
+                        and (o.get("status") or {}).get("copy", {}).get("processId"), what="Quick copying")
     assert done["status"]["image"]["base"].lower() == cached.lower()
     quick_jobs = [j for j in sim.host.copy_jobs() if j["Destination"].lower().startswith(OTHER_VMS.lower() + "\\quick")]
     assert quick_jobs and all(j["Source"].lower() == cached.lower() and j["Offloaded"] for j in quick_jobs)
