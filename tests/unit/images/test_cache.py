@@ -213,3 +213,14 @@ def test_a_failed_cache_stalls_its_waiting_vms_and_is_tried_again_later() -> Non
     later = cache.plan_entry(step.entry, _item(requesters=(_dep("a"),)), GENERATION, nothing,
                              NOW + cache.RETRY_FAILED_AFTER)
     assert later.wants_slot and later.entry["attempts"] == 0
+
+
+def test_a_retained_vm_on_a_cached_copy_keeps_the_cached_copy() -> None:
+    from hyperv_operator.images.model import retained_dependents, retained_entry, vm_dependency
+
+    spec = {"strategy": "Differencing", "hostRef": {"kind": "ClusterHyperVHost", "name": "h"}}
+    found = vm_dependency("ns", "kept", spec, {"image": _pinned(base=CACHED)})
+    assert found is not None and found[1].base == CACHED and found[1].host == "ClusterHyperVHost/h"
+    status = {"retained": retained_entry(found[1], "2026-01-01T00:00:00Z")}
+    want = cache.wanted(retained_dependents(status))
+    assert [d.name for d in want[CACHED.lower()].users] == ["kept (retained)"]
