@@ -222,3 +222,35 @@ def test_cross_share_vms_trigger_one_cache_copy_that_survives_a_crash_and_goes_w
     while _get(kube, CLUSTER_IMAGE_PLURAL, image) is not None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _get(kube, CLUSTER_IMAGE_PLURAL, image) is None
+
+
+def test_deleting_the_image_removes_its_cached_copies(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess, cache_host: str,
+) -> None:
+    image = f"gone-{uuid.uuid4().hex[:6]}"
+    source = IMAGES + f"\\{image}.VHDX"
+    sim.host.add_base_disk(source, 2 * 10**9)
+    kube.objects.create_cluster_custom_object(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, {
+        "apiVersion": api.API_VERSION, "kind": "ClusterVirtualMachineImage", "metadata": {"name": image},
+        "spec": {"hostRef": {"name": cache_host}, "source": {"path": source}, "namespaceSelector": {}}})
+    _image_where(kube, CLUSTER_IMAGE_PLURAL, image, _ready, what="Ready")
+    cached = f"{OTHER_SHARE}\\ImageCache\\cluster.{image}\\g1\\{image}.VHDX"
+    name = f"far-{uuid.uuid4().hex[:4]}"
+    _vm(kube, name, "Differencing", image)
+    vm = kube.wait_phase(NS, name, "Provisioned", timeout=120)
+    assert vm["status"]["image"]["base"].lower() == cached.lower()
+    # The image is held while the VM chains to its cached copy...
+    kube.objects.delete_cluster_custom_object(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, image)
+    time.sleep(2)
+    assert _get(kube, CLUSTER_IMAGE_PLURAL, image) is not None
+    assert cached.lower() in {p.lower() for p in sim.host.files()}
+    # ... and goes with its cached copy once the VM is gone; the image's own file stays.
+    kube.delete_vm(NS, name)
+    deadline = time.monotonic() + 60
+    while _get(kube, CLUSTER_IMAGE_PLURAL, image) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _get(kube, CLUSTER_IMAGE_PLURAL, image) is None
+    left = [p for p in sim.host.files() if f"\\imagecache\\cluster.{image}\\".lower() in p.lower()]
+    assert not left, left
+    assert f"{OTHER_SHARE}\\ImageCache\\cluster.{image}\\g1".lower() not in {f.lower() for f in sim.host.folders()}
+    assert source.lower() in {p.lower() for p in sim.host.files()}
