@@ -239,6 +239,10 @@ def test_deleting_the_image_removes_its_cached_copies(
     _vm(kube, name, "Differencing", image)
     vm = kube.wait_phase(NS, name, "Provisioned", timeout=120)
     assert vm["status"]["image"]["base"].lower() == cached.lower()
+    labels = {"kind": "ClusterVirtualMachineImage", "namespace": "", "image": image}
+    text = running_operator.metrics_text()
+    assert _metric(text, "hyperv_operator_image_cache_misses_total", **labels) == 1  # it had to wait for the copy
+    assert (_metric(text, "hyperv_operator_image_cache_copies_total", kind="ClusterVirtualMachineImage") or 0) >= 1
     # The image is held while the VM chains to its cached copy...
     kube.objects.delete_cluster_custom_object(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, image)
     time.sleep(2)
