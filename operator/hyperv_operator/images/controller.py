@@ -582,10 +582,24 @@ class _Due:
         self._last.pop(key, None)
 
 
+class _QuietTicks(logging.Filter):
+    """kopf logs every successful handler run at INFO; the image timer ticks every second and most ticks do
+    nothing, so its success lines would flood the log. Its failures, and the work it does (logged by
+    this module), still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Timer 'image' succeeded."
+
+
+_QUIET = _QuietTicks()
+
+
 def _register_kind(
     registry: kopf.OperatorRegistry, runtime: Runtime, kind: str, resource: tuple[str, str, str], reconcile: Any
 ) -> None:
     due = _Due(runtime.config.drift_interval)
+    if _QUIET not in logging.getLogger("kopf.objects").filters:
+        logging.getLogger("kopf.objects").addFilter(_QUIET)
 
     # One timer only (first run at once): kopf runs an object's timer serially, so two rounds never
     # work from the same stale status (a change handler beside it could undo a collection mark). It

@@ -98,3 +98,16 @@ def test_an_image_round_is_due_when_its_dependents_change_and_while_a_cache_copy
     assert copying and due.check(key, one, copying, CACHE_POLL) and not due.check(key, one, copying, CACHE_POLL / 2)
     assert due.check(key, one, False, 30.0)  # the drift interval
     assert not _Due.busy({}, {"caches": [{"state": "Ready"}, {"state": "Collected"}]})
+
+
+def test_the_image_timers_idle_ticks_stay_out_of_the_log() -> None:
+    import logging
+
+    from hyperv_operator.images.controller import _QuietTicks
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
+
+    assert not _QuietTicks().filter(record("Timer 'image' succeeded."))
+    assert _QuietTicks().filter(record("Timer 'image' failed with an exception. Will retry."))
+    assert _QuietTicks().filter(record("Timer 'drift' succeeded."))
