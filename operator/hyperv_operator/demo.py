@@ -148,7 +148,32 @@ def _image_demo(plane: ControlPlane, sim: SimulatedHyperV) -> bool:
     columns = "custom-columns=NAME:.metadata.name,IMAGE-GEN:.status.image.generation,BASE:.status.image.path"
     print(f"\n$ kubectl get hvvm web-1 web-2 web-3 -o {columns}")
     print(plane.kubectl("get", "hvvm", "web-1", "web-2", "web-3", "-n", NAMESPACE, "-o", columns).stdout)
+    _cache_demo(plane, sim, vm, image_status, provisioned)
     return True
+
+
+def _cache_demo(plane: ControlPlane, sim: SimulatedHyperV, vm: Any, image_status: Any, provisioned: Any) -> None:
+    """Two VMs on another share than the image's file: one cache copy, both parent it (docs/images.md)."""
+    far = "\\\\FS2\\VMS"
+    sim.host.add_folder(far + "\\VMs")
+    host = json.loads(plane.kubectl("get", "hypervhost", "hv01", "-n", NAMESPACE, "-o", "json").stdout)
+    roots = [*host["spec"]["storage"]["vmRoots"], far]
+    plane.kubectl("patch", "hypervhost", "hv01", "-n", NAMESPACE, "--type=merge", "-p",
+                  json.dumps({"spec": {"storage": {"vmRoots": roots}}}))
+    print(f"\n--- images: web-far-1, web-far-2 live on {far}, another share than the image's file", flush=True)
+    apply_objects(plane, [{**vm(name), "spec": {**vm(name)["spec"], "vmPath": far + "\\VMs"}}
+                          for name in ("web-far-1", "web-far-2")])
+    _wait("web-far-1, web-far-2 on the cached copy", lambda: provisioned(("web-far-1", "web-far-2")), timeout=120)
+    _wait("the cache counted with its two VMs", lambda: any(
+        c.get("state") == "Ready" and c.get("dependents") == 2 for c in image_status().get("caches") or []))
+    caches = [c for c in image_status().get("caches") or [] if c.get("state") != "Collected"]
+    for entry in caches:
+        copies = [j for j in sim.host.copy_jobs() if j["Destination"].lower() == str(entry["path"]).lower()]
+        print(f"  cache {entry['path']}: {entry['state']}, {len(copies)} copy for "
+              f"{entry.get('dependents')} VMs: {', '.join(entry.get('dependentVMs') or [])}")
+    columns = "custom-columns=NAME:.metadata.name,IMAGE-GEN:.status.image.generation,DISK-PARENT:.status.image.base"
+    print(f"\n$ kubectl get hvvm web-far-1 web-far-2 -o {columns}")
+    print(plane.kubectl("get", "hvvm", "web-far-1", "web-far-2", "-n", NAMESPACE, "-o", columns).stdout)
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -583,6 +583,14 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 raise kopf.TemporaryError(refusal.message, delay=refused.requeue_after)
         if resolved.spec is None:  # a refusal covers a missing host; this is unreachable
             raise kopf.TemporaryError(f"host of {namespace}/{name} not resolved", delay=HOST_MISSING_RETRY_SECONDS)
+        # --- images: the file the disk chains to: the image's file or its per-share cached copy (images/cache.py)
+        if image is not None:
+            choice = images.choose_vm_base(namespace, spec_value, old_status, resolved.spec, host_key, kwargs)
+            if choice is not None and not deleting:
+                images.wait_for_base(patch, old_status, choice, generation, namespace, spec_value, _now())
+            if choice is not None and choice.base:
+                vm_spec = VirtualMachineSpec.from_dict({**spec_value, "baseVhd": choice.base})
+        # --- end images
         host_spec = HyperVHostSpec.from_dict(resolved.spec)
         try:
             client = await runtime.connections.client_for(resolved.secret_namespace, vm_spec.host_name, host_spec)

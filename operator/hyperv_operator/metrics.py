@@ -29,7 +29,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -290,6 +290,8 @@ _IMAGE_GENERATIONS: dict[tuple[str, str, str], set[str]] = {}
 def observe_image(kind: str, namespace: str, name: str, status: Mapping[str, Any], *, ready: bool) -> None:
     """Set the image gauges from the status the controller just computed."""
     key = (kind, namespace, name)
+    _IMAGE_KEYS.add(key)
+    IMAGES.labels(kind=kind).set(sum(1 for k in _IMAGE_KEYS if k[0] == kind))
     IMAGE_READY.labels(kind=kind, namespace=namespace, image=name).set(1 if ready else 0)
     seen: set[str] = set()
     for record in status.get("generations") or []:
@@ -312,9 +314,79 @@ def observe_image(kind: str, namespace: str, name: str, status: Mapping[str, Any
 
 def forget_image(kind: str, namespace: str, name: str) -> None:
     key = (kind, namespace, name)
+    _forget_image_caches(kind, namespace, name)
     for gen in _IMAGE_GENERATIONS.pop(key, set()):
         for gauge in (IMAGE_DEPENDENTS, IMAGE_GENERATION_BYTES):
             with contextlib.suppress(KeyError):
                 gauge.remove(kind, namespace, name, gen)
     with contextlib.suppress(KeyError):
         IMAGE_READY.remove(kind, namespace, name)
+
+
+IMAGES = Gauge(
+    "hyperv_operator_images",
+    "Images (VirtualMachineImage / ClusterVirtualMachineImage) this operator keeps, per kind.",
+    ["kind"],
+)
+IMAGE_CACHE_BYTES = Gauge(
+    "hyperv_operator_image_cache_bytes",
+    "Bytes of each image's Ready per-share cached copies.",
+    ["kind", "namespace", "image", "share"],
+)
+IMAGE_CACHE_DEPENDENTS = Gauge(
+    "hyperv_operator_image_cache_dependents",
+    "VMs whose disks chain to (or wait for) a per-share cached copy of the image.",
+    ["kind", "namespace", "image", "share"],
+)
+IMAGE_CACHE_HITS = Counter(
+    "hyperv_operator_image_cache_hits_total",
+    "VMs on another share than their image's file that found a Ready cached copy on their share.",
+    ["kind", "namespace", "image"],
+)
+IMAGE_CACHE_MISSES = Counter(
+    "hyperv_operator_image_cache_misses_total",
+    "VMs on another share than their image's file that found no Ready cached copy (Differencing waits for "
+    "one; Quick and Copy use the image's file).",
+    ["kind", "namespace", "image"],
+)
+IMAGE_CACHE_COPIES_TOTAL = Counter(
+    "hyperv_operator_image_cache_copies_total",
+    "Cache copies started (one per image generation per share, plus restarts after a lost worker).",
+    ["kind"],
+)
+_IMAGE_SHARES: dict[tuple[str, str, str], set[str]] = {}
+_IMAGE_KEYS: set[tuple[str, str, str]] = set()
+
+
+def observe_image_caches(kind: str, namespace: str, name: str, entries: Iterable[Mapping[str, Any]]) -> None:
+    """Set the cache gauges from the image's cache entries (Ready bytes, dependents per share)."""
+    key = (kind, namespace, name)
+    _IMAGE_KEYS.add(key)
+    IMAGES.labels(kind=kind).set(sum(1 for k in _IMAGE_KEYS if k[0] == kind))
+    size: dict[str, int] = {}
+    users: dict[str, int] = {}
+    for entry in entries:
+        if entry.get("state") == "Collected":
+            continue
+        share = str(entry.get("share") or "")
+        users[share] = users.get(share, 0) + int(entry.get("dependents") or 0) + int(entry.get("waiting") or 0)
+        if entry.get("state") == "Ready":
+            size[share] = size.get(share, 0) + int(entry.get("bytes") or 0)
+    for share in users:
+        IMAGE_CACHE_BYTES.labels(kind=kind, namespace=namespace, image=name, share=share).set(size.get(share, 0))
+        IMAGE_CACHE_DEPENDENTS.labels(kind=kind, namespace=namespace, image=name, share=share).set(users[share])
+    for share in _IMAGE_SHARES.get(key, set()) - set(users):
+        for gauge in (IMAGE_CACHE_BYTES, IMAGE_CACHE_DEPENDENTS):
+            with contextlib.suppress(KeyError):
+                gauge.remove(kind, namespace, name, share)
+    _IMAGE_SHARES[key] = set(users)
+
+
+def _forget_image_caches(kind: str, namespace: str, name: str) -> None:
+    key = (kind, namespace, name)
+    _IMAGE_KEYS.discard(key)
+    IMAGES.labels(kind=kind).set(sum(1 for k in _IMAGE_KEYS if k[0] == kind))
+    for share in _IMAGE_SHARES.pop(key, set()):
+        for gauge in (IMAGE_CACHE_BYTES, IMAGE_CACHE_DEPENDENTS):
+            with contextlib.suppress(KeyError):
+                gauge.remove(kind, namespace, name, share)

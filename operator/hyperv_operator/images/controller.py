@@ -13,6 +13,7 @@ image cannot make the operator read (or, with retention Delete, remove) a file o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -26,8 +27,11 @@ from hyperv_operator.api import HyperVHostSpec
 from hyperv_operator.hosts import HostConfigError
 from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.hyperv.errors import HostError, is_not_found
-from hyperv_operator.images import model
+from hyperv_operator.images import cache, model
 from hyperv_operator.images.model import CLUSTER_IMAGE_KIND, IMAGE_KIND, Dependent, FileFacts, Identity
+from hyperv_operator.provisioning import settle
+from hyperv_operator.provisioning.ledger import LedgerError
+from hyperv_operator.provisioning.observation import CopyJob, is_copy_worker, kind_of, parse_process
 from hyperv_operator.tenancy import policy
 from hyperv_operator.tenancy.paths import PathRefused, inside_any, parse
 
@@ -40,6 +44,15 @@ IMAGE_PLURAL = "virtualmachineimages"
 CLUSTER_IMAGE_PLURAL = "clustervirtualmachineimages"
 IN_USE_RETRY_SECONDS = 3.0
 """How often a deleted image held by dependents re-checks them."""
+IMAGE_TICK = 1.0
+"""The image timer's tick: a tick that has nothing to do costs no I/O (see `_Due`); a VM starting or
+stopping to depend on the image is seen within a tick."""
+CACHE_POLL = 2.0
+"""How often a running cache copy (or a cache waiting to be collected) is looked at."""
+CACHE_STALL_RETRY_SECONDS = 10.0
+"""How often a VM stalled on its cached copy (failed, or changed out of band) looks again."""
+CACHE_WAIT_SECONDS = 2.0
+"""How often a VM waiting for its share's cached copy looks at the image's status again (no host I/O)."""
 
 
 def _now() -> datetime:
@@ -77,6 +90,64 @@ def resolve_vm_image(
     labels = _first(indices.get("namespace_labels"), namespace)
     return model.resolve_for_vm(namespace, vm_spec, vm_status, image, labels,
                                 selector_matches=policy.selector_matches)
+
+
+def choose_vm_base(
+    namespace: str, vm_spec: Mapping[str, Any], vm_status: Mapping[str, Any], host_spec: Mapping[str, Any],
+    host_key: str, indices: Mapping[str, Any],
+) -> cache.BaseChoice | None:
+    """None for a VM without a pinned image; else the file its disk chains to (images/cache.py)."""
+    ref = model.ImageRef.from_vm_spec(vm_spec)
+    pinned = vm_status.get("image") or {}
+    if ref is None or not pinned.get("path"):
+        return None
+    image = find_image(ref.kind, namespace, ref.name, indices)
+    vm_path = str(vm_spec.get("vmPath") or host_spec.get("defaultVmPath") or "")
+    roots = [str(r) for r in (host_spec.get("storage") or {}).get("vmRoots") or []]
+    target = cache.cache_target(ref.key(namespace), int(pinned.get("generation") or 0), str(pinned["path"]),
+                                vm_path, roots, host_key)
+    started = bool(vm_status.get("vmId") or vm_status.get("createdFiles"))
+    return cache.choose_base(pinned, str(vm_spec.get("strategy") or ""), started, target,
+                             (image or {}).get("status") if image is not None else None)
+
+
+def count_cache_use(namespace: str, vm_spec: Mapping[str, Any], choice: cache.BaseChoice) -> None:
+    """Metrics, once per VM (when its choice is recorded): a hit used a Ready cached copy, a miss found
+    none on its share."""
+    ref = model.ImageRef.from_vm_spec(vm_spec)
+    if ref is None or choice.hit is None:
+        return
+    counter = metrics.IMAGE_CACHE_HITS if choice.hit else metrics.IMAGE_CACHE_MISSES
+    counter.labels(kind=ref.kind, namespace=namespace if ref.kind == IMAGE_KIND else "", image=ref.name).inc()
+
+
+def wait_for_base(
+    patch: Any, old_status: Mapping[str, Any], choice: cache.BaseChoice, generation: int, namespace: str,
+    spec: Mapping[str, Any], now: datetime,
+) -> None:
+    """VM glue: record the VM's choice of base in status.image before any host command (raising to come
+    back at once), or wait for its share's cached copy (Reconciling, not a failure), or stall; returns
+    only when the engine may run."""
+    if choice.stalled is not None:
+        reason, message = choice.stalled
+        new = settle.refused(old_status, generation, reason, message, now, retry=CACHE_STALL_RETRY_SECONDS).status
+        previous = new["conditions"]
+        patch.status["conditions"] = cond.merge(previous, [cond.make(previous, "Ready", False, reason, message,
+                                                                     generation, now)])
+        patch.status["message"] = new["message"]
+        raise kopf.TemporaryError(message, delay=CACHE_STALL_RETRY_SECONDS)
+    if choice.record:
+        patch.status["image"] = {**dict(old_status.get("image") or {}), **choice.record}
+        count_cache_use(namespace, spec, choice)
+    if choice.waiting:
+        patch.status["conditions"] = cache.waiting_conditions(old_status.get("conditions"), choice.waiting,
+                                                              generation, now)
+        patch.status["message"] = choice.waiting
+        patch.status["phase"] = old_status.get("phase") or "Pending"
+        raise kopf.TemporaryError(choice.waiting, delay=CACHE_WAIT_SECONDS)
+    if choice.record:
+        # Pin first, act later (as for the generation): the image's dependents never miss a chained disk.
+        raise kopf.TemporaryError("recorded the file this VM's disk chains to", delay=0.2)
 
 
 def _patch_image_status(kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -152,6 +223,202 @@ def _host_for(
         return (_first(indices.get("cluster_hosts_by_name"), name), operator_namespace, name,
                 f"{policy.CLUSTER_HOST_KIND}/{name}")
     return _first(indices.get("hosts_by_name"), (namespace, name)), namespace, name, f"{namespace}/{name}"
+
+
+def _host_by_key(
+    key: str, indices: Mapping[str, Any], operator_namespace: str
+) -> tuple[dict[str, Any] | None, str, str]:
+    """(host spec, secret namespace, name) of a host key ("namespace/name" or "ClusterHyperVHost/name")."""
+    first, _, name = key.partition("/")
+    if first == policy.CLUSTER_HOST_KIND:
+        return _first(indices.get("cluster_hosts_by_name"), name), operator_namespace, name
+    return _first(indices.get("hosts_by_name"), (first, name)), first, name
+
+
+async def _read_cache_facts(client: Any, entry: Mapping[str, Any]) -> cache.CacheFacts:
+    """What the host shows of one cache: the file, its partial and its copy status; the worker's
+    liveness while the status says Running; Get-VHD/Get-Item of the whole file."""
+    path = str(entry["path"])
+    paths = [path, cache.partial_of(path), cache.status_of(path)]
+    flags = [bool(o.value) for o in await client.run([cmdlets.test_path(p) for p in paths])
+             if kind_of(o) == "bool"]
+    if len(flags) != len(paths):
+        raise HostError(f"Test-Path returned {len(flags)} results for {len(paths)} paths")
+    exists, partial, status_file = flags
+    job: CopyJob | None = None
+    alive: bool | None = None
+    if status_file:
+        try:
+            texts = [o for o in await client.run([cmdlets.read_text_file(cache.status_of(path))])
+                     if kind_of(o) == "string"]
+        except HostError as exc:
+            if not is_not_found(exc):
+                raise
+            texts = []  # removed between the two reads (the worker's replace, or a completed copy)
+        job = CopyJob.parse(str(texts[0].value)) if texts else None
+        if job is not None and job.state == "Running" and job.process_id and not exists:
+            processes = [parse_process(o) for o in await client.run([cmdlets.get_process(job.process_id)])
+                         if kind_of(o) == "process"]
+            created = job.process_created_at or entry.get("processCreatedAt")
+            alive = is_copy_worker(next(iter(processes), None), str(created) if created else None)
+    whole = exists and (not status_file or (job is not None and job.state == "Completed"))
+    file = await _read_facts(client, path) if whole else None
+    return cache.CacheFacts(exists, partial, status_file, job, alive, file)
+
+
+async def _caches(
+    runtime: Runtime, kind: str, namespace: str, name: str, status: Mapping[str, Any], new_status: Mapping[str, Any],
+    deps: Sequence[Dependent], indices: Mapping[str, Any], body: Any, now: datetime,
+) -> list[dict[str, Any]]:
+    """One round over the image's per-share caches (decisions in images/cache.py; I/O here)."""
+    entries: dict[str, dict[str, Any]] = {str(e.get("path") or "").lower(): dict(e)
+                                          for e in status.get("caches") or [] if e.get("path")}
+    want = cache.wanted([*deps, *model.retained_dependents(status)])
+    for key, wanted_item in want.items():
+        if key not in entries:
+            record = model.generation_record(new_status, wanted_item.generation) or {}
+            entries[key] = cache.new_entry(wanted_item, str(record.get("path") or ""))
+    out: list[dict[str, Any]] = []
+    for key, entry in entries.items():
+        item = want.get(key)
+        if entry.get("state") == cache.COLLECTED and item is None:
+            out.append(entry)
+            continue
+        out.append(await _cache_round(runtime, kind, namespace, name, entry, item, new_status, indices, body, now))
+    # Collected entries are history: keep the last few for people reading the status.
+    # Unset fields are left out (the API server drops nulls inside list items anyway).
+    out = [{k: v for k, v in e.items() if v is not None} for e in out]
+    live = [e for e in out if e.get("state") != cache.COLLECTED]
+    gone = sorted((e for e in out if e.get("state") == cache.COLLECTED), key=lambda e: str(e.get("collectedAt")))
+    result = [*live, *gone[-5:]]
+    metrics.observe_image_caches(kind, namespace, name, result)
+    return result
+
+
+async def _cache_round(
+    runtime: Runtime, kind: str, namespace: str, name: str, entry: dict[str, Any], item: cache.Wanted | None,
+    new_status: Mapping[str, Any], indices: Mapping[str, Any], body: Any, now: datetime,
+) -> dict[str, Any]:
+    host_key = str(entry.get("host") or (item.host if item else ""))
+    host_spec, secret_namespace, host_name = _host_by_key(host_key, indices, runtime.config.operator_namespace)
+    if host_spec is None:
+        return {**entry, "message": f"waiting for host {host_key or '?'} to make the copy"}
+    generation = model.generation_record(new_status, int(entry.get("generation") or 0))
+    spec = HyperVHostSpec.from_dict(host_spec)
+    uid = cache.slot_uid(str(entry["path"]))
+    label = f"{kind}:{namespace}.{name}" if namespace else f"{kind}:{name}"  # no "/": not pruned as a VM
+    before = entry.get("state")
+    try:
+        client = metrics.MeteredClient(
+            await runtime.connections.client_for(secret_namespace, host_name, spec), host_key)
+        facts = await _read_cache_facts(client, entry)
+        step = cache.plan_entry(entry, item, generation, facts, now)
+        if step.wants_slot:
+            await runtime.slots.refresh(host_key)
+            granted = await runtime.slots.try_acquire(host_key, uid, spec.max_concurrent_copies, label, now)
+            position = None if granted else runtime.slots.position(host_key, uid, spec.max_concurrent_copies)
+            step = cache.plan_entry(entry, item, generation, facts, now, slot_granted=granted, slot_position=position)
+        output: list[Any] = []
+        if step.action is not None:
+            logger.info("%s %s: host %s: %s", kind, name, host_key, step.action.description)
+            try:
+                output = await client.run(list(step.action.statements))
+            except HostError as exc:
+                if not (step.action.kind == "CollectCache" and is_not_found(exc)):
+                    if step.slot == "take":
+                        await runtime.slots.release(host_key, uid)
+                    kopf.event(body, type="Warning", reason="CacheActionFailed",
+                               message=f"{step.action.description} on {host_key}: {exc}")
+                    return {**entry, "lastError": f"{step.action.kind}: {exc}"}
+        new = cache.absorb(step, output)
+        if step.slot == "hold" and before != cache.COPYING:
+            await runtime.slots.refresh(host_key)
+            await runtime.slots.adopt(host_key, uid, label, now)
+        elif step.slot == "free" and before in (cache.COPYING, cache.QUEUED, cache.PENDING):
+            await runtime.slots.refresh(host_key)
+            await runtime.slots.release(host_key, uid)
+    except (HostError, HostConfigError) as exc:
+        return {**entry, "message": f"cannot reach host {host_key}: {exc}"}
+    except LedgerError as exc:  # the copy ledger: decide again next round, nothing started
+        return {**entry, "message": f"copy slots of {host_key}: {exc}"}
+    for type_, reason, message in step.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+    if new.get("state") != before:
+        logger.info("%s %s: cache %s: %s -> %s", kind, name, entry["path"], before, new.get("state"))
+    if step.action is not None and step.action.starts_copy:
+        metrics.IMAGE_CACHE_COPIES_TOTAL.labels(kind=kind).inc()
+    return new
+
+
+async def _facts_elsewhere(
+    runtime: Runtime, source: str, image_host: str, deps: Sequence[Dependent], seen: Mapping[str, Any],
+    indices: Mapping[str, Any], now: datetime,
+) -> list[dict[str, Any]]:
+    """The source's facts as read through every other host a VM of this image runs on: the path must name
+    the same file there (a local path, or another file server answering the same name, would not)."""
+    out: list[dict[str, Any]] = []
+    for key in sorted({d.host for d in deps if d.host and d.host != image_host}):
+        host_spec, secret_namespace, host_name = _host_by_key(key, indices, runtime.config.operator_namespace)
+        if host_spec is None or _outside_roots(source, host_spec) is not None:
+            continue  # the VM's own check refuses a file outside its host's roots; nothing is read there
+        record: dict[str, Any] = {"host": key, "path": source, "readAt": cond.timestamp(now)}
+        try:
+            client = await runtime.connections.client_for(secret_namespace, host_name,
+                                                          HyperVHostSpec.from_dict(host_spec))
+            found = await _read_facts(metrics.MeteredClient(client, key), source)
+        except (HostError, HostConfigError) as exc:
+            out.append({**record, "error": str(exc)})
+            continue
+        identity = found.identity
+        record.update(exists=found.exists, size=found.size, format=found.vhd_format, vhdType=found.vhd_type,
+                      fileSize=identity.file_size if identity else None,
+                      diskIdentifier=identity.disk_identifier if identity else None,
+                      identity=identity.text() if identity else None,
+                      sameFile=identity is not None and str(identity.disk_identifier).lower()
+                      == str(seen.get("diskIdentifier") or "").lower())
+        out.append(record)
+    return out
+
+
+async def _drop_caches(
+    runtime: Runtime, kind: str, namespace: str, name: str, status: Mapping[str, Any], indices: Mapping[str, Any],
+    body: Any,
+) -> list[str]:
+    """Remove every cached copy of a deleted image (its worker stopped first if one runs); what could not be
+    removed yet, as messages."""
+    left: list[str] = []
+    for entry in status.get("caches") or []:
+        if entry.get("state") == cache.COLLECTED or not entry.get("path"):
+            continue
+        path, host_key = str(entry["path"]), str(entry.get("host") or "")
+        host_spec, secret_namespace, host_name = _host_by_key(host_key, indices, runtime.config.operator_namespace)
+        if host_spec is None:
+            kopf.event(body, type="Warning", reason="LeftOnHost",
+                       message=f"host {host_key} is gone: cached copy {path} was not removed")
+            continue
+        try:
+            client = await runtime.connections.client_for(secret_namespace, host_name,
+                                                          HyperVHostSpec.from_dict(host_spec))
+            facts = await _read_cache_facts(client, entry)
+            statements = []
+            if facts.job is not None and facts.worker_alive and facts.job.process_id:
+                statements.append(cmdlets.stop_process(facts.job.process_id))
+            statements += [cmdlets.remove_file(p) for p, ok in ((cache.status_of(path), facts.status_exists),
+                                                                (cache.partial_of(path), facts.partial_exists),
+                                                                (path, facts.exists)) if ok]
+            for statement in statements:
+                await client.run([statement])
+            with contextlib.suppress(HostError):  # another generation's copy may share nothing; only if empty
+                await client.run([cmdlets.remove_empty_directory(cache.folder_of(path))])
+            await runtime.slots.refresh(host_key)
+            await runtime.slots.release(host_key, cache.slot_uid(path))
+        except (HostError, HostConfigError, LedgerError) as exc:
+            if isinstance(exc, HostError) and is_not_found(exc):
+                continue
+            left.append(f"{path}: {exc}")
+            continue
+        kopf.event(body, type="Normal", reason="CacheCollected", message=f"removed cached copy {path} (image deleted)")
+    return left
 
 
 def _outside_roots(path: str, host_spec: Mapping[str, Any]) -> str | None:
@@ -242,6 +509,10 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         plan = model.plan_image(spec, status, facts, deps, now, host_key=host_key,
                                 may_delete=kind == CLUSTER_IMAGE_KIND)
         new_status = plan.status
+        if new_status.get("hosts"):
+            new_status["hosts"] = [*new_status["hosts"],
+                                   *await _facts_elsewhere(runtime, source, host_key, deps, new_status["hosts"][0],
+                                                           kwargs, now)]
         for path in plan.remove:
             try:
                 await metered.run([cmdlets.remove_file(path)])
@@ -256,6 +527,9 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
                        message=f"removed {path}: superseded and no VM chains to it (retention Delete)")
         for type_, reason, message in plan.events:
             kopf.event(kwargs["body"], type=type_, reason=reason, message=message)
+        new_status["caches"] = await _caches(runtime, kind, namespace, name, status, new_status, deps, kwargs,
+                                             kwargs["body"], now)
+        new_status["cachesSummary"] = cache.summary(new_status["caches"])
         ready = (True, "Ready", str(new_status["message"])) if plan.ready else (
             False, (plan.stalled or plan.not_ready or ("NotReady", ""))[0], str(new_status["message"]))
         reconciling = None if plan.ready or plan.stalled else (ready[1], ready[2])
@@ -270,17 +544,80 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         _register_kind(registry, runtime, kind, resource, reconcile)
 
 
+class _Due:
+    """When an image's next round (host reads) is due, kept per process: at once on the first tick, when
+    the set of VMs depending on it changed (a VM pinned it, chose its base, asked for a cache, became
+    independent or went away), every CACHE_POLL while a cache copy runs or waits to be collected, and
+    otherwise every drift interval."""
+
+    def __init__(self, drift: float) -> None:
+        self.drift = drift
+        self._last: dict[tuple[str, str, str], tuple[float, tuple[Any, ...]]] = {}
+
+    @staticmethod
+    def fingerprint(deps: Sequence[Dependent], status: Mapping[str, Any]) -> tuple[Any, ...]:
+        seen = sorted((d.namespace, d.name, d.generation, d.base, d.cache_request) for d in deps)
+        return (*seen, *sorted((status.get("retained") or {}).keys()))
+
+    @staticmethod
+    def busy(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+        caches = [e for e in status.get("caches") or [] if e.get("state") != cache.COLLECTED]
+        if any(e.get("state") in (cache.PENDING, cache.QUEUED, cache.COPYING) or e.get("unusedSince")
+               for e in caches):
+            return True
+        return str(spec.get("retention") or "") == model.DELETE and any(
+            r.get("collectable") and not r.get("collected") for r in status.get("generations") or [])
+
+    def check(self, key: tuple[str, str, str], fingerprint: tuple[Any, ...], busy: bool, clock: float) -> bool:
+        last = self._last.get(key)
+        if last is None or last[1] != fingerprint:
+            return True
+        waited = clock - last[0]
+        return waited >= self.drift or (busy and waited >= CACHE_POLL)
+
+    def done(self, key: tuple[str, str, str], fingerprint: tuple[Any, ...], clock: float) -> None:
+        self._last[key] = (clock, fingerprint)
+
+    def forget(self, key: tuple[str, str, str]) -> None:
+        self._last.pop(key, None)
+
+
+class _QuietTicks(logging.Filter):
+    """kopf logs every successful handler run at INFO; the image timer ticks every second and most ticks do
+    nothing, so its success lines would flood the log. Its failures, and the work it does (logged by
+    this module), still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Timer 'image' succeeded."
+
+
+_QUIET = _QuietTicks()
+
+
 def _register_kind(
     registry: kopf.OperatorRegistry, runtime: Runtime, kind: str, resource: tuple[str, str, str], reconcile: Any
 ) -> None:
+    due = _Due(runtime.config.drift_interval)
+    if _QUIET not in logging.getLogger("kopf.objects").filters:
+        logging.getLogger("kopf.objects").addFilter(_QUIET)
+
     # One timer only (first run at once): kopf runs an object's timer serially, so two rounds never
-    # work from the same stale status (a change handler beside it could undo a collection mark).
-    @kopf.timer(*resource, id="image", interval=runtime.config.drift_interval, initial_delay=0.0,
+    # work from the same stale status (a change handler beside it could undo a collection mark). It
+    # ticks often; a tick with nothing due does no I/O and writes nothing.
+    @kopf.timer(*resource, id="image", interval=min(IMAGE_TICK, runtime.config.drift_interval), initial_delay=0.0,
                 registry=registry)
     async def image_handler(**kwargs: Any) -> None:
         if (kwargs["meta"] or {}).get("deletionTimestamp"):
             return
+        name = str(kwargs["name"])
+        namespace = str(kwargs.get("namespace") or "") if kind == IMAGE_KIND else ""
+        key = (kind, namespace, name)
+        fingerprint = _Due.fingerprint(dependents_of(key, kwargs), kwargs["status"])
+        clock = asyncio.get_running_loop().time()
+        if not due.check(key, fingerprint, _Due.busy(kwargs["spec"], kwargs["status"]), clock):
+            return
         await reconcile(kind, kwargs)
+        due.done(key, fingerprint, clock)
 
     @kopf.on.delete(*resource, id="release", registry=registry)
     async def release(**kwargs: Any) -> None:
@@ -299,4 +636,8 @@ def _register_kind(
                 ready=(False, "InUse", message), stalled=None, reconciling=("InUse", f"deletion held: {message}"))
             kwargs["patch"].status["message"] = f"deletion held: {message}"
             raise kopf.TemporaryError(message, delay=IN_USE_RETRY_SECONDS)
+        # Nothing chains to the image any more: its cached copies (the operator's own files) go with it.
+        left = await _drop_caches(runtime, kind, namespace, name, kwargs["status"], kwargs, kwargs["body"])
+        if left:
+            raise kopf.TemporaryError(f"removing cached copies: {'; '.join(left)}", delay=IN_USE_RETRY_SECONDS)
         metrics.forget_image(kind, namespace, name)

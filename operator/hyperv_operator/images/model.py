@@ -93,6 +93,14 @@ class Dependent:
     strategy: str
     path: str
     generation: int
+    base: str = ""
+    """The file the VM's disk chains to (or is copied from): the generation's file or a cached copy of it;
+    empty while undecided (see images/cache.py)."""
+    cache_request: str = ""
+    """The cached copy the VM waits for (Differencing on another share), if any."""
+    host: str = ""
+    """Host key of the VM's host ("namespace/name" or "ClusterHyperVHost/name"): it sees the image's file
+    (image facts are read through it too) and makes the VM's share's cached copy."""
 
 
 def vm_dependency(
@@ -111,7 +119,13 @@ def vm_dependency(
     if strategy == "Copy" and ((status.get("copy") or {}).get("finishedAt") or timings.get("independentAt")):
         return None
     key = (str(kind), namespace if kind == IMAGE_KIND else "", str(image_name))
-    return key, Dependent(namespace, name, strategy, str(path), int(pinned.get("generation") or 0))
+    host_ref = spec.get("hostRef") or {}
+    host_name = str(host_ref.get("name") or "")
+    host = (f"{host_ref.get('kind')}/{host_name}" if host_ref.get("kind") == "ClusterHyperVHost"
+            else f"{namespace}/{host_name}") if host_name else ""
+    return key, Dependent(namespace, name, strategy, str(path), int(pinned.get("generation") or 0),
+                          str(pinned.get("base") or ""), str(pinned.get("cacheRequest") or ""),
+                          str(pinned.get("cacheHost") or host))
 
 
 def _same_path(a: str, b: str) -> bool:
@@ -355,14 +369,16 @@ def retained_dependents(status: Mapping[str, Any]) -> list[Dependent]:
             continue  # removed (merge patch null) or malformed
         namespace, _, name = str(key).partition("/")
         out.append(Dependent(namespace, f"{name} (retained)", "Retained", str(entry.get("path") or ""),
-                             int(entry.get("generation") or 0)))
+                             int(entry.get("generation") or 0), str(entry.get("base") or "")))
     return out
 
 
 def retained_entry(dependent: Dependent, stamp: str) -> dict[str, Any]:
     """status.retained entry (a map keyed "namespace/name", so concurrent merge patches never collide)."""
-    return {f"{dependent.namespace}/{dependent.name}": {"generation": dependent.generation, "path": dependent.path,
-                                                        "strategy": dependent.strategy, "at": stamp}}
+    entry = {"generation": dependent.generation, "path": dependent.path, "strategy": dependent.strategy, "at": stamp}
+    if dependent.base and not _same_path(dependent.base, dependent.path):
+        entry["base"] = dependent.base  # its disk chains to a cached copy: that file is held too
+    return {f"{dependent.namespace}/{dependent.name}": entry}
 
 
 def _identity_change(recorded: Identity, seen: FileFacts) -> str | None:

@@ -62,3 +62,52 @@ def test_the_image_host_reads_only_inside_its_base_roots() -> None:
     assert _outside_roots(BASES + "\\W.VHDX", HOST) is None
     assert "storage.baseRoots" in str(_outside_roots(VMS + "\\other-team\\disk.vhdx", HOST))
     assert _outside_roots("C:\\Windows\\x.vhdx", HOST) is not None
+
+
+def test_a_vm_on_another_share_waits_for_its_shares_cached_copy() -> None:
+    from hyperv_operator.images.controller import choose_vm_base
+
+    host = {**HOST, "storage": {"baseRoots": [BASES], "vmRoots": [VMS, "\\\\FS2\\FAR", BASES + "\\vms"]}}
+    pinned = {"image": {"kind": "VirtualMachineImage", "name": "win", "generation": 1, "path": BASES + "\\W.VHDX",
+                        "identity": "D/1/t"}}
+    img = indices(image(BASES + "\\W.VHDX"))
+    far = choose_vm_base("team-a", {**vm(), "vmPath": "\\\\FS2\\FAR\\vms"}, pinned, host, "team-a/hv01", img)
+    # Another share on the same server is another share (\\FS\VMS, the host's default VM path): cached too.
+    assert (choose_vm_base("team-a", vm(), pinned, host, "team-a/hv01", img) or far).base is None
+    assert far is not None and far.base is None and far.waiting and far.record is not None
+    assert far.record["cacheRequest"] == "\\\\FS2\\FAR\\ImageCache\\team-a.win\\g1\\W.VHDX"
+    near = choose_vm_base("team-a", {**vm(), "vmPath": BASES + "\\vms"}, pinned, host, "team-a/hv01", img)
+    assert near is not None and near.base == BASES + "\\W.VHDX" and near.record == {"base": BASES + "\\W.VHDX"}
+    assert choose_vm_base("team-a", vm(), {}, host, "team-a/hv01", img) is None  # not pinned yet
+
+
+def test_an_image_round_is_due_when_its_dependents_change_and_while_a_cache_copy_runs() -> None:
+    from hyperv_operator.images.controller import CACHE_POLL, _Due
+    from hyperv_operator.images.model import Dependent
+
+    due = _Due(drift=30.0)
+    key = ("VirtualMachineImage", "team-a", "win")
+    one = _Due.fingerprint([Dependent("team-a", "a", "Differencing", "p", 1)], {})
+    assert due.check(key, one, False, 0.0)  # first tick
+    due.done(key, one, 0.0)
+    assert not due.check(key, one, False, 5.0)  # nothing changed: no host I/O
+    two = _Due.fingerprint([Dependent("team-a", "a", "Differencing", "p", 1),
+                            Dependent("team-a", "b", "Differencing", "p", 1, cache_request="c")], {})
+    assert due.check(key, two, False, 1.0)  # a VM started depending on it
+    copying = _Due.busy({}, {"caches": [{"state": "Copying"}]})
+    assert copying and due.check(key, one, copying, CACHE_POLL) and not due.check(key, one, copying, CACHE_POLL / 2)
+    assert due.check(key, one, False, 30.0)  # the drift interval
+    assert not _Due.busy({}, {"caches": [{"state": "Ready"}, {"state": "Collected"}]})
+
+
+def test_the_image_timers_idle_ticks_stay_out_of_the_log() -> None:
+    import logging
+
+    from hyperv_operator.images.controller import _QuietTicks
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
+
+    assert not _QuietTicks().filter(record("Timer 'image' succeeded."))
+    assert _QuietTicks().filter(record("Timer 'image' failed with an exception. Will retry."))
+    assert _QuietTicks().filter(record("Timer 'drift' succeeded."))
