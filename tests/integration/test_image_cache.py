@@ -66,9 +66,9 @@ def cache_host(sim: SimulatedHyperV, control_plane: ControlPlane, image_env: Non
     return CACHE_HOST
 
 
-def _vm(kube: Kube, name: str, strategy: str, image: str) -> None:
+def _vm(kube: Kube, name: str, strategy: str, image: str, host: str = CACHE_HOST) -> None:
     body = {"apiVersion": api.API_VERSION, "kind": api.VM_KIND, "metadata": {"name": name, "namespace": NS},
-            "spec": {"hostRef": {"kind": "ClusterHyperVHost", "name": CACHE_HOST},
+            "spec": {"hostRef": {"kind": "ClusterHyperVHost", "name": host},
                      "imageRef": {"kind": "ClusterVirtualMachineImage", "name": image}, "strategy": strategy,
                      "memory": "1Gi", "vmPath": OTHER_VMS}}
     kube.objects.create_namespaced_custom_object(api.GROUP, api.VERSION, NS, api.VM_PLURAL, body)
@@ -258,3 +258,66 @@ def test_deleting_the_image_removes_its_cached_copies(
     assert not left, left
     assert f"{OTHER_SHARE}\\ImageCache\\cluster.{image}\\g1".lower() not in {f.lower() for f in sim.host.folders()}
     assert source.lower() in {p.lower() for p in sim.host.files()}
+
+
+
+READ_ONLY_BASES_HOST = "gold-host"
+
+
+@pytest.fixture(scope="module")
+def read_only_bases_host(sim: SimulatedHyperV, control_plane: ControlPlane, cache_host: str) -> str:
+    """Bases are read from the first share, which this host never writes: VMs (and so the cache, and any
+    Quick checkpoint) only on the second share. Same machine and credentials as the cache host."""
+    apply_objects(control_plane, [
+        {"apiVersion": api.API_VERSION, "kind": "ClusterHyperVHost", "metadata": {"name": READ_ONLY_BASES_HOST},
+         "spec": {"address": "127.0.0.1", "port": sim.port, "transport": "https", "auth": "basic",
+                  "credentialsSecretRef": {"name": f"{CACHE_HOST}-credentials"},
+                  "caBundleSecretRef": {"name": f"{CACHE_HOST}-ca"}, "maxConcurrentCopies": 4,
+                  "defaultVmPath": OTHER_VMS, "namespaceSelector": {"matchLabels": {LABEL: "true"}},
+                  "storage": {"baseRoots": [SHARE], "vmRoots": [OTHER_SHARE]}}},
+    ])
+    return READ_ONLY_BASES_HOST
+
+
+def test_a_quick_vm_whose_images_folder_is_read_only_runs_on_its_shares_cached_copy(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess, cache_host: str, read_only_bases_host: str,
+) -> None:
+    image = f"ro-{uuid.uuid4().hex[:6]}"
+    source = IMAGES + f"\\{image}.VHDX"
+    sim.host.add_base_disk(source, 2 * 10**9)
+    kube.objects.create_cluster_custom_object(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, {
+        "apiVersion": api.API_VERSION, "kind": "ClusterVirtualMachineImage", "metadata": {"name": image},
+        "spec": {"hostRef": {"name": cache_host}, "source": {"path": source}, "namespaceSelector": {}}})
+    _image_where(kube, CLUSTER_IMAGE_PLURAL, image, _ready, what="Ready")
+    cached = f"{OTHER_SHARE}\\ImageCache\\cluster.{image}\\g1\\{image}.VHDX"
+
+    def create(name: str, strategy: str) -> None:
+        _vm(kube, name, strategy, image, read_only_bases_host)
+
+    def beside_source() -> list[str]:
+        folder = IMAGES.lower() + "\\"
+        return [p for p in sim.host.files() if p.lower().startswith(folder) and p.lower() != source.lower()
+                and image.lower() in p.lower()]
+
+    # No cached copy on its share yet: Quick would checkpoint beside the image's file, in a root this host
+    # may not write. Refused (Stalled), and nothing is recorded or made on the host.
+    quick = f"quick-{uuid.uuid4().hex[:4]}"
+    create(quick, "Quick")
+    refused = kube.wait_vm(NS, quick, lambda o: (condition(o, "Stalled") or {}).get("reason")
+                           == "QuickCheckpointOutsideAllowedRoots", what="Quick refused beside the image's file")
+    assert not refused["status"].get("vmId") and not refused["status"]["image"].get("base")
+    assert cached in (condition(refused, "Stalled") or {}).get("message", "")
+    # A Differencing VM on that share has the cached copy made ...
+    diff = f"diff-{uuid.uuid4().hex[:4]}"
+    create(diff, "Differencing")
+    assert kube.wait_phase(NS, diff, "Provisioned", timeout=120)["status"]["image"]["base"].lower() == cached.lower()
+    # ... and the Quick VM runs on it: its checkpoint and its copy stay inside the host's VM root.
+    done = kube.wait_phase(NS, quick, "Provisioned", timeout=120)
+    assert done["status"]["image"]["base"].lower() == cached.lower()
+    quick_jobs = [j for j in sim.host.copy_jobs() if j["Destination"].lower().startswith(OTHER_VMS.lower() + "\\quick")]
+    assert quick_jobs and all(j["Source"].lower() == cached.lower() for j in quick_jobs)
+    assert not beside_source() and not _children_of(sim, source)
+    for name in (quick, diff):
+        kube.delete_vm(NS, name)
+        kube.wait_gone(NS, name)
+    kube.objects.delete_cluster_custom_object(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, image)

@@ -56,6 +56,9 @@ FAILED = "Failed"
 MISMATCH = "IdentityMismatch"
 CHANGED = "IdentityChanged"
 COLLECTED = "Collected"
+HOST_GONE = "HostGone"
+"""The host that made (or was making) the copy was deleted: the operator reads and removes its files no
+more (see `orphaned`)."""
 
 COPY_STALL_SECONDS = 120.0
 """The worker reports every second: this long without progress means it hangs (as for a VM's copy)."""
@@ -213,6 +216,9 @@ def choose_base(
         return BaseChoice(path, {"base": path}, hit=False)
     first_ask = not _same(pinned.get("cacheRequest"), target.path)
     record = {"cacheRequest": target.path, "cacheHost": target.host} if first_ask else None
+    if entry is not None and entry.get("state") == HOST_GONE and not first_ask:
+        return BaseChoice(None, stalled=("ImageCacheHostGone", f"the cached copy {target.path} of {path} cannot be "
+                                         f"made: {entry.get('message') or 'its host was deleted'}"))
     if entry is not None and entry.get("state") in (FAILED, MISMATCH) and not first_ask:
         return BaseChoice(None, stalled=("ImageCacheFailed",
                                          f"the cached copy {target.path} of {path} could not be made "
@@ -348,6 +354,9 @@ def plan_entry(
     if item is not None and item.host and not e.get("host"):
         e["host"] = item.host
 
+    if e.get("state") == HOST_GONE:
+        # Its host is back (re-created under the same name): go on from where it was, by what the host shows.
+        e.update(state=e.get("stateBeforeHostGone") or PENDING, stateBeforeHostGone=None, message=None)
     if e.get("state") == COLLECTED:
         if not requesters and not users:
             return step
@@ -538,6 +547,57 @@ def absorb(step: CacheStep, output: Sequence[Any]) -> dict[str, Any]:
                 created = obj.get("ProcessCreatedAt")
                 e.update(processId=int(pid), processCreatedAt=str(created) if created else None)
     return e
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """What becomes of a cache whose host (the one that makes, checks and removes it) was deleted."""
+
+    entry: dict[str, Any] | None
+    """The entry to keep (None: drop it, no VM depends on it any more)."""
+    host: str | None = None
+    """Hand the cache over to this live host (it goes on as usual through it); None: no hand-over."""
+    events: tuple[tuple[str, str, str], ...] = ()
+
+
+HANDOVER_STATES = (READY, CHANGED)
+"""A cache in these states has no copy worker: any host that sees its share may check and remove it. In
+the others a worker may still run on the deleted host's machine (a copy started, or being started), which
+another host can neither see (Get-Process is per machine) nor stop: taking the copy over would restart it
+beside a live writer."""
+
+
+def orphaned(entry: Mapping[str, Any], item: Wanted | None, host: str, live_hosts: Sequence[str]) -> Orphan:
+    """Pure. `host`: the deleted host's key; `item`: the VMs asking for / chained to the cache; `live_hosts`:
+    the hosts of those VMs that still exist (their order is the VMs')."""
+    e = dict(entry)
+    users = list(item.users) if item else []
+    requesters = list(item.requesters) if item else []
+    e.update(dependents=len(users), dependentVMs=[f"{d.namespace}/{d.name}" for d in users][:20],
+             waiting=len(requesters))
+    path = str(e.get("path") or "")
+    if e.get("state") == COLLECTED:
+        return Orphan(e)
+    if e.get("state") in HANDOVER_STATES and live_hosts:
+        e.update(host=live_hosts[0], message=f"host {host} was deleted; checked through {live_hosts[0]} now")
+        return Orphan(e, host=live_hosts[0], events=(("Normal", "CacheHostChanged", f"cached copy {path}: host "
+                                                      f"{host} was deleted; {live_hosts[0]} checks it now"),))
+    left = [path] if e.get("state") in (READY, CHANGED) else [path, partial_of(path), status_of(path)]
+    files = ", ".join(left)
+    if not users and not requesters:
+        return Orphan(None, events=(("Warning", "LeftOnHost",
+                                     f"host {host} was deleted while it kept the cached copy {path} "
+                                     f"({e.get('state')}); no VM depends on it: the entry is dropped and these "
+                                     f"files, if present, are left for an administrator to remove: {files}"),))
+    first = e.get("state") != HOST_GONE
+    if first:
+        e["stateBeforeHostGone"] = e.get("state")
+    e.update(state=HOST_GONE, percent=None, queuePosition=None, processId=None,
+             message=(f"host {host} was deleted while it kept this cache "
+                      f"({e.get('stateBeforeHostGone')}): the operator no longer reads, copies or removes it; "
+                      f"left in place: {files}; the entry goes when no VM depends on it"))
+    events = (("Warning", "CacheHostGone", f"cached copy {path}: {e['message']}"),) if first else ()
+    return Orphan(e, events=events)
 
 
 def summary(entries: Sequence[Mapping[str, Any]]) -> str:

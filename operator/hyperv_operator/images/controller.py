@@ -107,8 +107,21 @@ def choose_vm_base(
     target = cache.cache_target(ref.key(namespace), int(pinned.get("generation") or 0), str(pinned["path"]),
                                 vm_path, roots, host_key)
     started = bool(vm_status.get("vmId") or vm_status.get("createdFiles"))
-    return cache.choose_base(pinned, str(vm_spec.get("strategy") or ""), started, target,
-                             (image or {}).get("status") if image is not None else None)
+    strategy = str(vm_spec.get("strategy") or "")
+    choice = cache.choose_base(pinned, strategy, started, target,
+                               (image or {}).get("status") if image is not None else None)
+    if strategy == "Quick" and choice.base and choice.stalled is None:
+        # Quick's checkpoint lands beside the base it runs on: that base (the image's file, or the cached
+        # copy) must be in a writable root. The tenancy check left this to here for a VM on another share
+        # (policy.check_paths); nothing is recorded, so a cached copy that becomes Ready is still taken.
+        refusal = policy.quick_checkpoint_on_host(choice.base, host_spec)
+        if refusal is not None:
+            message = refusal.message
+            if target is not None and not cache.same_share(choice.base, target.path):
+                message += (f"; it runs on its share's cached copy {target.path} once that is Ready (a "
+                            "Differencing VM on this share has it made)")
+            return cache.BaseChoice(choice.base, stalled=(refusal.reason, message))
+    return choice
 
 
 def count_cache_use(namespace: str, vm_spec: Mapping[str, Any], choice: cache.BaseChoice) -> None:
@@ -284,7 +297,9 @@ async def _caches(
         if entry.get("state") == cache.COLLECTED and item is None:
             out.append(entry)
             continue
-        out.append(await _cache_round(runtime, kind, namespace, name, entry, item, new_status, indices, body, now))
+        kept = await _cache_round(runtime, kind, namespace, name, entry, item, new_status, indices, body, now)
+        if kept is not None:
+            out.append(kept)
     # Collected entries are history: keep the last few for people reading the status.
     # Unset fields are left out (the API server drops nulls inside list items anyway).
     out = [{k: v for k, v in e.items() if v is not None} for e in out]
@@ -298,11 +313,22 @@ async def _caches(
 async def _cache_round(
     runtime: Runtime, kind: str, namespace: str, name: str, entry: dict[str, Any], item: cache.Wanted | None,
     new_status: Mapping[str, Any], indices: Mapping[str, Any], body: Any, now: datetime,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """The entry after one round (None: dropped, see `cache.orphaned`)."""
     host_key = str(entry.get("host") or (item.host if item else ""))
     host_spec, secret_namespace, host_name = _host_by_key(host_key, indices, runtime.config.operator_namespace)
     if host_spec is None:
-        return {**entry, "message": f"waiting for host {host_key or '?'} to make the copy"}
+        # A cache is asked for only by a VM whose host exists: its host was deleted since.
+        deps = [*(item.users if item else ()), *(item.requesters if item else ())]
+        live = [h for h in dict.fromkeys(d.host for d in deps if d.host and d.host != host_key)
+                if _host_by_key(h, indices, runtime.config.operator_namespace)[0] is not None]
+        orphan = cache.orphaned(entry, item, host_key or "?", live)
+        for type_, reason, message in orphan.events:
+            kopf.event(body, type=type_, reason=reason, message=message)
+        if orphan.entry is not None and orphan.host is not None:
+            return await _cache_round(runtime, kind, namespace, name, orphan.entry, item, new_status, indices,
+                                      body, now)
+        return orphan.entry
     generation = model.generation_record(new_status, int(entry.get("generation") or 0))
     spec = HyperVHostSpec.from_dict(host_spec)
     uid = cache.slot_uid(str(entry["path"]))

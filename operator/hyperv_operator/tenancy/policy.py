@@ -106,7 +106,10 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
 
 
 def check_paths(vm_spec: Mapping[str, Any], host_spec: Mapping[str, Any]) -> Refusal | None:
-    """Storage confinement: base inside a base root, VM folder (and Quick's checkpoint) inside a VM root."""
+    """Storage confinement: base inside a base root, VM folder (and Quick's checkpoint) inside a VM root.
+
+    An image's Quick VM on another share than the image's file is the one case decided later (the base
+    it runs on may be its share's cached copy): see the Quick branch below."""
     try:
         roots = storage_roots(host_spec)
     except PathRefused as exc:
@@ -132,14 +135,44 @@ def check_paths(vm_spec: Mapping[str, Any], host_spec: Mapping[str, Any]) -> Ref
             f"vmPath {vm_path_text!r} is not inside any of the host's storage.vmRoots "
             f"({', '.join(str(r) for r in roots.vms)})",
         )
-    if vm_spec.get("strategy") == "Quick" and not inside_any(base.parent, roots.vms):
-        # Checkpoint-VM writes the .avhdx beside its parent disk, i.e. in the base's folder.
-        return Refusal(
-            "QuickCheckpointOutsideAllowedRoots",
-            f"Quick writes its checkpoint (.avhdx) beside the base, in {base.parent}, which is not inside "
-            "any of the host's storage.vmRoots; use Differencing or Copy, or a base in a writable root",
-        )
+    if vm_spec.get("strategy") == "Quick":
+        if vm_spec.get("imageRef") and _share(vm_path) != _share(base):
+            # An image's Quick VM on another share than the image's file may run on its share's cached
+            # copy (inside a vmRoot) instead: which base it runs on is decided after this check, with
+            # the image's status (images/cache.py), and that base passes `quick_checkpoint` there before
+            # any host command. On the image file's own share no cached copy exists: checked here.
+            return None
+        return quick_checkpoint(str(base), roots)
     return None
+
+
+def _share(path: WindowsPath) -> tuple[str, ...]:
+    return tuple(part.upper() for part in path.root)
+
+
+def quick_checkpoint(base_text: str, roots: StorageRoots) -> Refusal | None:
+    """Quick's checkpoint must land inside a VM root: Checkpoint-VM writes the .avhdx beside the disk the
+    VM runs on, i.e. in the folder of its base (the image's file, or a cached copy of it)."""
+    try:
+        base = parse(base_text)
+    except PathRefused as exc:
+        return Refusal("InvalidPath", f"base {exc}")
+    if inside_any(base.parent, roots.vms):
+        return None
+    return Refusal(
+        "QuickCheckpointOutsideAllowedRoots",
+        f"Quick writes its checkpoint (.avhdx) beside the base, in {base.parent}, which is not inside "
+        "any of the host's storage.vmRoots; use Differencing or Copy, or a base in a writable root",
+    )
+
+
+def quick_checkpoint_on_host(base_text: str, host_spec: Mapping[str, Any]) -> Refusal | None:
+    """`quick_checkpoint` with the host's own roots (a host that lists none refuses)."""
+    try:
+        roots = storage_roots(host_spec)
+    except PathRefused as exc:
+        return Refusal("HostStorageNotConfigured", f"the host cannot take VMs: {exc}")
+    return quick_checkpoint(base_text, roots)
 
 
 def check_vm(

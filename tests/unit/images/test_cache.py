@@ -224,3 +224,45 @@ def test_a_retained_vm_on_a_cached_copy_keeps_the_cached_copy() -> None:
     status = {"retained": retained_entry(found[1], "2026-01-01T00:00:00Z")}
     want = cache.wanted(retained_dependents(status))
     assert [d.name for d in want[CACHED.lower()].users] == ["kept (retained)"]
+
+
+def test_a_cache_whose_host_was_deleted_mid_copy_says_so_and_goes_with_its_last_dependent() -> None:
+    copying = _entry(state=cache.COPYING, percent=40, processId=77, host="ClusterHyperVHost/gone")
+    waiting = _item(requesters=(_dep("a"),))
+    # A worker may still run on that machine: no other host takes the copy over, even one that is alive.
+    kept = cache.orphaned(copying, waiting, "ClusterHyperVHost/gone", ["ClusterHyperVHost/other"])
+    assert kept.host is None and kept.entry is not None and kept.entry["state"] == cache.HOST_GONE
+    message = kept.entry["message"]
+    assert "ClusterHyperVHost/gone was deleted" in message and "Copying" in message
+    assert cache.partial_of(CACHED) in message and cache.status_of(CACHED) in message
+    assert kept.entry["waiting"] == 1 and kept.entry.get("processId") is None
+    assert [e[1] for e in kept.events] == ["CacheHostGone"]
+    # Said once; its waiting VMs are Stalled with the reason (nothing will make the copy).
+    again = cache.orphaned(kept.entry, waiting, "ClusterHyperVHost/gone", [])
+    assert again.entry is not None and again.entry["message"] == message and not again.events
+    target = cache.CacheTarget(CACHED, "\\\\FS2\\VMS", "ClusterHyperVHost/gone")
+    stalled = cache.choose_base(_pinned(cacheRequest=CACHED), "Differencing", False, target,
+                                {"caches": [again.entry]})
+    assert stalled.base is None and stalled.stalled is not None and stalled.stalled[0] == "ImageCacheHostGone"
+    # No VM depends on it any more: the entry is dropped, and the event names the files left on the share.
+    dropped = cache.orphaned(again.entry, None, "ClusterHyperVHost/gone", [])
+    assert dropped.entry is None and dropped.events[0][:2] == ("Warning", "LeftOnHost")
+    assert CACHED in dropped.events[0][2] and cache.partial_of(CACHED) in dropped.events[0][2]
+    # The host is back (re-created): the cache goes on from its state by what the host shows.
+    running = cache.CacheFacts(exists=False, partial_exists=True, status_exists=True,
+                               job=CopyJob("Running", 3000, 5000, 77), worker_alive=True)
+    resumed = cache.plan_entry(again.entry, waiting, GENERATION, running, NOW)
+    assert resumed.entry["state"] == cache.COPYING and resumed.action is None and resumed.slot == "hold"
+    assert "stateBeforeHostGone" not in {k for k, v in resumed.entry.items() if v is not None}
+
+
+def test_a_ready_cache_whose_host_was_deleted_is_checked_through_a_live_dependents_host() -> None:
+    ready = _entry(state=cache.READY, identity=ID.text(), host="ClusterHyperVHost/gone")
+    users = _item(users=(_dep("a", base=CACHED),))
+    moved = cache.orphaned(ready, users, "ClusterHyperVHost/gone", ["ClusterHyperVHost/h"])
+    assert moved.host == "ClusterHyperVHost/h" and moved.entry is not None
+    assert moved.entry["host"] == "ClusterHyperVHost/h" and moved.entry["state"] == cache.READY
+    # No live host among its dependents: it says so and stays (usable by the VMs already on it).
+    alone = cache.orphaned(ready, users, "ClusterHyperVHost/gone", [])
+    assert alone.entry is not None and alone.entry["state"] == cache.HOST_GONE and alone.entry["dependents"] == 1
+    assert cache.partial_of(CACHED) not in alone.entry["message"]  # a whole copy has no partial

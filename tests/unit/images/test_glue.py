@@ -111,3 +111,45 @@ def test_the_image_timers_idle_ticks_stay_out_of_the_log() -> None:
     assert not _QuietTicks().filter(record("Timer 'image' succeeded."))
     assert _QuietTicks().filter(record("Timer 'image' failed with an exception. Will retry."))
     assert _QuietTicks().filter(record("Timer 'drift' succeeded."))
+
+
+def test_a_quick_vm_runs_on_its_shares_ready_cached_copy_inside_a_vm_root() -> None:
+    from hyperv_operator.images.controller import choose_vm_base
+
+    # The image's file is in a read-only root: Quick's checkpoint may not land beside it, but may beside
+    # the cached copy on the VM's share (inside a vmRoot).
+    host = {**HOST, "storage": {"baseRoots": [BASES], "vmRoots": [VMS]}}
+    path, cached = BASES + "\\W.VHDX", VMS + "\\ImageCache\\team-a.win\\g1\\W.VHDX"
+    pinned = {"image": {"kind": "VirtualMachineImage", "name": "win", "generation": 1, "path": path,
+                        "identity": "D/1/t"}}
+    quick = {**vm(), "strategy": "Quick"}
+    # The tenancy check leaves the decision to the base choice (another share: a cached copy may exist) ...
+    assert resolve_host("team-a", {**quick, "baseVhd": path}, indices(image(path)), "ops").refusal is None
+    # ... which refuses the image's own file, and records nothing (a later Ready copy is still taken).
+    none_yet = choose_vm_base("team-a", quick, pinned, host, "team-a/hv01", indices(image(path)))
+    assert none_yet is not None and none_yet.stalled is not None and none_yet.record is None
+    assert none_yet.stalled[0] == "QuickCheckpointOutsideAllowedRoots" and cached in none_yet.stalled[1]
+    img = image(path)
+    img["status"]["caches"] = [{"path": cached, "state": "Ready", "identity": "D/1/other-time"}]
+    hit = choose_vm_base("team-a", quick, pinned, host, "team-a/hv01", indices(img))
+    assert hit is not None and hit.stalled is None and hit.base == cached and hit.record is not None
+    # Pinned to the cached copy: it stays allowed; pinned to the image's file (made before): refused.
+    on_cache = {"image": {**pinned["image"], "base": cached}}
+    assert (choose_vm_base("team-a", quick, on_cache, host, "team-a/hv01", indices(img)) or none_yet).stalled is None
+    on_file = {"image": {**pinned["image"], "base": path}, "vmId": "x"}
+    stalled = choose_vm_base("team-a", quick, on_file, host, "team-a/hv01", indices(img))
+    assert stalled is not None and stalled.stalled is not None
+    assert stalled.stalled[0] == "QuickCheckpointOutsideAllowedRoots"
+    # Differencing and Copy write nothing beside their base: no such check.
+    diff = choose_vm_base("team-a", {**vm(), "strategy": "Copy"}, pinned, host, "team-a/hv01", indices(img))
+    assert diff is not None and diff.stalled is None and diff.base == cached
+
+
+def test_an_images_quick_vm_on_the_images_own_share_is_refused_by_the_tenancy_check() -> None:
+    host = {**HOST, "defaultVmPath": BASES + "\\vms", "storage": {"baseRoots": [BASES + "\\gold"],
+                                                                  "vmRoots": [BASES + "\\vms"]}}
+    path = BASES + "\\gold\\W.VHDX"
+    spec = {**vm(), "strategy": "Quick", "baseVhd": path}
+    idx = {**indices(image(path)), "hosts_by_name": {("team-a", "hv01"): [host]}}
+    refusal = resolve_host("team-a", spec, idx, "ops").refusal
+    assert refusal is not None and refusal.reason == "QuickCheckpointOutsideAllowedRoots"

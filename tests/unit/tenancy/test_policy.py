@@ -37,6 +37,12 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any] | None, dict[str, str] | N
     ("vmPath C:", vm(vmPath="C:\\"), HOST, TENANT, "VmPathOutsideAllowedRoots"),
     ("quick beside a read-only base", vm(strategy="Quick", baseVhd="\\\\FS\\GOLD\\B.VHDX"), HOST, TENANT,
      "QuickCheckpointOutsideAllowedRoots"),
+    # An image's Quick VM on another share may run on that share's cached copy: decided with its base
+    # (images: choose_vm_base), not here. Its image's file must still be inside a base root.
+    ("image quick on another share", vm(strategy="Quick", baseVhd="\\\\FS\\GOLD\\B.VHDX", imageRef={"name": "w"}),
+     HOST, TENANT, None),
+    ("image quick outside base roots", vm(strategy="Quick", baseVhd="\\\\FS\\VMS\\b\\B.VHDX", imageRef={"name": "w"}),
+     HOST, TENANT, "BaseOutsideAllowedRoots"),
     ("dot-dot", vm(baseVhd="\\\\FS\\BASES\\..\\VMS\\x.vhdx"), HOST, TENANT, "InvalidPath"),
     ("pipe", vm(vmPath="\\\\.\\pipe\\x"), HOST, TENANT, "InvalidPath"),
     ("no storage on the host", vm(), {**HOST, "storage": None}, TENANT, "HostStorageNotConfigured"),
@@ -78,3 +84,13 @@ def test_host_problems() -> None:
     assert host_problems(HOST) == []
     assert "vmRoots" in host_problems({**HOST, "defaultVmPath": "D:\\x"})[0]
     assert "8.3" in host_problems({**HOST, "storage": {"baseRoots": ["C:\\PROGRA~1"], "vmRoots": ["D:\\"]}})[0]
+
+
+def test_quick_checkpoint_lands_beside_the_base_it_runs_on() -> None:
+    from hyperv_operator.tenancy.policy import quick_checkpoint_on_host
+
+    assert quick_checkpoint_on_host("\\\\FS\\VMS\\ImageCache\\cluster.w\\g1\\B.VHDX", HOST) is None
+    refused = quick_checkpoint_on_host("\\\\FS\\GOLD\\B.VHDX", HOST)
+    assert refused is not None and refused.reason == "QuickCheckpointOutsideAllowedRoots"
+    assert quick_checkpoint_on_host("\\\\FS\\VMS\\..\\x.vhdx", HOST) is not None
+    assert quick_checkpoint_on_host("\\\\FS\\VMS\\b.vhdx", {**HOST, "storage": None}) is not None
