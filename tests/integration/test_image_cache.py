@@ -321,3 +321,39 @@ def test_a_quick_vm_whose_images_folder_is_read_only_runs_on_its_shares_cached_c
         kube.delete_vm(NS, name)
         kube.wait_gone(NS, name)
     kube.objects.delete_cluster_custom_object(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, image)
+
+
+def test_hosts_whose_first_root_on_a_share_differs_share_one_cached_copy(
+    sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess, control_plane: ControlPlane,
+    cache_host: str,
+) -> None:
+    # A third host on the same machine: its first root on the second share is a folder below the share's
+    # root, which it lists too (the cache host lists only the share's root there).
+    team_host = "team-host"
+    apply_objects(control_plane, [
+        {"apiVersion": api.API_VERSION, "kind": "ClusterHyperVHost", "metadata": {"name": team_host},
+         "spec": {"address": "127.0.0.1", "port": sim.port, "transport": "https", "auth": "basic",
+                  "credentialsSecretRef": {"name": f"{CACHE_HOST}-credentials"},
+                  "caBundleSecretRef": {"name": f"{CACHE_HOST}-ca"}, "maxConcurrentCopies": 4,
+                  "defaultVmPath": OTHER_VMS, "namespaceSelector": {"matchLabels": {LABEL: "true"}},
+                  "storage": {"baseRoots": [SHARE], "vmRoots": [OTHER_VMS, OTHER_SHARE]}}},
+    ])
+    image = f"one-{uuid.uuid4().hex[:6]}"
+    source = IMAGES + f"\\{image}.VHDX"
+    sim.host.add_base_disk(source, 2 * 10**9)
+    kube.objects.create_cluster_custom_object(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, {
+        "apiVersion": api.API_VERSION, "kind": "ClusterVirtualMachineImage", "metadata": {"name": image},
+        "spec": {"hostRef": {"name": cache_host}, "source": {"path": source}, "namespaceSelector": {}}})
+    _image_where(kube, CLUSTER_IMAGE_PLURAL, image, _ready, what="Ready")
+    cached = f"{OTHER_SHARE}\\ImageCache\\cluster.{image}\\g1\\{image}.VHDX"
+    names = [f"a-{uuid.uuid4().hex[:4]}", f"b-{uuid.uuid4().hex[:4]}"]
+    for name, host in zip(names, (cache_host, team_host), strict=True):
+        _vm(kube, name, "Differencing", image, host)
+    vms = [kube.wait_phase(NS, name, "Provisioned", timeout=120) for name in names]
+    assert [vm["status"]["image"]["base"].lower() for vm in vms] == [cached.lower()] * 2
+    copies = [j for j in sim.host.copy_jobs() if f"\\imagecache\\cluster.{image}\\".lower() in j["Destination"].lower()]
+    assert len(copies) == 1 and copies[0]["Destination"].lower() == cached.lower(), copies
+    for name in names:
+        kube.delete_vm(NS, name)
+        kube.wait_gone(NS, name)
+    kube.objects.delete_cluster_custom_object(api.GROUP, api.VERSION, CLUSTER_IMAGE_PLURAL, image)

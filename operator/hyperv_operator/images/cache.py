@@ -3,8 +3,8 @@ r"""The per-share image cache: pure decisions (no I/O, no kopf).
 A Differencing child reads its parent for its whole life. When a VM's files live on another share (or
 local drive) than the image's file, every read of the child's unchanged blocks crosses the network to
 the image's share, and a full copy (Copy, Quick) moves the whole base over it per VM. So the image's
-file is copied ONCE to a cache inside the VM's share (the first of the host's `storage.vmRoots` on that
-share, so a cache never leaves the roots the host allows), and:
+file is copied ONCE to a cache inside the VM's share (under one of the host's `storage.vmRoots` on that
+share, so a cache never leaves the roots the host allows; see `cache_target`), and:
 
 - Differencing children on that share parent the cached copy; a child waits for the cache copy
   (reason `WaitingForImageCache`, not a failure) and never parents a partial one;
@@ -14,8 +14,9 @@ share, so a cache never leaves the roots the host allows), and:
 
 A *share* is the UNC `\\server\share` prefix, or the drive of a local path.
 
-Where a cache lives (one per image generation per share, chosen by the VM's host):
-    <first vmRoot on the VM's share>\ImageCache\<image>\g<generation>\<source file name>
+Where a cache lives (one per image generation per share; the root: the outermost of the VM host's
+vmRoots on the VM's share, or the one another host's copy already is under, see `cache_target`):
+    <root>\ImageCache\<image>\g<generation>\<source file name>
 The copy runs through the same background copy the Copy strategy uses (hyperv/scripts.py: CopyFileEx
 into `<cache>.partial`, renamed when whole, a status file the operator polls, the worker's liveness
 checked by PID, command line and creation time) and takes one of the host's copy slots like a VM's copy.
@@ -110,31 +111,54 @@ class CacheTarget:
 
 def cache_target(
     image: tuple[str, str, str], generation: int, source: str, vm_path: str, vm_roots: Sequence[str], host_key: str,
+    known: Sequence[str] = (),
 ) -> CacheTarget | None:
     """Where the VM's share keeps this generation's cached copy; None when no cache is needed (the VM's
-    files are on the image file's share) or possible (no allowed root on the VM's share)."""
+    files are on the image file's share) or possible (no allowed root on the VM's share).
+
+    One copy per share, whichever host asks: of the cached copies already `known` (the VM's own request,
+    then the image's live entries), the first that is this generation's path under one of THIS host's
+    vmRoots on the share is used (so a host whose first root differs still shares another host's copy
+    when its roots allow it); else the path under the outermost of the host's vmRoots on the share
+    (fewest segments, host order on a tie), which hosts that list the share's common root agree on
+    without seeing each other's entry. A path outside this host's roots is never chosen."""
     try:
         src, vm = parse(source), parse(vm_path)
     except PathRefused:
         return None
     if _share(src) == _share(vm):
         return None
-    for text in vm_roots:
-        try:
-            root = parse(str(text))
-        except PathRefused:
-            continue
-        if _share(root) == _share(vm) and vm.is_inside(root):
-            break
-    else:
+    on_share = [r for r in (_safe(t) for t in vm_roots) if r is not None and _share(r) == _share(vm)]
+    if not any(vm.is_inside(r) for r in on_share):
         return None
-    # The first root on that share (host order), not the VM's own root: one cache per share.
-    first = next(r for r in (_safe(t) for t in vm_roots) if r is not None and _share(r) == _share(vm))
     kind, namespace, name = image
     file_name = src.segments[-1] if src.segments else "image.vhdx"
-    path = "\\".join((str(first).rstrip("\\"), CACHE_FOLDER, image_folder(kind, namespace, name), f"g{generation}",
-                      file_name))
-    return CacheTarget(path, _share(vm), host_key)
+
+    def under(root: WindowsPath) -> str:
+        return "\\".join((str(root).rstrip("\\"), CACHE_FOLDER, image_folder(kind, namespace, name),
+                           f"g{generation}", file_name))
+
+    allowed = [under(r) for r in on_share]
+    for path in known:
+        match = next((a for a in allowed if _same(a, path)), None)
+        if match is not None:
+            return CacheTarget(match, _share(vm), host_key)
+    outermost = min(on_share, key=lambda r: len(r.segments))  # min keeps the first on a tie
+    return CacheTarget(under(outermost), _share(vm), host_key)
+
+
+REUSABLE_STATES = (PENDING, QUEUED, COPYING, READY)
+"""Entries another host may join: made, or being made (not failed, changed, gone or collected)."""
+
+
+def known_paths(pinned: Mapping[str, Any], image_status: Mapping[str, Any] | None, generation: int) -> list[str]:
+    """The cached copies a VM may join, its own request first (so its choice does not move while it waits)."""
+    out = [str(pinned["cacheRequest"])] if pinned.get("cacheRequest") else []
+    for entry in (image_status or {}).get("caches") or []:
+        if entry.get("path") and int(entry.get("generation") or 0) == generation \
+                and entry.get("state") in REUSABLE_STATES:
+            out.append(str(entry["path"]))
+    return out
 
 
 def _safe(text: str) -> WindowsPath | None:

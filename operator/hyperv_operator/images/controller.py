@@ -104,12 +104,13 @@ def choose_vm_base(
     image = find_image(ref.kind, namespace, ref.name, indices)
     vm_path = str(vm_spec.get("vmPath") or host_spec.get("defaultVmPath") or "")
     roots = [str(r) for r in (host_spec.get("storage") or {}).get("vmRoots") or []]
-    target = cache.cache_target(ref.key(namespace), int(pinned.get("generation") or 0), str(pinned["path"]),
-                                vm_path, roots, host_key)
+    image_status = (image or {}).get("status") if image is not None else None
+    generation = int(pinned.get("generation") or 0)
+    target = cache.cache_target(ref.key(namespace), generation, str(pinned["path"]), vm_path, roots, host_key,
+                                cache.known_paths(pinned, image_status, generation))
     started = bool(vm_status.get("vmId") or vm_status.get("createdFiles"))
     strategy = str(vm_spec.get("strategy") or "")
-    choice = cache.choose_base(pinned, strategy, started, target,
-                               (image or {}).get("status") if image is not None else None)
+    choice = cache.choose_base(pinned, strategy, started, target, image_status)
     if strategy == "Quick" and choice.base and choice.stalled is None:
         # Quick's checkpoint lands beside the base it runs on: that base (the image's file, or the cached
         # copy) must be in a writable root. The tenancy check left this to here for a VM on another share

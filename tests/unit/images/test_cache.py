@@ -33,9 +33,13 @@ def test_share_is_the_unc_prefix_or_the_drive() -> None:
     assert cache.same_share("\\\\FS\\A\\x", "\\\\fs\\a\\y") and not cache.same_share("\\\\FS\\A\\x", "\\\\FS\\B\\x")
 
 
-def test_the_cache_lives_under_the_first_vm_root_on_the_vms_share() -> None:
+def test_the_cache_lives_under_the_outermost_vm_root_on_the_vms_share() -> None:
     target = cache.cache_target(IMAGE, 3, SOURCE, "\\\\FS2\\VMS\\other\\vms", ROOTS, "ClusterHyperVHost/h")
-    assert target is not None and target.path == CACHED and target.share == "\\\\FS2\\VMS"
+    assert target is not None and target.share == "\\\\FS2\\VMS"
+    assert target.path == "\\\\FS2\\VMS\\ImageCache\\cluster.win\\g3\\win.vhdx"
+    # A host whose first root there differs, both listing the share's root: the same copy.
+    other = cache.cache_target(IMAGE, 3, SOURCE, "\\\\FS2\\VMS\\b", ["\\\\FS2\\VMS\\b", "\\\\FS2\\VMS"], "h2")
+    assert other is not None and other.path == target.path
     local = cache.cache_target(("VirtualMachineImage", "team", "win"), 1, SOURCE, "D:\\VMs\\a", ROOTS, "team/h")
     assert local is not None and local.path == "D:\\VMs\\ImageCache\\team.win\\g1\\win.vhdx"
     # Same share as the image's file: no cache. No allowed root around the VM's folder: none either.
@@ -266,3 +270,21 @@ def test_a_ready_cache_whose_host_was_deleted_is_checked_through_a_live_dependen
     alone = cache.orphaned(ready, users, "ClusterHyperVHost/gone", [])
     assert alone.entry is not None and alone.entry["state"] == cache.HOST_GONE and alone.entry["dependents"] == 1
     assert cache.partial_of(CACHED) not in alone.entry["message"]  # a whole copy has no partial
+
+
+def test_a_host_joins_a_cached_copy_on_its_share_only_inside_its_own_roots() -> None:
+    status = {"caches": [{"path": CACHED, "generation": 3, "state": cache.COPYING},
+                         {"path": CACHED.replace("g3", "g2"), "generation": 2, "state": cache.READY}]}
+    known = cache.known_paths(_pinned(), status, 3)
+    assert known == [CACHED]
+    # Another host made it under \\FS2\VMS\team, which this host's roots allow: joined, not copied again.
+    joined = cache.cache_target(IMAGE, 3, SOURCE, "\\\\FS2\\VMS\\b", ["\\\\FS2\\VMS\\b", "\\\\FS2\\VMS\\team"], "h2",
+                                known)
+    assert joined is not None and joined.path == CACHED
+    # A host that may not write there gets its own copy, inside its own root.
+    own = cache.cache_target(IMAGE, 3, SOURCE, "\\\\FS2\\VMS\\b", ["\\\\FS2\\VMS\\b"], "h2", known)
+    assert own is not None and own.path == "\\\\FS2\\VMS\\b\\ImageCache\\cluster.win\\g3\\win.vhdx"
+    # A failed, changed or collected copy is not joined; a VM's own request is kept while it waits.
+    for state in (cache.FAILED, cache.CHANGED, cache.COLLECTED, cache.HOST_GONE):
+        assert cache.known_paths(_pinned(), {"caches": [{"path": CACHED, "generation": 3, "state": state}]}, 3) == []
+    assert cache.known_paths(_pinned(cacheRequest=CACHED), {"caches": []}, 3) == [CACHED]
