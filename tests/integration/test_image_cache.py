@@ -314,7 +314,8 @@ def test_a_quick_vm_whose_images_folder_is_read_only_runs_on_its_shares_cached_c
     # ... and the Quick VM runs on it: its checkpoint and its copy stay inside the host's VM root.
     done = kube.wait_phase(NS, quick, "Provisioned", timeout=120)
     assert done["status"]["image"]["base"].lower() == cached.lower()
-    quick_jobs = [j for j in sim.host.copy_jobs() if j["Destination"].lower().startswith(OTHER_VMS.lower() + "\\quick")]
+    mine = f"{OTHER_VMS}\\{quick}-".lower()
+    quick_jobs = [j for j in sim.host.copy_jobs() if j["Destination"].lower().startswith(mine)]
     assert quick_jobs and all(j["Source"].lower() == cached.lower() for j in quick_jobs)
     assert not beside_source() and not _children_of(sim, source)
     for name in (quick, diff):
