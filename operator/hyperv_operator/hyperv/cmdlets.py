@@ -414,6 +414,7 @@ ALL_CMDLETS: frozenset[str] = frozenset(
         STORAGE + "Initialize-Disk",
         STORAGE + "New-Partition",
         STORAGE + "Format-Volume",
+        STORAGE + "Get-Partition",
         MGMT + "Set-Content",
         MGMT + "Rename-Item",
         HYPERV + "Add-VMHardDiskDrive",

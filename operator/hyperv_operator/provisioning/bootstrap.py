@@ -41,6 +41,7 @@ FILE_SYSTEM = cmdlets.CONFIG_FILE_SYSTEM
 DISK_BYTES = 64 * 1024 * 1024  # FAT32 needs about 32 MiB at least; the files are a few KiB
 USER_DATA, META_DATA, NETWORK_CONFIG = "user-data", "meta-data", "network-config"
 FILES = (USER_DATA, META_DATA, NETWORK_CONFIG)
+UNATTEND_XML = "unattend.xml"  # spec.bootstrap.format Unattend (provisioning/unattend.py)
 KEY = "bootstrap"  # status key
 CONTROLLER = 0  # SCSI controller number
 
@@ -75,12 +76,21 @@ def location(generation: int) -> int:
 
 
 def files_from_secret(data: Mapping[str, str] | None, secret_name: str, vm_name: str,
-                      uid: str) -> tuple[tuple[tuple[str, bytes], ...] | None, str | None]:
+                      uid: str, *, unattend: bool = False) -> tuple[tuple[tuple[str, bytes], ...] | None, str | None]:
     """(files, problem) from a Secret's `data` (base64 values, as the API serves them). meta-data is
     generated unless the Secret has one: instance-id = the VM's uid (cloud-init runs its per-instance
-    modules once per instance-id), local-hostname = the VM's name. Problems never quote content."""
+    modules once per instance-id), local-hostname = the VM's name. Problems never quote content.
+    `unattend` (spec.bootstrap.format Unattend): the one file is the key unattend.xml."""
     if data is None:
         return None, f"Secret {secret_name!r} (spec.bootstrap.secretRef) was not found in the VM's namespace"
+    if unattend:
+        if UNATTEND_XML not in data:
+            return None, (f"Secret {secret_name!r} has no key {UNATTEND_XML!r} (spec.bootstrap.format Unattend "
+                          f"writes it to \\Windows\\Panther\\unattend.xml on the VM's disk)")
+        try:
+            return ((UNATTEND_XML, base64.b64decode(str(data[UNATTEND_XML]), validate=True)),), None
+        except (binascii.Error, ValueError):
+            return None, f"Secret {secret_name!r}: key {UNATTEND_XML!r} is not valid base64"
     decoded: dict[str, bytes] = {}
     for key in FILES:
         if key in data:
@@ -97,7 +107,7 @@ def files_from_secret(data: Mapping[str, str] | None, secret_name: str, vm_name:
 
 
 def with_files(bootstrap: Bootstrap, data: Mapping[str, str] | None, vm_name: str, uid: str) -> Bootstrap:
-    files, problem = files_from_secret(data, bootstrap.secret_name, vm_name, uid)
+    files, problem = files_from_secret(data, bootstrap.secret_name, vm_name, uid, unattend=bootstrap.unattend)
     return replace(bootstrap, files=files, problem=problem)
 
 
@@ -131,6 +141,7 @@ class Decision:
     top: dict[str, Any] = field(default_factory=dict)  # top-level status keys to set (network.py)
     created: tuple[str, ...] = ()
     events: tuple[tuple[str, str], ...] = ()
+    requeue: float | None = None  # after the action (None: the planner's default, AFTER_ACTION)
 
 
 def before_start(spec: VirtualMachineSpec, status: Mapping[str, Any], obs: Observation, vm: VmInfo,
