@@ -42,6 +42,7 @@ DISK_BYTES = 64 * 1024 * 1024  # FAT32 needs about 32 MiB at least; the files ar
 USER_DATA, META_DATA, NETWORK_CONFIG = "user-data", "meta-data", "network-config"
 FILES = (USER_DATA, META_DATA, NETWORK_CONFIG)
 UNATTEND_XML = "unattend.xml"  # spec.bootstrap.format Unattend (provisioning/unattend.py)
+PANTHER = "Windows\\Panther"  # where it goes, from the Windows volume's root
 KEY = "bootstrap"  # status key
 CONTROLLER = 0  # SCSI controller number
 
@@ -60,10 +61,18 @@ def partial_path(layout: Layout) -> str:
     return layout.config_partial
 
 
-def paths(spec: VirtualMachineSpec, layout: Layout) -> tuple[str, ...]:
+def paths(spec: VirtualMachineSpec, layout: Layout, status: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     """What the engine's observation Test-Paths for a VM with spec.bootstrap: a crash may have made
-    either file before the status knew of it."""
-    return (layout.config_disk, layout.config_partial) if spec.bootstrap is not None else ()
+    either file before the status knew of it. Format Unattend, while the VM's own disk is mounted:
+    `<letter>:\\Windows\\Panther` on each lettered partition, to find the Windows volume
+    (provisioning/unattend.py)."""
+    if spec.bootstrap is None:
+        return ()
+    if spec.bootstrap.unattend:
+        record = (status or {}).get(KEY) or {}
+        letters = record.get("volumes") or [] if record.get("state") == "Mounted" else []
+        return tuple(f"{letter}:\\{PANTHER}" for letter in letters)
+    return layout.config_disk, layout.config_partial
 
 
 def location(generation: int) -> int:

@@ -36,11 +36,18 @@ from hyperv_operator import conditions as cond
 from hyperv_operator.api import BOOTSTRAP_UNATTEND, Strategy, VirtualMachineSpec
 from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.hyperv.commands import HostObject
-from hyperv_operator.provisioning.bootstrap import KEY, RETRY_SECRET, SECRET_UNAVAILABLE, UNATTEND_XML, Decision
+from hyperv_operator.provisioning.bootstrap import (
+    KEY,
+    PANTHER,
+    RETRY_SECRET,
+    SECRET_UNAVAILABLE,
+    UNATTEND_XML,
+    Decision,
+)
 from hyperv_operator.provisioning.layout import Layout
 from hyperv_operator.provisioning.observation import Observation, VmInfo
 
-TARGET = "Windows\\Panther\\unattend.xml"  # on the Windows volume, from its root
+TARGET = PANTHER + "\\" + UNATTEND_XML  # on the Windows volume, from its root
 MOUNT, WRITE, DISMOUNT = "MountSystemDisk", "WriteAnswerFile", "DismountSystemDisk"
 KINDS = frozenset({MOUNT, WRITE, DISMOUNT})
 NO_WINDOWS_VOLUME = "UnattendTargetNotFound"
@@ -80,9 +87,13 @@ def before_start(spec: VirtualMachineSpec, status: Mapping[str, Any], obs: Obser
     if info is None:
         return Decision(message=f"reading the VM's disk {disk}", wait=0.5)
     letters = [str(x) for x in record.get("volumes") or []]
+    # The Windows volume: the lettered partition with \Windows\Panther (the observation Test-Paths
+    # it on each, bootstrap.paths). A Generation 1 (MBR) image's System Reserved partition gets a
+    # letter too.
+    windows = [letter for letter in letters if obs.exists(f"{letter}:\\{PANTHER}")]
     if info.attached:
-        if state == "Mounted" and len(letters) == 1:
-            target = f"{letters[0]}:\\{TARGET}"
+        if state == "Mounted" and len(windows) == 1:
+            target = f"{windows[0]}:\\{TARGET}"
             return Decision((WRITE, (cmdlets.write_file(target, answer), cmdlets.dismount_vhd(disk)),
                              f"Set-Content {target}; Dismount-VHD {disk}"),
                             f"writing unattend.xml to {disk} (\\{TARGET}) before the first start of VM {vm.id}",
@@ -92,13 +103,13 @@ def before_start(spec: VirtualMachineSpec, status: Mapping[str, Any], obs: Obser
                             requeue=PERSIST_BEFORE_START)
         found = state == "Mounted"
         return Decision((DISMOUNT, (cmdlets.dismount_vhd(disk),), f"Dismount-VHD {disk}"),
-                        f"dismounting {disk}" + (f": {len(letters)} basic data partitions with a drive letter, not "
-                                                 f"one Windows volume" if found else " (mounted by an earlier try)"),
+                        f"dismounting {disk}" + (f": {len(windows)} of its {len(letters)} lettered partitions have "
+                                                 f"\\{PANTHER}, not one" if found else " (mounted by an earlier try)"),
                         status={**record, **base, "volumes": None,
-                                "state": "NoWindowsVolume" if found and len(letters) != 1 else "Dismounted"})
+                                "state": "NoWindowsVolume" if found else "Dismounted"})
     if state == "NoWindowsVolume":
-        return Decision(message=f"not starting VM {vm.id}: its disk {disk} has no single basic data partition to "
-                                f"write \\{TARGET} to (is the base a Windows image?)", wait=RETRY_TARGET,
+        return Decision(message=f"not starting VM {vm.id}: its disk {disk} has no single volume with \\{PANTHER} "
+                                f"to write unattend.xml to (is the base a Windows image?)", wait=RETRY_TARGET,
                         stall=NO_WINDOWS_VOLUME)
     return Decision((MOUNT, (cmdlets.mount_os_disk(disk),), f"Mount-VHD {disk} -Passthru | Get-Partition"),
                     f"mounting the VM's disk {disk} on the host to write unattend.xml",
@@ -123,13 +134,11 @@ def after_ready(spec: VirtualMachineSpec, status: Mapping[str, Any], obs: Observ
 
 
 def absorb(status: Mapping[str, Any], output: Sequence[HostObject]) -> dict[str, Any]:
-    """The drive letters of the mounted disk's basic data partitions (Get-Partition: Type Basic) into
-    status.bootstrap.volumes; the EFI system, MSR and recovery partitions have none."""
+    """The drive letters of the mounted disk's partitions (Get-Partition) into status.bootstrap.volumes;
+    Windows letters the basic data partitions (GPT Type Basic; MBR: IFS), not EFI, MSR or recovery."""
     s = dict(status)
     letters: list[str] = []
     for obj in output:
-        if str(obj.get("Type") or "") != "Basic":
-            continue
         letter = obj.get("DriveLetter")
         if isinstance(letter, int) and 65 <= letter <= 90:
             letter = chr(letter)  # a .NET Char may arrive as its code

@@ -1115,7 +1115,7 @@ def mount_vhd(ctx: Context, b: Bound) -> list[HostObject]:
     return out
 
 
-_PARTITION_TYPES = {"Basic": "Basic", "System": "System", "Reserved": "Reserved", "Recovery": "Recovery"}
+_PARTITION_TYPES = {"Basic": "Basic", "System": "System", "Reserved": "Reserved", "Recovery": "Recovery", "IFS": "IFS"}
 
 
 def get_partition(ctx: Context, b: Bound) -> list[HostObject]:

@@ -352,7 +352,7 @@ class Volume:
     file_system: str
     label: str
     files: dict[str, bytes] = field(default_factory=dict)
-    partition_type: str = "Basic"  # Get-Partition Type: Basic | System | Reserved | Recovery
+    partition_type: str = "Basic"  # Get-Partition Type: GPT Basic | System | Reserved | Recovery; MBR IFS
     folders: set[str] = field(default_factory=set)
     generalized: bool = False  # a Windows installation sysprepped with /generalize (specialize pass next boot)
 
@@ -719,6 +719,13 @@ class HostModel:
         return key in self.folders or key in self.roots
 
     def exists(self, canon: str) -> bool:
+        drive, rest = ntpath.splitdrive(canon)
+        if len(drive) == 2 and drive[1] == ":" and self.mounts:  # a volume of a disk mounted on the host
+            mounted = self.mounted_os_volume(drive[0])
+            if mounted is not None:
+                name = rest.strip("\\").lower()
+                volume = mounted[2]
+                return not name or name in volume.folders or any(k.lower() == name for k in volume.files)
         return self.is_dir(canon) or canon.lower() in self.files
 
     def file(self, path: str) -> FileNode:
@@ -1258,9 +1265,10 @@ class HostModel:
     def mount_vhd(self, path: str, *, no_drive_letter: bool = False) -> Mount:
         """Mount-VHD: the disk appears on the host (no drive letter until a partition gets one). A disk
         a running VM holds, or one already mounted, cannot be mounted [strict: 'in use']. An OS image's
-        basic data partitions get the next free drive letters unless -NoDriveLetter; its EFI system,
-        MSR and recovery partitions get none. A differencing disk mounts with its parents' content (the
-        parents are only read); what is written goes into the mounted file."""
+        basic data partitions (GPT Basic; MBR IFS, System Reserved included) get the next free drive
+        letters unless -NoDriveLetter; its EFI system, MSR and recovery partitions get none. A
+        differencing disk mounts with its parents' content (the parents are only read); what is
+        written goes into the mounted file."""
         node = self.vhd_node(path)
         if node.key in self.attached_keys():
             raise file_in_use(node.path)
@@ -1272,7 +1280,7 @@ class HostModel:
             taken = {r[0].upper() for r in self.drive_letters()} | self._taken_letters()
             free = [c for c in "DEFGHIJKLMNOPQRSTUVWXYZ" if c not in taken]
             for index, volume in enumerate(volumes):
-                if volume.partition_type == "Basic" and free:
+                if volume.partition_type in ("Basic", "IFS") and free:
                     mount.letters[free.pop(0)] = index
         self._next_disk_number += 1
         self.mounts[node.key] = mount

@@ -100,6 +100,20 @@ def test_the_answer_file_reaches_windows_setup_through_the_vms_own_disk_and_the_
     assert [str(p["LiteralPath"]) for p in written] == [f"D:\\{PANTHER}"]
 
 
+def test_a_generation_1_image_whose_system_reserved_partition_gets_a_letter_too() -> None:
+    world = World()
+    world.host.add_windows_base(WIN, 64 * 1024 * 1024, generation=1)
+    vm = ref("win-gen1")
+    s = spec("Differencing", baseVhd=WIN, generation=1, bootstrap={"secretRef": {"name": "w"}, "format": "Unattend"})
+    assert s.bootstrap is not None
+    s = VirtualMachineSpec(**{**s.__dict__, "bootstrap": bootstrap.with_files(
+        s.bootstrap, {"unattend.xml": base64.b64encode(answer("WEB-G1")).decode()}, vm.name, vm.uid)})
+    status = run(provision(world, vm, s))
+    assert status["guest"]["hostname"] == "WEB-G1"
+    written = [str(p["LiteralPath"]) for name, p in world.host.call_log() if name.endswith("Set-Content")]
+    assert written == [f"E:\\{PANTHER}"]  # D: is System Reserved: the volume with \Windows\Panther is E:
+
+
 @pytest.mark.parametrize("strategy", ["Differencing", "Copy"])
 def test_a_crash_after_every_command_converges_and_never_mounts_the_base(strategy: str) -> None:
     clean = _world()
