@@ -4,7 +4,9 @@ The guest tools look for a FAT volume by its label (sources in docs/windows-fide
 and bootstrap"): cloud-init's NoCloud data source reads `user-data` and `meta-data` (both required;
 `network-config` optional) from a vfat or iso9660 volume labelled `cidata`; cloudbase-init (Windows)
 has the same NoCloud service with the same label and files. So one format serves Linux and Windows
-bases: a 64 MiB dynamic VHDX with one MBR partition formatted FAT32, label `cidata`.
+bases: a 64 MiB dynamic VHDX with one MBR partition formatted FAT32, label `cidata`. (Sysprepped
+Windows bases without cloudbase-init: spec.bootstrap.format Unattend, provisioning/unattend.py; Windows
+Setup does not search a data disk for its answer file.)
 
 How the disk is made, so that a crash at any point is recognised and never attached half-built:
 1. Build: `New-VHD <partial> | Mount-VHD | Initialize-Disk | New-Partition | Format-Volume` under a

@@ -65,6 +65,12 @@ Modelling choices. Where Microsoft's documentation leaves room, the STRICTER beh
   more (DHCP) an adapter on a switch reports an IPv4 address plus its fe80:: link-local address in
   Get-VMNetworkAdapter IPAddresses; an adapter on no switch reports only the link-local address. A
   guest without integration services (`set_guest(integration_services=False)`) reports none of it.
+- Windows images (issue 14, `add_windows_base`): partitions (GPT: EFI system, MSR, Windows, recovery;
+  MBR: System Reserved, Windows). Mount-VHD letters the basic data partitions; Get-Partition lists
+  them; Set-Content writes into existing folders of a mounted volume, into the mounted file only (a
+  differencing disk's parents are not written). At the first boot of a generalized image Windows
+  Setup takes the first answer file of its implicit search (Panther, System32\\Sysprep, the system
+  drive's root) and names the computer from its specialize-pass ComputerName (KVP hostname).
 - Set-VMMemory -StartupBytes (>= 32 MB, a multiple of 2 MB) on an Off VM always applies. On a running VM
   ("runtime memory resize", Windows Server 2016+): refused with dynamic memory enabled, and while the
   guest cannot take part (not booted, no integration services); a Linux guest can grow but not shrink
@@ -1467,8 +1473,8 @@ class HostModel:
         """The guest agent at boot (cloud-init's NoCloud data source, cloudbase-init's NoCloud service):
         a vfat/iso9660 volume labelled cidata (or CIDATA) with user-data AND meta-data; the meta-data's
         instance-id decides whether it runs again (once per instance), local-hostname names the guest.
-        Windows Setup's implicit answer-file search is not modelled: it does not look at fixed data
-        disks (docs/windows-fidelity.md); `_windows_setup` models its search on the VM's own disk."""
+        Windows Setup (`_windows_setup`, first) never reads a data disk: its implicit answer-file search
+        covers places on the boot disk and removable media only (docs/windows-fidelity.md)."""
         self._windows_setup(vm)
         if vm.guest_agent is None:
             return
