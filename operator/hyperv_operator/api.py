@@ -148,6 +148,9 @@ class NetworkAdapter:
                    static_mac=None if mac is None else re.sub(r"[-:]", "", str(mac)).upper())
 
 
+BOOTSTRAP_NOCLOUD, BOOTSTRAP_UNATTEND = "NoCloud", "Unattend"
+
+
 @dataclass(frozen=True)
 class Bootstrap:
     """spec.bootstrap (issue 14): first-boot configuration from a Secret in the VM's namespace.
@@ -158,6 +161,7 @@ class Bootstrap:
 
     secret_name: str
     keep_disk: bool = False
+    format: str = "NoCloud"  # NoCloud (the cidata disk) | Unattend (unattend.xml on the VM's own disk)
     files: tuple[tuple[str, bytes], ...] | None = field(default=None, repr=False, compare=False)
     problem: str | None = None
 
@@ -166,7 +170,12 @@ class Bootstrap:
         if not spec:
             return None
         return cls(secret_name=str((spec.get("secretRef") or {}).get("name") or ""),
-                   keep_disk=bool(spec.get("keepDisk", False)))
+                   keep_disk=bool(spec.get("keepDisk", False)),
+                   format=str(spec.get("format") or BOOTSTRAP_NOCLOUD))
+
+    @property
+    def unattend(self) -> bool:
+        return self.format == BOOTSTRAP_UNATTEND
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,15 @@ def write_file(path: str, content: bytes) -> Statement:
     return pipe(cmd(MGMT + "Set-Content", LiteralPath=path, Value=content, Encoding="Byte"))
 
 
+def mount_os_disk(path: str) -> Statement:
+    """`Mount-VHD -Passthru | Get-Partition`: mount a VM's own disk on the host (Windows gives its
+    basic data partitions drive letters) and list its partitions (MSFT_Partition: PartitionNumber,
+    Type - Basic, System, Reserved, Recovery - and DriveLetter). Get-Partition's -DiskNumber binds by
+    property name from the VirtualHardDisk's DiskNumber. The disk stays mounted for the write that
+    follows (`write_file` by the Windows volume's letter, then `dismount_vhd`)."""
+    return pipe(cmd(HYPERV + "Mount-VHD", Path=path, Passthru=SWITCH), cmd(STORAGE + "Get-Partition"))
+
+
 def dismount_vhd(path: str) -> Statement:
     """No output. Fails if the disk is not mounted on the host."""
     return pipe(cmd(HYPERV + "Dismount-VHD", Path=path))
@@ -405,6 +414,7 @@ ALL_CMDLETS: frozenset[str] = frozenset(
         STORAGE + "Initialize-Disk",
         STORAGE + "New-Partition",
         STORAGE + "Format-Volume",
+        STORAGE + "Get-Partition",
         MGMT + "Set-Content",
         MGMT + "Rename-Item",
         HYPERV + "Add-VMHardDiskDrive",

@@ -114,6 +114,9 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     VisibleCmdlet(STORAGE + "New-Partition", ("InputObject", "UseMaximumSize", "AssignDriveLetter")),
     VisibleCmdlet(STORAGE + "Format-Volume", ("Partition", "FileSystem", "NewFileSystemLabel", "Force", "Confirm"),
                   (("FileSystem", ("FAT32",)),)),
+    # unattend.xml on a Windows VM's own disk (issue 14, bootstrap format Unattend): its partitions,
+    # read by -DiskNumber (by property name from Mount-VHD -Passthru).
+    VisibleCmdlet(STORAGE + "Get-Partition", ("DiskNumber",)),
     VisibleCmdlet(MGMT + "Set-Content", ("LiteralPath", "Value", "Encoding"), (("Encoding", ("Byte",)),)),
     VisibleCmdlet(MGMT + "Rename-Item", ("LiteralPath", "NewName")),
     VisibleCmdlet(HYPERV + "Add-VMHardDiskDrive", ("VM", "Path", "ControllerType", "ControllerNumber",

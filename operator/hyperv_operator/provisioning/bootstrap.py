@@ -4,7 +4,9 @@ The guest tools look for a FAT volume by its label (sources in docs/windows-fide
 and bootstrap"): cloud-init's NoCloud data source reads `user-data` and `meta-data` (both required;
 `network-config` optional) from a vfat or iso9660 volume labelled `cidata`; cloudbase-init (Windows)
 has the same NoCloud service with the same label and files. So one format serves Linux and Windows
-bases: a 64 MiB dynamic VHDX with one MBR partition formatted FAT32, label `cidata`.
+bases: a 64 MiB dynamic VHDX with one MBR partition formatted FAT32, label `cidata`. (Sysprepped
+Windows bases without cloudbase-init: spec.bootstrap.format Unattend, provisioning/unattend.py; Windows
+Setup does not search a data disk for its answer file.)
 
 How the disk is made, so that a crash at any point is recognised and never attached half-built:
 1. Build: `New-VHD <partial> | Mount-VHD | Initialize-Disk | New-Partition | Format-Volume` under a
@@ -41,6 +43,8 @@ FILE_SYSTEM = cmdlets.CONFIG_FILE_SYSTEM
 DISK_BYTES = 64 * 1024 * 1024  # FAT32 needs about 32 MiB at least; the files are a few KiB
 USER_DATA, META_DATA, NETWORK_CONFIG = "user-data", "meta-data", "network-config"
 FILES = (USER_DATA, META_DATA, NETWORK_CONFIG)
+UNATTEND_XML = "unattend.xml"  # spec.bootstrap.format Unattend (provisioning/unattend.py)
+PANTHER = "Windows\\Panther"  # where it goes, from the Windows volume's root
 KEY = "bootstrap"  # status key
 CONTROLLER = 0  # SCSI controller number
 
@@ -59,10 +63,18 @@ def partial_path(layout: Layout) -> str:
     return layout.config_partial
 
 
-def paths(spec: VirtualMachineSpec, layout: Layout) -> tuple[str, ...]:
+def paths(spec: VirtualMachineSpec, layout: Layout, status: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     """What the engine's observation Test-Paths for a VM with spec.bootstrap: a crash may have made
-    either file before the status knew of it."""
-    return (layout.config_disk, layout.config_partial) if spec.bootstrap is not None else ()
+    either file before the status knew of it. Format Unattend, while the VM's own disk is mounted:
+    `<letter>:\\Windows\\Panther` on each lettered partition, to find the Windows volume
+    (provisioning/unattend.py)."""
+    if spec.bootstrap is None:
+        return ()
+    if spec.bootstrap.unattend:
+        record = (status or {}).get(KEY) or {}
+        letters = record.get("volumes") or [] if record.get("state") == "Mounted" else []
+        return tuple(f"{letter}:\\{PANTHER}" for letter in letters)
+    return layout.config_disk, layout.config_partial
 
 
 def location(generation: int) -> int:
@@ -75,12 +87,21 @@ def location(generation: int) -> int:
 
 
 def files_from_secret(data: Mapping[str, str] | None, secret_name: str, vm_name: str,
-                      uid: str) -> tuple[tuple[tuple[str, bytes], ...] | None, str | None]:
+                      uid: str, *, unattend: bool = False) -> tuple[tuple[tuple[str, bytes], ...] | None, str | None]:
     """(files, problem) from a Secret's `data` (base64 values, as the API serves them). meta-data is
     generated unless the Secret has one: instance-id = the VM's uid (cloud-init runs its per-instance
-    modules once per instance-id), local-hostname = the VM's name. Problems never quote content."""
+    modules once per instance-id), local-hostname = the VM's name. Problems never quote content.
+    `unattend` (spec.bootstrap.format Unattend): the one file is the key unattend.xml."""
     if data is None:
         return None, f"Secret {secret_name!r} (spec.bootstrap.secretRef) was not found in the VM's namespace"
+    if unattend:
+        if UNATTEND_XML not in data:
+            return None, (f"Secret {secret_name!r} has no key {UNATTEND_XML!r} (spec.bootstrap.format Unattend "
+                          f"writes it to \\Windows\\Panther\\unattend.xml on the VM's disk)")
+        try:
+            return ((UNATTEND_XML, base64.b64decode(str(data[UNATTEND_XML]), validate=True)),), None
+        except (binascii.Error, ValueError):
+            return None, f"Secret {secret_name!r}: key {UNATTEND_XML!r} is not valid base64"
     decoded: dict[str, bytes] = {}
     for key in FILES:
         if key in data:
@@ -97,7 +118,7 @@ def files_from_secret(data: Mapping[str, str] | None, secret_name: str, vm_name:
 
 
 def with_files(bootstrap: Bootstrap, data: Mapping[str, str] | None, vm_name: str, uid: str) -> Bootstrap:
-    files, problem = files_from_secret(data, bootstrap.secret_name, vm_name, uid)
+    files, problem = files_from_secret(data, bootstrap.secret_name, vm_name, uid, unattend=bootstrap.unattend)
     return replace(bootstrap, files=files, problem=problem)
 
 
@@ -131,6 +152,7 @@ class Decision:
     top: dict[str, Any] = field(default_factory=dict)  # top-level status keys to set (network.py)
     created: tuple[str, ...] = ()
     events: tuple[tuple[str, str], ...] = ()
+    requeue: float | None = None  # after the action (None: the planner's default, AFTER_ACTION)
 
 
 def before_start(spec: VirtualMachineSpec, status: Mapping[str, Any], obs: Observation, vm: VmInfo,

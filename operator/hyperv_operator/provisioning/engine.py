@@ -358,7 +358,7 @@ async def _observe_listing(
     recorded = [str(p) for p in status.get("createdFiles") or []]
     disk_path = (status.get("disk") or {}).get("path")
     paths = _unique([spec.base_vhd, layout.disk, layout.partial, layout.copy_status, *recorded,
-                     *([str(disk_path)] if disk_path else []), *bootstrap.paths(spec, layout),
+                     *([str(disk_path)] if disk_path else []), *bootstrap.paths(spec, layout, status),
                      *((layout.copy_status_tmp, *layout.folders_bottom_up) if deleting else ())])
     first = await client.run([cmdlets.get_all_vms(), *(cmdlets.test_path(p) for p in paths)])
     vms, flags, _, _, _, _ = _parse(first, copy_read=False)
@@ -499,7 +499,7 @@ async def _observe_by_id(
     disk_path = (status.get("disk") or {}).get("path")
     paths = _unique([spec.base_vhd, layout.disk, layout.partial, layout.copy_status, *recorded,
                      *([str(disk_path)] if disk_path else []), layout.vm_dir, config_dir,
-                     *bootstrap.paths(spec, layout),  # issue 14
+                     *bootstrap.paths(spec, layout, status),  # issue 14
                      *((layout.copy_status_tmp, *layout.folders_bottom_up) if deleting else ())])
     want = expected_reads(phase, on_checkpoint, status, layout, spec.base_vhd, deleting=deleting)
     if base_apart:

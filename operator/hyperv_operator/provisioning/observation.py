@@ -316,8 +316,9 @@ def needed_reads(phase: str, on_checkpoint: bool, status: Mapping[str, Any], lay
                  obs: Observation, *, deleting: bool) -> Reads:
     """Everything the planner may consult, given what exists (`obs` from the first round trip)."""
     if deleting:  # issue 14: a half-built configuration disk may still be mounted on the host
-        return Reads((layout.config_partial,) if obs.exists(layout.config_partial) else (),
-                     obs.exists(layout.copy_status))
+        mounted = [p for p in (layout.config_partial, layout.disk if _unattend_pending(status) else None)
+                   if p is not None and obs.exists(p)]
+        return Reads(tuple(mounted), obs.exists(layout.copy_status))
     vhds: list[str] = []
     if phase in (Phase.PENDING, Phase.FAILED) and obs.exists(base_vhd):
         vhds.append(base_vhd)
@@ -329,9 +330,19 @@ def needed_reads(phase: str, on_checkpoint: bool, status: Mapping[str, Any], lay
         vhds.append(avhdx)
     if obs.exists(layout.config_partial):  # issue 14: is the half-built configuration disk still mounted?
         vhds.append(layout.config_partial)
+    if obs.exists(layout.disk) and _unattend_pending(status) and layout.disk not in vhds:
+        vhds.append(layout.disk)  # issue 14: is the VM's own disk mounted on the host (unattend.py)?
     after_copy = (Phase.PROVISIONED, Phase.REPARENTING, Phase.MERGING, Phase.FAILED)
     read_copy = obs.exists(layout.copy_status) and phase not in after_copy
     return Reads(tuple(vhds), read_copy)
+
+
+def _unattend_pending(status: Mapping[str, Any]) -> bool:
+    """Whether unattend.xml is being written into the VM's own disk (provisioning/unattend.py; its
+    states repeated here: observation does not import the decisions)."""
+    record = status.get("bootstrap") or {}
+    return record.get("format") == "Unattend" and record.get("state") in ("Preparing", "Mounted", "Dismounted",
+                                                                         "NoWindowsVolume")
 
 
 def recorded_avhdx(status: Mapping[str, Any]) -> str | None:

@@ -1109,10 +1109,31 @@ def _partition_object(model: HostModel, mount: Mount) -> HostObject:
 def mount_vhd(ctx: Context, b: Bound) -> list[HostObject]:
     out = []
     for path in b["Path"]:
-        mount = ctx.model.mount_vhd(path)
+        mount = ctx.model.mount_vhd(path, no_drive_letter=bool(b.get("NoDriveLetter")))
         if b.get("Passthru"):
             out.append(vhd_object(ctx.model, ctx.model.files[mount.key]))
     return out
+
+
+_PARTITION_TYPES = {"Basic": "Basic", "System": "System", "Reserved": "Reserved", "Recovery": "Recovery", "IFS": "IFS"}
+
+
+def get_partition(ctx: Context, b: Bound) -> list[HostObject]:
+    """Get-Partition -DiskNumber (bound by property name from Mount-VHD -Passthru's DiskNumber): a
+    mounted disk's partitions. An OS image: one per partition, with its drive letter if it got one."""
+    number = int(b["DiskNumber"])
+    mount = ctx.model.mount_of(number)
+    node = ctx.model.files[mount.key]
+    volumes = ctx.model.os_view(node)
+    if volumes is None:
+        assert node.vhd is not None
+        return [_partition_object(ctx.model, mount)] if node.vhd.partition else []
+    letters = {index: letter for letter, index in mount.letters.items()}
+    return [HostObject((MSFT_PARTITION, *_CIM), {
+        "DiskNumber": number, "PartitionNumber": index + 1, "DriveLetter": letters.get(index, "\0"),
+        "Type": _PARTITION_TYPES.get(volume.partition_type, "Unknown"),
+        "AccessPaths": [f"{letters[index]}:\\"] if index in letters else [],
+    }) for index, volume in enumerate(volumes)]
 
 
 def dismount_vhd(ctx: Context, b: Bound) -> list[HostObject]:
@@ -1310,6 +1331,8 @@ def _cmdlets() -> dict[str, Cmdlet]:
         Cmdlet("Mount-VHD", HYPERV, _VHD + "MountVHD",
                (Param("Path", "string[]", mandatory=True, by_property=True, path=True, aliases=("FullName",)),
                 Param("Passthru", "switch"), Param("NoDriveLetter", "switch")), mount_vhd),
+        Cmdlet("Get-Partition", STORAGE, "Microsoft.Management.Infrastructure.CimCmdlets.GetPartition",
+               (Param("DiskNumber", "int32", mandatory=True, by_property=True),), get_partition),
         Cmdlet("Dismount-VHD", HYPERV, _VHD + "DismountVHD",
                (Param("Path", "string[]", mandatory=True, by_property=True, path=True, aliases=("FullName",)),
                 Param("Passthru", "switch")), dismount_vhd),

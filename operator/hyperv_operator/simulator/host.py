@@ -54,6 +54,7 @@ from hyperv_operator.simulator.model import (
     MiB,
     ModelError,
     Vhd,
+    Volume,
     canonical_path,
     leaf_name,
     new_guid,
@@ -436,6 +437,40 @@ class SimulatedHost:
             vhd = Vhd("Dynamic", size, DYNAMIC_BLOCK_SIZE, new_guid().upper(), new_guid(), blocks=blocks)
             model.add_file(FileNode(canon, model.now, model.now, float(size_bytes), read_only=True,
                                     acl_protected=acl_read_only, vhd=vhd))
+
+    def add_windows_base(self, path: str, size_bytes: int, *, generalized: bool = True,
+                         files: dict[str, bytes] | None = None, acl_read_only: bool = True,
+                         generation: int = 2) -> None:
+        """A Windows image (issue 14): `add_base_disk` plus the partitions of a Generation 2 install
+        (EFI system FAT32, MSR, the Windows NTFS volume, recovery). The Windows volume has the folders
+        a Windows installation has (Windows\\Panther, Windows\\System32\\Sysprep, ...); `generalized`:
+        sysprepped with /generalize, so its next first boot runs Windows Setup's specialize pass.
+        `files`: more files on the Windows volume by path from its root (e.g. a cached
+        Windows\\Panther\\unattend.xml left by sysprep). `generation` 1: an MBR install instead (the
+        System Reserved NTFS partition and the Windows partition, both Get-Partition Type IFS)."""
+        self.add_base_disk(path, size_bytes, acl_read_only=acl_read_only)
+        with self._lock:
+            node = self._now().vhd_node(path)
+            assert node.vhd is not None
+            windows = Volume("NTFS", "Windows", dict(files or {}), "Basic" if generation == 2 else "IFS",
+                             {"windows", "windows\\panther", "windows\\system32", "windows\\system32\\sysprep",
+                              "windows\\system32\\config", "users", "program files"}, generalized)
+            node.vhd.os_volumes = [Volume("FAT32", "", {}, "System", {"efi"}), Volume("", "", {}, "Reserved"),
+                                   windows, Volume("NTFS", "Recovery", {}, "Recovery", {"recovery"})] \
+                if generation == 2 else [Volume("NTFS", "System Reserved", {}, "IFS", {"boot"}), windows]
+
+    def os_files(self, path: str) -> dict[str, bytes]:
+        """The Windows volume's files as the disk chain from `path` presents them (issue 14)."""
+        with self._lock:
+            model = self._now()
+            volumes = model.os_view(model.vhd_node(path)) or []
+            windows = next((v for v in volumes if "windows" in v.folders), None)
+            return dict(windows.files) if windows is not None else {}
+
+    def guest_answer_file(self, vm_id: str) -> str | None:
+        """Where the simulated Windows Setup found the answer file it applied (None: none)."""
+        with self._lock:
+            return self._now().vm(vm_id).answer_file
 
     # --- inspection hooks ----------------------------------------------------------------------
 

@@ -65,6 +65,12 @@ Modelling choices. Where Microsoft's documentation leaves room, the STRICTER beh
   more (DHCP) an adapter on a switch reports an IPv4 address plus its fe80:: link-local address in
   Get-VMNetworkAdapter IPAddresses; an adapter on no switch reports only the link-local address. A
   guest without integration services (`set_guest(integration_services=False)`) reports none of it.
+- Windows images (issue 14, `add_windows_base`): partitions (GPT: EFI system, MSR, Windows, recovery;
+  MBR: System Reserved, Windows). Mount-VHD letters the basic data partitions; Get-Partition lists
+  them; Set-Content writes into existing folders of a mounted volume, into the mounted file only (a
+  differencing disk's parents are not written). At the first boot of a generalized image Windows
+  Setup takes the first answer file of its implicit search (Panther, System32\\Sysprep, the system
+  drive's root) and names the computer from its specialize-pass ComputerName (KVP hostname).
 - Set-VMMemory -StartupBytes (>= 32 MB, a multiple of 2 MB) on an Off VM always applies. On a running VM
   ("runtime memory resize", Windows Server 2016+): refused with dynamic memory enabled, and while the
   guest cannot take part (not booted, no integration services); a Linux guest can grow but not shrink
@@ -128,6 +134,7 @@ import json
 import math
 import ntpath
 import uuid
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -343,15 +350,24 @@ def xs_duration(seconds: float) -> str:
 
 @dataclass
 class Volume:
-    """A formatted partition inside a VHD (issue 14: the first-boot configuration disk). Files live in
-    the root folder only; FAT names compare case-insensitively."""
+    """A formatted partition inside a VHD (issue 14: the first-boot configuration disk, and the
+    partitions of an OS image). Files are keyed by their path from the volume's root
+    (`Windows\\Panther\\unattend.xml`); names compare case-insensitively (FAT and NTFS). `folders`
+    are the folders below the root (lower case); a file can only be written into one that exists."""
 
     file_system: str
     label: str
     files: dict[str, bytes] = field(default_factory=dict)
+    partition_type: str = "Basic"  # Get-Partition Type: GPT Basic | System | Reserved | Recovery; MBR IFS
+    folders: set[str] = field(default_factory=set)
+    generalized: bool = False  # a Windows installation sysprepped with /generalize (specialize pass next boot)
 
     def read(self, name: str) -> bytes | None:
         return next((v for k, v in self.files.items() if k.lower() == name.lower()), None)
+
+    def copy(self) -> Volume:
+        return Volume(self.file_system, self.label, dict(self.files), self.partition_type, set(self.folders),
+                      self.generalized)
 
 
 @dataclass
@@ -368,13 +384,15 @@ class Vhd:
     partition_style: str | None = None  # None: RAW (never initialized)
     partition: bool = False  # one partition (the only layout modelled)
     volume: Volume | None = None
+    os_volumes: list[Volume] | None = None  # an OS image's partitions, in order (partition number - 1)
+    overlay: dict[int, dict[str, bytes]] = field(default_factory=dict)  # files written into THIS disk, per partition
 
     def clone(self) -> Vhd:
         return Vhd(self.vhd_type, self.size, self.block_size, self.disk_identifier, self.data_write_guid,
                    self.parent_path, self.parent_write_guid, dict(self.blocks), False, self.partition_style,
-                   self.partition, None if self.volume is None else Volume(self.volume.file_system,
-                                                                           self.volume.label,
-                                                                           dict(self.volume.files)))
+                   self.partition, None if self.volume is None else self.volume.copy(),
+                   None if self.os_volumes is None else [v.copy() for v in self.os_volumes],
+                   {i: dict(f) for i, f in self.overlay.items()})
 
 
 @dataclass
@@ -384,6 +402,7 @@ class Mount:
     key: str
     disk_number: int
     letter: str | None = None
+    letters: dict[str, int] = field(default_factory=dict)  # an OS image's drive letters -> partition index
 
 
 @dataclass
@@ -484,6 +503,8 @@ class VM:
     guest_agent: str | None = "cloud-init"  # cloud-init | cloudbase-init | None: what reads a cidata volume
     instance_id: str | None = None  # the meta-data instance-id the guest agent last applied
     first_boot_files: dict[str, bytes] = field(default_factory=dict)  # what the agent read at first boot
+    specialized: bool = False  # Windows Setup ran the specialize pass on this VM's generalized image
+    answer_file: str | None = None  # where Windows Setup found the answer file it applied (None: none)
 
 
 @dataclass
@@ -704,6 +725,13 @@ class HostModel:
         return key in self.folders or key in self.roots
 
     def exists(self, canon: str) -> bool:
+        drive, rest = ntpath.splitdrive(canon)
+        if len(drive) == 2 and drive[1] == ":" and self.mounts:  # a volume of a disk mounted on the host
+            mounted = self.mounted_os_volume(drive[0])
+            if mounted is not None:
+                name = rest.strip("\\").lower()
+                volume = mounted[2]
+                return not name or name in volume.folders or any(k.lower() == name for k in volume.files)
         return self.is_dir(canon) or canon.lower() in self.files
 
     def file(self, path: str) -> FileNode:
@@ -1227,7 +1255,7 @@ class HostModel:
 
     # --- host-mounted disks and the first-boot configuration disk (issue 14) ------------------------
 
-    def _mount_of(self, disk_number: int) -> Mount:
+    def mount_of(self, disk_number: int) -> Mount:
         for mount in self.mounts.values():
             if mount.disk_number == disk_number:
                 return mount
@@ -1240,17 +1268,61 @@ class HostModel:
         assert node.vhd is not None
         return node.vhd
 
-    def mount_vhd(self, path: str) -> Mount:
+    def mount_vhd(self, path: str, *, no_drive_letter: bool = False) -> Mount:
         """Mount-VHD: the disk appears on the host (no drive letter until a partition gets one). A disk
-        a running VM holds, or one already mounted, cannot be mounted [strict: 'in use']."""
+        a running VM holds, or one already mounted, cannot be mounted [strict: 'in use']. An OS image's
+        basic data partitions (GPT Basic; MBR IFS, System Reserved included) get the next free drive
+        letters unless -NoDriveLetter; its EFI system, MSR and recovery partitions get none. A
+        differencing disk mounts with its parents' content (the parents are only read); what is
+        written goes into the mounted file."""
         node = self.vhd_node(path)
         if node.key in self.attached_keys():
             raise file_in_use(node.path)
         self._check_writable(node, who=f"Mount-VHD '{node.path}'")
+        self._validate_chain(node)
         mount = Mount(node.key, self._next_disk_number)
+        volumes = self.os_view(node)
+        if volumes is not None and not no_drive_letter:
+            taken = {r[0].upper() for r in self.drive_letters()} | self._taken_letters()
+            free = [c for c in "DEFGHIJKLMNOPQRSTUVWXYZ" if c not in taken]
+            for index, volume in enumerate(volumes):
+                if volume.partition_type in ("Basic", "IFS") and free:
+                    mount.letters[free.pop(0)] = index
         self._next_disk_number += 1
         self.mounts[node.key] = mount
         return mount
+
+    def _taken_letters(self) -> set[str]:
+        return {m.letter for m in self.mounts.values() if m.letter} | {
+            letter for m in self.mounts.values() for letter in m.letters}
+
+    def os_view(self, top: FileNode) -> list[Volume] | None:
+        """An OS image's partitions as the disk chain from `top` presents them: the root image's
+        volumes with each disk's written files on top, oldest first. None: no OS image in the chain."""
+        chain, _ = self.chain(top)
+        root = next((n for n in reversed(chain) if n.vhd is not None and n.vhd.os_volumes is not None), None)
+        if root is None or root.vhd is None or root.vhd.os_volumes is None:
+            return None
+        volumes = [v.copy() for v in root.vhd.os_volumes]
+        for node in reversed(chain[:chain.index(root) + 1]):
+            assert node.vhd is not None
+            for index, written in node.vhd.overlay.items():
+                if index < len(volumes):
+                    for name, data in written.items():
+                        for key in [k for k in volumes[index].files if k.lower() == name.lower()]:
+                            del volumes[index].files[key]
+                        volumes[index].files[name] = data
+        return volumes
+
+    def mounted_os_volume(self, letter: str) -> tuple[FileNode, int, Volume] | None:
+        for mount in self.mounts.values():
+            if letter.upper() in mount.letters:
+                node = self.files[mount.key]
+                volumes = self.os_view(node)
+                index = mount.letters[letter.upper()]
+                if volumes is not None:
+                    return node, index, volumes[index]
+        return None
 
     def dismount_vhd(self, path: str) -> None:
         node = self.vhd_node(path)
@@ -1263,7 +1335,7 @@ class HostModel:
 
     def initialize_disk(self, disk_number: int, partition_style: str) -> Mount:
         """Initialize-Disk: only a RAW disk (Initialize-Disk documentation: 'initializes a RAW disk')."""
-        mount = self._mount_of(disk_number)
+        mount = self.mount_of(disk_number)
         vhd = self._mounted_vhd(mount)
         if vhd.partition_style is not None:
             raise ModelError("The disk has already been initialized.", category="InvalidOperation",
@@ -1273,7 +1345,7 @@ class HostModel:
 
     def new_partition(self, disk_number: int, *, assign_letter: bool) -> Mount:
         """New-Partition -UseMaximumSize [-AssignDriveLetter]: the one partition modelled."""
-        mount = self._mount_of(disk_number)
+        mount = self.mount_of(disk_number)
         vhd = self._mounted_vhd(mount)
         if vhd.partition_style is None:
             raise ModelError("The disk has not been initialized.", category="InvalidOperation",
@@ -1283,7 +1355,7 @@ class HostModel:
                              reason="StorageWMI 40000,New-Partition", target=str(disk_number))
         vhd.partition = True
         if assign_letter:
-            taken = {r[0].upper() for r in self.drive_letters()} | {m.letter for m in self.mounts.values() if m.letter}
+            taken = {r[0].upper() for r in self.drive_letters()} | self._taken_letters()
             free = [c for c in "DEFGHIJKLMNOPQRSTUVWXYZ" if c not in taken]
             if not free:
                 raise ModelError("No drive letter is available.", category="NotSpecified",
@@ -1293,7 +1365,7 @@ class HostModel:
 
     def format_volume(self, disk_number: int, file_system: str, label: str) -> tuple[Mount, Volume]:
         """Format-Volume: a new, empty file system. A FAT volume label holds at most 11 characters."""
-        mount = self._mount_of(disk_number)
+        mount = self.mount_of(disk_number)
         vhd = self._mounted_vhd(mount)
         if not vhd.partition:
             raise ModelError("The disk has no partition to format.", category="InvalidOperation",
@@ -1319,6 +1391,20 @@ class HostModel:
         if byte_encoding and not isinstance(value, bytes):
             raise ModelError("Cannot convert the value to System.Byte.", category="InvalidArgument",
                              reason="SetContentWriterIOError", target=canon)
+        os_mount = self.mounted_os_volume(drive[0]) if len(drive) == 2 and drive[1] == ":" else None
+        if os_mount is not None:
+            node, index, view = os_mount
+            name = rest.strip("\\")
+            folder = name.rsplit("\\", 1)[0].lower() if "\\" in name else ""
+            if not name or (folder and folder not in view.folders) or name.lower() in view.folders:
+                raise directory_not_found(canon)  # Set-Content does not create folders
+            assert node.vhd is not None
+            written = node.vhd.overlay.setdefault(index, {})
+            for key in [k for k in written if k.lower() == name.lower()]:
+                del written[key]
+            written[name] = data
+            node.modified = self.now
+            return
         volume = self.mounted_volume(drive[0]) if len(drive) == 2 and drive[1] == ":" else None
         if volume is not None:
             name = rest.strip("\\")
@@ -1387,8 +1473,9 @@ class HostModel:
         """The guest agent at boot (cloud-init's NoCloud data source, cloudbase-init's NoCloud service):
         a vfat/iso9660 volume labelled cidata (or CIDATA) with user-data AND meta-data; the meta-data's
         instance-id decides whether it runs again (once per instance), local-hostname names the guest.
-        Windows Setup's implicit answer-file search is not modelled: it does not look at fixed data
-        disks (docs/windows-fidelity.md)."""
+        Windows Setup (`_windows_setup`, first) never reads a data disk: its implicit answer-file search
+        covers places on the boot disk and removable media only (docs/windows-fidelity.md)."""
+        self._windows_setup(vm)
         if vm.guest_agent is None:
             return
         for drive in vm.drives[1:]:
@@ -1408,6 +1495,37 @@ class HostModel:
             if fields.get("local-hostname"):
                 vm.guest_hostname = fields["local-hostname"]
             return
+
+    def _windows_setup(self, vm: VM) -> None:
+        """The first boot of a generalized (sysprepped) Windows image runs Windows Setup's specialize
+        pass, once. It takes the first answer file of its implicit search, in order (Windows Setup
+        Automation Overview): the registry pointer (not modelled: the images have none),
+        %WINDIR%\\Panther\\Unattend (downlevel installations only: not searched here [strict]),
+        %WINDIR%\\Panther (unattend.xml), removable media roots (the simulated VMs have no floppy or DVD),
+        %WINDIR%\\System32\\Sysprep (Unattend.xml for the passes after windowsPE), %SYSTEMDRIVE% (root,
+        Unattend.xml or Autounattend.xml). Any other disk or folder is not searched. ComputerName of the
+        specialize pass's Microsoft-Windows-Shell-Setup component names the computer; absent or `*`:
+        a random WIN-xxxxxxxxxxx name."""
+        if not vm.drives:
+            return
+        top = self.files.get(path_key(vm.drives[0].path))
+        volumes = self.os_view(top) if top is not None and top.vhd is not None else None
+        windows = next((v for v in volumes or () if "windows" in v.folders), None)
+        if windows is None or not windows.generalized or vm.specialized:
+            return
+        vm.specialized = True
+        vm.guest_os = WINDOWS_OS_NAME
+        vm.guest_agent = None if vm.guest_agent == "cloud-init" else vm.guest_agent  # cloud-init is Linux's
+        found: tuple[str, bytes] | None = None
+        for name in ANSWER_FILE_SEARCH:
+            data = windows.read(name)
+            if data is not None:
+                found = (name, data)
+                break
+        computer = computer_name(found[1]) if found is not None else None
+        vm.answer_file = found[0] if found is not None else None
+        vm.guest_hostname = computer if computer and computer != "*" else \
+            "WIN-" + uuid.uuid4().hex[:11].upper()
 
     # --- the guest (integration services) -------------------------------------------------------
 
@@ -1664,6 +1782,8 @@ class HostModel:
             self.refresh_opens()
             return
         parent.vhd.blocks.update(child.vhd.blocks)
+        for index, written in child.vhd.overlay.items():
+            parent.vhd.overlay.setdefault(index, {}).update(written)
         grown = max(0.0, child.length - NEW_DIFF_FILE_SIZE)
         parent.length = min(parent.length + grown, parent.vhd.size + VHD_METADATA_BYTES)
         parent.modified = t
@@ -1942,7 +2062,45 @@ class HostModel:
         for index in sorted(node.vhd.blocks):
             data = node.vhd.blocks[index]
             digest.update(index.to_bytes(8, "little") + len(data).to_bytes(8, "little") + data)
+        for volume_index, volume in enumerate(node.vhd.os_volumes or ()):  # an OS image's files count too
+            for name in sorted(volume.files):
+                digest.update(f"{volume_index}:{name}".encode() + volume.files[name])
+        for volume_index in sorted(node.vhd.overlay):
+            for name in sorted(node.vhd.overlay[volume_index]):
+                digest.update(f"+{volume_index}:{name}".encode() + node.vhd.overlay[volume_index][name])
         return node.vhd.disk_identifier, node.vhd.data_write_guid, digest.hexdigest()
+
+
+WINDOWS_OS_NAME = "Windows Server 2022 Datacenter"
+ANSWER_FILE_SEARCH = (  # the implicit search's paths on the Windows volume (volume-relative), in order
+    "Windows\\Panther\\unattend.xml",
+    "Windows\\System32\\Sysprep\\unattend.xml",
+    "unattend.xml",
+    "autounattend.xml",
+)
+UNATTEND_NS = "{urn:schemas-microsoft-com:unattend}"
+
+
+def computer_name(answer: bytes) -> str | None:
+    """ComputerName of the specialize pass's Microsoft-Windows-Shell-Setup component, or None. A
+    DOCTYPE is not expanded: the file is then treated as having no ComputerName."""
+    if b"<!DOCTYPE" in answer.upper():
+        return None
+    try:
+        # Safe without defusedxml: a DOCTYPE (the only way to declare entities) was refused above,
+        # and expat never fetches external resources.
+        root = ElementTree.fromstring(answer)  # noqa: S314
+    except ElementTree.ParseError:
+        return None
+    for settings in root.iter(UNATTEND_NS + "settings"):
+        if settings.get("pass") != "specialize":
+            continue
+        for component in settings.iter(UNATTEND_NS + "component"):
+            if component.get("name") == "Microsoft-Windows-Shell-Setup":
+                node = component.find(UNATTEND_NS + "ComputerName")
+                if node is not None and node.text:
+                    return node.text.strip()
+    return None
 
 
 def _simple_yaml(text: str) -> dict[str, str]:

@@ -85,6 +85,11 @@ def plan_delete(
         return act(Action("DismountConfigDisk", (cmdlets.dismount_vhd(layout.config_partial),),
                           f"Dismount-VHD {layout.config_partial}", tolerate_not_found=True),
                    f"dismounting the incomplete configuration disk {layout.config_partial}")
+    own = obs.vhd(layout.disk) if obs.exists(layout.disk) else None
+    if own is not None and own.attached:  # issue 14: mounted on the host to write unattend.xml (unattend.py)
+        return act(Action("DismountSystemDisk", (cmdlets.dismount_vhd(layout.disk),),
+                          f"Dismount-VHD {layout.disk}", tolerate_not_found=True),
+                   f"dismounting the VM's disk {layout.disk} (mounted to write unattend.xml)")
     candidates: list[str] = []
     for path in [*(w.status.get("createdFiles") or []), *layout.owned_files]:
         if not any(same_path(path, c) for c in candidates):

@@ -14,6 +14,7 @@ from hyperv_operator.hyperv import errors
 from hyperv_operator.hyperv.commands import HostObject
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, TransientHostError
 from hyperv_operator.provisioning import bootstrap as bootstrap_mod
+from hyperv_operator.provisioning import unattend as unattend_mod
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import Observation, kind_of, parse_vm
@@ -55,6 +56,8 @@ def absorb(action: Action, status: Mapping[str, Any], output: Sequence[HostObjec
                                  "parentPath": disk.get("parentPath") if not is_avhdx(disk.get("path")) else None}
     elif action.kind == bootstrap_mod.BUILD:
         s = bootstrap_mod.absorb(s, output)
+    elif action.kind == unattend_mod.MOUNT:  # issue 14: the VM's own disk's drive letters
+        s = unattend_mod.absorb(s, output)
     elif action.kind == "StartCopy":
         for obj in output:
             pid = obj.get("ProcessId")

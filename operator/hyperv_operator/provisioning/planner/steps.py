@@ -10,6 +10,7 @@ from hyperv_operator.provisioning import bootstrap as bootstrap_mod
 from hyperv_operator.provisioning import guest as guest_mod
 from hyperv_operator.provisioning import network as network_mod
 from hyperv_operator.provisioning import resize as resize_mod
+from hyperv_operator.provisioning import unattend as unattend_mod
 from hyperv_operator.provisioning.layout import is_avhdx, same_path
 from hyperv_operator.provisioning.observation import VmInfo
 from hyperv_operator.provisioning.planner.work import (
@@ -179,7 +180,7 @@ def _starting(w: _Work) -> _Result:
                     f"resuming VM {vm.id} (it was paused)")
     if vm.state != OFF and vm.state not in SAVED_STATES:
         return _Wait(f"waiting for VM {vm.id} to settle (state {vm.state})", SHORT_WAIT)
-    prepared = _bootstrap(w, bootstrap_mod.before_start(w.spec, w.status, w.obs, vm, w.layout, w.now))  # issue 14
+    prepared = _bootstrap(w, _before_first_start(w, vm))  # issue 14
     if prepared is not None:
         return prepared
     return _Act(Action("StartVM", (cmdlets.start_vm(vm.id),), f"Start-VM {vm.id}"), f"starting VM {vm.id}")
@@ -284,14 +285,14 @@ def _provisioned(w: _Work) -> _Result:
             seen = _guest_verdict(w)  # issue 14: Ready follows spec.readiness
             if not seen.ready:
                 return _Wait(seen.message, guest_mod.GUEST_POLL, stall=seen.reason if seen.stalled else None)
-            finished = _bootstrap(w, bootstrap_mod.after_ready(w.spec, w.status, w.obs, vm, w.layout, seen.ready,
-                                                               w.now))
+            finished = _bootstrap(w, unattend_mod.after_ready(w.spec, w.status, w.obs, vm, w.now)
+                                  if w.spec.bootstrap is not None and w.spec.bootstrap.unattend else
+                                  bootstrap_mod.after_ready(w.spec, w.status, w.obs, vm, w.layout, seen.ready, w.now))
             if finished is not None:  # issue 14: the configuration disk goes once the guest is up
                 return finished
             return _Wait(seen.message, None)
         if vm.state == OFF or vm.state in SAVED_STATES:
-            prepared = _bootstrap(w, bootstrap_mod.before_start(w.spec, w.status, w.obs, vm, w.layout, w.now)) \
-                if vm.state == OFF else None
+            prepared = _bootstrap(w, _before_first_start(w, vm)) if vm.state == OFF else None
             if prepared is not None:  # issue 14: a first start that comes after powerState Off
                 return prepared
             unchanged_spec = w.status.get("observedGeneration") == w.vm.generation
@@ -341,6 +342,13 @@ def _critical(w: _Work) -> _Wait | None:
                  stall="VMCritical")
 
 
+def _before_first_start(w: _Work, vm: VmInfo) -> bootstrap_mod.Decision | None:
+    """Issue 14: the cidata disk (bootstrap.py), or unattend.xml in the VM's own disk (unattend.py)."""
+    if w.spec.bootstrap is not None and w.spec.bootstrap.unattend:
+        return unattend_mod.before_start(w.spec, w.status, w.obs, vm, w.layout, w.now)
+    return bootstrap_mod.before_start(w.spec, w.status, w.obs, vm, w.layout, w.now)
+
+
 def _bootstrap(w: _Work, d: bootstrap_mod.Decision | None) -> _Result | None:
     """Issue 14: apply a first-boot configuration decision (provisioning/bootstrap.py) to the work."""
     if d is None:
@@ -354,6 +362,8 @@ def _bootstrap(w: _Work, d: bootstrap_mod.Decision | None) -> _Result | None:
         w.event(reason, message)
     if d.action is not None:
         kind, statements, description = d.action
+        if d.requeue is not None:
+            return _Act(Action(kind, statements, description), d.message, d.requeue)
         return _Act(Action(kind, statements, description), d.message)
     if d.wait is not None:
         return _Wait(d.message, d.wait, stall=d.stall)
