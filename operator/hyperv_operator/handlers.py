@@ -534,7 +534,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                            message=f"{retry.RETRY_ANNOTATION}={request}: trying again from {again.get('phase')}")
                 engine_status = again
         first = under_way(engine_status, deleting=deleting)
-        async with runtime.gate.turn(host_key, started=first):  # the VM's lock is held by step()
+        async with runtime.gate.turn(host_key, started=first, limit=host_spec.max_connections):  # the VM's lock is held by step()
             if deleting:
                 outcome = await engine.finalize(metered, ref, vm_spec, engine_status, host_spec, host_key,
                                                 runtime.slots, _now(),
