@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 import threading
 import time
@@ -194,6 +195,54 @@ def _peak_rss_mb(pid: int | None) -> float:
     return 0.0
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """user + system CPU seconds of a process so far (0 if unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _cpu_now(operator: OperatorProcess, plane: ControlPlane) -> tuple[float, float, float]:
+    """CPU seconds so far of the operator, of this process (the simulated hosts), and of the control plane."""
+    plane_pids = [proc.pid for proc in plane._procs]
+    return (_cpu_seconds(operator.pid), time.process_time(), sum(_cpu_seconds(pid) for pid in plane_pids))
+
+
+class RssSampler:
+    """The operator's resident memory every half second (VmRSS), for the peak of each scenario."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.samples.append((time.monotonic(), int(line.split()[1]) / 1024))
+            except OSError:
+                pass
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_since(self, since: float) -> float:
+        return max((mb for t, mb in self.samples if t >= since), default=0.0)
+
+
 def run_fleet(plane: ControlPlane, sims: list[SimulatedHyperV], strategy: str, count: int,
               timeout: float) -> tuple[float, float, float, float | None, int, str]:
     """Create `count` VMs spread over the hosts at once; times to first/all Running, all Provisioned,
@@ -322,12 +371,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         operator = OperatorProcess(plane.operator_kubeconfig, log, drift_interval=30.0, host_probe_interval=60.0)
         operator.start()
         try:
+            sampler = RssSampler(operator.pid).__enter__()
             for strategy, count, hosts in SCALES[args.scale]:
+                scenario_began = time.monotonic()
+                cpu_before = _cpu_now(operator, plane)
                 sims = [SimulatedHyperV(time_scale=args.time_scale, free_bytes=50 * 10**12).start()
                         for _ in range(hosts)]
                 try:
                     first, all_running, all_prov, all_indep, done, namespace = run_fleet(
                         plane, sims, strategy, count, args.timeout)
+                    cpu = [after - before for after, before in zip(_cpu_now(operator, plane), cpu_before, strict=True)]
+                    print(f"  {strategy} x{count}: CPU seconds per VM: operator {cpu[0] / count:.3f}, simulated hosts "
+                          f"and bench {cpu[1] / count:.3f}, API server + etcd {cpu[2] / count:.3f} "
+                          f"(all: {sum(cpu):.1f} s in {all_prov:.1f} s of wall time on {os.cpu_count()} cores)")
                     time.sleep(1.0)  # let the audit log flush the last writes
                     ns_writes = _operator_writes(plane, namespace)
                     writes = len(ns_writes)
@@ -350,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         bound = math.ceil(count / (hosts * COPY_SLOTS)) * copy_wall
                     results.append(Result(f"{count} {strategy} on {hosts} host(s)", count, hosts, first, all_running,
                                           all_prov, all_indep, bound, writes / count, pipelines / count, script))
+                    print(f"  {strategy} x{count}: operator RSS peak {sampler.peak_since(scenario_began):.0f} MB, "
+                          f"{sampler.samples[-1][1] if sampler.samples else 0:.0f} MB at the end")
                     if done < count:
                         print(f"  {strategy} x{count}: only {done} Provisioned within {args.timeout:.0f}s")
                     clean_up(plane, namespace)
@@ -357,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for sim in sims:
                         sim.stop()
                 peak_rss = max(peak_rss, _peak_rss_mb(operator.pid))
+            sampler.__exit__()
         finally:
             peak_rss = max(peak_rss, _peak_rss_mb(operator.pid))
             operator.stop()
