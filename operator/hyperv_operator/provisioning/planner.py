@@ -26,7 +26,7 @@ from hyperv_operator.provisioning import retry
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, is_checkpoint_of, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
 from hyperv_operator.provisioning.observation import CopyJob, Observation, VmInfo, is_copy_worker, kind_of, parse_vm
-from hyperv_operator.provisioning.pacing import copy_poll_delay, progress_sample
+from hyperv_operator.provisioning.pacing import copy_poll_delay, merge_poll_delay, progress_sample
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase, Step
 
 # Requeue delays (seconds).
@@ -550,7 +550,7 @@ def _merging(w: _Work) -> _Result:
         return _Act(Action("RemoveCheckpoint", tuple(statements),
                            f"Remove-VMSnapshot {vm.id} -Name {name}"
                            + (f"; Set-VM -CheckpointType {before}" if len(statements) > 1 else "")),
-                    f"removing checkpoint {name} (merges {avhdx} into {disk})", MERGE_POLL)
+                    f"removing checkpoint {name} (merges {avhdx} into {disk})", merge_poll_delay(0.0, MERGE_POLL))
     message = (f"merging {avhdx} into {disk} (VM status: {vm.status or 'unknown'}; drives: "
                f"{', '.join(w.obs.drives) or 'none'})")
     merging_for = _seconds_between(w.status.get("mergeStartedAt"), w.now)
@@ -559,7 +559,7 @@ def _merging(w: _Work) -> _Result:
                      f"{int(MERGE_TIMEOUT)}s); VM status: {vm.status or 'unknown'}. Check the host (Hyper-V-VMMS "
                      f"event log, free space on the disk's volume); the operator keeps watching", CRITICAL_POLL,
                      stall="MergeTimedOut")
-    return _Wait(message, MERGE_POLL)
+    return _Wait(message, merge_poll_delay(merging_for, MERGE_POLL))
 
 
 def _provisioned(w: _Work) -> _Result:
