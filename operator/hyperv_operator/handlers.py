@@ -534,7 +534,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                            message=f"{retry.RETRY_ANNOTATION}={request}: trying again from {again.get('phase')}")
                 engine_status = again
         first = under_way(engine_status, deleting=deleting)
-        async with runtime.gate.turn(host_key, started=first, limit=host_spec.max_connections):  # the VM's lock is held by step()
+        # The VM's lock is held by step(); as many runs at the host as it has WinRM connections.
+        async with runtime.gate.turn(host_key, started=first, limit=host_spec.max_connections):
             if deleting:
                 outcome = await engine.finalize(metered, ref, vm_spec, engine_status, host_spec, host_key,
                                                 runtime.slots, _now(),

@@ -303,10 +303,22 @@ class CopySlots:
             return  # nothing of ours written down (as of this run's read): no write
         await self._update(host_key, lambda ledger: Decision(True, release(ledger, uid)))
 
+    def _known(self, host_key: str) -> tuple[Ledger, str] | None:
+        """The ledger as last read (this run's refresh, or the watch since) with its exact version; None
+        after our own write (its version is not known) or if never read."""
+        version = self._seen_version.get(host_key)
+        if host_key not in self._seen or version is None or version != int(version):
+            return None
+        return self._seen[host_key], str(int(version))
+
     async def _update(self, host_key: str, decide: Any, *, prune_if_denied: bool = False) -> Decision:
         pruned = False
+        # The first decision is made on the ledger as last read when its version is known: the write
+        # names that version, so if the ledger changed since, it is refused (409) and we read again.
+        known = self._known(host_key)
         for _ in range(MAX_CONFLICT_RETRIES):
-            ledger, version = await self.store.load(host_key)
+            ledger, version = known if known is not None else await self.store.load(host_key)
+            known = None
             decision: Decision = decide(ledger)
             if not decision.granted and prune_if_denied and not pruned:
                 # Entries of VMs removed while no operator ran would hold their places forever.
