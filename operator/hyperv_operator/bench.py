@@ -344,13 +344,26 @@ def _trace(writes: list[dict[str, Any]], namespace: str, running: float) -> None
     print(f"  {running * 1000:7.1f} ms Running seen by the watch")
 
 
-def clean_up(plane: ControlPlane, namespace: str) -> None:
+def clean_up(plane: ControlPlane, namespace: str, timeout: float = 600.0) -> None:
     """Remove a finished scenario's VMs before its hosts stop, without host work (the abandon
     annotation), so the next scenario does not share the operator with a fleet whose hosts are gone."""
-    plane.kubectl("annotate", "virtualmachines", "--all", "-n", namespace, f"{ABANDON_ANNOTATION}=true",
-                  "--overwrite")
-    plane.kubectl("delete", "virtualmachines", "--all", "-n", namespace, "--wait=true", "--timeout=300s",
-                  check=False)
+    import kubernetes
+
+    api = kubernetes.client.CustomObjectsApi(
+        kubernetes.config.new_client_from_config(str(plane.kubeconfig))  # type: ignore[no-untyped-call]
+    )
+    listed: Any = api.list_namespaced_custom_object(GROUP, VERSION, namespace, "virtualmachines")
+    for item in listed["items"]:
+        api.patch_namespaced_custom_object(GROUP, VERSION, namespace, "virtualmachines", item["metadata"]["name"],
+                                           {"metadata": {"annotations": {ABANDON_ANNOTATION: "true"}}})
+    api.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, "virtualmachines")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left: Any = api.list_namespaced_custom_object(GROUP, VERSION, namespace, "virtualmachines", limit=1)
+        if not left["items"]:
+            return
+        time.sleep(1.0)
+    print(f"  {namespace}: VMs still there {timeout:.0f}s after their deletion")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -406,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         bound = math.ceil(count / (hosts * COPY_SLOTS)) * copy_wall
                     results.append(Result(f"{count} {strategy} on {hosts} host(s)", count, hosts, first, all_running,
                                           all_prov, all_indep, bound, writes / count, pipelines / count, script))
+                    print(f"  {table(results[-1:], peak_rss, args.scale).splitlines()[-1]}", flush=True)
                     print(f"  {strategy} x{count}: operator RSS peak {sampler.peak_since(scenario_began):.0f} MB, "
                           f"{sampler.samples[-1][1] if sampler.samples else 0:.0f} MB at the end")
                     if done < count:
