@@ -98,7 +98,7 @@ docker-lint: venv ## Lint the Dockerfile with hadolint
 BENCH_SCALE ?= small
 
 .PHONY: bench
-bench: venv control-plane ## Operator vs a sequential pypsrp script, one table (BENCH_SCALE=tiny|small|full)
+bench: venv control-plane ## Operator vs a sequential pypsrp script, one table (BENCH_SCALE=tiny|small|full|latency|quick-fleet|fleet100|fleet1000)
 	$(VPY) -m hyperv_operator.bench --scale $(BENCH_SCALE)
 
 .PHONY: bench-roundtrips

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -40,6 +42,7 @@ from hyperv_operator.envtest.stack import (
 )
 from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.hyperv.commands import Statement
+from hyperv_operator.provisioning.retry import ABANDON_ANNOTATION
 
 SCALES: dict[str, list[tuple[str, int, int]]] = {
     # (strategy, VMs, hosts)
@@ -47,7 +50,13 @@ SCALES: dict[str, list[tuple[str, int, int]]] = {
     "small": [("Differencing", 1, 1), ("Quick", 1, 1), ("Differencing", 10, 2)],
     "full": [("Differencing", 1, 1), ("Quick", 1, 1), ("Differencing", 100, 5), ("Differencing", 1000, 10),
              ("Quick", 20, 2)],
+    # One figure of `full` at a time, to work on it without the 10-minute run:
+    "latency": [("Differencing", 1, 1), ("Quick", 1, 1)],
+    "quick-fleet": [("Quick", 20, 2)],
+    "fleet100": [("Differencing", 100, 5)],
+    "fleet1000": [("Differencing", 1000, 10)],
 }
+GROUP, VERSION = "hyperv-operator.io", "v1alpha1"
 MEMORY = 1024**3
 COPY_SLOTS = 2
 """maxConcurrentCopies of every benchmark host (the HyperVHost default)."""
@@ -153,8 +162,25 @@ def _vm(namespace: str, name: str, host: str, strategy: str) -> dict[str, Any]:
     }
 
 
-def _operator_writes(plane: ControlPlane) -> int:
-    return sum(1 for e in plane.audit_events() if e.get("verb") in ("create", "update", "patch", "delete"))
+WRITE_VERBS = ("create", "update", "patch", "delete")
+
+
+def _operator_writes(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
+    """The operator's writes on the objects of one scenario (its namespace): what VMs left over from
+    an earlier scenario cost is not counted against this one."""
+    return [e for e in plane.audit_events() if e.get("verb") in WRITE_VERBS
+            and (e.get("objectRef") or {}).get("namespace") == namespace]
+
+
+def _writes_by_kind(writes: list[dict[str, Any]]) -> dict[str, int]:
+    """Writes by resource/subresource, verb and answer code."""
+    counts: dict[str, int] = {}
+    for e in writes:
+        ref = e.get("objectRef") or {}
+        key = (f"{ref.get('resource')}{'/' + ref['subresource'] if ref.get('subresource') else ''} "
+               f"{e.get('verb')} {(e.get('responseStatus') or {}).get('code')}")
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _peak_rss_mb(pid: int | None) -> float:
@@ -169,10 +195,62 @@ def _peak_rss_mb(pid: int | None) -> float:
     return 0.0
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """user + system CPU seconds of a process so far (0 if unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _cpu_now(operator: OperatorProcess, plane: ControlPlane) -> tuple[float, float, float]:
+    """CPU seconds so far of the operator, of this process (the simulated hosts), and of the control plane."""
+    plane_pids = [proc.pid for proc in plane._procs]
+    return (_cpu_seconds(operator.pid), time.process_time(), sum(_cpu_seconds(pid) for pid in plane_pids))
+
+
+class RssSampler:
+    """The operator's resident memory every half second (VmRSS), for the peak of each scenario."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.samples.append((time.monotonic(), int(line.split()[1]) / 1024))
+            except OSError:
+                pass
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_since(self, since: float) -> float:
+        return max((mb for t, mb in self.samples if t >= since), default=0.0)
+
+
 def run_fleet(plane: ControlPlane, sims: list[SimulatedHyperV], strategy: str, count: int,
-              timeout: float) -> tuple[float, float, float, float | None, int]:
-    """Apply `count` VMs spread over the hosts at once; times to first/all Running, all Provisioned,
-    all Independent (Quick); and how many VMs finished."""
+              timeout: float) -> tuple[float, float, float, float | None, int, str]:
+    """Create `count` VMs spread over the hosts at once; times to first/all Running, all Provisioned,
+    all Independent (Quick); how many VMs finished; and the scenario's namespace.
+
+    The clock starts right before the first create request (not before a kubectl process starts:
+    its start-up is the client's time, not the operator's), and each VM's times are taken from a
+    watch on the VMs as the API server sends the change (not from a poll every 50 ms)."""
     import kubernetes
 
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
@@ -183,25 +261,49 @@ def run_fleet(plane: ControlPlane, sims: list[SimulatedHyperV], strategy: str, c
         kubernetes.config.new_client_from_config(str(plane.kubeconfig))  # type: ignore[no-untyped-call]
     )
     objects = [_vm(namespace, f"vm-{n:04d}", f"hv{n % len(sims):02d}", strategy) for n in range(count)]
-    started = time.monotonic()
-    apply_objects(plane, objects)
     running: dict[str, float] = {}
     provisioned: dict[str, float] = {}
     independent: dict[str, float] = {}
-    while time.monotonic() - started < timeout and len(provisioned) < count:
-        listed: dict[str, Any] = api.list_namespaced_custom_object(  # type: ignore[assignment]
-            "hyperv-operator.io", "v1alpha1", namespace, "virtualmachines"
-        )
-        now = time.monotonic() - started
-        for item in listed["items"]:
-            name, status = item["metadata"]["name"], item.get("status") or {}
-            if status.get("powerState") == "Running":
-                running.setdefault(name, now)
-            if status.get("phase") == "Provisioned":
-                provisioned.setdefault(name, now)
-            if any(c.get("type") == "Independent" and c.get("status") == "True" for c in status.get("conditions", [])):
-                independent.setdefault(name, now)
-        time.sleep(0.05)
+    watching = threading.Event()
+    done = threading.Event()
+    started = [0.0]
+
+    def record(item: dict[str, Any]) -> None:
+        now = time.monotonic() - started[0]
+        name, status = item["metadata"]["name"], item.get("status") or {}
+        if status.get("powerState") == "Running":
+            running.setdefault(name, now)
+        if status.get("phase") == "Provisioned":
+            provisioned.setdefault(name, now)
+        if any(c.get("type") == "Independent" and c.get("status") == "True" for c in status.get("conditions", [])):
+            independent.setdefault(name, now)
+
+    def watch() -> None:
+        listed: Any = api.list_namespaced_custom_object(GROUP, VERSION, namespace, "virtualmachines")
+        version = listed["metadata"]["resourceVersion"]
+        watching.set()
+        while not done.is_set():
+            watcher: Any = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+            stream = watcher.stream(api.list_namespaced_custom_object, GROUP, VERSION, namespace, "virtualmachines",
+                                    resource_version=version, timeout_seconds=5)
+            for event in stream:
+                item = event["object"]
+                version = item["metadata"]["resourceVersion"]
+                record(item)
+                if done.is_set():
+                    break
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    watching.wait(30)
+    started[0] = time.monotonic()
+    TRACE_START[namespace] = time.time()
+    for body in objects:
+        api.create_namespaced_custom_object(GROUP, VERSION, namespace, "virtualmachines", body)
+    while time.monotonic() - started[0] < timeout and len(provisioned) < count:
+        time.sleep(0.1)
+    done.set()
+    thread.join(10)
     nan = float("nan")
     return (
         min(running.values(), default=nan),
@@ -209,7 +311,59 @@ def run_fleet(plane: ControlPlane, sims: list[SimulatedHyperV], strategy: str, c
         max(provisioned.values()) if len(provisioned) == count else nan,
         (max(independent.values()) if len(independent) == count else nan) if strategy == "Quick" else None,
         len(provisioned),
+        namespace,
     )
+
+
+def _event_reasons(plane: ControlPlane, namespace: str) -> dict[str, int]:
+    import json
+
+    listed = json.loads(plane.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+    counts: dict[str, int] = {}
+    for item in listed.get("items", []):
+        key = f"{item.get('reason')} ({item.get('involvedObject', {}).get('kind')})"
+        counts[key] = counts.get(key, 0) + int(item.get("count") or 1)
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+TRACE_START: dict[str, float] = {}
+"""Wall-clock start of each scenario (for --trace)."""
+
+
+def _trace(writes: list[dict[str, Any]], namespace: str, running: float) -> None:
+    """The operator's writes of a 1-VM scenario on a time line from the create request."""
+    from datetime import datetime
+
+    start = TRACE_START.get(namespace, 0.0)
+    for e in writes:
+        ref = e.get("objectRef") or {}
+        at = datetime.fromisoformat(str(e["requestReceivedTimestamp"]).replace("Z", "+00:00")).timestamp() - start
+        took = (datetime.fromisoformat(str(e["stageTimestamp"]).replace("Z", "+00:00")).timestamp() - start) - at
+        print(f"  {at * 1000:7.1f} ms (+{took * 1000:.1f}) {e.get('verb')} {ref.get('resource')}"
+              f"{'/' + ref['subresource'] if ref.get('subresource') else ''} {ref.get('name')}")
+    print(f"  {running * 1000:7.1f} ms Running seen by the watch")
+
+
+def clean_up(plane: ControlPlane, namespace: str, timeout: float = 600.0) -> None:
+    """Remove a finished scenario's VMs before its hosts stop, without host work (the abandon
+    annotation), so the next scenario does not share the operator with a fleet whose hosts are gone."""
+    import kubernetes
+
+    api = kubernetes.client.CustomObjectsApi(
+        kubernetes.config.new_client_from_config(str(plane.kubeconfig))  # type: ignore[no-untyped-call]
+    )
+    listed: Any = api.list_namespaced_custom_object(GROUP, VERSION, namespace, "virtualmachines")
+    for item in listed["items"]:
+        api.patch_namespaced_custom_object(GROUP, VERSION, namespace, "virtualmachines", item["metadata"]["name"],
+                                           {"metadata": {"annotations": {ABANDON_ANNOTATION: "true"}}})
+    api.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, "virtualmachines")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left: Any = api.list_namespaced_custom_object(GROUP, VERSION, namespace, "virtualmachines", limit=1)
+        if not left["items"]:
+            return
+        time.sleep(1.0)
+    print(f"  {namespace}: VMs still there {timeout:.0f}s after their deletion")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per scenario")
+    parser.add_argument("--writes", action="store_true", help="print the API writes by resource, verb and code")
+    parser.add_argument("--trace", action="store_true", help="1-VM scenarios: the operator's writes on a time line")
     parser.add_argument("--time-scale", type=float, default=60.0, help="simulated seconds per wall second")
     args = parser.parse_args(argv)
 
@@ -228,15 +384,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         operator = OperatorProcess(plane.operator_kubeconfig, log, drift_interval=30.0, host_probe_interval=60.0)
         operator.start()
         try:
+            sampler = RssSampler(operator.pid).__enter__()
             for strategy, count, hosts in SCALES[args.scale]:
+                scenario_began = time.monotonic()
+                cpu_before = _cpu_now(operator, plane)
                 sims = [SimulatedHyperV(time_scale=args.time_scale, free_bytes=50 * 10**12).start()
                         for _ in range(hosts)]
                 try:
-                    writes_before = _operator_writes(plane)
-                    first, all_running, all_prov, all_indep, done = run_fleet(plane, sims, strategy, count,
-                                                                               args.timeout)
+                    first, all_running, all_prov, all_indep, done, namespace = run_fleet(
+                        plane, sims, strategy, count, args.timeout)
+                    cpu = [after - before for after, before in zip(_cpu_now(operator, plane), cpu_before, strict=True)]
+                    print(f"  {strategy} x{count}: CPU seconds per VM: operator {cpu[0] / count:.3f}, simulated hosts "
+                          f"and bench {cpu[1] / count:.3f}, API server + etcd {cpu[2] / count:.3f} "
+                          f"(all: {sum(cpu):.1f} s in {all_prov:.1f} s of wall time on {os.cpu_count()} cores)")
                     time.sleep(1.0)  # let the audit log flush the last writes
-                    writes = _operator_writes(plane) - writes_before
+                    ns_writes = _operator_writes(plane, namespace)
+                    writes = len(ns_writes)
+                    if args.writes:
+                        for key, n in _writes_by_kind(ns_writes).items():
+                            print(f"  {strategy} x{count} writes: {key}: {n}")
+                    if args.writes:
+                        for key, n in _event_reasons(plane, namespace).items():
+                            print(f"  {strategy} x{count} events: {key}: {n}")
+                    if args.trace and count == 1:
+                        _trace(ns_writes, namespace, all_running)
                     pipelines = sum(len(s.server.pipeline_requests) for s in sims)
                     script = None
                     if count <= 100:  # the script does them one after the other, on one host
@@ -248,12 +419,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         bound = math.ceil(count / (hosts * COPY_SLOTS)) * copy_wall
                     results.append(Result(f"{count} {strategy} on {hosts} host(s)", count, hosts, first, all_running,
                                           all_prov, all_indep, bound, writes / count, pipelines / count, script))
+                    print(f"  {table(results[-1:], peak_rss, args.scale).splitlines()[-1]}", flush=True)
+                    print(f"  {strategy} x{count}: operator RSS peak {sampler.peak_since(scenario_began):.0f} MB, "
+                          f"{sampler.samples[-1][1] if sampler.samples else 0:.0f} MB at the end")
                     if done < count:
                         print(f"  {strategy} x{count}: only {done} Provisioned within {args.timeout:.0f}s")
+                    clean_up(plane, namespace)
                 finally:
                     for sim in sims:
                         sim.stop()
                 peak_rss = max(peak_rss, _peak_rss_mb(operator.pid))
+            sampler.__exit__()
         finally:
             peak_rss = max(peak_rss, _peak_rss_mb(operator.pid))
             operator.stop()

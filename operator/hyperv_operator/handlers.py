@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +34,7 @@ from hyperv_operator.provisioning import bootstrap, engine, planner, retry, sett
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
 from hyperv_operator.provisioning.gate import HostGate, under_way
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
+from hyperv_operator.status_writer import apply_merge_patch
 from hyperv_operator.tenancy import classes, policy
 from hyperv_operator.tenancy.webhook import VALIDATE_VM_ID, WebhookCertificate, inject_ca_bundle
 from hyperv_operator.wakeups import Wakeups
@@ -42,6 +43,14 @@ logger = logging.getLogger("hyperv_operator.handlers")
 
 HOST_MISSING_RETRY_SECONDS = 10.0
 """How often a refused or waiting VM is re-checked (in the cluster only) for its host to appear or admit it."""
+INLINE_WAIT_SECONDS = 5.0
+"""A step that asks to be called again this soon (a copy, a merge, the guest's boot) is called again
+inside the same handler call after writing its status, instead of through a kopf retry: a retry costs
+two API writes (kopf's progress annotation, then its "touch" patch) and several API round trips."""
+INLINE_BUDGET_SECONDS = 20.0
+"""How long one handler call goes on through such waits (and waits for a copy slot) before handing back
+to kopf: kopf processes one object's events one at a time, so this bounds how late a deletion or a spec
+change of a VM under way is seen."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,11 @@ class Runtime:
     drain: Drain = field(default_factory=Drain)
     shutdown: Shutdown = field(default_factory=Shutdown)
     wakeups: Wakeups = field(default_factory=Wakeups)
+    write_status: Callable[[str, str, Mapping[str, Any]], Awaitable[None]] | None = None
+    """Writes a VM's status from inside a handler call (status_writer.KubeStatusWriter); None: only
+    kopf writes it, when the call returns (then a step waits inside the call only for a copy slot)."""
+    carried: set[str] = field(default_factory=set)
+    """VMs (uid) a change handler call is carrying through short waits (`_go_on`): not drift-checked."""
     read_class: Callable[[str], dict[str, Any] | None] | None = None
     """Issue 14: a VirtualMachineClass's spec by name (None: absent); default: the kubernetes client."""
     touch_vm: Callable[[str, str, Mapping[str, str]], None] | None = None
@@ -347,7 +361,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         settings.persistence.diffbase_storage = wakeups.DiffBase(
             prefix=api.ANNOTATION_PREFIX, key="last-handled-configuration"
         )
-        settings.posting.level = logging.INFO
+        # kopf posts an Event for every handler log line at or above this level: at INFO that is one
+        # Event per "call me again" (TemporaryError) and per success, an API write each. The
+        # operator's own Events (kopf.event) are posted whatever this level.
+        settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
         if runtime.config.peering_lifetime is not None:
@@ -621,7 +638,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                            message=f"{retry.RETRY_ANNOTATION}={request}: trying again from {again.get('phase')}")
                 engine_status = again
         first = under_way(engine_status, deleting=deleting)
-        async with runtime.gate.turn(host_key, started=first):  # the VM's lock is held by step()
+        # The VM's lock is held by step(); as many runs at the host as it has WinRM connections.
+        async with runtime.gate.turn(host_key, started=first, limit=host_spec.max_connections):
             if deleting:
                 outcome = await engine.finalize(metered, ref, vm_spec, engine_status, host_spec, host_key,
                                                 runtime.slots, _now(),
@@ -652,8 +670,52 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     async def reconcile_vm(**kwargs: Any) -> None:
         runtime.wakeups.consume(kwargs["body"])
         outcome = await step(kwargs, deleting=False)
+        outcome = await _go_on(kwargs, outcome)
         if outcome is not None and outcome.requeue_after is not None:
             raise kopf.TemporaryError(outcome.status.get("message") or "in progress", delay=outcome.requeue_after)
+
+    async def _go_on(kwargs: dict[str, Any], outcome: StepOutcome | None) -> StepOutcome | None:
+        """Further steps inside this handler call while the host needs only a short wait (bounded by
+        INLINE_BUDGET_SECONDS). Before each wait the status reached so far is written (a crash loses
+        no more than with kopf's retries); a VM in line for a copy slot waits, without any API
+        traffic, until the host's ledger (this process's release, or the host objects' watch) has a
+        slot for it, and takes it at once. The last step's status is left in kopf's patch."""
+        meta: kopf.Meta = kwargs["meta"]
+        uid, namespace, name = str(meta["uid"]), str(meta["namespace"]), str(meta["name"])
+        patch: kopf.Patch = kwargs["patch"]
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            runtime.carried.add(uid)
+            return await _steps_on(kwargs, outcome, uid, namespace, name, patch, loop, began)
+        finally:
+            runtime.carried.discard(uid)
+
+    async def _steps_on(kwargs: dict[str, Any], outcome: StepOutcome | None, uid: str, namespace: str, name: str,
+                        patch: kopf.Patch, loop: asyncio.AbstractEventLoop, began: float) -> StepOutcome | None:
+        while outcome is not None and outcome.requeue_after is not None and not runtime.shutdown.stopping:
+            left = INLINE_BUDGET_SECONDS - (loop.time() - began)
+            queued = runtime.slots.waiting(uid)
+            if left <= 0 or not (queued or outcome.requeue_after <= min(INLINE_WAIT_SECONDS, left)):
+                break
+            written = patch.get("status")
+            if written:
+                if runtime.write_status is None:
+                    break
+                try:
+                    await runtime.write_status(namespace, name, written)
+                except Exception as exc:  # kopf writes it when the call returns, and retries
+                    logger.warning("%s/%s: status not written (%s); handing back to kopf", namespace, name, exc)
+                    break
+                del patch["status"]
+                kwargs = {**kwargs, "status": apply_merge_patch(kwargs["status"], written)}
+            if queued:
+                if not await runtime.slots.wait_for_slot(uid, left):
+                    break
+            else:
+                await asyncio.sleep(outcome.requeue_after)
+            outcome = await step(kwargs, deleting=False)
+        return outcome
 
     @kopf.timer(
         *vm_resource,
@@ -663,8 +725,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         registry=registry,
     )
     async def check_drift(**kwargs: Any) -> None:
-        if not _settled(kwargs):
-            return
+        if not _settled(kwargs) or str(kwargs["meta"]["uid"]) in runtime.carried:
+            return  # a change handler carries this VM on (its kopf progress is not written meanwhile)
         with contextlib.suppress(kopf.TemporaryError):
             await step(kwargs, deleting=False, drift=True)
 
@@ -803,7 +865,16 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.delete(*host_resource, id="forget", optional=True, registry=registry)
     @kopf.on.delete(*cluster_host_resource, id="forget", optional=True, registry=registry)
     async def host_deleted(resource: kopf.Resource, namespace: str | None, name: str, **_: Any) -> None:
+        runtime.slots.forget_host(host_key(resource, namespace, name))
         await runtime.connections.forget(secret_namespace(resource, namespace), name)
+
+    @kopf.on.event(*host_resource, id="copy-ledger", registry=registry)
+    @kopf.on.event(*cluster_host_resource, id="copy-ledger", registry=registry)
+    def host_ledger_seen(resource: kopf.Resource, namespace: str | None, name: str, status: kopf.Status,
+                         meta: kopf.Meta, **_: Any) -> None:
+        # The copy ledger as the watch delivers it: VMs in line on this host wake when another
+        # process (a replica, or this one's predecessor's leftovers pruned) frees a slot.
+        runtime.slots.observe(host_key(resource, namespace, name), status, str(meta.get("resourceVersion") or ""))
 
     images.register(registry, runtime)
     return registry

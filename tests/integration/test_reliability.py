@@ -283,3 +283,42 @@ def test_a_copy_vm_whose_base_appears_later_runs_to_provisioned(
     assert (condition(failed, "Stalled") or {}).get("reason") == "BaseDiskNotFound"
     slow_sim.host.add_base_disk(late, 2 * 1024**3, acl_read_only=True)
     kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=120)
+
+
+@pytest.mark.timeout(300)
+def test_a_vm_waiting_in_line_for_a_copy_slot_costs_no_writes_while_it_waits(
+    slow_sim: SimulatedHyperV, one_slot_host: str, kube: Kube, running_operator: OperatorProcess,
+) -> None:
+    """Issue 9: a VM in line waits in the operator, without polling kopf retries (each one a progress
+    annotation and a "touch" patch every 2 s), and takes the slot as soon as it frees: from apply to
+    Provisioned behind two copies it costs at most the writes of a VM that never waited."""
+    import kubernetes
+
+    from hyperv_operator import api
+
+    tag = uuid.uuid4().hex[:5]
+    ahead = [f"line-{tag}-a", f"line-{tag}-b"]
+    last = f"line-{tag}-c"
+    listing: Any = kube.objects.list_namespaced_custom_object(api.GROUP, api.VERSION, NAMESPACE, api.VM_PLURAL)
+    for name in ahead:
+        kube.create_vm(NAMESPACE, name, "Copy", host=one_slot_host, readiness="Running")
+    kube.create_vm(NAMESPACE, last, "Copy", host=one_slot_host, readiness="Running")
+    versions: list[dict[str, Any]] = []
+    watch: Any = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+    for event in watch.stream(kube.objects.list_namespaced_custom_object, api.GROUP, api.VERSION, NAMESPACE,
+                              api.VM_PLURAL, field_selector=f"metadata.name={last}",
+                              resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=240):
+        obj = event["object"]
+        versions.append(obj)
+        reconciling = condition(obj, "Reconciling")
+        if (obj.get("status") or {}).get("phase") == "Provisioned" and reconciling and reconciling["status"] == "False":
+            watch.stop()
+    queued = [v for v in versions if ((v.get("status") or {}).get("copy") or {}).get("queued")]
+    writes = len(versions) - 1  # the first is the create
+    print(f"\nVM behind two copies: {writes} writes from apply to Provisioned, {len(queued)} while in line")
+    assert versions[-1]["status"]["phase"] == "Provisioned"
+    assert queued, "the VM waited in line (behind two 2-second copies on a one-slot host)"
+    assert len(queued) <= 2, [sorted((v["metadata"].get("annotations") or {}).keys()) for v in queued]
+    assert writes <= 10
+    for name in [*ahead, last]:
+        kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=120)

@@ -8,6 +8,7 @@ does I/O around it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -282,8 +283,33 @@ def _slot_view(s: StepInput, limit: int, *, granted: bool | None = None) -> Slot
 
 def _outcome(s: StepInput, settled: settle.Settled, events: Sequence[Event] = ()) -> StepOutcome:
     status = settled.status if settled.retrying else {k: v for k, v in settled.status.items() if k != "retry"}
-    return StepOutcome(_complete(status, s.status), settled.requeue_after, (*events, *settled.events),
-                       settled.finished)
+    return StepOutcome(_complete(status, s.status), settled.requeue_after,
+                       coalesce_phase_events((*events, *settled.events)), settled.finished)
+
+
+_PHASE_CHANGE = re.compile(r"^(?P<head>.*): (?P<before>\S+) -> (?P<after>\S+) (?P<tail>\(.*\))$")
+
+
+def coalesce_phase_events(events: Sequence[Event]) -> tuple[Event, ...]:
+    """The phases one run went through, as one PhaseChanged Event ("Quick: Pending -> CreatingVM ->
+    Checkpointing -> Starting -> CopyingBase (ns/vm)") instead of one per phase: each Event is an API
+    write, and a run passes several phases in a row. Warnings (-> Failed) stay on their own."""
+    result: list[Event] = []
+    chain: tuple[int, str, list[str], str] | None = None  # (index in result, head, phases, tail)
+    for event in events:
+        phase_change = event.reason == "PhaseChanged" and event.type == "Normal"
+        match = _PHASE_CHANGE.match(event.message) if phase_change else None
+        if match is None:
+            result.append(event)
+            continue
+        if (chain is not None and chain[1] == match["head"] and chain[2][-1] == match["before"]
+                and chain[3] == match["tail"]):
+            chain[2].append(match["after"])
+            result[chain[0]] = replace(event, message=f"{chain[1]}: {' -> '.join(chain[2])} {chain[3]}")
+            continue
+        chain = (len(result), match["head"], [match["before"], match["after"]], match["tail"])
+        result.append(event)
+    return tuple(result)
 
 
 # --- observe -------------------------------------------------------------------------------------

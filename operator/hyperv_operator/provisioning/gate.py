@@ -20,10 +20,12 @@ from typing import Any
 from hyperv_operator.provisioning.phases import Phase
 
 DEFAULT_RUNS_PER_HOST = 4
+"""When the caller does not say: the HyperVHost's default `maxConnections`."""
 
 
 @dataclass
 class _HostQueue:
+    limit: int
     active: int = 0
     started: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
     new: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
@@ -39,9 +41,14 @@ class HostGate:
         return 0 if q is None else len(q.started) + len(q.new)
 
     @asynccontextmanager
-    async def turn(self, host_key: str, *, started: bool) -> AsyncIterator[None]:
-        q = self._hosts.setdefault(host_key, _HostQueue())
-        if q.active < self.limit and not q.started and not q.new:
+    async def turn(self, host_key: str, *, started: bool, limit: int | None = None) -> AsyncIterator[None]:
+        """`limit`: runs at once on this host, normally its WinRM connections (`maxConnections`): a
+        run holds at most one connection at a time, so more runs than connections would only queue
+        inside the client, fewer would leave connections idle."""
+        q = self._hosts.setdefault(host_key, _HostQueue(self.limit))
+        if limit is not None:
+            q.limit = max(1, limit)  # the host's setting as of this run (an edit applies from now on)
+        if q.active < q.limit and not q.started and not q.new:
             q.active += 1
         else:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -62,6 +69,9 @@ class HostGate:
             self._release(host_key, q)
 
     def _release(self, host_key: str, q: _HostQueue) -> None:
+        if q.active > q.limit:  # the limit was lowered: this place is not handed over
+            q.active -= 1
+            return
         for queue in (q.started, q.new):
             while queue:
                 waiter = queue.popleft()

@@ -12,6 +12,7 @@ cannot both take the last slot: one of them gets the conflict).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -155,6 +156,15 @@ class MemoryLedgerStore:
         return []
 
 
+def _version(value: str) -> float | None:
+    """A resourceVersion as a number, to order what the watch delivers against what we read or wrote
+    (etcd's are integers; anything else is not ordered and always taken)."""
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
 class CopySlots:
     """Copy slots per host, kept in a `LedgerStore`: at most `limit` VMs hold a slot at once.
 
@@ -162,6 +172,13 @@ class CopySlots:
     answer from what was read; `try_acquire` / `adopt` / `release` write through the store, reading
     again and deciding again on a conflict. A VM whose copy is already running on the host keeps (or
     reclaims) its slot with `adopt`, even if that briefly exceeds the limit.
+
+    Writes happen only when the ledger changes: a VM joins the queue once, takes a slot once, frees it
+    once. A VM still in line asks again without any API call (`try_acquire` answers from the last
+    ledger known, as long as that shows it waiting), and `wait_for_slot` lets it wait in the process
+    until the ledger it knows grants it a slot: a release by this process, or, through `observe` (the
+    host objects' watch), by another one. Every grant is decided on a fresh read and written with
+    optimistic concurrency, so a ledger known from the watch can delay a VM, never over-grant.
     """
 
     def __init__(self, store: LedgerStore | None = None, owner: str | None = None) -> None:
@@ -169,11 +186,41 @@ class CopySlots:
         self.owner = owner if owner is not None else uuid.uuid4().hex[:12]
         """This process (a new one per start): see `acquire`."""
         self._seen: dict[str, Ledger] = {}
+        self._seen_version: dict[str, float] = {}
+        """The resourceVersion `_seen` was read at (after our own write: just above the one it was
+        decided on), so a watch event older than what we know does not replace it."""
         self._pruned: dict[str, float] = {}
+        self._waiting: dict[str, tuple[str, int]] = {}
+        """uid -> (host, limit) of VMs denied a slot, for `wait_for_slot`."""
+        self._changed: dict[str, asyncio.Event] = {}
+
+    def _know(self, host_key: str, ledger: Ledger, version: float | None) -> None:
+        if version is not None:
+            self._seen_version[host_key] = version
+        else:
+            self._seen_version.pop(host_key, None)
+        self._seen[host_key] = ledger
+        changed = self._changed.pop(host_key, None)
+        if changed is not None:
+            changed.set()
+
+    def observe(self, host_key: str, status: Mapping[str, Any] | None, version: str) -> None:
+        """The host object as the watch delivered it: wakes VMs of this process waiting on this host."""
+        number = _version(version)
+        known = self._seen_version.get(host_key)
+        if number is not None and known is not None and number <= known:
+            return  # older than what this process read or wrote since
+        self._know(host_key, Ledger.from_status(status), number)
+
+    def forget_host(self, host_key: str) -> None:
+        """The host object is gone: its ledger with it."""
+        self._seen.pop(host_key, None)
+        self._seen_version.pop(host_key, None)
+        self._pruned.pop(host_key, None)
 
     async def refresh(self, host_key: str) -> Ledger:
-        ledger, _ = await self.store.load(host_key)
-        self._seen[host_key] = ledger
+        ledger, version = await self.store.load(host_key)
+        self._know(host_key, ledger, _version(version))
         return ledger
 
     def _mine(self, host_key: str, uid: str) -> bool:
@@ -194,17 +241,55 @@ class CopySlots:
 
     async def try_acquire(self, host_key: str, uid: str, limit: int, vm: str = "", now: datetime | None = None) -> bool:
         if self._mine(host_key, uid):
+            self._waiting.pop(uid, None)
             return True  # ours as of this run's read: only this VM's own runs give it away
         clock = time.monotonic()
         prune_now = clock - self._pruned.get(host_key, -PRUNE_INTERVAL) >= PRUNE_INTERVAL
+        seen = self._seen.get(host_key)
+        if (seen is not None and seen.queued_at(uid) is not None and not prune_now
+                and not acquire(seen, Entry(uid, owner=self.owner), limit).granted):
+            # Still in line as last known: nothing to write, nothing to read (a grant is read afresh).
+            self._waiting[uid] = (host_key, limit)
+            return False
         entry = Entry(uid, vm, self.owner, cond.timestamp(now) if now is not None else "")
         decision = await self._update(host_key, lambda ledger: acquire(ledger, entry, limit, now),
                                       prune_if_denied=prune_now)
         if prune_now and not decision.granted:
             self._pruned[host_key] = clock
+        if decision.granted:
+            self._waiting.pop(uid, None)
+        else:
+            self._waiting[uid] = (host_key, limit)
         return decision.granted
 
+    async def wait_for_slot(self, uid: str, timeout: float) -> bool:
+        """Waits (no API traffic) until the ledger this process knows would give `uid` a slot on the
+        host it was last denied one on; False after `timeout` seconds, or if it waits for none."""
+        where = self._waiting.get(uid)
+        if where is None:
+            return False
+        host_key, limit = where
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            seen = self._seen.get(host_key, Ledger())
+            if seen.queued_at(uid) is None or acquire(seen, Entry(uid, owner=self.owner), limit).granted:
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            changed = self._changed.setdefault(host_key, asyncio.Event())
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return False
+
+    def waiting(self, uid: str) -> bool:
+        """Whether `uid` was denied a slot and has not been granted one or left the queue since."""
+        return uid in self._waiting
+
     async def adopt(self, host_key: str, uid: str, vm: str = "", now: datetime | None = None) -> None:
+        self._waiting.pop(uid, None)
         seen = self._seen.get(host_key)
         if seen is not None and seen.holds(uid):
             return  # whoever took it: the copy runs, nobody starts another for this VM
@@ -212,15 +297,28 @@ class CopySlots:
         await self._update(host_key, lambda ledger: Decision(True, adopt(ledger, entry)))
 
     async def release(self, host_key: str, uid: str) -> None:
+        self._waiting.pop(uid, None)
         seen = self._seen.get(host_key)
         if seen is not None and not seen.holds(uid) and seen.queued_at(uid) is None:
             return  # nothing of ours written down (as of this run's read): no write
         await self._update(host_key, lambda ledger: Decision(True, release(ledger, uid)))
 
+    def _known(self, host_key: str) -> tuple[Ledger, str] | None:
+        """The ledger as last read (this run's refresh, or the watch since) with its exact version; None
+        after our own write (its version is not known) or if never read."""
+        version = self._seen_version.get(host_key)
+        if host_key not in self._seen or version is None or version != int(version):
+            return None
+        return self._seen[host_key], str(int(version))
+
     async def _update(self, host_key: str, decide: Any, *, prune_if_denied: bool = False) -> Decision:
         pruned = False
+        # The first decision is made on the ledger as last read when its version is known: the write
+        # names that version, so if the ledger changed since, it is refused (409) and we read again.
+        known = self._known(host_key)
         for _ in range(MAX_CONFLICT_RETRIES):
-            ledger, version = await self.store.load(host_key)
+            ledger, version = known if known is not None else await self.store.load(host_key)
+            known = None
             decision: Decision = decide(ledger)
             if not decision.granted and prune_if_denied and not pruned:
                 # Entries of VMs removed while no operator ran would hold their places forever.
@@ -228,11 +326,13 @@ class CopySlots:
                 pruned = True
                 if gone:
                     decision = decide(prune(ledger, gone))
+            number = _version(version)
             if decision.ledger == ledger:
-                self._seen[host_key] = ledger
+                self._know(host_key, ledger, number)
                 return decision
             if await self.store.save(host_key, decision.ledger, version):
-                self._seen[host_key] = decision.ledger
+                # Written at a version above `version`: the watch's copy of our write is newer still.
+                self._know(host_key, decision.ledger, None if number is None else number + 0.5)
                 return decision
             log.debug("copy ledger of %s changed under us; reading it again", host_key)
         raise LedgerConflictError(f"copy ledger of host {host_key}: {MAX_CONFLICT_RETRIES} conflicting writes in a row")

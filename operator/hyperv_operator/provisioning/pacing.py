@@ -10,6 +10,7 @@ from hyperv_operator import conditions as cond
 from hyperv_operator.provisioning.observation import CopyJob
 
 MIN_COPY_POLL = 0.5
+FIRST_MERGE_POLL = 0.4  # above the engine's "look again now" (0.3): a real wait, not an immediate re-read
 MAX_COPY_POLL = 60.0
 ETA_MARGIN = 1.1  # land just after the copy's expected end, not just before it
 
@@ -40,3 +41,12 @@ def copy_poll_delay(job: CopyJob | None, default: float, *, previous: tuple[int,
     rate = copied / elapsed
     remaining = max(job.bytes_total - job.bytes_copied, 0)
     return round(min(max(remaining / rate * ETA_MARGIN, MIN_COPY_POLL), MAX_COPY_POLL), 3)
+
+
+def merge_poll_delay(merging_for: float | None, longest: float) -> float:
+    """Seconds until the next look at a checkpoint merge: soon after it starts (a checkpoint that took
+    few guest writes merges in well under a second), then as long as it has already run, up to
+    `longest`: a few more looks at a long merge, instead of a whole `longest` after every short one."""
+    if merging_for is None:
+        return FIRST_MERGE_POLL
+    return round(min(max(merging_for, FIRST_MERGE_POLL), longest), 3)

@@ -122,3 +122,24 @@ def test_an_endless_stream_of_drift_checks_does_not_starve_a_new_vm() -> None:
         return checks - before
 
     assert asyncio.run(go()) < 50
+
+
+def test_runs_per_host_follow_the_hosts_connection_setting() -> None:
+    """The gate lets as many runs at a host as it has WinRM connections (`maxConnections`), per host."""
+
+    async def go() -> dict[str, int]:
+        gate = HostGate()  # the default (4) is not what is used when the host says otherwise
+        active = {"wide": 0, "narrow": 0}
+        peak = {"wide": 0, "narrow": 0}
+
+        async def run(host: str, limit: int) -> None:
+            async with gate.turn(host, started=False, limit=limit):
+                active[host] += 1
+                peak[host] = max(peak[host], active[host])
+                await asyncio.sleep(0.001)
+                active[host] -= 1
+
+        await asyncio.gather(*(run("wide", 8) for _ in range(20)), *(run("narrow", 1) for _ in range(5)))
+        return peak
+
+    assert asyncio.run(go()) == {"wide": 8, "narrow": 1}

@@ -202,3 +202,91 @@ def test_the_crds_keep_every_field_the_ledger_and_the_vm_status_write() -> None:
     assert {"queuePosition", "failures", "lastFailureAt", "retryAt"} <= set(status["copy"]["properties"])
     assert {"attempts", "since", "nextRetryAt"} <= set(status["retry"]["properties"])
     assert "retryRequest" in status
+
+
+class CountingStore(MemoryLedgerStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+        self.saves = 0
+
+    async def load(self, host_key: str) -> tuple[Ledger, str]:
+        self.loads += 1
+        return await super().load(host_key)
+
+    async def save(self, host_key: str, ledger: Ledger, version: str) -> bool:
+        self.saves += 1
+        return await super().save(host_key, ledger, version)
+
+
+def test_a_vm_in_line_asks_again_without_reading_or_writing_the_ledger() -> None:
+    store = CountingStore()
+    slots = CopySlots(store)
+
+    async def go() -> tuple[bool, int, int, bool, int]:
+        assert await slots.try_acquire("hv1", "a", 1)
+        first = await slots.try_acquire("hv1", "b", 1)  # joins the queue: one write
+        loads, saves = store.loads, store.saves
+        for _ in range(5):
+            assert not await slots.try_acquire("hv1", "b", 1)
+        again = (store.loads - loads, store.saves - saves)
+        await slots.release("hv1", "a")
+        granted = await slots.try_acquire("hv1", "b", 1)
+        return first, again[0], again[1], granted, store.saves
+
+    first, loads, saves, granted, total = asyncio.run(go())
+    assert not first and (loads, saves) == (0, 0)
+    # a takes (1), b queues (1), a frees (1), b takes (1): four writes, one per change.
+    assert granted and total == 4
+
+
+def test_a_queued_vm_wakes_when_this_process_frees_a_slot() -> None:
+    slots = CopySlots()
+
+    async def go() -> tuple[bool, float]:
+        assert await slots.try_acquire("hv1", "a", 1)
+        assert not await slots.try_acquire("hv1", "b", 1)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        waiter = asyncio.create_task(slots.wait_for_slot("b", timeout=10.0))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        await slots.release("hv1", "a")
+        woke = await waiter
+        return woke, loop.time() - began
+
+    woke, took = asyncio.run(go())
+    assert woke and took < 1.0
+
+
+def test_a_queued_vm_wakes_when_the_watch_shows_another_process_freed_a_slot() -> None:
+    shared = MemoryLedgerStore()
+    ours, theirs = CopySlots(shared, owner="A"), CopySlots(shared, owner="B")
+
+    async def go() -> tuple[bool, bool]:
+        assert await theirs.try_acquire("hv1", "a", 1)
+        assert not await ours.try_acquire("hv1", "b", 1)
+        timed_out = not await ours.wait_for_slot("b", timeout=0.05)  # nothing freed yet
+        waiter = asyncio.create_task(ours.wait_for_slot("b", timeout=10.0))
+        await asyncio.sleep(0.01)
+        await theirs.release("hv1", "a")
+        ledger, version = await shared.load("hv1")
+        ours.observe("hv1", ledger.to_status(), version)  # the host object's watch event
+        woke = await waiter
+        return timed_out, woke
+
+    timed_out, woke = asyncio.run(go())
+    assert timed_out and woke
+
+
+def test_the_watch_does_not_replace_a_newer_ledger_with_an_older_one() -> None:
+    store = MemoryLedgerStore()
+    slots = CopySlots(store)
+
+    async def go() -> frozenset[str]:
+        old, old_version = await store.load("hv1")
+        assert await slots.try_acquire("hv1", "a", 1)  # written at a version after old_version
+        slots.observe("hv1", old.to_status(), old_version)  # a watch event from before our write
+        return slots.holders("hv1")
+
+    assert asyncio.run(go()) == frozenset({"a"})

@@ -47,3 +47,12 @@ def test_progress_sample_reads_the_last_mark() -> None:
         1024, T0)
     assert progress_sample({}) is None
     assert progress_sample({"progressMark": "x@y", "progressSeenAt": "2025-01-01T12:00:00Z"}) is None
+
+
+def test_a_merge_is_looked_at_soon_after_it_starts_then_as_long_as_it_ran() -> None:
+    from hyperv_operator.provisioning.pacing import FIRST_MERGE_POLL, merge_poll_delay
+
+    assert merge_poll_delay(None, 1.0) == FIRST_MERGE_POLL == merge_poll_delay(0.0, 1.0)
+    assert FIRST_MERGE_POLL > 0.3  # a real wait: the engine re-reads at once at or below 0.3 s
+    assert merge_poll_delay(0.6, 1.0) == 0.6
+    assert merge_poll_delay(30.0, 1.0) == 1.0

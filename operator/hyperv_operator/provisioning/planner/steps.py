@@ -13,6 +13,7 @@ from hyperv_operator.provisioning import resize as resize_mod
 from hyperv_operator.provisioning import unattend as unattend_mod
 from hyperv_operator.provisioning.layout import is_avhdx, same_path
 from hyperv_operator.provisioning.observation import VmInfo
+from hyperv_operator.provisioning.pacing import merge_poll_delay
 from hyperv_operator.provisioning.planner.work import (
     AFTER_ACTION,
     CRITICAL_POLL,
@@ -253,7 +254,7 @@ def _merging(w: _Work) -> _Result:
         return _Act(Action("RemoveCheckpoint", tuple(statements),
                            f"Remove-VMSnapshot {vm.id} -Name {name}"
                            + (f"; Set-VM -CheckpointType {before}" if len(statements) > 1 else "")),
-                    f"removing checkpoint {name} (merges {avhdx} into {disk})", MERGE_POLL)
+                    f"removing checkpoint {name} (merges {avhdx} into {disk})", merge_poll_delay(0.0, MERGE_POLL))
     message = (f"merging {avhdx} into {disk} (VM status: {vm.status or 'unknown'}; drives: "
                f"{', '.join(w.obs.drives) or 'none'})")
     merging_for = _seconds_between(w.status.get("mergeStartedAt"), w.now)
@@ -262,7 +263,7 @@ def _merging(w: _Work) -> _Result:
                      f"{int(MERGE_TIMEOUT)}s); VM status: {vm.status or 'unknown'}. Check the host (Hyper-V-VMMS "
                      f"event log, free space on the disk's volume); the operator keeps watching", CRITICAL_POLL,
                      stall="MergeTimedOut")
-    return _Wait(message, MERGE_POLL)
+    return _Wait(message, merge_poll_delay(merging_for, MERGE_POLL))
 
 
 def _provisioned(w: _Work) -> _Result:
