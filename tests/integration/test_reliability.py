@@ -302,6 +302,9 @@ def test_a_delete_on_a_vanished_host_stalls_with_the_reason_and_completes_with_t
 
         obj = kube.wait_vm(NAMESPACE, name, stalled, timeout=120, what="Stalled DeleteHostUnreachable")
         assert "abandon-host-resources" in obj["status"]["message"]
+        # The deletion has begun though it never reached the host (it said Provisioned, Ready=True).
+        assert obj["status"]["phase"] == "Deleting", obj["status"]
+        assert (condition(obj, "Ready") or {}).get("status") == "False"
         assert obj["status"]["retry"]["attempts"] >= 2
 
         def next_retry_in(o: dict[str, Any]) -> float:
