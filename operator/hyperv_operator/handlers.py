@@ -80,6 +80,17 @@ class OperatorConfig:
     """...and at most (30 s at least for a misconfigured host). An edit of the host or Secret re-checks it at once."""
 
 
+class QuietWakeHandlers(logging.Filter):
+    """kopf logs every successful handler run at INFO. The image and namespace wake handlers run on every
+    watch event of those kinds (image status writes, any namespace edit) and mostly do nothing; a wake
+    that does something logs its own line ("re-checking N waiting VirtualMachine(s) now")."""
+
+    QUIET = frozenset({"Handler 'image-wake' succeeded.", "Handler 'namespace-wake' succeeded."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self.QUIET
+
+
 @dataclass
 class _VmLock:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -820,6 +831,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                        f"Secret {namespace}/{name} changed")
 
     seen = wakeups.Seen()
+    kopf_objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietWakeHandlers) for f in kopf_objects.filters):
+        kopf_objects.addFilter(QuietWakeHandlers())
 
     @kopf.on.event(api.GROUP, api.VERSION, images.IMAGE_PLURAL, id="image-wake", registry=registry)
     @kopf.on.event(api.GROUP, api.VERSION, images.CLUSTER_IMAGE_PLURAL, id="image-wake", registry=registry)

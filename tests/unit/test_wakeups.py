@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import kopf
@@ -117,3 +118,16 @@ def test_an_image_wakes_its_waiting_vms_only_when_what_they_wait_for_changes() -
     assert seen.changed("image:a", None)  # deleted: forgotten
     assert not seen.changed("image:a", None)
     assert not seen.changed("namespace:ns", None)
+
+
+def test_the_wake_handlers_idle_runs_stay_out_of_the_log() -> None:
+    from hyperv_operator.handlers import QuietWakeHandlers
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
+
+    quiet = QuietWakeHandlers()
+    assert not quiet.filter(record("Handler 'image-wake' succeeded."))
+    assert not quiet.filter(record("Handler 'namespace-wake' succeeded."))
+    assert quiet.filter(record("Handler 'image-wake' failed with an exception. Will retry."))
+    assert quiet.filter(record("Handler 'secrets' succeeded."))
