@@ -30,6 +30,7 @@ from hyperv_operator.hosts import ClientFactory, HostConfigError, HostConnection
 from hyperv_operator.hyperv.errors import ClientClosedError, HostError
 from hyperv_operator.hyperv.probe import probe_client
 from hyperv_operator.images import controller as images
+from hyperv_operator.images.model import CLUSTER_IMAGE_KIND, IMAGE_KIND, ImageRef
 from hyperv_operator.provisioning import bootstrap, engine, planner, retry, settle
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
 from hyperv_operator.provisioning.gate import HostGate, under_way
@@ -86,6 +87,17 @@ class OperatorConfig:
     """Seconds a VM waiting for its host / Secret / admission waits at least before its next check."""
     wait_retry_max: float = HOST_MISSING_RETRY_SECONDS
     """...and at most (30 s at least for a misconfigured host). An edit of the host or Secret re-checks it at once."""
+
+
+class QuietWakeHandlers(logging.Filter):
+    """kopf logs every successful handler run at INFO. The image and namespace wake handlers run on every
+    watch event of those kinds (image status writes, any namespace edit) and mostly do nothing; a wake
+    that does something logs its own line ("re-checking N waiting VirtualMachine(s) now")."""
+
+    QUIET = frozenset({"Handler 'image-wake' succeeded.", "Handler 'namespace-wake' succeeded."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self.QUIET
 
 
 @dataclass
@@ -428,16 +440,29 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         # Only VMs waiting for something outside (a retry record or Stalled) whose handler sleeps on
         # kopf's retry delay, keyed by their host: the ones a host or Secret edit may wake (wakeups.py).
         # Kept from the watch, in memory: no listing, no write.
+        # Also keyed by the image it waits for (not pinned yet) and, refused for its namespace's labels,
+        # by its namespace: an image or namespace change wakes it like a host edit.
         status = body.get("status") or {}
         waiting = bool(status.get("retry")) or cond.is_true(status.get("conditions"), cond.STALLED)
         if not waiting or not progress.sleeping(body):
             return {}
-        return {vm_host_key(str(namespace), spec): (str(namespace), name, str(uid))}
+        entry = (str(namespace), name, str(uid))
+        keys = [vm_host_key(str(namespace), spec)]
+        image = ImageRef.from_vm_spec(spec)
+        if image is not None and not (status.get("image") or {}).get("path"):
+            kind, image_namespace, image_name = image.key(str(namespace))
+            keys.append(wakeups.image_key(kind, image_namespace, image_name))
+        stalled: Mapping[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == cond.STALLED), {})
+        if stalled.get("reason") in wakeups.ADMISSION_REASONS:
+            keys.append(wakeups.namespace_key(str(namespace)))
+        return dict.fromkeys(keys, entry)
 
-    async def wake(host_keys: Iterable[str], index: kopf.Index[str, tuple[str, str, str]], why: str) -> None:
-        """Re-check now the waiting VMs of these hosts: mark them due, and write kopf's touch annotation
-        on each (the event ends kopf's retry sleep; `wakeups.Storage` then reports the handler due)."""
-        targets = sorted({entry for key in host_keys for entry in index.get(key, ())})
+    async def wake(keys: Iterable[str], index: kopf.Index[str, tuple[str, str, str]], why: str) -> None:
+        """Re-check now the waiting VMs of these hosts (or images, namespaces: the keys of `vms_waiting`):
+        mark them due, and write kopf's touch annotation on each (the event ends kopf's retry sleep;
+        `wakeups.Storage` then reports the handler due)."""
+        targets = sorted({entry for key in keys for entry in index.get(key, ())})
         if not targets:
             return
         logger.info("%s: re-checking %d waiting VirtualMachine(s) now", why, len(targets))
@@ -554,8 +579,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             if deleting and image.base_path is None and not recorded:
                 return StepOutcome(status=old_status, requeue_after=None, events=(), finished=True)
             if image.refusal is not None and not (deleting and image.base_path is not None):
-                new = settle.refused(old_status, generation, image.refusal.reason, image.refusal.message, _now(),
-                                     retry=HOST_MISSING_RETRY_SECONDS).status
+                # Re-checked on the waits' backoff, and at once when the image (or, for a namespace
+                # the image does not admit, the namespace's labels) changes: see image_changed.
+                refused = settle.refused(old_status, generation, image.refusal.reason, image.refusal.message,
+                                         _now(), retry=runtime.config.wait_retry_max, key=uid,
+                                         floor=runtime.config.wait_retry_min)
+                new = refused.status
                 if image.refusal.reason == "BaseIdentityChanged":
                     # Its disk chains to a file that changed: the VM is not fit to run on it.
                     new["conditions"] = set_condition(new["conditions"], "Ready", "False", image.refusal.reason,
@@ -563,7 +592,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 patch.status["conditions"] = new["conditions"]
                 patch.status["message"] = new["message"]
                 patch.status["phase"] = new["phase"]
-                raise kopf.TemporaryError(image.refusal.message, delay=HOST_MISSING_RETRY_SECONDS)
+                patch.status["retry"] = new["retry"]
+                raise kopf.TemporaryError(image.refusal.message, delay=refused.requeue_after)
             spec_value["baseVhd"] = image.base_path
             if image.pin is not None and not deleting:
                 # Pin first, act later: the pin is stored before any host command can chain a disk
@@ -861,6 +891,33 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if type is not None:  # not the initial listing: created, edited or deleted now
             await wake(hosts_using_secret(str(namespace), name, kwargs), kwargs["vms_waiting"],
                        f"Secret {namespace}/{name} changed")
+
+    seen = wakeups.Seen()
+    kopf_objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietWakeHandlers) for f in kopf_objects.filters):
+        kopf_objects.addFilter(QuietWakeHandlers())
+
+    @kopf.on.event(api.GROUP, api.VERSION, images.IMAGE_PLURAL, id="image-wake", registry=registry)
+    @kopf.on.event(api.GROUP, api.VERSION, images.CLUSTER_IMAGE_PLURAL, id="image-wake", registry=registry)
+    async def image_changed(
+        type: str | None, resource: kopf.Resource, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
+    ) -> None:
+        # Created, Ready, stalled, its spec edited or its deletion started: the VMs waiting for it
+        # (ImageNotFound, ImageNotReady, ...) re-check now. Status writes that change none of these
+        # (progress, timestamps) wake nobody.
+        kind = CLUSTER_IMAGE_KIND if resource.plural == images.CLUSTER_IMAGE_PLURAL else IMAGE_KIND
+        key = wakeups.image_key(kind, str(namespace or "") if kind == IMAGE_KIND else "", name)
+        changed = seen.changed(key, None if type == "DELETED" else wakeups.image_signature(body))
+        if type is not None and type != "DELETED" and changed:  # not the initial listing
+            await wake([key], kwargs["vms_waiting"], f"{kind} {name} changed")
+
+    @kopf.on.event("v1", "namespaces", id="namespace-wake", registry=registry)
+    async def namespace_changed(type: str | None, name: str, labels: kopf.Labels, **kwargs: Any) -> None:
+        # A namespace labelled (or unlabelled) now: its VMs refused for its labels re-check now.
+        key = wakeups.namespace_key(name)
+        changed = seen.changed(key, None if type == "DELETED" else tuple(sorted(dict(labels).items())))
+        if type is not None and type != "DELETED" and changed:
+            await wake([key], kwargs["vms_waiting"], f"Namespace {name} labels changed")
 
     @kopf.on.delete(*host_resource, id="forget", optional=True, registry=registry)
     @kopf.on.delete(*cluster_host_resource, id="forget", optional=True, registry=registry)

@@ -41,6 +41,44 @@ SLEEPING_HANDLERS: tuple[str, ...] = ("reconcile", "finalize")
 """The VM handlers that wait for something outside on kopf's retry delay."""
 
 
+ADMISSION_REASONS: frozenset[str] = frozenset({"NamespaceNotAdmitted", "NamespaceNotAdmittedByImage"})
+"""Refusals that a change of the VM's namespace's labels may lift."""
+
+
+def image_key(kind: str, namespace: str, name: str) -> str:
+    """Wake-up key of an image (namespace "" for a ClusterVirtualMachineImage). Host keys are "ns/name"
+    or "ClusterHyperVHost/name": no Kubernetes name holds a ':', so the kinds of key never collide."""
+    return f"image:{kind}/{namespace}/{name}"
+
+
+def namespace_key(namespace: str) -> str:
+    return f"namespace:{namespace}"
+
+
+def image_signature(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of an image a waiting VM depends on: its spec's generation, Ready/Stalled, the current
+    generation of its file, and whether it is being deleted (not timestamps or progress)."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    conditions = {str(c.get("type")): str(c.get("status")) for c in status.get("conditions") or []}
+    return (meta.get("generation"), conditions.get("Ready"), conditions.get("Stalled"),
+            status.get("currentGeneration"), bool(meta.get("deletionTimestamp")))
+
+
+class Seen:
+    """The last signature seen of each object (per process), to wake dependents only when it changes."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[Any, ...]] = {}
+
+    def changed(self, key: str, signature: tuple[Any, ...] | None) -> bool:
+        """Record `signature` (None: the object is gone); True if it differs from the last one seen."""
+        previous = self._last.pop(key, None)
+        if signature is not None:
+            self._last[key] = signature
+        return previous != signature
+
+
 class Wakeups:
     """VM uids due for an early re-check, and the annotation values already acted on (per process)."""
 

@@ -153,53 +153,107 @@ def test_kills_and_two_processes_never_run_two_copies_on_a_one_slot_host(
     assert (host.get("status") or {}).get("copyQueue") in ([], None)
 
 
-def test_sigterm_during_drift_checks_leaves_every_ready_condition_as_it_was(
-    control_plane: ControlPlane, slow_sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess,
-) -> None:
-    tag = uuid.uuid4().hex[:5]
-    # One WinRM connection for VM work: while one drift check holds it, the others wait for it, and
-    # the stop closes the client under them (what wrote "the WinRM client ... is closed" before).
+def _ready_vms_on_one_connection(control_plane: ControlPlane, sim: SimulatedHyperV, kube: Kube,
+                                 tag: str) -> dict[str, str]:
+    """Two Ready VMs on a host with ONE WinRM connection for VM work: while one drift check holds it,
+    the other waits for it in the client. Returns {name: vmId}."""
     host = f"hv-oneconn-{tag}"
-    objects = host_objects(NAMESPACE, host, slow_sim)
+    objects = host_objects(NAMESPACE, host, sim)
     objects[-1]["spec"]["maxConnections"] = 1
     apply_objects(control_plane, objects)
-    names = [f"term-{tag}-{i}" for i in range(3)]
+    names = [f"term-{tag}-{i}" for i in range(2)]
     for name in names:
         kube.create_vm(NAMESPACE, name, "Differencing", host=host)
+    ids = {}
     for name in names:
         # Ready (the guest's heartbeat seen) and no change handler under way: from here on, only the
-        # drift timers talk to the host about these VMs. (A change handler still polling for the
-        # heartbeat is cancelled by kopf on stop and writes nothing: the stop must meet drift checks.)
-        kube.wait_vm(NAMESPACE, name, lambda o: (condition(o, "Ready") or {}).get("status") == "True"
-                     and "hyperv-operator.io/reconcile" not in (o["metadata"].get("annotations") or {}),
-                     timeout=90, what="Ready with no change handler under way")
+        # drift timers talk to the host about these VMs. (kopf cancels change handlers on stop, before
+        # they write anything: the stop must meet drift checks.)
+        vm = kube.wait_vm(NAMESPACE, name, lambda o: (condition(o, "Ready") or {}).get("status") == "True"
+                          and "hyperv-operator.io/reconcile" not in (o["metadata"].get("annotations") or {}),
+                          timeout=90, what="Ready with no change handler under way")
+        ids[name] = vm["status"]["vmId"]
     time.sleep(1.0)  # let the last status writes land
-    before = {n: (condition(kube.get_vm(NAMESPACE, n) or {}, "Ready"), (kube.get_vm(NAMESPACE, n) or {})["status"])
-              for n in names}
-    in_flight = threading.Event()
+    return ids
+
+
+def _sigterm_with_drift_in_flight(sim: SimulatedHyperV, process: OperatorProcess, release_after: float
+                                  ) -> tuple[float, list[tuple[float, str]]]:
+    """Stop `process` while one drift round trip is held on the host and the other VM's drift check
+    waits behind it for the one connection; the host answers `release_after` s after the SIGTERM
+    (inside kopf's 5 s before it cancels leftover timers, so whatever the stop does to these checks
+    reaches the API server). Returns the SIGTERM's time and every Get-VM the host ran (time, params)."""
+    release, reached = threading.Event(), threading.Event()
+    seen: list[tuple[float, str]] = []
     hook = hostview.CommandHook()
-    slow_sim.host.on_command(hook)
+    sim.host.on_command(hook)
 
-    def reading(command: str, _params: dict[str, Any], when: str) -> None:
-        if when == "before" and hostview.command_is(command, "Test-Path"):
-            in_flight.set()
+    def record(command: str, params: dict[str, Any], when: str) -> None:
+        if when == "before" and hostview.command_is(command, "Get-VM"):
+            seen.append((time.monotonic(), str(params)))
 
-    hook.set(reading)
-    # A drift check's one round trip is Test-Path ... then Get-VM -Id: hold Get-VM on the host (a wall
-    # time latency, outside the host's lock) so the stop lands while checks are in flight.
-    slow_sim.host.set_latency("Get-VM", 2.0)
+    hook.set(record)
+    # A drift check's round trip reads the VM with Get-VM -Id: the next one is held on the host.
+    sim.host.hold("Get-VM", release, reached=reached, timeout=60)
     try:
-        assert in_flight.wait(timeout=running_operator.drift_interval * 3), "no drift check reached the host"
-        running_operator.stop(timeout=40)
+        assert reached.wait(timeout=process.drift_interval * 3), "no drift check reached the host"
+        # Every other VM's drift timer fires within one interval and queues for the connection.
+        time.sleep(process.drift_interval + 1.0)
+        stopped_at = time.monotonic()
+        threading.Timer(release_after, release.set).start()
+        process.stop(timeout=40)
     finally:
-        slow_sim.host.set_latency("Get-VM", 0.0)
+        release.set()
         hook.clear()
-    for name in names:
+    return stopped_at, seen
+
+
+def _assert_ready_as_before(kube: Kube, before: dict[str, dict[str, Any]]) -> None:
+    for name, status_before in before.items():
         vm = kube.get_vm(NAMESPACE, name) or {}
-        ready_before, status_before = before[name]
-        assert condition(vm, "Ready") == ready_before, f"{name}: {vm.get('status')}"
-        assert "closed" not in str(vm["status"].get("message")) and "closed" not in str(vm["status"].get("lastError"))
+        assert condition(vm, "Ready") == condition({"status": status_before}, "Ready"), f"{name}: {vm.get('status')}"
+        for word in ("closed", "replaced"):
+            assert word not in str(vm["status"].get("message")) and word not in str(vm["status"].get("lastError"))
         assert vm["status"].get("lastError") == status_before.get("lastError")
+        assert vm["status"].get("retry") == status_before.get("retry")
+
+
+def test_sigterm_lets_the_drift_checks_under_way_finish_and_leaves_every_ready_condition_as_it_was(
+    control_plane: ControlPlane, slow_sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess,
+) -> None:
+    """The steps running at SIGTERM (one on the host, one waiting for the connection) finish their
+    host commands before the connections close (--shutdown-grace, 20 s): both reach the host after
+    the SIGTERM. Closing at once instead leaves the waiting one to meet a closed client."""
+    ids = _ready_vms_on_one_connection(control_plane, slow_sim, kube, uuid.uuid4().hex[:5])
+    before = {n: dict((kube.get_vm(NAMESPACE, n) or {})["status"]) for n in ids}
+    stopped_at, seen = _sigterm_with_drift_in_flight(slow_sim, running_operator, release_after=1.0)
+    _assert_ready_as_before(kube, before)
+    after_stop = [params for at, params in seen if at > stopped_at]
+    for name, vm_id in ids.items():
+        assert any(vm_id in params for params in after_stop), \
+            f"{name}: its drift check under way at SIGTERM never reached the host; Get-VM after it: {after_stop}"
+
+
+def test_sigterm_past_the_grace_writes_nothing_on_the_drift_checks_it_cuts_short(
+    control_plane: ControlPlane, slow_sim: SimulatedHyperV, kube: Kube, operator: OperatorProcess, tmp_path: Path,
+) -> None:
+    """With a 0.5 s grace the connections close while a drift round trip is held on the host and
+    another check waits for the connection: that one meets the closed client and must write nothing
+    (before: Ready=False "the WinRM client ... is closed" on healthy VMs)."""
+    operator.stop()
+    short = OperatorProcess(operator.kubeconfig, tmp_path / "operator.log", drift_interval=operator.drift_interval,
+                            host_probe_interval=operator.host_probe_interval, env=operator.env,
+                            extra_args=("--shutdown-grace", "0.5"))
+    short.start()
+    try:
+        ids = _ready_vms_on_one_connection(control_plane, slow_sim, kube, uuid.uuid4().hex[:5])
+        before = {n: dict((kube.get_vm(NAMESPACE, n) or {})["status"]) for n in ids}
+        _sigterm_with_drift_in_flight(slow_sim, short, release_after=2.0)
+        _assert_ready_as_before(kube, before)
+    finally:
+        short.stop()
+        print(f"\noperator log (0.5 s grace): {short.log_path}")
+        operator.start()
 
 
 @pytest.mark.timeout(400)
@@ -248,6 +302,9 @@ def test_a_delete_on_a_vanished_host_stalls_with_the_reason_and_completes_with_t
 
         obj = kube.wait_vm(NAMESPACE, name, stalled, timeout=120, what="Stalled DeleteHostUnreachable")
         assert "abandon-host-resources" in obj["status"]["message"]
+        # The deletion has begun though it never reached the host (it said Provisioned, Ready=True).
+        assert obj["status"]["phase"] == "Deleting", obj["status"]
+        assert (condition(obj, "Ready") or {}).get("status") == "False"
         assert obj["status"]["retry"]["attempts"] >= 2
 
         def next_retry_in(o: dict[str, Any]) -> float:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import kopf
 
 from hyperv_operator.provisioning.settle import refused
-from hyperv_operator.wakeups import MARK_LIFETIME, DiffBase, Storage, Wakeups
+from hyperv_operator.wakeups import MARK_LIFETIME, DiffBase, Seen, Storage, Wakeups, image_signature
 
 PREFIX = "hyperv-operator.io"
 DELAYED = json.dumps({"started": "2026-11-26T08:00:00.000000+00:00", "delayed": "2999-01-01T00:00:00.000000+00:00",
@@ -99,3 +100,34 @@ def test_a_waiting_vm_may_wait_longer_than_the_backoff_but_never_shorter_than_th
     assert short.requeue_after is not None and short.requeue_after <= 2.0
     long = refused({}, 1, "HostNotFound", "waiting", now, retry=10.0, key="u", floor=120.0)
     assert long.requeue_after == 120.0
+
+
+def _image(ready: str, *, generation: int = 1, current: int = 1, progress: int = 0) -> dict[str, Any]:
+    return {"metadata": {"generation": generation},
+            "status": {"currentGeneration": current, "progress": progress, "lastCheckTime": f"t{progress}",
+                       "conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": f"t{progress}"}]}}
+
+
+def test_an_image_wakes_its_waiting_vms_only_when_what_they_wait_for_changes() -> None:
+    seen = Seen()
+    assert seen.changed("image:a", image_signature(_image("False")))  # first sight
+    assert not seen.changed("image:a", image_signature(_image("False", progress=5)))  # progress, timestamps
+    assert seen.changed("image:a", image_signature(_image("True", progress=6)))  # Ready now
+    assert seen.changed("image:a", image_signature(_image("True", current=2)))  # a new generation
+    assert seen.changed("image:a", image_signature(_image("True", generation=2, current=2)))  # spec edited
+    assert seen.changed("image:a", None)  # deleted: forgotten
+    assert not seen.changed("image:a", None)
+    assert not seen.changed("namespace:ns", None)
+
+
+def test_the_wake_handlers_idle_runs_stay_out_of_the_log() -> None:
+    from hyperv_operator.handlers import QuietWakeHandlers
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
+
+    quiet = QuietWakeHandlers()
+    assert not quiet.filter(record("Handler 'image-wake' succeeded."))
+    assert not quiet.filter(record("Handler 'namespace-wake' succeeded."))
+    assert quiet.filter(record("Handler 'image-wake' failed with an exception. Will retry."))
+    assert quiet.filter(record("Handler 'secrets' succeeded."))

@@ -64,15 +64,23 @@ def _failed(spec: VirtualMachineSpec, status: Mapping[str, Any], intended: Mappi
             free_slot: bool = False, stall_after: float = retry.DELETE_STALL_AFTER) -> Settled:
     """planner.error_status, with transient errors retried on a growing, jittered delay recorded in
     status.retry; a deletion whose host stays unreachable is Stalled after retry.DELETE_STALL_AFTER."""
+    if deleting:
+        # The deletion has begun even when its first look at the host fails: the phase says Deleting
+        # (and Ready=False), as the deletion's first plan would, not the phase the VM had before.
+        intended = {**intended, "phase": Phase.DELETING.value}
     if not isinstance(error, TransientHostError):
         new, requeue, events = planner.error_status(spec, status, intended, error, now, vm=vm, layout=layout,
                                                     host_name=spec.host_name, step=step, deleting=deleting)
+        if deleting:
+            new, events = _deleting_begun(status, new, events, spec, vm, layout, now)
         return Settled(new, requeue, events, free_slot=free_slot)
     record, delay = retry.next_attempt(status, now, vm.uid)
     new, requeue, events = planner.error_status(spec, status, intended, error, now, vm=vm, layout=layout,
                                                 host_name=spec.host_name, step=step, deleting=deleting,
                                                 retry_in=delay)
     new["retry"] = record
+    if deleting:
+        new, events = _deleting_begun(status, new, events, spec, vm, layout, now)
     if record["attempts"] > 1:
         events = ()  # one Warning per streak of failures, not one per retry
     if deleting and retry.failing_for(record, now) >= stall_after:
@@ -90,6 +98,21 @@ def _failed(spec: VirtualMachineSpec, status: Mapping[str, Any], intended: Mappi
         if not stalled_before:
             events = (Event("Warning", "DeleteStalled", message),)
     return Settled(new, requeue, events, free_slot=free_slot, retrying=True)
+
+
+def _deleting_begun(status: Mapping[str, Any], new: dict[str, Any], events: tuple[Event, ...],
+                    spec: VirtualMachineSpec, vm: VmRef, layout: Layout, now: datetime
+                    ) -> tuple[dict[str, Any], tuple[Event, ...]]:
+    """A failed step of a deletion: Ready=False (Deleting) as in the deletion's plans, and the
+    PhaseChanged event the first plan would have posted if the phase changes here."""
+    prev = new.get("conditions")
+    new["conditions"] = cond.merge(prev, [cond.make(prev, cond.READY, False, Phase.DELETING.value,
+                                                    str(new.get("message") or ""), vm.generation, now)])
+    before = str(status.get("phase") or Phase.PENDING.value)
+    if before != Phase.DELETING.value:
+        label = f"VM {str(status['vmId'])[:8]}..." if status.get("vmId") else f"VM {layout.vm_name}"
+        events = (Event("Normal", "PhaseChanged", f"{spec.strategy.value}: {before} -> Deleting ({label})"), *events)
+    return new, events
 
 
 def observe_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], error: HostError, now: datetime, *,

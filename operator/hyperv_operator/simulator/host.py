@@ -121,6 +121,7 @@ class SimulatedHost:
         self._log: list[tuple[str, dict[str, object]]] = []
         self._faults: list[list[Any]] = []  # [module|None, short name, kind, remaining]
         self._latency: dict[tuple[str | None, str], float] = {}
+        self._holds: list[tuple[tuple[str | None, str], threading.Event, threading.Event | None, float]] = []
         self._callbacks: list[CommandCallback] = []
         self._fault_rate = 0.0
         self._fault_rng = random.Random(0)
@@ -155,6 +156,7 @@ class SimulatedHost:
             delay = self._latency_for(name)
             if delay > 0:
                 self._sleep(delay)
+            self._wait_for_release(name)
             self._batch.block = (0.0, None)
             with self._lock:
                 self._model.advance(self.simulated_seconds())
@@ -364,6 +366,27 @@ class SimulatedHost:
     def set_latency(self, command_name: str, seconds: float) -> None:
         with self._lock:
             self._latency[_split_name(command_name)] = seconds
+
+    def hold(self, command_name: str, release: threading.Event, *, reached: threading.Event | None = None,
+             timeout: float = 60.0) -> None:
+        """Test control, not a Windows behaviour: the next command of that name waits (wall time,
+        outside the host's lock, like `set_latency`) until `release` is set or `timeout` passes; only
+        that one. It models a host that is slow at a moment the test chooses (a round trip in flight
+        while the test acts); `reached` is set when that command starts waiting."""
+        with self._lock:
+            self._holds.append((_split_name(command_name), release, reached, timeout))
+
+    def _wait_for_release(self, name: str) -> None:
+        module, short = _split_name(name)
+        with self._lock:
+            index = next((i for i, ((f_module, f_short), *_rest) in enumerate(self._holds)
+                          if f_short == short and (f_module is None or module is None or f_module == module)), None)
+            if index is None:
+                return
+            _, release, reached, timeout = self._holds.pop(index)
+        if reached is not None:
+            reached.set()
+        release.wait(timeout)
 
     def on_command(self, callback: CommandCallback) -> None:
         with self._lock:

@@ -77,6 +77,24 @@ def test_delete_on_an_unreachable_host_stalls_with_the_reason_and_the_way_out() 
     assert (stalled["status"], stalled["reason"]) == ("True", "DeleteHostUnreachable")
     assert retry.ABANDON_ANNOTATION in status["message"] and "connection refused" in status["message"]
     assert len(stalled_events) == 1  # said once, not at every retry
+    assert status["phase"] == "Deleting"
+
+
+def test_a_deletion_that_cannot_reach_its_host_is_deleting_from_its_first_attempt() -> None:
+    """The phase said Provisioned (Ready=True) while the message said Deleting: the deletion had begun
+    but its first observation failed, and only a plan of the deletion set the phase."""
+    world = World()
+    vm = ref("retry-delete-phase")
+    s = spec("Differencing")
+    status = asyncio.run(provision(world, vm, s))
+    assert status["phase"] == "Provisioned"
+    outcome = asyncio.run(finalize(Unreachable(), vm, s, status, HOST, "hv1", world.slots, world.now))  # type: ignore[arg-type]
+    status = merged(status, outcome)
+    assert status["phase"] == "Deleting"
+    assert status["message"].startswith("Deleting: ") and "connection refused" in status["message"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Deleting")
+    assert [e.reason for e in outcome.events] == ["PhaseChanged", "HostUnreachable"]
 
 
 def _run_until(world: World, vm: Any, s: Any, status: dict[str, Any], done: Any, steps: int = 400) -> dict[str, Any]:
