@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,17 @@ def _is_integration(item: pytest.Item) -> bool:
     return item.get_closest_marker("integration") is not None
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+# Counting works the same with and without pytest-xdist (`make test` runs `-n`): collection and
+# deselection happen in every worker (each collects the whole suite), test reports reach the
+# controller through pytest_runtest_logreport. So results are counted from the reports in the
+# process that writes the summary (the controller, or the only process), and the collection counts
+# travel from the workers to the controller in `workeroutput`.
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in item.nodeid.replace(os.sep, "/") and not _is_integration(item):
@@ -34,22 +46,36 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
     _counts["deselected"] += sum(1 for item in items if _is_integration(item))
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    if not _is_integration(item):
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # A report's keywords carry the item's markers, including the one added above on the worker.
+    if "integration" not in report.keywords:
         return
     if report.skipped:
         _counts["skipped"] += 1
-        _skipped_names.append(item.nodeid)
+        _skipped_names.append(report.nodeid)
     elif report.when == "call":
         _counts["passed" if report.passed else "failed"] += 1
     elif report.failed:
         _counts["failed"] += 1
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object | None) -> None:
+    """xdist controller: a worker finished; every worker collected the same suite, so the largest
+    counts are the session's (a worker that died before collecting reports none)."""
+    collection = getattr(node, "workeroutput", {}).get("hyperv_operator_collection") or {}
+    for key in ("collected", "deselected"):
+        _counts[key] = max(_counts[key], int(collection.get(key, 0)))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _is_xdist_worker(session.config):
+        # Results are counted by the controller; it only needs what this worker collected.
+        session.config.workeroutput["hyperv_operator_collection"] = {  # type: ignore[attr-defined]
+            "collected": _counts["collected"],
+            "deselected": _counts["deselected"],
+        }
+        return
     summary_path = os.environ.get("HYPERV_OPERATOR_INTEGRATION_SUMMARY")
     ran = _counts["passed"] + _counts["failed"]
     if summary_path:
