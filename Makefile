@@ -38,14 +38,6 @@ lint: venv ## ruff + mypy (strict)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-.PHONY: test-unit
-test-unit: venv ## Unit tests (no servers)
-	$(VENV)/bin/pytest -q tests/unit
-
-.PHONY: test-integration
-test-integration: venv system-deps control-plane ## Integration tests: real kube-apiserver + etcd, simulated Hyper-V host over WinRM
-	$(VENV)/bin/pytest -q $(PYTEST_PARALLEL) -m integration tests
-
 # `make test` runs the suite in TEST_WORKERS pytest-xdist workers. Most of an integration test's time is
 # spent waiting for the operator and the simulated host (requeue timers, a clock running x60), not
 # computing, so more workers than cores pays off. Each worker starts its own stack on first use (control
@@ -57,6 +49,14 @@ test-integration: venv system-deps control-plane ## Integration tests: real kube
 # one process, as before.
 TEST_WORKERS ?= 3
 PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
+.PHONY: test-unit
+test-unit: venv ## Unit tests (no servers)
+	$(VENV)/bin/pytest -q tests/unit
+
+.PHONY: test-integration
+test-integration: venv system-deps control-plane ## Integration tests: real kube-apiserver + etcd, simulated Hyper-V host over WinRM
+	$(VENV)/bin/pytest -q $(PYTEST_PARALLEL) -m integration tests
 
 .PHONY: test
 test: venv system-deps lint control-plane ## Everything: lint, unit and integration tests (TEST_WORKERS=3 in parallel)
