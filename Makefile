@@ -38,17 +38,29 @@ lint: venv ## ruff + mypy (strict)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# `make test` runs the suite in TEST_WORKERS pytest-xdist workers. Most of an integration test's time is
+# spent waiting for the operator and the simulated host (requeue timers, a clock running x60), not
+# computing, so more workers than cores pays off. Each worker starts its own stack on first use (control
+# plane, simulated host, operator, KDC: random ports, own temp dirs), and `--dist loadfile` keeps each
+# file's tests together, in order, on one worker (module stacks are built once, files that rely on their
+# order keep it); files are handed out in collection order, which tests/conftest.py starts with the
+# longest files (--no-loadscope-reorder: xdist would otherwise start with the files that have the most
+# tests, and the long single-test files would run alone at the end). TEST_WORKERS=0 runs everything in
+# one process, as before.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+
 .PHONY: test-unit
 test-unit: venv ## Unit tests (no servers)
 	$(VENV)/bin/pytest -q tests/unit
 
 .PHONY: test-integration
 test-integration: venv system-deps control-plane ## Integration tests: real kube-apiserver + etcd, simulated Hyper-V host over WinRM
-	$(VENV)/bin/pytest -q -m integration tests
+	$(VENV)/bin/pytest -q $(PYTEST_PARALLEL) -m integration tests
 
 .PHONY: test
-test: venv system-deps lint control-plane ## Everything: lint, unit and integration tests
-	$(VENV)/bin/pytest -q tests
+test: venv system-deps lint control-plane ## Everything: lint, unit and integration tests (TEST_WORKERS=3 in parallel)
+	$(VENV)/bin/pytest -q $(PYTEST_PARALLEL) tests
 
 .PHONY: test-e2e
 test-e2e: test-integration ## Alias: the end-to-end suite is the integration suite

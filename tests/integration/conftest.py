@@ -64,6 +64,12 @@ def operator(
     yield process
     process.stop()
     print(f"\noperator log: {log} ({process.starts} starts)")
+    # The RBAC proof over everything this stack's operator did in the session. With parallel workers
+    # (`make test`) every worker has its own stack, and test_zz_gitops_and_health.py sees only the
+    # log of its worker's operator up to that point: checking each log at the end keeps the proof
+    # whole. A failure here is reported as an error of the worker's last test.
+    forbidden = [line for line in process.log_text().splitlines() if "forbidden" in line.lower()]
+    assert not forbidden, f"the operator hit Forbidden with the manifests' RBAC ({log}): {forbidden[:5]}"
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """kstatus and Argo CD verdicts on real objects the operator wrote, metrics, and the RBAC proof.
 
-Named to run last: the RBAC check reads the log of everything the operator did in the session.
+Named to run last: the RBAC check reads the log of everything the operator did in the session (in one
+process; with parallel workers it sees its worker's operator so far, and the shared `operator` fixture
+repeats the check on every worker's whole log when the session ends).
 """
 
 from __future__ import annotations
