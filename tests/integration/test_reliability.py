@@ -359,6 +359,13 @@ def test_a_vm_waiting_in_line_for_a_copy_slot_costs_no_writes_while_it_waits(
     listing: Any = kube.objects.list_namespaced_custom_object(api.GROUP, api.VERSION, NAMESPACE, api.VM_PLURAL)
     for name in ahead:
         kube.create_vm(NAMESPACE, name, "Copy", host=one_slot_host, readiness="Running")
+    # The handlers of VMs created together run in any order: create the last one only once one of the
+    # two ahead is in line behind the other, so it is behind both whichever ran first.
+    deadline = time.monotonic() + 60
+    while not any(((((kube.get_vm(NAMESPACE, n) or {}).get("status") or {}).get("copy") or {}).get("queued"))
+                  for n in ahead):
+        assert time.monotonic() < deadline, "neither VM ahead queued behind the other on a one-slot host"
+        time.sleep(0.1)
     kube.create_vm(NAMESPACE, last, "Copy", host=one_slot_host, readiness="Running")
     versions: list[dict[str, Any]] = []
     watch: Any = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
