@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -230,3 +232,67 @@ def test_copy_status_file_is_read_over_the_wire(client: WinRMClient) -> None:
     assert job is not None and job.state == "Running" and job.process_id == 4120
     [flag] = asyncio.run(client.run([cmdlets.test_path(path)]))
     assert flag.value is True and kind_of(flag) == "bool"
+
+
+@pytest.fixture
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WSManServer, WinRMClient]]:
+    """One VM connection and a short read timeout, so the next call must reuse the same slot."""
+    host = host_module.SimulatedHost()
+    host.add_folder("\\\\FS\\VMSHARE")
+    tls = generate_tls(tmp_path_factory.mktemp("tls-timeout"))
+    server = WSManServer(host, username="hvadmin", password="pw").start(tls=tls.server_pair)
+    c = WinRMClient(
+        WinRMSettings(
+            server="127.0.0.1", port=server.port, auth="basic", username="hvadmin", password="pw",
+            ca_bundle=str(tls.ca_cert), read_timeout=1.5, operation_timeout=1, max_connections=1,
+        )
+    )
+    yield server, c
+    c.close_sync()
+    server.stop()
+
+
+def test_a_reply_lost_to_a_read_timeout_retires_the_connection(impatient: tuple[WSManServer, WinRMClient]) -> None:
+    """The host answers a Receive after the client's read timeout: the output in that answer is gone
+    (a Receive without an OperationID is never replayed, MS-WSMV 3.1.4.1.39), so the pipeline can
+    never be completed on that shell. The call fails as a retryable read timeout at once, the client
+    never asks that pipeline for more (a second Receive would get the reply's continuation: pypsrp's
+    `FragmentError: Fragment Id: 3 != Expected 0`), the abandoned shell is deleted on the host, and
+    every later call runs on a fresh shell and gets exactly its own output."""
+    from hyperv_operator.hyperv.errors import HostUnreachableError
+
+    server, c = impatient
+    files = {f"{FOLDER}\\f{i}.txt": (f"file {i} " * 40_000).encode() for i in range(3)}  # ~300 KB each
+
+    async def write_all() -> None:
+        await c.run([cmdlets.new_directory(FOLDER)])
+        for path, content in files.items():
+            await c.run([cmdlets.write_file(path, content)])
+
+    asyncio.run(write_all())
+    [first_shell] = list(server.shells)
+    big = f"{FOLDER}\\f0.txt"
+    taken = threading.Event()
+    server.delay_next_output_reply(4.0, taken=taken)
+    with pytest.raises(HostUnreachableError) as caught:
+        asyncio.run(c.run([cmdlets.read_text_file(big)]))
+    assert taken.is_set()
+    assert caught.value.fq_error_id == "WinRMReadTimeout", caught.value
+    lost = server.received[-1].pipeline_id
+    # Command + the one Receive whose answer came too late; no Receive re-sent on that pipeline.
+    assert server.pipeline_requests[str(lost).upper()] == 2, server.pipeline_requests
+
+    async def read_all() -> list[list[object]]:
+        results = []
+        for path in [*files, *files]:
+            [text] = await c.run([cmdlets.read_text_file(path)])
+            results.append([path, text.value])
+        return results
+
+    for path, text in asyncio.run(read_all()):
+        assert text == files[str(path)].decode(), f"{path} got another reply"
+    deadline = time.monotonic() + 5
+    while first_shell in server.shells and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first_shell not in server.shells, "the abandoned shell was left open on the host"
+    assert len(server.shells) == 1 and c.pools_opened == 2

@@ -18,6 +18,8 @@ A failed or missing authentication is answered like Windows: HTTP 401, empty bod
 Test hooks: `drop_next(n)` closes the TCP connection of the next n requests without an answer,
 `set_drop_rate(rate, seed)` drops each request with that probability (seeded; `dropped_requests` counts),
 `delay_next(seconds, n)` holds the next n requests before handling them (read timeouts),
+`delay_next_output_reply(seconds)` handles the next Receive that carries output at once and answers it
+late (its output is gone from the host when the client gives up),
 `request_count` counts HTTP requests, `pipeline_requests[command_id]` the SOAP requests per pipeline,
 `received` logs every decoded pipeline (statements with all parameters, as they arrived).
 """
@@ -107,6 +109,7 @@ class WSManServer:
         self.dropped_requests = 0
         """Requests dropped by `set_drop_rate` (not those of `drop_next`)."""
         self._delays: list[float] = []
+        self._output_reply_delays: list[tuple[float, threading.Event | None]] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._scheme = "http"
@@ -204,6 +207,25 @@ class WSManServer:
         """Hold the next `n` requests for `seconds` before handling them (answers arrive late)."""
         with self._lock:
             self._delays.extend([seconds] * n)
+
+    def delay_next_output_reply(self, seconds: float, *, taken: threading.Event | None = None) -> None:
+        """Test control, not a Windows behaviour: the next Receive whose answer carries pipeline
+        output is handled at once (the output leaves the host's queue, as on Windows once a Receive
+        is answered) and its answer is sent `seconds` later, so a client with a shorter read timeout
+        never sees that output. `taken` is set when the output has been taken."""
+        with self._lock:
+            self._output_reply_delays.append((seconds, taken))
+
+    def _output_reply_delay(self, action: str, body: str) -> float:
+        if action != soap.ACTION_RECEIVE or "<rsp:Stream " not in body or "CommandId=" not in body:
+            return 0.0
+        with self._lock:
+            if not self._output_reply_delays:
+                return 0.0
+            seconds, taken = self._output_reply_delays.pop(0)
+        if taken is not None:
+            taken.set()
+        return seconds
 
     @property
     def received_commands(self) -> list[Command]:
@@ -308,6 +330,10 @@ class WSManServer:
                 body = self._get(request, user, client_ip)
             else:
                 raise soap.action_not_supported(action)
+            late = self._output_reply_delay(action, body)
+            if late:
+                log.info("test control: answering this Receive %.1fs late", late)
+                time.sleep(late)
             return 200, soap.envelope(action + "Response", request.message_id, body)
         except soap.SoapError as err:
             log.info("WS-Management fault %s: %s", err.subcode, err.message)
