@@ -296,3 +296,43 @@ def test_a_reply_lost_to_a_read_timeout_retires_the_connection(impatient: tuple[
         time.sleep(0.05)
     assert first_shell not in server.shells, "the abandoned shell was left open on the host"
     assert len(server.shells) == 1 and c.pools_opened == 2
+
+
+def test_concurrent_calls_each_get_their_own_reply_around_a_lost_one(
+    impatient: tuple[WSManServer, WinRMClient],
+) -> None:
+    """Six reads of six different files on three shells at once, one answer lost to a read timeout:
+    that call alone fails (retryable), every other call returns its own file, and the next round on
+    the same client succeeds in full."""
+    from dataclasses import replace
+
+    from hyperv_operator.hyperv.errors import HostUnreachableError
+
+    server, single = impatient
+    c = WinRMClient(replace(single.settings, max_connections=3))
+    files = {f"{FOLDER}\\c{i}.txt": (f"content {i} " * 15_000).encode() for i in range(6)}  # ~150 KB each
+
+    async def write_all() -> None:
+        await c.run([cmdlets.new_directory(FOLDER)])
+        await asyncio.gather(*(c.run([cmdlets.write_file(p, b)]) for p, b in files.items()))
+
+    async def read_all() -> list[object]:
+        return list(await asyncio.gather(*(c.run([cmdlets.read_text_file(p)]) for p in files),
+                                         return_exceptions=True))
+
+    try:
+        asyncio.run(write_all())
+        server.delay_next_output_reply(4.0)
+        first = asyncio.run(read_all())
+        second = asyncio.run(read_all())
+    finally:
+        c.close_sync()
+    failed = [r for r in first if isinstance(r, BaseException)]
+    assert len(failed) == 1 and isinstance(failed[0], HostUnreachableError), first
+    assert failed[0].fq_error_id == "WinRMReadTimeout"
+    for path, result in zip(files, first, strict=True):
+        if not isinstance(result, BaseException):
+            assert isinstance(result, list) and result[0].value == files[path].decode(), f"{path} got another reply"
+    for path, result in zip(files, second, strict=True):
+        assert isinstance(result, list) and result[0].value == files[path].decode(), (path, result)
+    assert c.pools_retired == 1

@@ -47,6 +47,26 @@ class ClientClosedError(TransientHostError):
 
 
 
+# pypsrp exceptions that mean the client's PSRP state and the host's no longer agree: a fragment out of
+# order (the continuation of a reply that was lost to a read timeout), a pool or pipeline in a state
+# the next step cannot follow. The session is at fault, not the command or the host, so these are
+# transient: the pool is retired and the retry runs on a fresh one (never permanent, never a stall).
+#
+# - FragmentError ("Fragment Id: 3 != Expected Fragment Id: 0"): the Receive after a lost reply gets its
+#   continuation, because Windows processes a Receive without wsmv:OperationID as new, never as a
+#   replay (MS-WSMV 3.1.4.1.39 Robust Connection Support,
+#   https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-wsmv/ba368905-7832-4777-a9dc-d851b440eb31);
+#   a pool reused after a read timeout fails (jborean93/pypsrp#21).
+# - InvalidRunspacePoolStateError, InvalidPipelineStateError, InvalidPSRPOperation: pypsrp refuses the
+#   next step on a pool or pipeline left mid-way (pypsrp.exceptions; same pypsrp#21).
+PROTOCOL_DESYNC_ERRORS = frozenset({
+    "FragmentError",
+    "InvalidRunspacePoolStateError",
+    "InvalidPipelineStateError",
+    "InvalidPSRPOperation",
+})
+
+
 # How a PowerShell ErrorRecord is classified. The FullyQualifiedErrorId (`<ErrorId>,<command type>`), the
 # exception's .NET type and the CategoryInfo category decide; the message text never does (it is
 # localized, and "...try again." ends the permanent CommandNotFound message). Real ids, with sources:

@@ -5,8 +5,17 @@ calls overlap and reused across calls; each pool serves one call at a time (pyps
 thread-safe), so that many pipelines run on the host at once. Calls run on the client's own thread
 pool, one thread per connection (not asyncio's shared default pool), so kopf's event loop never
 blocks and one host's slow calls never hold another host's threads. Probes use one more, reserved
-connection and thread: VM work can never starve them. A pool broken by a timeout, a reset or a
-WinRM fault is discarded and rebuilt on the next call (pypsrp issue #21). Once the client is closed
+connection and thread: VM work can never starve them.
+
+A call that ends without its full reply (read timeout, reset, WinRM fault, a PSRP fragment out of
+order, any exception or cancellation between Command and the last Receive) retires its pool: the
+pool is detached from its slot at once, so no other call ever receives on it, and closed (shell
+Delete) best effort on a background thread, so the abandoned shell does not hold one of the user's
+MaxShellsPerUser until its 2-hour idle timeout. The next call on that slot opens a fresh pool. A
+Receive is sent once: Windows answers a Receive without a `wsmv:OperationID` as a new request, never
+as a replay (MS-WSMV 3.1.4.1.39), so pypsrp's own re-send after a read timeout (up to 5 times, with
+backoff sleeps) would get the continuation of the lost reply (`FragmentError: Fragment Id: 3 !=
+Expected 0`) or, at a message boundary, silently incomplete output (pypsrp issue #21). Once the client is closed
 (its HyperVHost or Secret changed and a new client replaced it) every call, including one in
 flight, raises `ClientClosedError`: a retry with the new client, never a failure of the VM.
 
@@ -47,6 +56,7 @@ from hyperv_operator.hyperv.commands import (
     UInt64,
 )
 from hyperv_operator.hyperv.errors import (
+    PROTOCOL_DESYNC_ERRORS,
     ClientClosedError,
     HostError,
     HostUnreachableError,
@@ -105,6 +115,35 @@ https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-wsmv/7ffb4acd-c
 
 _WSMAN_TIMED_OUT = 2150858793
 _WSMAN_SHELL_NOT_FOUND = 2150858843
+
+_wsman_class: Any = None
+
+
+def wsman_class() -> Any:
+    """pypsrp's `WSMan` with a Receive that is sent once.
+
+    pypsrp 0.9.1 `WSMan.receive` re-sends a Receive up to 5 times after a read timeout, assuming the
+    host replays the same data. Windows does not (MS-WSMV 3.1.4.1.39: without `wsmv:OperationID` a
+    request is processed as new): the lost reply's output is gone and the re-sent Receive gets what
+    follows it. A read timeout on a Receive therefore surfaces at once and retires the pool."""
+    global _wsman_class
+    if _wsman_class is None:
+        from pypsrp.wsman import NAMESPACES, WSMan, WSManAction
+
+        class _SingleReceiveWSMan(WSMan):
+            def receive(
+                self,
+                resource_uri: str,
+                resource: Any,
+                option_set: Any = None,
+                selector_set: Any = None,
+                timeout: Any = None,
+            ) -> Any:
+                res = self.invoke(WSManAction.RECEIVE, resource_uri, resource, option_set, selector_set, timeout)
+                return res.find("s:Body", namespaces=NAMESPACES)
+
+        _wsman_class = _SingleReceiveWSMan
+    return _wsman_class
 
 
 @dataclass(frozen=True)
@@ -557,6 +596,13 @@ def transport_error(err: BaseException, settings: WinRMSettings, *, during: str)
         if "session configuration" in reason.lower() or "resource uri" in reason.lower():
             return PermanentHostError(fault, category="NotInstalled", fq_error_id=f"WSManFault{err.code}")
         return TransientHostError(fault, category="ConnectionError", fq_error_id=f"WSManFault{err.code}")
+    if type(err).__name__ in PROTOCOL_DESYNC_ERRORS and type(err).__module__.startswith("pypsrp"):
+        return TransientHostError(
+            f"the PSRP session with {settings.endpoint} lost step ({during}): {type(err).__name__}: {_short(text)}; "
+            "the session is abandoned and the next attempt opens a new one",
+            category="ProtocolError",
+            fq_error_id="WinRMProtocolDesync",
+        )
     if isinstance(err, WinRMTransportError):
         return HostUnreachableError(
             f"{settings.endpoint} answered HTTP {err.code} ({during})",
@@ -606,6 +652,11 @@ class WinRMClient:
         name = f"winrm-{settings.server}"
         self._executor = ThreadPoolExecutor(max_workers=settings.max_connections, thread_name_prefix=name)
         self._probe_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name + "-probe")
+        # Retired pools are closed here, off the calls' threads: a hung host must not hold a call
+        # (and its connection slot) for another read timeout just to say goodbye.
+        self._retire_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name + "-retire")
+        self.pools_retired = 0
+        """Pools retired because a call ended without its full reply (observability and tests)."""
         self.pools_opened = 0
         """How many RunspacePools this client has opened (a rebuilt pool counts again)."""
         self.max_in_use = 0
@@ -687,25 +738,32 @@ class WinRMClient:
             pool = self._ensure_pool(connection)
             ps = PowerShell(pool)
             add_statements(ps, statements, restricted=self.settings.restricted_endpoint)
+            complete = False
             try:
-                ps.begin_invoke()
-            except WSManFaultError as err:
-                # The host answered with a fault: the pipeline was not created. A shell the host has
-                # forgotten (idle timeout, WinRM restart) is rebuilt once, transparently.
-                self._discard_pool(connection, f"Command rejected: {err}")
-                if attempt == 1 and err.code == _WSMAN_SHELL_NOT_FOUND:
-                    continue
-                raise transport_error(err, self.settings, during="starting the pipeline") from err
-            except Exception as err:
-                self._discard_pool(connection, f"Command failed: {type(err).__name__}")
-                raise transport_error(err, self.settings, during="starting the pipeline") from err
-            try:
-                ps.end_invoke()
-            except Exception as err:
-                self._discard_pool(connection, f"Receive failed: {type(err).__name__}")
-                raise transport_error(err, self.settings, during="waiting for the pipeline") from err
+                try:
+                    ps.begin_invoke()
+                except WSManFaultError as err:
+                    # The host answered with a fault: the pipeline was not created. A shell the host
+                    # has forgotten (idle timeout, WinRM restart) is rebuilt once, transparently.
+                    self._retire(connection, f"Command rejected: {err}")
+                    if attempt == 1 and err.code == _WSMAN_SHELL_NOT_FOUND:
+                        continue
+                    raise transport_error(err, self.settings, during="starting the pipeline") from err
+                except Exception as err:
+                    self._retire(connection, f"Command failed: {type(err).__name__}")
+                    raise transport_error(err, self.settings, during="starting the pipeline") from err
+                try:
+                    ps.end_invoke()
+                except Exception as err:
+                    self._retire(connection, f"Receive failed: {type(err).__name__}")
+                    raise transport_error(err, self.settings, during="waiting for the pipeline") from err
+                complete = True
             finally:
                 pool.pipelines.pop(ps.id, None)
+                if not complete and connection.pool is pool:
+                    # Anything else that ended the call mid-reply (a BaseException in this thread):
+                    # the pool's PSRP state is unknown, so it never serves another call.
+                    self._retire(connection, "the call ended before its reply was complete")
             errors = list(ps.streams.error)
             if ps.had_errors or errors:
                 if not errors:
@@ -728,6 +786,7 @@ class WinRMClient:
         # CancelledError in the awaiting handler).
         self._executor.shutdown(wait=False)
         self._probe_executor.shutdown(wait=False)
+        self._retire_executor.shutdown(wait=False)  # retirements already queued still run
         idle: list[_Connection] = []
         while True:
             try:
@@ -762,18 +821,20 @@ class WinRMClient:
         if connection.pool is not None:
             return connection.pool
         from pypsrp.powershell import RunspacePool
-        from pypsrp.wsman import WSMan
 
         try:
-            wsman = WSMan(**self.settings.wsman_kwargs())
+            wsman = wsman_class()(**self.settings.wsman_kwargs())
         except ValueError as err:
             raise PermanentHostError(f"invalid WinRM settings for {self.settings.endpoint}: {err}") from err
         pool = RunspacePool(wsman, configuration_name=self.settings.configuration_name)
         try:
             pool.open()
-        except Exception as err:
-            wsman.close()
+        except BaseException as err:
+            # The shell may exist already (Create answered, the open's Receive did not): close it too.
             log.info("opening a RunspacePool on %s failed: %s", self.settings.endpoint, type(err).__name__)
+            self._close_retired(pool, wsman)
+            if not isinstance(err, Exception):
+                raise
             raise transport_error(err, self.settings, during="opening the session") from err
         connection.pool, connection.wsman = pool, wsman
         with self._state:
@@ -795,12 +856,30 @@ class WinRMClient:
             except Exception:  # the session may already be half-closed
                 log.debug("closing the HTTP session failed", exc_info=True)
 
-    def _discard_pool(self, connection: _Connection, why: str) -> None:
-        """Forget a pool that may be broken; the next call opens a new one. No network I/O here: the
-        host drops the abandoned shell after its idle timeout."""
-        log.info("discarding the RunspacePool on %s: %s", self.settings.endpoint, why)
-        wsman = connection.wsman
+    def _retire(self, connection: _Connection, why: str) -> None:
+        """Detach a pool whose call ended without its full reply: its PSRP state (fragments of a
+        lost reply, a pipeline still running on the host) is unknown, so it never serves another
+        call; the next call on this slot opens a fresh one. The shell is closed best effort in the
+        background (a Delete, so it does not count against MaxShellsPerUser until its idle timeout)."""
+        pool, wsman = connection.pool, connection.wsman
         connection.pool = connection.wsman = None
+        if pool is None and wsman is None:
+            return
+        log.info("retiring the RunspacePool on %s: %s", self.settings.endpoint, why)
+        with self._state:
+            self.pools_retired += 1
+        try:
+            self._retire_executor.submit(self._close_retired, pool, wsman)
+        except RuntimeError:  # the client is closed: close it on this (worker) thread
+            self._close_retired(pool, wsman)
+
+    def _close_retired(self, pool: Any, wsman: Any) -> None:
+        if pool is not None:
+            try:
+                pool.close()
+            except Exception as err:  # best effort: the host drops the shell after its idle timeout
+                log.info("closing a retired RunspacePool on %s failed: %s", self.settings.endpoint,
+                         type(err).__name__)
         if wsman is not None:
             try:
                 wsman.close()

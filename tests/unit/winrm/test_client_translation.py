@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 from pypsrp.complex_objects import GenericComplexObject
-from pypsrp.exceptions import AuthenticationError, WSManFaultError
+from pypsrp.exceptions import AuthenticationError, FragmentError, InvalidPSRPOperation, WSManFaultError
 from pypsrp.serializer import Serializer, TaggedValue
 
 from hyperv_operator.hyperv import cmdlets
@@ -309,3 +309,19 @@ def test_wsman_faults() -> None:
     assert type(timed_out) is TransientHostError
     denied = transport_error(WSManFaultError(5, "m", "Access is denied.", None, None, None), SETTINGS, during="x")
     assert isinstance(denied, PermanentHostError)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        FragmentError("Fragment Fragment Id: 1 != Expected Fragment Id: 0"),
+        InvalidPSRPOperation("pipeline in an unexpected state"),
+    ],
+)
+def test_a_psrp_protocol_desync_is_transient_never_permanent(exc: Exception) -> None:
+    """A fragment out of order (the continuation of a reply lost to a read timeout) is the session's
+    fault, not the command's or the host's: retried on a fresh pool, never a stall."""
+    err = transport_error(exc, SETTINGS, during="waiting for the pipeline")
+    assert type(err) is TransientHostError
+    assert err.fq_error_id == "WinRMProtocolDesync"
+    assert "new one" in str(err)
