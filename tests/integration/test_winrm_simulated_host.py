@@ -336,3 +336,31 @@ def test_concurrent_calls_each_get_their_own_reply_around_a_lost_one(
     for path, result in zip(files, second, strict=True):
         assert isinstance(result, list) and result[0].value == files[path].decode(), (path, result)
     assert c.pools_retired == 1
+
+
+def test_a_cancelled_call_keeps_its_shell_until_its_reply_is_complete(
+    impatient: tuple[WSManServer, WinRMClient],
+) -> None:
+    """The handler awaiting a call is cancelled while its reply is on the way (a slow answer, still
+    within the read timeout): the next call on the only connection waits for that reply to finish
+    and then gets its own output, never the cancelled call's."""
+    server, c = impatient
+    files = {f"{FOLDER}\\k{i}.txt": (f"kept {i} " * 20_000).encode() for i in range(2)}
+    first, second = files
+
+    async def scenario() -> str:
+        await c.run([cmdlets.new_directory(FOLDER)])
+        for path, content in files.items():
+            await c.run([cmdlets.write_file(path, content)])
+        taken = threading.Event()
+        server.delay_next_output_reply(0.8, taken=taken)  # below the 1.5 s read timeout
+        cancelled = asyncio.create_task(c.run([cmdlets.read_text_file(first)]))
+        while not taken.is_set():
+            await asyncio.sleep(0.01)
+        cancelled.cancel()
+        [text] = await c.run([cmdlets.read_text_file(second)])
+        assert cancelled.cancelled()
+        return str(text.value)
+
+    assert asyncio.run(scenario()) == files[second].decode()
+    assert c.pools_opened == 1 and c.pools_retired == 0

@@ -8,16 +8,20 @@ blocks and one host's slow calls never hold another host's threads. Probes use o
 connection and thread: VM work can never starve them.
 
 A call that ends without its full reply (read timeout, reset, WinRM fault, a PSRP fragment out of
-order, any exception or cancellation between Command and the last Receive) retires its pool: the
-pool is detached from its slot at once, so no other call ever receives on it, and closed (shell
-Delete) best effort on a background thread, so the abandoned shell does not hold one of the user's
-MaxShellsPerUser until its 2-hour idle timeout. The next call on that slot opens a fresh pool. A
-Receive is sent once: Windows answers a Receive without a `wsmv:OperationID` as a new request, never
-as a replay (MS-WSMV 3.1.4.1.39), so pypsrp's own re-send after a read timeout (up to 5 times, with
-backoff sleeps) would get the continuation of the lost reply (`FragmentError: Fragment Id: 3 !=
-Expected 0`) or, at a message boundary, silently incomplete output (pypsrp issue #21). Once the client is closed
-(its HyperVHost or Secret changed and a new client replaced it) every call, including one in
-flight, raises `ClientClosedError`: a retry with the new client, never a failure of the VM.
+order, any exception between Command and the last Receive) retires its pool: the pool is detached
+from its slot at once, so no other call ever receives on it, and closed (shell Delete) best effort
+on a background thread, so the abandoned shell does not hold one of the user's MaxShellsPerUser
+until its 2-hour idle timeout. The next call on that slot opens a fresh pool. A call whose awaiting
+task is cancelled keeps its thread and connection until its reply is complete, so a pool is never
+handed over mid-reply. A Receive is sent once: Windows answers a Receive without a
+`wsmv:OperationID` as a new request, never as a replay (MS-WSMV 3.1.4.1.39), so pypsrp's own re-send
+after a read timeout (up to 5 times, with backoff sleeps) got the continuation of the lost reply
+(`FragmentError: Fragment Id: 3 != Expected 0`) or, at a message boundary, silently incomplete
+output (pypsrp issue #21).
+
+Once the client is closed (its HyperVHost or Secret changed and a new client replaced it) every
+call, including one in flight, raises `ClientClosedError`: a retry with the new client, never a
+failure of the VM.
 
 Every command travels structured (`add_cmdlet` / `add_script` + `add_parameter`): user values are
 typed CLIXML arguments and never PowerShell text. `Int64`/`UInt64` are tagged `<I64>`/`<U64>`,
