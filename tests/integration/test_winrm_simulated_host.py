@@ -353,7 +353,7 @@ def test_a_cancelled_call_keeps_its_shell_until_its_reply_is_complete(
         for path, content in files.items():
             await c.run([cmdlets.write_file(path, content)])
         taken = threading.Event()
-        server.delay_next_output_reply(0.8, taken=taken)  # below the 1.5 s read timeout
+        server.delay_next_output_reply(0.5, taken=taken)  # well below the 1.5 s read timeout
         cancelled = asyncio.create_task(c.run([cmdlets.read_text_file(first)]))
         while not taken.is_set():
             await asyncio.sleep(0.01)
