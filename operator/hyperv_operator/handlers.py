@@ -886,8 +886,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             queued = runtime.slots.waiting(uid)
             if left <= 0 or not (queued or outcome.requeue_after <= min(INLINE_WAIT_SECONDS, left)):
                 break
-            if runtime.write_status is None or patch.get("status"):
-                break  # its status is written by kopf when the call returns: no step goes on before that
+            if patch.get("status"):
+                break  # not written (no writer, or it failed): kopf writes it when the call returns, first
             if runtime.news.newer(uid, known):
                 return _hand_back(outcome)
             if queued:

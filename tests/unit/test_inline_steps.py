@@ -149,9 +149,11 @@ def _ready_from_guest(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 def test_a_step_planned_on_an_older_status_never_merges_onto_a_newer_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 9: the drift timer's body is kopf's live view, replaced only as kopf works through the VM's
-    events; right after a handler call it can lag behind the status that call wrote (here: without
-    status.guest.waitingSince, which the call added). A merge patch planned on it does not null
-    waitingSince, and once merged onto the newer status the VM shows Ready=True with waitingSince.
+    events, one at a time, once the handler call that wrote them returns: meanwhile the timer sees the
+    call's intermediate statuses (here: Provisioned before the guest was read, without
+    status.guest.waitingSince, which the call's later step added), and no call is under way to stop it.
+    A merge patch planned on it does not null waitingSince, and once merged onto the newer status the
+    VM shows Ready=True with waitingSince.
     The write is refused (its resourceVersion moved on and the status is not the one it planned on);
     the next step plans on the server's status and removes it."""
     from hyperv_operator import handlers
@@ -251,3 +253,42 @@ def test_marks_news_is_only_what_moved_past_the_handlers_body() -> None:
     assert Marks(4, False, "1").newer_than(known)
     assert Marks(3, True, "1").newer_than(known)
     assert Marks(3, False, "2").newer_than(known)
+
+
+def test_a_vm_in_line_for_a_copy_slot_hands_back_at_once_when_deleted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for a call waiting for a copy slot (no API traffic, up to the call's budget)."""
+    import kopf
+
+    from hyperv_operator import handlers
+    from hyperv_operator.provisioning.engine import StepOutcome
+
+    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any) -> StepOutcome:
+        return StepOutcome(status={**status, "phase": "Copying", "copy": {"queued": True}}, requeue_after=10.0,
+                           events=(), finished=False)
+
+    class InLine:
+        def waiting(self, uid: str) -> bool:
+            return True
+
+        async def wait_for_slot(self, uid: str, timeout: float) -> bool:
+            await asyncio.sleep(timeout)
+            return False
+
+    monkeypatch.setattr(handlers.engine, "reconcile", fake_engine)
+    server = FakeVmApi({"phase": "Copying"})
+    runtime = handlers.Runtime(handlers.OperatorConfig(), make_connections(CountingSecrets()), write_status=server,
+                               slots=InLine())  # type: ignore[arg-type]
+    reconcile = _handler(handlers.build_registry(runtime), "_changing", "reconcile")
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        call = asyncio.create_task(reconcile(**server.kwargs()))
+        await asyncio.sleep(0.3)
+        told = loop.time()
+        runtime.news.observe({**server.metadata, "deletionTimestamp": "2026-11-26T09:00:00Z"})
+        with pytest.raises(kopf.TemporaryError):
+            await asyncio.wait_for(call, 3.0)
+        return loop.time() - told
+
+    assert asyncio.run(scenario()) < 0.5
+    assert server.status["copy"] == {"queued": True}
