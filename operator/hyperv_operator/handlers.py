@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +35,7 @@ from hyperv_operator.provisioning import bootstrap, engine, planner, retry, sett
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
 from hyperv_operator.provisioning.gate import HostGate, under_way
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
-from hyperv_operator.status_writer import apply_merge_patch
+from hyperv_operator.status_writer import KubeStatusWriter, KubeVmWatch, StatusConflict, StatusGone, StatusWriter
 from hyperv_operator.tenancy import classes, policy
 from hyperv_operator.tenancy.webhook import VALIDATE_VM_ID, WebhookCertificate, inject_ca_bundle
 from hyperv_operator.wakeups import Wakeups
@@ -50,8 +50,83 @@ inside the same handler call after writing its status, instead of through a kopf
 two API writes (kopf's progress annotation, then its "touch" patch) and several API round trips."""
 INLINE_BUDGET_SECONDS = 20.0
 """How long one handler call goes on through such waits (and waits for a copy slot) before handing back
-to kopf: kopf processes one object's events one at a time, so this bounds how late a deletion or a spec
-change of a VM under way is seen."""
+to kopf. kopf processes one object's events one at a time: a deletion or spec change of the VM meanwhile
+ends the wait at once (`VmNews`, from the metadata watch); this bounds it where no watch runs."""
+REPLAN_SECONDS = 0.3
+"""A step planned on a status that was not the server's any more writes nothing and is planned again this
+soon, on the status as it is."""
+_BASE_RV = "hyperv_operator_status_rv"
+"""Handler kwargs key: the resourceVersion the status in kwargs["status"] was read at (after our own write)."""
+
+
+@dataclass(frozen=True)
+class Marks:
+    """What in a VirtualMachine's metadata asks for other work than the running handler call's: a new
+    spec (generation), deletion, a new value of the retry annotation."""
+
+    generation: int
+    deleting: bool
+    retry: str
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any]) -> Marks:
+        annotations = metadata.get("annotations") or {}
+        return cls(int(metadata.get("generation") or 0), bool(metadata.get("deletionTimestamp")),
+                   str(annotations.get(retry.RETRY_ANNOTATION) or ""))
+
+    def newer_than(self, known: Marks) -> bool:
+        # generation only grows and deletion is never undone: a watch lagging behind the handler's
+        # body is not news. The retry annotation has no order: any other value at a generation not
+        # behind is news (a lagging watch costs one early hand-back at most).
+        return (self.generation > known.generation or (self.deleting and not known.deleting)
+                or (self.generation >= known.generation and self.retry != known.retry))
+
+
+class VmNews:
+    """The latest metadata marks of every VirtualMachine, as the metadata watch delivers them (kopf's
+    own queue for a VM is not read while a handler call for it runs), and waits that end when a VM's
+    marks move past what a handler call started from."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, Marks] = {}
+        self._gone: set[str] = set()
+        self._changed: dict[str, asyncio.Event] = {}
+
+    def observe(self, metadata: Mapping[str, Any], deleted: bool = False) -> None:
+        uid = str(metadata.get("uid") or "")
+        if not uid:
+            return
+        if deleted:
+            self._latest.pop(uid, None)
+        else:
+            self._latest[uid] = Marks.of(metadata)
+        event = self._changed.get(uid)
+        if event is not None:
+            event.set()
+
+    def newer(self, uid: str, known: Marks) -> bool:
+        latest = self._latest.get(uid)
+        return latest is not None and latest.newer_than(known)
+
+    async def wait(self, uid: str, known: Marks, timeout: float) -> bool:
+        """Sleeps `timeout` seconds, or less: True as soon as the VM's marks are newer than `known`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        event = self._changed.setdefault(uid, asyncio.Event())
+        try:
+            while not self.newer(uid, known):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), remaining)
+            return True
+        finally:
+            self._changed.pop(uid, None)
+
+    def __len__(self) -> int:
+        return len(self._latest)
 
 
 @dataclass(frozen=True)
@@ -193,9 +268,14 @@ class Runtime:
     drain: Drain = field(default_factory=Drain)
     shutdown: Shutdown = field(default_factory=Shutdown)
     wakeups: Wakeups = field(default_factory=Wakeups)
-    write_status: Callable[[str, str, Mapping[str, Any]], Awaitable[None]] | None = None
-    """Writes a VM's status from inside a handler call (status_writer.KubeStatusWriter); None: only
-    kopf writes it, when the call returns (then a step waits inside the call only for a copy slot)."""
+    write_status: StatusWriter | None = None
+    """Writes each step's status while the VM's lock is held, guarded by the resourceVersion it was
+    planned on (status_writer.KubeStatusWriter); None: kopf writes it, when the call returns (then a
+    step waits inside the call only for a copy slot)."""
+    news: VmNews = field(default_factory=VmNews)
+    """Deletions and spec edits of VMs, seen while their handler call runs (fed by the metadata watch)."""
+    watch_metadata: bool = True
+    """Start the VirtualMachine metadata watch at startup (with a KubeStatusWriter)."""
     carried: set[str] = field(default_factory=set)
     """VMs (uid) a change handler call is carrying through short waits (`_go_on`): not drift-checked."""
     read_class: Callable[[str], dict[str, Any] | None] | None = None
@@ -404,6 +484,16 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         except Exception as exc:  # the controller enforces the same rules without the webhook
             logger.error("cannot write the webhook CA bundle into %s: %s", webhook.configuration, exc)
 
+    watches: list[KubeVmWatch] = []
+
+    @kopf.on.startup(registry=registry)
+    async def watch_vm_metadata(**_: Any) -> None:
+        writer = runtime.write_status
+        if runtime.watch_metadata and isinstance(writer, KubeStatusWriter):
+            watch = KubeVmWatch(runtime.news.observe, await asyncio.to_thread(lambda: writer.custom))
+            watch.start(asyncio.get_running_loop())
+            watches.append(watch)
+
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)
@@ -416,6 +506,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if not await runtime.shutdown.drain(runtime.config.shutdown_grace):
             logger.warning("stopping with %d engine step(s) still running after %.0fs", runtime.shutdown.active,
                            runtime.config.shutdown_grace)
+        for watch in watches:
+            watch.stop()
         await runtime.connections.close()
 
     @kopf.index(*host_resource, id="hosts_by_name", registry=registry)
@@ -526,12 +618,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 return
             raise kopf.AdmissionError(f"{resolved.refusal.reason}: {resolved.refusal.message}", code=403)
 
-    async def step(kwargs: Mapping[str, Any], *, deleting: bool, drift: bool = False) -> StepOutcome | None:
+    async def step(kwargs: dict[str, Any], *, deleting: bool, drift: bool = False) -> StepOutcome | None:
         # Host work counts for the graceful hand-over to the standby (draining.py).
         async with runtime.drain.working():
             return await _step(kwargs, deleting=deleting, drift=drift)
 
-    async def _step(kwargs: Mapping[str, Any], *, deleting: bool, drift: bool = False) -> StepOutcome | None:
+    async def _step(kwargs: dict[str, Any], *, deleting: bool, drift: bool = False) -> StepOutcome | None:
         """One engine step for the VM in kopf's handler kwargs; writes its outcome into `patch`.
 
         Spec and status are read only once this call holds the VM's lock. A drift check that had to
@@ -548,7 +640,72 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                     return None
                 if runtime.shutdown.stopping and drift:
                     return None  # waited for the lock into a stop: the next process checks drift
-                return await _step_locked(kwargs, deleting=deleting)
+                # What the step plans on, read at one instant (a timer's body is a live view that
+                # kopf replaces as events arrive): the status, and the resourceVersion it is at.
+                kwargs["status"] = base = dict(kwargs["status"])
+                kwargs["spec"] = dict(kwargs["spec"])
+                base_rv = str(kwargs.get(_BASE_RV) or meta.get("resourceVersion") or "")
+                try:
+                    outcome = await _step_locked(kwargs, deleting=deleting)
+                except kopf.TemporaryError:
+                    await _commit(kwargs, base, base_rv)
+                    raise
+                if not await _commit(kwargs, base, base_rv) and not outcome.finished:
+                    # Planned on a status that was not the server's any more: plan again, on the server's.
+                    delay = REPLAN_SECONDS if outcome.requeue_after is None else min(outcome.requeue_after,
+                                                                                      REPLAN_SECONDS)
+                    outcome = replace(outcome, requeue_after=delay)
+                return outcome
+
+    async def _commit(kwargs: dict[str, Any], base: Mapping[str, Any], base_rv: str) -> bool:
+        """Writes the step's status (its merge patch from `base`) while the VM's lock is held, only onto
+        `base` itself: if the object moved on since `base_rv` and its status is not `base` any more, the
+        patch would land on a status it was not planned on (a key the newer status added and this plan
+        never saw would survive it): nothing is written, and kwargs get the server's status to plan
+        on again (False). A move of the metadata only (kopf's annotations, a spec edit) is written over.
+
+        On success kwargs["status"] is the server's status after the write, and kopf's patch carries no
+        status. If the write fails otherwise, the status stays in kopf's patch (kopf writes it and retries)."""
+        patch: kopf.Patch = kwargs["patch"]
+        written = patch.get("status")
+        writer = runtime.write_status
+        if writer is None or not written:
+            return True
+        meta: kopf.Meta = kwargs["meta"]
+        namespace, name = str(meta["namespace"]), str(meta["name"])
+        rv = base_rv
+        for _ in range(3):
+            try:
+                done = await writer.write(namespace, name, written, rv)
+            except StatusConflict:
+                try:
+                    now = await writer.read(namespace, name)
+                except StatusGone:
+                    del patch["status"]
+                    return True
+                except Exception as exc:
+                    logger.warning("%s/%s: status not written (%s); planning again", namespace, name, exc)
+                    del patch["status"]
+                    return False
+                if now.status != dict(base):
+                    logger.info("%s/%s: the status moved on while this step planned on an older one; "
+                                "planning again on the current one", namespace, name)
+                    del patch["status"]
+                    kwargs["status"], kwargs[_BASE_RV] = now.status, now.resource_version
+                    return False
+                rv = now.resource_version
+                continue
+            except StatusGone:
+                del patch["status"]
+                return True
+            except Exception as exc:  # kopf writes it when the call returns, and retries
+                logger.warning("%s/%s: status not written (%s); left to kopf", namespace, name, exc)
+                return True
+            del patch["status"]
+            kwargs["status"], kwargs[_BASE_RV] = done.status, done.resource_version
+            return True
+        del patch["status"]
+        return False
 
     def _settled(kwargs: Mapping[str, Any]) -> bool:
         # Only VMs no change handler drives: settled ones (Failed is re-checked too, so a VM waiting
@@ -706,46 +863,53 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     async def _go_on(kwargs: dict[str, Any], outcome: StepOutcome | None) -> StepOutcome | None:
         """Further steps inside this handler call while the host needs only a short wait (bounded by
-        INLINE_BUDGET_SECONDS). Before each wait the status reached so far is written (a crash loses
-        no more than with kopf's retries); a VM in line for a copy slot waits, without any API
-        traffic, until the host's ledger (this process's release, or the host objects' watch) has a
-        slot for it, and takes it at once. The last step's status is left in kopf's patch."""
+        INLINE_BUDGET_SECONDS). Each step has written its status (`_commit`: a crash loses no more than
+        with kopf's retries); a VM in line for a copy slot waits, without any API traffic, until the
+        host's ledger (this process's release, or the host objects' watch) has a slot for it, and takes
+        it at once. A deletion, spec edit or retry request of the VM meanwhile (`VmNews`) ends the call
+        at once: kopf sees that event only once this call returns."""
         meta: kopf.Meta = kwargs["meta"]
-        uid, namespace, name = str(meta["uid"]), str(meta["namespace"]), str(meta["name"])
-        patch: kopf.Patch = kwargs["patch"]
+        uid = str(meta["uid"])
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
             runtime.carried.add(uid)
-            return await _steps_on(kwargs, outcome, uid, namespace, name, patch, loop, began)
+            return await _steps_on(kwargs, outcome, uid, Marks.of(meta), loop, began)
         finally:
             runtime.carried.discard(uid)
 
-    async def _steps_on(kwargs: dict[str, Any], outcome: StepOutcome | None, uid: str, namespace: str, name: str,
-                        patch: kopf.Patch, loop: asyncio.AbstractEventLoop, began: float) -> StepOutcome | None:
+    async def _steps_on(kwargs: dict[str, Any], outcome: StepOutcome | None, uid: str, known: Marks,
+                        loop: asyncio.AbstractEventLoop, began: float) -> StepOutcome | None:
+        patch: kopf.Patch = kwargs["patch"]
         while outcome is not None and outcome.requeue_after is not None and not runtime.shutdown.stopping:
             left = INLINE_BUDGET_SECONDS - (loop.time() - began)
             queued = runtime.slots.waiting(uid)
             if left <= 0 or not (queued or outcome.requeue_after <= min(INLINE_WAIT_SECONDS, left)):
                 break
-            written = patch.get("status")
-            if written:
-                if runtime.write_status is None:
-                    break
-                try:
-                    await runtime.write_status(namespace, name, written)
-                except Exception as exc:  # kopf writes it when the call returns, and retries
-                    logger.warning("%s/%s: status not written (%s); handing back to kopf", namespace, name, exc)
-                    break
-                del patch["status"]
-                kwargs = {**kwargs, "status": apply_merge_patch(kwargs["status"], written)}
+            if patch.get("status"):
+                break  # not written (no writer, or it failed): kopf writes it when the call returns, first
+            if runtime.news.newer(uid, known):
+                return _hand_back(outcome)
             if queued:
-                if not await runtime.slots.wait_for_slot(uid, left):
+                slot = asyncio.ensure_future(runtime.slots.wait_for_slot(uid, left))
+                news = asyncio.ensure_future(runtime.news.wait(uid, known, left))
+                try:
+                    await asyncio.wait((slot, news), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (slot, news):
+                        task.cancel()
+                if news.done() and not news.cancelled() and news.result():
+                    return _hand_back(outcome)
+                if not slot.done() or slot.cancelled() or not slot.result():
                     break
-            else:
-                await asyncio.sleep(outcome.requeue_after)
+            elif await runtime.news.wait(uid, known, outcome.requeue_after):
+                return _hand_back(outcome)
             outcome = await step(kwargs, deleting=False)
         return outcome
+
+    def _hand_back(outcome: StepOutcome) -> StepOutcome:
+        """Back to kopf at once: it holds a newer event of this VM (deletion, spec edit, retry request)."""
+        return replace(outcome, requeue_after=0.0)
 
     @kopf.timer(
         *vm_resource,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -85,5 +86,47 @@ def test_a_guest_without_heartbeat_stalls_after_the_timeout_and_recovers(
     ready = kube.wait_vm(NAMESPACE, name, lambda o: _ready(o).get("status") == "True", timeout=60, what="Ready")
     assert _ready(ready)["reason"] == "Heartbeat"
     assert (condition(ready, "Stalled") or {}).get("status") == "False"
+    kube.delete_vm(NAMESPACE, name)
+    kube.wait_gone(NAMESPACE, name)
+
+
+def _carried_waiting_for_heartbeat(guests: SimulatedHyperV, kube: Kube, prefix: str) -> str:
+    """A VM whose handler call goes on through the guest's short waits (GUEST_POLL, within the call's
+    20 s budget): the guest never answers."""
+    guests.host.set_guest_defaults(boot_seconds=NEVER)
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    kube.create_vm(NAMESPACE, name, "Differencing")
+    kube.wait_vm(NAMESPACE, name, lambda o: _ready(o).get("reason") == "WaitingForHeartbeat",
+                 what="waiting for the heartbeat")
+    return name
+
+
+def test_deleting_a_vm_whose_handler_waits_on_its_guest_starts_at_once(
+    guests: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess
+) -> None:
+    """Issue 9: kopf sees a VM's deletion only once the handler call for it returns; a call going on
+    through short waits hands back as soon as the deletion is seen (metadata watch), not after its
+    20 s budget."""
+    name = _carried_waiting_for_heartbeat(guests, kube, "del-carried")
+    time.sleep(1.0)  # well inside the call's budget
+    deleted = time.monotonic()
+    kube.delete_vm(NAMESPACE, name)
+    while (obj := kube.get_vm(NAMESPACE, name)) is not None and obj["status"].get("phase") != "Deleting":
+        assert time.monotonic() - deleted < 3.0, f"deletion not started after 3 s: {obj['status']}"
+        time.sleep(0.1)
+    kube.wait_gone(NAMESPACE, name)
+
+
+def test_a_spec_edit_of_a_vm_whose_handler_waits_on_its_guest_is_acted_on_at_once(
+    guests: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess
+) -> None:
+    """Issue 9: same for a spec edit (cpus): the carried call hands back, kopf runs the change at once."""
+    name = _carried_waiting_for_heartbeat(guests, kube, "edit-carried")
+    time.sleep(1.0)
+    edited = time.monotonic()
+    generation = kube.patch_vm(NAMESPACE, name, {"spec": {"cpus": 3}})["metadata"]["generation"]
+    kube.wait_vm(NAMESPACE, name, lambda o: o["status"].get("observedGeneration") == generation, timeout=5,
+                 what="the edit observed")
+    assert time.monotonic() - edited < 3.0
     kube.delete_vm(NAMESPACE, name)
     kube.wait_gone(NAMESPACE, name)
