@@ -322,15 +322,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _host_of(
-    hosts_by_name: kopf.Index[tuple[str, str], dict[str, Any]], namespace: str, name: str
-) -> dict[str, Any] | None:
-    store = hosts_by_name.get((namespace, name))
-    if not store:
-        return None
-    return next(iter(store), None)
-
-
 def kubernetes_class_reader() -> Callable[[str], dict[str, Any] | None]:
     """Issue 14: reads a VirtualMachineClass by name (GET; a kopf index would hold every handler back
     until its first listing, and classes are read only for VMs that name one)."""
@@ -377,10 +368,7 @@ def kubernetes_vm_annotator() -> Callable[[str, str, Mapping[str, str]], None]:
 
 def vm_host_key(namespace: str, spec: Mapping[str, Any]) -> str:
     """The key of the VM's host in copy slots, metrics and status ("ns/name" or "ClusterHyperVHost/name")."""
-    ref = policy.HostRef.from_vm_spec(spec)
-    if ref.kind == policy.CLUSTER_HOST_KIND:
-        return f"{policy.CLUSTER_HOST_KIND}/{ref.name}"
-    return f"{namespace}/{ref.name}"
+    return policy.HostRef.from_vm_spec(spec).key(namespace)
 
 
 def _one(index: kopf.Index[Any, dict[str, Any]], key: Any) -> dict[str, Any] | None:
@@ -412,7 +400,7 @@ def resolve_host(
         labels = _one(indices["namespace_labels"], namespace)
         secret_namespace = operator_namespace
     else:
-        host = _host_of(indices["hosts_by_name"], namespace, ref.name)
+        host = _one(indices["hosts_by_name"], (namespace, ref.name))
         labels, secret_namespace = None, namespace
     return ResolvedHost(host, secret_namespace, key, policy.check_vm(namespace, spec, host, labels))
 
@@ -572,10 +560,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         def uses(spec: Mapping[str, Any]) -> bool:
             return any((spec.get(ref) or {}).get("name") == name
                        for ref in ("credentialsSecretRef", "caBundleSecretRef"))
-        keys = [f"{ns}/{host}" for (ns, host), store in indices["hosts_by_name"].items()
+        keys = [policy.host_key(False, ns, host) for (ns, host), store in indices["hosts_by_name"].items()
                 if ns == namespace and any(uses(s) for s in store)]
         if namespace == runtime.config.operator_namespace:
-            keys += [f"{policy.CLUSTER_HOST_KIND}/{host}" for host, store in indices["cluster_hosts_by_name"].items()
+            keys += [policy.host_key(True, None, host) for host, store in indices["cluster_hosts_by_name"].items()
                      if any(uses(s) for s in store)]
         return keys
 
@@ -958,8 +946,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         return runtime.config.operator_namespace if resource.plural == api.CLUSTER_HOST_PLURAL else str(namespace)
 
     def host_key(resource: kopf.Resource, namespace: str | None, name: str) -> str:
-        return f"{policy.CLUSTER_HOST_KIND}/{name}" if resource.plural == api.CLUSTER_HOST_PLURAL \
-            else f"{namespace}/{name}"
+        return policy.host_key(resource.plural == api.CLUSTER_HOST_PLURAL, namespace, name)
 
     # Registered before the probe, so a created or edited host re-checks its waiting VMs before it is
     # probed (the host indexes are already current when a handler runs).

@@ -235,8 +235,9 @@ def _host_for(
     name = str((spec.get("hostRef") or {}).get("name") or "")
     if kind == CLUSTER_IMAGE_KIND:
         return (_first(indices.get("cluster_hosts_by_name"), name), operator_namespace, name,
-                f"{policy.CLUSTER_HOST_KIND}/{name}")
-    return _first(indices.get("hosts_by_name"), (namespace, name)), namespace, name, f"{namespace}/{name}"
+                policy.host_key(True, None, name))
+    return (_first(indices.get("hosts_by_name"), (namespace, name)), namespace, name,
+            policy.host_key(False, namespace, name))
 
 
 def _host_by_key(

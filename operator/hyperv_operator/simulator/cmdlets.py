@@ -132,6 +132,14 @@ class Context:
                            exception_type=err.exception_type)
 
 
+def _cim_error(message: str, category: str, hresult: str, target: str) -> ModelError:
+    """Get-CimInstance's CimException as WMI reports it (0x80041010 invalid class, 0x80041017 invalid query)."""
+    return ModelError(message, category=category, reason="",
+                      fq_error_id=f"HRESULT {hresult},Microsoft.Management.Infrastructure.CimCmdlets."
+                                  "GetCimInstanceCommand", target=target,
+                      exception_type="Microsoft.Management.Infrastructure.CimException")
+
+
 def binding_error(cmdlet: Cmdlet, message: str, reason: str, *, category: str = "InvalidArgument",
                   target: str = "") -> CmdletError:
     return CmdletError(message, category=category, fq_error_id=f"{reason},{cmdlet.type_name}", target=target,
@@ -738,20 +746,14 @@ def _kvp_cim_instances(ctx: Context, b: Bound) -> list[HostObject]:
     if not wanted or class_name.lower() != KVP_CLASS.lower():
         # Only the Hyper-V KVP component is modelled; anything else is refused loudly [strict].
         # WMI's "Invalid class" (0x80041010), shaped as for Win32_Process below.
-        raise ModelError("Invalid class ", category="ObjectNotFound", reason="",
-                         fq_error_id="HRESULT 0x80041010,Microsoft.Management.Infrastructure.CimCmdlets."
-                                     "GetCimInstanceCommand", target=class_name,
-                         exception_type="Microsoft.Management.Infrastructure.CimException")
+        raise _cim_error("Invalid class ", "ObjectNotFound", "0x80041010", class_name)
     wanted_id: str | None = None
     if "Filter" in b:
         # WQL `SystemName = '<guid>'` is the one filter form modelled [strict]; WMI refuses a malformed
         # query (0x80041017); a filter that matches nothing gives no output and no error.
         match = _SYSTEM_NAME_FILTER.match(b["Filter"])
         if match is None:
-            raise ModelError("Invalid query ", category="InvalidArgument", reason="",
-                             fq_error_id="HRESULT 0x80041017,Microsoft.Management.Infrastructure.CimCmdlets."
-                                         "GetCimInstanceCommand", target=b["Filter"],
-                             exception_type="Microsoft.Management.Infrastructure.CimException")
+            raise _cim_error("Invalid query ", "InvalidArgument", "0x80041017", b["Filter"])
         wanted_id = match.group(1).lower()
     types = (f"Microsoft.Management.Infrastructure.CimInstance#root/virtualization/v2/{KVP_CLASS}",
              f"Microsoft.Management.Infrastructure.CimInstance#{KVP_CLASS}",
@@ -1045,18 +1047,12 @@ def _process_cim_instances(ctx: Context, b: Bound) -> list[HostObject]:
     filter (0x80041017); a filter that matches nothing gives no output and no error."""
     model = ctx.model
     if str(b["ClassName"]).lower() != "win32_process":
-        raise ModelError("Invalid class ", category="ObjectNotFound", reason="",
-                         fq_error_id="HRESULT 0x80041010,Microsoft.Management.Infrastructure.CimCmdlets."
-                                     "GetCimInstanceCommand", target=str(b["ClassName"]),
-                         exception_type="Microsoft.Management.Infrastructure.CimException")
+        raise _cim_error("Invalid class ", "ObjectNotFound", "0x80041010", str(b["ClassName"]))
     wanted: int | None = None
     if "Filter" in b:
         match = _PROCESS_ID_FILTER.match(b["Filter"])
         if match is None:
-            raise ModelError("Invalid query ", category="InvalidArgument", reason="",
-                             fq_error_id="HRESULT 0x80041017,Microsoft.Management.Infrastructure.CimCmdlets."
-                                         "GetCimInstanceCommand", target=b["Filter"],
-                             exception_type="Microsoft.Management.Infrastructure.CimException")
+            raise _cim_error("Invalid query ", "InvalidArgument", "0x80041017", b["Filter"])
         wanted = int(match.group(1))
     return [HostObject(CIM_PROCESS_TYPES, {
         "ProcessId": p.pid, "Name": p.name, "CommandLine": p.command_line, "CreationDate": model.date(p.created),

@@ -31,6 +31,15 @@ class HostRef:
     def describe(self, namespace: str) -> str:
         return f"{self.kind} {self.name}" if self.kind == CLUSTER_HOST_KIND else f"{self.kind} {namespace}/{self.name}"
 
+    def key(self, namespace: str) -> str:
+        """The host's key in copy slots, metrics, wake-ups and status ("ns/name" or "ClusterHyperVHost/name")."""
+        return host_key(self.kind == CLUSTER_HOST_KIND, namespace, self.name)
+
+
+def host_key(cluster: bool, namespace: str | None, name: str) -> str:
+    """The one spelling of a host's key: "ClusterHyperVHost/<name>" or "<namespace>/<name>"."""
+    return f"{CLUSTER_HOST_KIND}/{name}" if cluster else f"{namespace}/{name}"
+
 
 @dataclass(frozen=True)
 class Refusal:
