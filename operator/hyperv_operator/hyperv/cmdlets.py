@@ -9,6 +9,7 @@ VMs are always addressed by Id (`Get-VM -Id <guid> | <cmdlet>`), never by name: 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from hyperv_operator.hyperv.commands import SWITCH, Int64, Statement, UInt64, cmd, pipe
 
@@ -54,6 +55,15 @@ def get_vhd(path: str) -> Statement:
 def test_path(path: str) -> Statement:
     """Output: one bool."""
     return pipe(cmd(MGMT + "Test-Path", LiteralPath=path))
+
+
+def test_paths(paths: Sequence[str]) -> Statement:
+    """Output: one bool per path, in the order given (`-LiteralPath` is a String[]; TestPathCommand's
+    ProcessRecord writes one result per element). One statement instead of one per path: each
+    statement costs the client a serialized Command and the host a pipeline step."""
+    if not paths:
+        raise ValueError("test_paths needs at least one path (an empty array is an error on the host)")
+    return pipe(cmd(MGMT + "Test-Path", LiteralPath=tuple(paths)))
 
 
 def get_item(path: str) -> Statement:

@@ -255,7 +255,7 @@ async def _read_cache_facts(client: Any, entry: Mapping[str, Any]) -> cache.Cach
     liveness while the status says Running; Get-VHD/Get-Item of the whole file."""
     path = str(entry["path"])
     paths = [path, cache.partial_of(path), cache.status_of(path)]
-    flags = [bool(o.value) for o in await client.run([cmdlets.test_path(p) for p in paths])
+    flags = [bool(o.value) for o in await client.run([cmdlets.test_paths(paths)])
              if kind_of(o) == "bool"]
     if len(flags) != len(paths):
         raise HostError(f"Test-Path returned {len(flags)} results for {len(paths)} paths")

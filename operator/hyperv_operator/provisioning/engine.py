@@ -386,7 +386,7 @@ async def _observe_listing(
     paths = _unique([spec.base_vhd, layout.disk, layout.partial, layout.copy_status, *recorded,
                      *([str(disk_path)] if disk_path else []), *bootstrap.paths(spec, layout, status),
                      *((layout.copy_status_tmp, *layout.folders_bottom_up) if deleting else ())])
-    first = await client.run([cmdlets.get_all_vms(), *(cmdlets.test_path(p) for p in paths)])
+    first = await client.run([cmdlets.get_all_vms(), cmdlets.test_paths(paths)])
     vms, flags, _, _, _, _ = _parse(first, copy_read=False)
     if len(flags) != len(paths):
         raise TransientHostError(f"Test-Path returned {len(flags)} results for {len(paths)} paths")
@@ -530,7 +530,7 @@ async def _observe_by_id(
     want = expected_reads(phase, on_checkpoint, status, layout, spec.base_vhd, deleting=deleting)
     if base_apart:
         want = replace(want, vhds=tuple(p for p in want.vhds if not same_path(p, spec.base_vhd)))
-    first: list[Statement] = [cmdlets.test_path(p) for p in paths]
+    first: list[Statement] = [cmdlets.test_paths(paths)]
     first += [cmdlets.get_vhd(p) for p in want.vhds]
     if want.copy_status:
         first.append(cmdlets.read_text_file(layout.copy_status))

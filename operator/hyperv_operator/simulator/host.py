@@ -234,11 +234,22 @@ class SimulatedHost:
                 raise self._fault_error(kind, spec)
         out: list[HostObject] = []
         for bound in bounds:
+            if spec.name == "Test-Path" and self.second_hop is not None:
+                # Test-Path answers $false for a path it may not reach, not an error, and answers each
+                # path of its String[] on its own (TestPathCommand.ProcessRecord: one result per path).
+                key = "LiteralPath" if bound.get("LiteralPath") else "Path"
+                for path in list(bound.get(key) or []):
+                    one = {**bound, key: [path]}
+                    if self._second_hop_denied(one) is not None:
+                        out.append(primitive(False))
+                        continue
+                    try:
+                        out.extend(spec.impl(ctx, one))
+                    except ModelError as err:
+                        raise ctx.error(err) from None
+                continue
             denied = self._second_hop_denied(bound)
             if denied is not None:
-                if spec.name == "Test-Path":
-                    out.append(primitive(False))  # Test-Path answers $false, not an error
-                    continue
                 raise self._unc_access_denied(spec, denied)
             try:
                 out.extend(spec.impl(ctx, bound))

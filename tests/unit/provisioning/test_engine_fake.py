@@ -61,8 +61,10 @@ class FakeHost:
         if names[0] == "Get-VM" and vm is None:
             raise PermanentHostError("VM not found", category="ObjectNotFound")
         if names == ["Test-Path"]:
-            path = str(p("LiteralPath")).lower()
-            return [HostObject(("System.Boolean",), {}, path in self.files or path in self.folders)]
+            value = p("LiteralPath")
+            paths = [str(v).lower() for v in (value if isinstance(value, tuple) else (value,))]
+            return [HostObject(("System.Boolean",), {}, path in self.files or path in self.folders)
+                    for path in paths]
         if names == ["Get-VHD"]:
             info = self.files.get(str(p("Path")).lower())
             if info is None:

@@ -42,6 +42,11 @@ def not_found(target: str) -> CmdletError:
     )
 
 
+def _count(value: object) -> int:
+    """How many answers a String[] parameter gets (one per element)."""
+    return len(value) if isinstance(value, tuple) else 1
+
+
 class FakeExecutor:
     """Dispatches on the bare cmdlet name; `fail_next(err)` makes the next batch raise."""
 
@@ -49,7 +54,9 @@ class FakeExecutor:
         self.batches: list[list[Statement]] = []
         self.handlers: dict[str, Callable[[Statement], list[HostObject]]] = {
             "Get-VM": self._get_vm,
-            "Test-Path": lambda s: [HostObject(("System.Boolean",), {}, value=True)],
+            "Test-Path": lambda s: [HostObject(("System.Boolean",), {}, value=True)] * _count(
+                s.commands[0].parameter("LiteralPath")
+            ),
             "Get-Content": lambda s: [HostObject(("System.String",), {}, value='{"state": "Running"}')],
             "New-Item": lambda s: [
                 HostObject(("System.IO.DirectoryInfo",), {"FullName": s.commands[0].parameter("Path")})

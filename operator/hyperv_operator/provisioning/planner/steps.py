@@ -110,8 +110,11 @@ def _creating_vm(w: _Work) -> _Result:
             # New VMs get Production checkpoints by default; Standard is only for the quick-provision
             # checkpoint and is put back once it is merged.
             w.status["checkpointTypeBefore"] = "Production"
+        # The folder New-VM -Path puts the VM in: made here unless the host (or the action just
+        # before, in the same batch) shows it already there.
+        folder = () if w.obs.exists(w.layout.vm_dir) else (cmdlets.new_directory(w.layout.vm_dir),)
         return _Act(Action("NewVM",
-                           (cmdlets.new_directory(w.layout.vm_dir),
+                           (*folder,
                             cmdlets.new_configured_vm(w.layout.vm_name, w.layout.vm_dir, vhd, s.memory_bytes,
                                                       s.generation, s.switch_name,
                                                       notes=f"{UID_TAG_PREFIX}{w.vm.uid}", processor_count=s.cpus,
