@@ -501,7 +501,7 @@ def table(results: list[Result], peak_rss: float, scale: str) -> str:
         lines.append(
             f"| {r.label} | {sec(r.script_seconds) if r.script_seconds is not None else '-'} "
             f"| {sec(r.first_running)} | {sec(r.all_running)} | {ratio} | {sec(r.all_provisioned)} "
-            f"| {f'{sec(r.all_independent)} ({sec(r.copy_bound)})' if r.all_independent is not None else '-'} "
+            f"| {f'{sec(r.all_independent)} ({sec(r.copy_bound or 0.0)})' if r.all_independent is not None else '-'} "
             f"| {r.api_writes_per_vm:.1f} | {r.pipelines_per_vm:.1f} |"
         )
     return "\n".join(lines)

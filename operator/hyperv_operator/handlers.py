@@ -446,6 +446,11 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         # operator's own Events (kopf.event) are posted whatever this level.
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
+        # A timer told to stop (its VM deleted) gets this long to exit before kopf falls back to
+        # polling it (`cancellation_polling`, 60 s by default: the finalizer waits that long). The
+        # drift timer cancels its check at once, so a short wait and a short poll both suffice.
+        settings.background.instant_exit_timeout = 0.5
+        settings.background.cancellation_polling = 5
         settings.networking.request_timeout = 60
         if runtime.config.peering_lifetime is not None:
             settings.peering.lifetime = runtime.config.peering_lifetime
@@ -909,8 +914,27 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     async def check_drift(**kwargs: Any) -> None:
         if not _settled(kwargs) or str(kwargs["meta"]["uid"]) in runtime.carried:
             return  # a change handler carries this VM on (its kopf progress is not written meanwhile)
-        with contextlib.suppress(kopf.TemporaryError):
-            await step(kwargs, deleting=False, drift=True)
+        check = asyncio.ensure_future(step(kwargs, deleting=False, drift=True))
+        deleted = asyncio.ensure_future(_until_deleted(kwargs["stopped"]))
+        try:
+            await asyncio.wait({check, deleted}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            check.cancel()
+            raise
+        finally:
+            deleted.cancel()
+        if not check.done():
+            # The VM is being deleted: its drift is moot, its deletion waits for its lock, and kopf
+            # removes the finalizer only once this timer has exited (else it looks again a minute
+            # later: a fleet's deletion took minutes). An operator that stops lets checks finish.
+            check.cancel()
+        with contextlib.suppress(kopf.TemporaryError, asyncio.CancelledError):
+            await check
+
+    async def _until_deleted(stopped: kopf.DaemonStopped) -> None:
+        await stopped.wait()
+        if not stopped.reason or not stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+            await asyncio.Event().wait()  # stopped for another reason: never (cancelled by the caller)
 
     @kopf.on.delete(*vm_resource, id="finalize", registry=registry)
     async def delete_vm(**kwargs: Any) -> None:

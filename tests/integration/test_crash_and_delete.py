@@ -7,13 +7,16 @@ completed on the host but before the operator could record it: the hardest point
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from hyperv_operator.envtest.controlplane import ControlPlane
 from hyperv_operator.envtest.operator_process import OperatorProcess
-from hyperv_operator.envtest.stack import BASE_VHD, SimulatedHyperV
+from hyperv_operator.envtest.stack import BASE_VHD, SimulatedHyperV, apply_objects, host_objects
 from tests.integration import hostview
 from tests.integration.conftest import NAMESPACE
 from tests.integration.kube import Kube, condition
@@ -190,3 +193,40 @@ def test_stalled_vm_reports_failed_kstatus(kube: Kube, running_operator: Operato
     kube.create_vm(NAMESPACE, name, "Differencing", baseVhd="\\\\FS\\VMSHARE\\NOPE.VHDX")
     obj = kube.wait_phase(NAMESPACE, name, "Failed")
     assert (condition(obj, "Stalled") or {}).get("status") == "True"
+
+
+@pytest.fixture
+def own_sim() -> Iterator[SimulatedHyperV]:
+    """A host of this test's own: a held Get-VM there can only be this test's VM's."""
+    simulated = SimulatedHyperV(time_scale=60.0, guest_write_bytes_per_second=20e3).start()
+    yield simulated
+    simulated.stop()
+
+
+def test_a_vm_deleted_while_its_drift_check_waits_on_the_host_goes_at_once(
+    control_plane: ControlPlane, own_sim: SimulatedHyperV, kube: Kube, running_operator: OperatorProcess,
+) -> None:
+    """kopf removes the finalizer only once the VM's timers have exited, and looks again only after
+    `cancellation_polling` (60 s by default) if one has not: a drift check in flight (here, held on
+    the host) kept a deleted VM, and the deletion waiting for the VM's lock, for a minute or more.
+    The drift check is cancelled when its VM is deleted, so the deletion goes on at once."""
+    host = f"hv-drift-del-{uuid.uuid4().hex[:5]}"
+    apply_objects(control_plane, host_objects(NAMESPACE, host, own_sim))
+    name = _name("drift-del")
+    obj = kube.create_vm(NAMESPACE, name, "Differencing", host=host)
+    kube.wait_vm(NAMESPACE, name, lambda o: (condition(o, "Ready") or {}).get("status") == "True"
+                 and "hyperv-operator.io/reconcile" not in (o["metadata"].get("annotations") or {}),
+                 timeout=90, what="Ready with no change handler under way")
+    release, reached = threading.Event(), threading.Event()
+    # The next drift check reads the VM with Get-VM -Id: held on the host for up to 90 s.
+    own_sim.host.hold("Get-VM", release, reached=reached, timeout=90)
+    try:
+        assert reached.wait(running_operator.drift_interval * 3), "no drift check reached the host"
+        started = time.monotonic()
+        kube.delete_vm(NAMESPACE, name)
+        kube.wait_gone(NAMESPACE, name, timeout=30)
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert took < 15, f"deleted in {took:.1f} s"
+    assert hostview.vms_tagged(own_sim, obj["metadata"]["uid"]) == []  # deleted on the host, not abandoned

@@ -192,6 +192,31 @@ def test_calls_overlap_on_several_shells_and_a_probe_passes_busy_vm_work(
     assert shells == 4
 
 
+def test_a_command_slow_on_one_shell_does_not_hold_another_shells_pipeline(
+    fresh: tuple[WSManServer, WinRMClient],
+) -> None:
+    """On Windows each WinRM shell is a host process of its own (wsmprovhost.exe), so a cmdlet that
+    takes long in one session does not hold another session's pipeline (before, the simulated host
+    ran one pipeline at a time across all shells: one slow drift check stalled every VM's work)."""
+    server, c = fresh
+    c.run_sync([cmdlets.test_path("C:\\warm")])  # one shell open and idle
+    release, reached = threading.Event(), threading.Event()
+    assert isinstance(server.executor, host_module.SimulatedHost)
+    server.executor.hold("Get-VM", release, reached=reached, timeout=10)
+    slow = threading.Thread(target=lambda: c.run_sync([cmdlets.get_all_vms()]), daemon=True)
+    slow.start()
+    try:
+        assert reached.wait(5)
+        started = time.monotonic()
+        [flag] = c.run_sync([cmdlets.test_path("C:\\x")])  # on the other shell
+        took = time.monotonic() - started
+    finally:
+        release.set()
+        slow.join(10)
+    assert flag.value is False
+    assert took < 3, f"the second shell's pipeline waited {took:.1f} s for the held one"
+
+
 def test_a_closed_client_is_a_retry_never_a_permanent_failure(fresh: tuple[WSManServer, WinRMClient]) -> None:
     """A HyperVHost or Secret edit closes the host's client while VMs still use it: their calls
     (queued, in flight or later) must come back as transient errors, never as PermanentHostError."""

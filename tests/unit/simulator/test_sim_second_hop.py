@@ -63,3 +63,13 @@ def test_a_vm_on_the_share_runs_as_the_computer_account(domain_sim: Sim) -> None
         assert domain_sim.one(cmdlets.test_path(disk)).value is False
         domain_sim.run(cmdlets.start_vm(str(vm.get("Id"))))  # ... but the VM's I/O is the host's own
     assert [v["State"] for v in domain_sim.host.vms()] == ["Running"]
+
+
+@pytest.mark.parametrize("who", [KERBEROS, NTLM, BASIC], ids=lambda i: i.auth)
+def test_test_path_answers_each_path_of_its_array_on_its_own(domain_sim: Sim, who: SessionIdentity) -> None:
+    """One Test-Path for several paths (as an observation sends it): the share the session may not
+    reach is $false, the local paths are still answered, one bool per path in order."""
+    domain_sim.host.add_folder("C:\\VMs")
+    with acting_as(who):
+        out = domain_sim.run(cmdlets.test_paths(["C:\\VMs", BASE, "C:\\nothing", "C:\\VMs"]))
+    assert [o.value for o in out] == [True, False, False, True]

@@ -102,7 +102,6 @@ class WSManServer:
         """Requests that arrived as multipart/encrypted (NTLM message encryption)."""
 
         self._lock = threading.Lock()
-        self._execute_lock = threading.Lock()
         self._drops = 0
         self._drop_rate = 0.0
         self._drop_rng = random.Random(0)
@@ -362,7 +361,10 @@ class WSManServer:
         executor: Executor = self.executor
         if configuration.lower() in self.jea_configurations:
             executor = RestrictedExecutor(self.executor)
-        shell = ShellSession(shell_id, uri, executor, self._execute_lock, self._record)
+        # One pipeline at a time per shell (a runspace runs one pipeline at a time), shells at the same
+        # time: on Windows each shell is a process of its own (wsmprovhost.exe), so one session's
+        # slow command does not hold another's. The host model keeps its state under its own lock.
+        shell = ShellSession(shell_id, uri, executor, threading.Lock(), self._record)
         shell.identity = identity
         with self._lock:
             self.shells[shell_id] = shell
