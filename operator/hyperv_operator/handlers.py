@@ -446,10 +446,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         # operator's own Events (kopf.event) are posted whatever this level.
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
-        # A timer told to stop (its VM deleted) gets this long to exit before kopf falls back to
-        # polling it (`cancellation_polling`, 60 s by default: the finalizer waits that long). The
-        # drift timer cancels its check at once, so a short wait and a short poll both suffice.
-        settings.background.instant_exit_timeout = 0.5
+        # A timer told to stop because its VM is deleted gets this many zero-time loop cycles to exit
+        # before kopf falls back to polling it (`cancellation_polling`, by default a minute, which the
+        # finalizer then waits). The drift timer cancels its check at once, which takes a few cycles;
+        # the poll is the backstop. (A wall-clock `instant_exit_timeout` would also delay each timer
+        # on an operator stop, where the checks under way are let finish: see check_drift.)
+        settings.background.instant_exit_zero_time_cycles = 50
         settings.background.cancellation_polling = 5
         settings.networking.request_timeout = 60
         if runtime.config.peering_lifetime is not None:
@@ -914,8 +916,13 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     async def check_drift(**kwargs: Any) -> None:
         if not _settled(kwargs) or str(kwargs["meta"]["uid"]) in runtime.carried:
             return  # a change handler carries this VM on (its kopf progress is not written meanwhile)
+        stopped: kopf.DaemonStopped | None = kwargs.get("stopped")  # kopf passes it; direct callers may not
+        if stopped is None:
+            with contextlib.suppress(kopf.TemporaryError):
+                await step(kwargs, deleting=False, drift=True)
+            return
         check = asyncio.ensure_future(step(kwargs, deleting=False, drift=True))
-        deleted = asyncio.ensure_future(_until_deleted(kwargs["stopped"]))
+        deleted = asyncio.ensure_future(_until_deleted(stopped))
         try:
             await asyncio.wait({check, deleted}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
