@@ -58,6 +58,13 @@ def expect(action: object, obs: Observation, layout: Layout, spec: VirtualMachin
         notes = vm.notes if vm.tagged_for(uid) else f"{UID_TAG_PREFIX}{uid}"
         return replace(obs, vm=replace(vm, notes=notes, processor_count=spec.cpus,
                                        checkpoint_type="Standard" if quick else vm.checkpoint_type))
+    if kind == "Checkpoint" and vm is not None:
+        # The checkpoint exists and the VM now writes into a new .avhdx beside the base; which file
+        # that is, only the host says (the action reads the drives in the same pipeline, and
+        # `absorb` records it from that output). What follows (Start-VM) does not need its name, so
+        # it goes in the same pipeline: if Checkpoint-VM fails, the pipeline stops before Start-VM
+        # (every cmdlet is sent with -ErrorAction Stop), so the VM never starts on the base.
+        return replace(obs, snapshots=(*obs.snapshots, layout.checkpoint_name))
     if kind == "StartVM" and vm is not None:
         return replace(obs, vm=replace(vm, state="Running"))
     if kind == "RemoveVM":

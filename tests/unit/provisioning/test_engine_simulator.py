@@ -449,6 +449,42 @@ def test_pipelines_per_vm_apart_from_copy_polls(strategy: str, limit: int, base_
         assert polls <= 6, f"{polls} polls for one copy of {base_size} bytes (the ETA should bound them)"
 
 
+def test_quick_checkpoints_and_starts_in_one_pipeline_never_starting_on_the_base() -> None:
+    """Quick to Running in three pipelines: the observation, New-VM | Set-VM, then Checkpoint-VM with
+    Start-VM (and the copy's start) behind it: Start-VM needs no output of Checkpoint-VM. If the
+    checkpoint fails, the pipeline stops there and the VM is not started on the base."""
+    world = World()
+    pipelines: list[list[str]] = []
+    original = world.host.execute
+
+    def execute(statements: Any) -> Any:
+        pipelines.append([c.name.rsplit("\\", 1)[-1] for st in statements for c in st.commands])
+        return original(statements)
+
+    world.host.execute = execute  # type: ignore[method-assign]
+    vm = ref("quick-batch")
+    status = run(reconcile(world.client, vm, spec("Quick", readiness="Running"), {}, HOST, "hv1", world.slots,
+                           world.now)).status
+    assert status.get("powerState") == "Running", status.get("message")
+    starts = [i for i, names in enumerate(pipelines) if "Start-VM" in names]
+    checkpoints = [i for i, names in enumerate(pipelines) if "Checkpoint-VM" in names]
+    assert starts == checkpoints == [2], pipelines
+    names = pipelines[2]
+    assert names.index("Checkpoint-VM") < names.index("Start-VM"), names
+
+    # A checkpoint that fails stops the pipeline: Start-VM never runs, the VM stays off on the base.
+    failing = World()
+    failing.host.fail_next("Checkpoint-VM", "Transient")
+    vm2 = ref("quick-batch-fails")
+    after = run(reconcile(failing.client, vm2, spec("Quick", readiness="Running"), {}, HOST, "hv1", failing.slots,
+                          failing.now)).status
+    assert after.get("powerState") != "Running"
+    started = [c for c in failing.host.call_log() if c[0].rsplit("\\", 1)[-1] == "Start-VM"]
+    assert started == []
+    [host_vm] = [o for o in failing.host.execute([cmdlets.get_all_vms()])]
+    assert host_vm.properties["State"] == "Off"
+
+
 def test_observation_reads_the_vm_by_id_not_every_vm() -> None:
     """With many VMs on the host, a provisioned VM's observation asks for its own VM only."""
     world = World()
