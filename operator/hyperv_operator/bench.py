@@ -490,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def table(results: list[Result], peak_rss: float, scale: str) -> str:
     head = ("| work | script to Running (sequential pypsrp) | operator: first Running | all Running "
-            "| ratio to script | all Provisioned | all Independent (copy-time bound) | API writes/VM "
+            "| operator time / script time | all Provisioned | all Independent (copy-time bound) | API writes/VM "
             "| WinRM pipelines/VM |")
     lines = [f"scale={scale}; operator peak RSS {peak_rss:.0f} MB", "", head, "|" + "---|" * 9]
     def sec(value: float) -> str:  # milliseconds matter below a second: 0.07 s may be 1.3x or 1.7x of 0.05 s
