@@ -177,10 +177,19 @@ WRITE_VERBS = ("create", "update", "patch", "delete")
 
 
 def _operator_writes(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
-    """The operator's writes on the objects of one scenario (its namespace): what VMs left over from
-    an earlier scenario cost is not counted against this one."""
+    """The operator's writes on the objects of one scenario (its namespace) from the first VM's create
+    request on: what VMs left over from an earlier scenario cost is not counted against this one, and
+    neither is the set-up of the scenario's hosts before it (kopf's annotations on a new HyperVHost,
+    its first probe's status), which no VM causes."""
+    from datetime import datetime
+
+    since = TRACE_START.get(namespace, 0.0)
+
+    def at(event: dict[str, Any]) -> float:
+        return datetime.fromisoformat(str(event["requestReceivedTimestamp"]).replace("Z", "+00:00")).timestamp()
+
     return [e for e in plane.audit_events() if e.get("verb") in WRITE_VERBS
-            and (e.get("objectRef") or {}).get("namespace") == namespace]
+            and (e.get("objectRef") or {}).get("namespace") == namespace and at(e) >= since]
 
 
 def _writes_by_kind(writes: list[dict[str, Any]]) -> dict[str, int]:
