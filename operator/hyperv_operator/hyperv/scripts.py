@@ -107,7 +107,7 @@ $copyArgs = [ordered]@{ source = $Source; destination = $Destination; partialPat
     statusPath = $StatusPath; startedAt = $now } | ConvertTo-Json -Compress
 $encodedArgs = [Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes($copyArgs))
 $encodedWorker = [Convert]::ToBase64String([Text.Encoding]::Unicode.GetBytes($Worker))
-$exe = Join-Path $env:SystemRoot 'System32\WindowsPowerShell1.0\powershell.exe'
+$exe = Join-Path $env:SystemRoot 'System32\WindowsPowerShell\v1.0\powershell.exe'
 $startup = New-CimInstance -ClassName Win32_ProcessStartup -ClientOnly -Property @{
     EnvironmentVariables = [string[]]@("HVOP_COPY_ARGS=$encodedArgs", "SystemRoot=$env:SystemRoot",
         "windir=$env:windir", "TEMP=$env:TEMP", "TMP=$env:TMP") }

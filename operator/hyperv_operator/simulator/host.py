@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +32,7 @@ from hyperv_operator.hyperv.scripts import script_name
 from hyperv_operator.simulator import identity
 from hyperv_operator.simulator.cmdlets import (
     LEGACY_SCRIPT_IDS,
+    POWERSHELL_EXE,
     SCRIPTS,
     Cmdlet,
     Context,
@@ -224,6 +226,10 @@ class SimulatedHost:
         ctx = Context(self._model, spec)
         if spec.type_name == "StartBackgroundCopy" and self._create_returns:
             ctx.extra["create_return"] = self._create_returns.pop(0)
+        if command.is_script and spec.type_name == "StartBackgroundCopy" and not _names_powershell(command.name):
+            # Win32_Process.Create of a path that names no file returns 9, Path Not Found (Create method
+            # documentation); a control character cannot be in a Windows file name at all (Naming Files).
+            ctx.extra["create_return"] = 9
         if bounds:
             kind = self._take_fault(spec)
             if kind is None:
@@ -736,3 +742,15 @@ class SimulatedHost:
             node.vhd.blocks[block] = data
             node.vhd.data_write_guid = new_guid()
             node.modified = model.now
+
+
+_WORKER_EXE = re.compile(r"\$exe\s*=\s*Join-Path\s+\$env:SystemRoot\s+'([^']*)'", re.IGNORECASE)
+
+
+def _names_powershell(script_text: str) -> bool:
+    """The start script's `$exe` (Join-Path $env:SystemRoot '<relative path>') is the host's
+    powershell.exe, character for character (case aside); a script without that line is not judged here."""
+    found = _WORKER_EXE.search(script_text)
+    if found is None:
+        return True
+    return f"C:\\Windows\\{found.group(1)}".lower() == POWERSHELL_EXE.lower()

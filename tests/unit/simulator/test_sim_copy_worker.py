@@ -123,6 +123,23 @@ def test_the_old_start_script_got_9_and_left_a_stale_running_status(sim: Sim) ->
     assert sim.one(c.test_path(other + ".copy.json")).value is False
 
 
+def test_a_start_script_whose_powershell_path_names_no_file_gets_9(sim: Sim, monkeypatch: Any) -> None:
+    """Windows runs the start script's text: a `$exe` path that names no file (here a vertical tab where
+    `\\v1.0` belongs, as the script once had: Python's escape in the source file) makes
+    Win32_Process.Create return 9 and the copy never starts. The simulator judges the path in the
+    text it was sent, not only the script's identity."""
+    broken = scripts.START_BACKGROUND_COPY.replace("WindowsPowerShell\\v1.0", "WindowsPowerShell\x0b1.0")
+    assert broken != scripts.START_BACKGROUND_COPY
+    monkeypatch.setitem(scripts.SCRIPT_IDS, scripts._script_id(broken), "StartBackgroundCopy")
+    dest = VM_ROOT + "\\VM.vhdx"
+    command = scripts.start_background_copy(BASE, dest, dest + ".partial", dest + ".copy.json").commands[0]
+    err = sim.fails(pipe(type(command)(broken, command.parameters, is_script=True)))
+    assert "Win32_Process.Create failed with code 9" in err.message
+    assert sim.one(c.test_path(dest + ".copy.json")).value is False
+    start(sim, dest)  # the script as shipped starts its worker
+    assert [p for p in sim.host.processes() if p["Name"] == "powershell.exe"]
+
+
 def start_worker(sim: Sim, dest: str, worker: str) -> Any:
     """The current start script, carrying `worker` as its -Worker text."""
     statement = scripts.start_background_copy(BASE, dest, dest + ".partial", dest + ".copy.json")

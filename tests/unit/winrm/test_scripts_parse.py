@@ -43,3 +43,30 @@ def test_start_background_copy_takes_values_as_parameters() -> None:
     assert command.is_script and command.name == text
     assert "a'b" not in command.name
     assert command.parameter("Source") == "a'b"
+
+
+_CONTROL = {chr(c) for c in range(32)} - {"\t", "\n", "\r"}
+
+
+@pytest.mark.parametrize("name", ["START_BACKGROUND_COPY", "COPY_WORKER"])
+def test_fixed_script_has_no_control_characters(name: str) -> None:
+    """A control character parses as whitespace or inside a string, so the parser above passes it;
+    in a path it names no file on Windows (Naming Files: characters 1-31 are not allowed). The start
+    script once carried a vertical tab where `\\v1.0` belongs, and every copy would have failed."""
+    text: str = getattr(scripts, name)
+    found = sorted({f"U+{ord(ch):04X} at {text.index(ch)}" for ch in text if ch in _CONTROL})
+    assert not found, found
+
+
+def test_shipped_jea_role_has_no_control_characters() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3] / "manifests" / "jea"
+    for path in sorted(root.iterdir()):
+        text = path.read_text(encoding="utf-8")
+        assert not [ch for ch in text if ch in _CONTROL], path.name
+
+
+def test_the_worker_is_started_with_the_hosts_powershell_exe() -> None:
+    assert "Join-Path $env:SystemRoot 'System32\\WindowsPowerShell\\v1.0\\powershell.exe'" in \
+        scripts.START_BACKGROUND_COPY
