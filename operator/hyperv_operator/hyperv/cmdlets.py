@@ -358,8 +358,9 @@ def set_vm_firmware(vm_id: str, *, secure_boot: bool, template: str | None) -> S
 
 def reparent_vhd(path: str, new_parent_path: str) -> Statement:
     """Online re-parent: `-LeafPath` is required while the chain is attached to a running VM. Hyper-V
-    checks the new parent's identity; `-IgnoreIdMismatch` is never used."""
-    return pipe(cmd(HYPERV + "Set-VHD", Path=path, ParentPath=new_parent_path, LeafPath=path))
+    checks the new parent's identity; `-IgnoreIdMismatch` is never used. Output: the VirtualHardDisk as
+    it is now (`-Passthru`), whose ParentPath says whether the re-parent took."""
+    return pipe(cmd(HYPERV + "Set-VHD", Path=path, ParentPath=new_parent_path, LeafPath=path, Passthru=SWITCH))
 
 
 def remove_vm_snapshot(vm_id: str, snapshot_name: str) -> Statement:

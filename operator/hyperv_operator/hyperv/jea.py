@@ -81,7 +81,7 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
         ("VM", "EnableSecureBoot", "SecureBootTemplate"),
         (("EnableSecureBoot", ("On", "Off")), ("SecureBootTemplate", SECURE_BOOT_TEMPLATES)),
     ),
-    VisibleCmdlet(HYPERV + "Set-VHD", ("Path", "ParentPath", "LeafPath")),
+    VisibleCmdlet(HYPERV + "Set-VHD", ("Path", "ParentPath", "LeafPath", "Passthru")),
     VisibleCmdlet(HYPERV + "Remove-VMSnapshot", ("VMSnapshot",)),
     VisibleCmdlet(HYPERV + "Remove-VM", ("VM", "Force")),
     VisibleCmdlet(HYPERV + "Get-VMHost", ()),

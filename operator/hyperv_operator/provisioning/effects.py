@@ -19,7 +19,7 @@ from hyperv_operator.api import UID_TAG_PREFIX, VirtualMachineSpec
 from hyperv_operator.hyperv.commands import HostObject
 from hyperv_operator.provisioning import planner
 from hyperv_operator.provisioning.layout import Layout, join
-from hyperv_operator.provisioning.observation import CopyJob, Observation, VhdInfo, kind_of, parse_vm
+from hyperv_operator.provisioning.observation import CopyJob, Observation, VhdInfo, kind_of, parse_vhd, parse_vm
 
 
 def _key(path: str) -> str:
@@ -58,26 +58,27 @@ def expect(action: object, obs: Observation, layout: Layout, spec: VirtualMachin
         notes = vm.notes if vm.tagged_for(uid) else f"{UID_TAG_PREFIX}{uid}"
         return replace(obs, vm=replace(vm, notes=notes, processor_count=spec.cpus,
                                        checkpoint_type="Standard" if quick else vm.checkpoint_type))
-    if kind == "Checkpoint" and vm is not None:
-        # The checkpoint exists and the VM now writes into a new .avhdx beside the base; which file
-        # that is, only the host says (the action reads the drives in the same pipeline, and
-        # `absorb` records it from that output). What follows (Start-VM) does not need its name, so
-        # it goes in the same pipeline: if Checkpoint-VM fails, the pipeline stops before Start-VM
-        # (every cmdlet is sent with -ErrorAction Stop), so the VM never starts on the base.
-        return replace(obs, snapshots=(*obs.snapshots, layout.checkpoint_name))
     if kind == "StartVM" and vm is not None:
         return replace(obs, vm=replace(vm, state="Running"))
     if kind == "RemoveVM":
         return replace(obs, vm=None, drives=(), snapshots=())
     if kind in ("RemoveCopyStatus", "RemoveFiles", "RemoveFolders"):
         return replace(obs, existing=_without(obs, *_paths_of(action)))
-    if kind == "Reparent":
-        vhds = dict(obs.vhds)
-        for path in _paths_of(action, "Path"):
-            old = vhds.get(_key(path)) or VhdInfo(path, "Differencing")
-            vhds[_key(path)] = replace(old, parent_path=layout.disk)
-        return replace(obs, vhds=vhds)
+    # Checkpoint-VM and Set-VHD (re-parent) have no expected effect to plan on: what comes after each
+    # (Start-VM; Remove-VMSnapshot, which merges into the parent) must never run unless it took, and
+    # a batch does not always stop at a failed statement on Windows (see SAFETY_CRITICAL). They are
+    # sent, and the next step is planned on the host's answer (`fold`).
     return None
+
+
+SAFETY_CRITICAL = frozenset({"Checkpoint", "Reparent"})
+"""Actions whose failure must stop what follows, which Windows does not promise inside one pipeline:
+in a batch of statements only an ActionPreferenceStopException (a non-terminating error under
+-ErrorAction Stop) ends the batch; a statement-terminating error is appended to the error stream and
+the next statement runs (PowerShell.cs BatchInvocationWorkItem / BatchInvocationCallback). Start-VM
+after a failed Checkpoint-VM would run the VM on the base, Remove-VMSnapshot after a failed Set-VHD
+would merge the checkpoint into the base. `expect` has no effect for them, so nothing is planned, and
+batched, behind them until the host has answered."""
 
 
 def fold(action: object, obs: Observation, output: Sequence[HostObject], layout: Layout,
@@ -99,6 +100,15 @@ def fold(action: object, obs: Observation, output: Sequence[HostObject], layout:
             return None
         return replace(obs, drives=drives, snapshots=(*obs.snapshots, layout.checkpoint_name),
                        existing=_with(obs, *drives))
+    if kind == "Reparent":
+        # Set-VHD -Passthru: the disk as the host has it now; the merge is planned on its real parent.
+        answered = [parse_vhd(o) for o in output if kind_of(o) == "vhd"]
+        if not answered:
+            return None
+        vhds = dict(obs.vhds)
+        for info in answered:
+            vhds[_key(info.path)] = info
+        return replace(obs, vhds=vhds)
     if kind == "StartCopy":
         total = 0
         base = obs.vhd(spec.base_vhd)

@@ -131,7 +131,9 @@ def observe_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], error: H
 def action_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], batch: Sequence[planner.Plan],
                   error: HostError, now: datetime, *, vm: VmRef, layout: Layout, deleting: bool,
                   stall_after: float = retry.DELETE_STALL_AFTER) -> Settled:
-    """A pipeline of the batch's actions stopped at `error` (any prefix of it may have run).
+    """A pipeline of the batch's actions failed with `error` (any prefix of it may have run, and on
+    Windows statements after a statement-terminating error may have run too: the next observation
+    tells; nothing that must not run after a failure is ever batched, see effects.SAFETY_CRITICAL).
 
     `status` is the status before the batch; `batch` the plans whose actions were sent, in order.
     """

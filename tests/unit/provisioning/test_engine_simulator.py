@@ -436,7 +436,9 @@ def _provision_counting(strategy: str, base_size: int) -> tuple[dict[str, Any], 
     return status, counter.count, polls, runs
 
 
-@pytest.mark.parametrize(("strategy", "limit"), [("Differencing", 3), ("Copy", 4), ("Quick", 6)])
+# Quick: issue 9 asked for <= 6; it takes 7, because Checkpoint-VM and Set-VHD (re-parent) are each sent
+# without what depends on them (Start-VM; Remove-VMSnapshot, the merge): see effects.SAFETY_CRITICAL.
+@pytest.mark.parametrize(("strategy", "limit"), [("Differencing", 3), ("Copy", 4), ("Quick", 7)])
 @pytest.mark.parametrize("base_size", [BASE_SIZE, 40 * BASE_SIZE])
 def test_pipelines_per_vm_apart_from_copy_polls(strategy: str, limit: int, base_size: int) -> None:
     """Issue 9's round-trip budget: one observation by Id, consecutive phases in one run, batched actions."""
@@ -449,10 +451,12 @@ def test_pipelines_per_vm_apart_from_copy_polls(strategy: str, limit: int, base_
         assert polls <= 6, f"{polls} polls for one copy of {base_size} bytes (the ETA should bound them)"
 
 
-def test_quick_checkpoints_and_starts_in_one_pipeline_never_starting_on_the_base() -> None:
-    """Quick to Running in three pipelines: the observation, New-VM | Set-VM, then Checkpoint-VM with
-    Start-VM (and the copy's start) behind it: Start-VM needs no output of Checkpoint-VM. If the
-    checkpoint fails, the pipeline stops there and the VM is not started on the base."""
+def test_nothing_that_depends_on_a_checkpoint_or_a_re_parent_shares_their_pipeline() -> None:
+    """In a batch of statements Windows stops only at an ActionPreferenceStopException; after a
+    statement-terminating error the next statement runs (PowerShell.cs BatchInvocationWorkItem). So
+    Start-VM never rides behind Checkpoint-VM (it would run the VM on the base), and Remove-VMSnapshot
+    (the merge) never behind Set-VHD (it would merge the checkpoint into the base): the host answers
+    first, and the next step is planned on its answer."""
     world = World()
     pipelines: list[list[str]] = []
     original = world.host.execute
@@ -462,26 +466,21 @@ def test_quick_checkpoints_and_starts_in_one_pipeline_never_starting_on_the_base
         return original(statements)
 
     world.host.execute = execute  # type: ignore[method-assign]
-    vm = ref("quick-batch")
-    status = run(reconcile(world.client, vm, spec("Quick", readiness="Running"), {}, HOST, "hv1", world.slots,
-                           world.now)).status
-    assert status.get("powerState") == "Running", status.get("message")
-    starts = [i for i, names in enumerate(pipelines) if "Start-VM" in names]
-    checkpoints = [i for i, names in enumerate(pipelines) if "Checkpoint-VM" in names]
-    assert starts == checkpoints == [2], pipelines
-    names = pipelines[2]
-    assert names.index("Checkpoint-VM") < names.index("Start-VM"), names
+    status = run(provision(world, ref("quick-order"), spec("Quick", readiness="Running")))
+    assert status["phase"] == "Provisioned", status.get("message")
+    for names in pipelines:
+        assert not ("Checkpoint-VM" in names and "Start-VM" in names), names
+        assert not ("Set-VHD" in names and "Remove-VMSnapshot" in names), names
+    assert any("Checkpoint-VM" in names for names in pipelines) and any("Set-VHD" in names for names in pipelines)
 
-    # A checkpoint that fails stops the pipeline: Start-VM never runs, the VM stays off on the base.
+    # A checkpoint that fails: Start-VM never reaches the host, the VM stays off on the base.
     failing = World()
     failing.host.fail_next("Checkpoint-VM", "Transient")
-    vm2 = ref("quick-batch-fails")
-    after = run(reconcile(failing.client, vm2, spec("Quick", readiness="Running"), {}, HOST, "hv1", failing.slots,
-                          failing.now)).status
+    after = run(reconcile(failing.client, ref("quick-order-fails"), spec("Quick", readiness="Running"), {}, HOST,
+                          "hv1", failing.slots, failing.now)).status
     assert after.get("powerState") != "Running"
-    started = [c for c in failing.host.call_log() if c[0].rsplit("\\", 1)[-1] == "Start-VM"]
-    assert started == []
-    [host_vm] = [o for o in failing.host.execute([cmdlets.get_all_vms()])]
+    assert [c for c in failing.host.call_log() if c[0].rsplit("\\", 1)[-1] == "Start-VM"] == []
+    [host_vm] = failing.host.execute([cmdlets.get_all_vms()])
     assert host_vm.properties["State"] == "Off"
 
 
