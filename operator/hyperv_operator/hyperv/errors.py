@@ -107,10 +107,15 @@ _TRANSIENT_IDS = frozenset({"ObjectInUse", "OperationTimeout", "ResourceBusy"})
 _TRANSIENT_CATEGORIES = frozenset({"ResourceBusy", "ResourceUnavailable", "OperationTimeout", "ConnectionError"})
 _TRANSIENT_EXCEPTIONS = frozenset({"System.TimeoutException"})
 # Sharing violations surface as System.IO.IOException with category WriteError/ReadError and an id
-# like RemoveFileSystemItemIOError; the same exception type also carries "disk full". The HResult
+# like RemoveFileSystemItemIOError (the same exception type also carries "disk full"), and from
+# Hyper-V as a VirtualizationException, e.g. New-VHD -Differencing while another New-VHD has the same
+# parent open ("Failed to create the virtual hard disk ... being used by another process",
+# microsoft/openvmm#1600: several differencing disks made at once from one base). The HResult
 # (0x80070020) is not part of the record's fields we receive, so a sharing violation is told apart by
 # its HRESULT when Hyper-V prints it, else by .NET's ERROR_SHARING_VIOLATION text (English hosts only:
 # elsewhere it stays permanent and stalls with the host's message, the safe direction).
+_SHARING_VIOLATION_EXCEPTIONS = frozenset({"System.IO.IOException",
+                                           "Microsoft.HyperV.PowerShell.VirtualizationException"})
 _SHARING_VIOLATION = ("0x80070020", "being used by another process")
 
 
@@ -160,6 +165,6 @@ def classify(
     if eid in _PERMANENT_IDS:
         return PermanentHostError(message, **kwargs)
     if (eid in _TRANSIENT_IDS or category in _TRANSIENT_CATEGORIES or exception_type in _TRANSIENT_EXCEPTIONS
-            or (exception_type == "System.IO.IOException" and any(m in message for m in _SHARING_VIOLATION))):
+            or (exception_type in _SHARING_VIOLATION_EXCEPTIONS and any(m in message for m in _SHARING_VIOLATION))):
         return TransientHostError(message, **kwargs)
     return PermanentHostError(message, **kwargs)

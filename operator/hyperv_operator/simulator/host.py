@@ -63,7 +63,7 @@ from hyperv_operator.simulator.model import (
     parent_path,
 )
 
-FAULT_KINDS = ("ObjectInUse", "DiskFull", "AccessDenied", "Transient")
+FAULT_KINDS = ("ObjectInUse", "DiskFull", "AccessDenied", "Transient", "SharingViolation")
 MAX_RECEIVED_OBJECT_MB = 10
 """A remoting endpoint's default MaximumReceivedObjectSizeMB (about_Session_Configurations); a larger
 parameter value fails the whole command (dpaulson45/ExchangeLogCollector#29 shows the trace)."""
@@ -437,6 +437,14 @@ class SimulatedHost:
                                f"'{self._model.host_name}'.", category="PermissionDenied",
                                fq_error_id=f"AccessDenied,{spec.type_name}",
                                exception_type=HYPERV_EXCEPTION if hyperv else "System.UnauthorizedAccessException")
+        if kind == "SharingViolation":
+            # New-VHD -Differencing of a parent another New-VHD has open at the same moment (several
+            # differencing disks made at once from one base): microsoft/openvmm#1600 shows the text.
+            target = "the virtual hard disk"
+            return CmdletError(f"Failed to create {target}.\nThe system failed to create {target}: The process "
+                               "cannot access the file because it is being used by another process. (0x80070020).",
+                               category="NotSpecified", fq_error_id=f"OperationFailed,{spec.type_name}",
+                               exception_type=HYPERV_EXCEPTION if hyperv else IO_EXCEPTION)
         if kind == "Transient":
             return CmdletError("The operation has timed out.", category="OperationTimeout",
                                fq_error_id=f"OperationTimeout,{spec.type_name}",

@@ -535,3 +535,13 @@ def test_no_step_lists_every_vm_on_the_host_without_a_crash(strategy: str) -> No
     run(delete(world, vm, spec(strategy), status))
     listings = [params for name, params in world.host.call_log() if name.endswith("Get-VM") and "Id" not in params]
     assert listings == []
+
+
+def test_a_differencing_disk_that_meets_its_base_held_by_another_new_vhd_is_retried() -> None:
+    """New-VHD -Differencing fails now and then while another New-VHD has the same base open
+    (microsoft/openvmm#1600, a fleet made at once): the VM retries and is Provisioned, not Failed."""
+    world = World()
+    world.host.fail_next("New-VHD", "SharingViolation")
+    status = run(provision(world, ref("diff-sharing"), spec("Differencing")))
+    assert status["phase"] == "Provisioned", status.get("message")
+    assert [c for c in world.host.call_log() if c[0].rsplit("\\", 1)[-1] == "New-VHD"].__len__() == 2

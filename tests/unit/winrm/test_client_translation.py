@@ -14,7 +14,7 @@ from pypsrp.serializer import Serializer, TaggedValue
 
 from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.hyperv.commands import SWITCH, Int64, UInt64, cmd, pipe, script
-from hyperv_operator.hyperv.errors import HostUnreachableError, PermanentHostError, TransientHostError
+from hyperv_operator.hyperv.errors import HostUnreachableError, PermanentHostError, TransientHostError, classify
 from hyperv_operator.hyperv.winrm import (
     WinRMSettings,
     add_statements,
@@ -325,3 +325,19 @@ def test_a_psrp_protocol_desync_is_transient_never_permanent(exc: Exception) -> 
     assert type(err) is TransientHostError
     assert err.fq_error_id == "WinRMProtocolDesync"
     assert "new one" in str(err)
+
+
+def test_new_vhd_meeting_a_parent_another_new_vhd_holds_open_is_a_retry() -> None:
+    """Several differencing disks made at once from one base: New-VHD fails now and then with a
+    VirtualizationException saying the parent "is being used by another process"
+    (microsoft/openvmm#1600). A retry, not a Failed VM (it was permanent: only IOException counted)."""
+    err = classify(
+        "Failed to create the virtual hard disk.\nThe system failed to create 'C:\\VMs\\a.vhdx': The process cannot "
+        "access the file because it is being used by another process. (0x80070020).",
+        fq_error_id="OperationFailed,Microsoft.Vhd.PowerShell.Cmdlets.NewVhd", category="NotSpecified",
+        exception_type="Microsoft.HyperV.PowerShell.VirtualizationException")
+    assert isinstance(err, TransientHostError)
+    other = classify("Failed to create the virtual hard disk.",
+                     fq_error_id="OperationFailed,Microsoft.Vhd.PowerShell.Cmdlets.NewVhd", category="NotSpecified",
+                     exception_type="Microsoft.HyperV.PowerShell.VirtualizationException")
+    assert isinstance(other, PermanentHostError)  # any other New-VHD failure still stalls with its message
