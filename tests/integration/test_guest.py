@@ -44,7 +44,8 @@ def test_ip_readiness_waits_for_the_guests_address(
     name = f"ready-ip-{uuid.uuid4().hex[:6]}"
     kube.create_vm(NAMESPACE, name, "Differencing", readiness="IPAddress", switchName="Default Switch")
     waiting = kube.wait_vm(NAMESPACE, name, lambda o: _ready(o).get("reason") == "WaitingForIPAddress"
-                           and (o["status"].get("guest") or {}).get("heartbeat") == "OK", what="waiting for an IP")
+                           and (o["status"].get("guest") or {}).get("heartbeat") == "OkApplicationsUnknown",
+                           what="waiting for an IP")
     assert waiting["status"]["phase"] == "Provisioned" and waiting["status"]["powerState"] == "Running"
     assert _ready(waiting)["status"] == "False"
     assert waiting["status"]["guest"]["hostname"] == "localhost"  # from KVP: the guest booted
@@ -79,7 +80,7 @@ def test_a_guest_without_heartbeat_stalls_after_the_timeout_and_recovers(
                            timeout=40, what="Stalled")
     assert (condition(stalled, "Stalled") or {}).get("reason") == "GuestNotReady"
     assert _ready(stalled)["status"] == "False"
-    assert stalled["status"]["guest"]["heartbeat"] == "No Contact"
+    assert stalled["status"]["guest"]["heartbeat"] == "NoContact"
     assert "GuestNotReady" in {e.reason for e in kube.events_for(NAMESPACE, name)}
 
     guests.host.set_guest_defaults(boot_seconds=DEFAULT_BOOT)  # the guest comes up after all

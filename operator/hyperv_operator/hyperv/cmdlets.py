@@ -95,13 +95,6 @@ def get_process(process_id: int) -> Statement:
 VIRTUALIZATION_NAMESPACE = "root\\virtualization\\v2"
 
 
-def get_vm_heartbeat(vm_id: str) -> Statement:
-    """Output: one Microsoft.HyperV.PowerShell.VMIntegrationComponent (Name "Heartbeat", Enabled,
-    PrimaryStatusDescription: "OK" once the guest's heartbeat service answers, "No Contact" before,
-    "Lost Communication" when it stops answering; empty while the VM is off)."""
-    return pipe(cmd(HYPERV + "Get-VM", Id=vm_id), cmd(HYPERV + "Get-VMIntegrationService", Name="Heartbeat"))
-
-
 def get_vm_network_adapters(vm_id: str) -> Statement:
     """Output: Microsoft.HyperV.PowerShell.VMNetworkAdapter objects (Name, MacAddress, SwitchName,
     IPAddresses: what the guest reports through integration services, empty until it does)."""
@@ -404,7 +397,6 @@ ALL_CMDLETS: frozenset[str] = frozenset(
         HYPERV + "Stop-VM",
         HYPERV + "Resume-VM",
         HYPERV + "Set-VMFirmware",
-        HYPERV + "Get-VMIntegrationService",
         HYPERV + "Set-VMMemory",
         HYPERV + "Get-VMNetworkAdapter",
         CIM + "Get-CimInstance",

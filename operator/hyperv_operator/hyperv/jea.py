@@ -95,7 +95,6 @@ VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     VisibleCmdlet(MGMT + "Get-PSDrive", ("Name", "PSProvider"), (("PSProvider", ("FileSystem",)),)),
     VisibleCmdlet(CORE + "Get-Module", ("Name",), (("Name", ("Hyper-V",)),)),
     # The guest (issue 14): read-only, each with its one argument pinned.
-    VisibleCmdlet(HYPERV + "Get-VMIntegrationService", ("VM", "Name"), (("Name", ("Heartbeat",)),)),
     VisibleCmdlet(HYPERV + "Get-VMNetworkAdapter", ("VM", "Name")),
     # Network adapters as a list (issue 14): added, removed and given an access VLAN while the VM is off.
     VisibleCmdlet(HYPERV + "Add-VMNetworkAdapter", ("VM", "Name", "SwitchName", "StaticMacAddress")),

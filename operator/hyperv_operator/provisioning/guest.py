@@ -1,9 +1,13 @@
 """The guest: what Hyper-V's integration services report about it, and when the VM counts as Ready.
 
-Pure. The engine adds three reads to its observation of a running VM (hyperv/cmdlets.py):
-`Get-VMIntegrationService -Name Heartbeat` (the heartbeat service's PrimaryStatusDescription: "OK"
-once the guest's integration services answer, "No Contact" before), `Get-VMNetworkAdapter` (the
-addresses the guest reports per adapter, through the same services) and the VM's key-value pair
+Pure. The guest's heartbeat is the `Heartbeat` property of the VM as `Get-VM -Id` returns it (the
+observation reads it anyway): a Microsoft.HyperV.PowerShell.VMHeartbeatStatus whose names are the
+same on every host language ("OkApplicationsHealthy", "OkApplicationsUnknown" once the guest's
+integration services answer; "NoContact", "LostCommunication", "Error", "Paused" otherwise; none
+while the VM is off). The integration service's name and PrimaryStatusDescription are localized ("Takt",
+"Kein Kontakt" on a German host), so `Get-VMIntegrationService -Name Heartbeat` fails or misreads
+there. The engine adds two reads to its observation of a running VM (hyperv/cmdlets.py):
+`Get-VMNetworkAdapter` (the addresses the guest reports per adapter) and the VM's key-value pair
 exchange component (`Msvm_KvpExchangeComponent.GuestIntrinsicExchangeItems`: the guest's
 FullyQualifiedDomainName and OSName). `verdict` turns them, with `spec.readiness`, into the Ready
 condition; `record` writes `status.guest`.
@@ -26,7 +30,9 @@ __all__ = ["GUEST_POLL", "Adapter", "GuestInfo", "Readiness", "Verdict", "kind",
 
 GUEST_POLL = 3.0  # re-read the guest while waiting for it (a guest boots in tens of seconds)
 DEFAULT_TIMEOUT_SECONDS = DEFAULT_READINESS_TIMEOUT
-HEARTBEAT_OK = "OK"
+HEARTBEAT_OK_PREFIX = "ok"
+"""VMHeartbeatStatus names that mean the guest answers: Ok, OkApplicationsHealthy, OkApplicationsUnknown,
+OkApplicationsCritical / OkApplicationsNotHealthy (the guest's applications are its own business)."""
 KVP_CLASS = "Msvm_KvpExchangeComponent"
 
 
@@ -40,14 +46,14 @@ class Adapter:
 
 @dataclass(frozen=True)
 class GuestInfo:
-    heartbeat: str = ""  # PrimaryStatusDescription of the Heartbeat integration service ("" unknown)
+    heartbeat: str = ""  # Get-VM's Heartbeat (VMHeartbeatStatus name; "" unknown or off)
     hostname: str = ""  # KVP FullyQualifiedDomainName
     os_name: str = ""  # KVP OSName
     adapters: tuple[Adapter, ...] = ()
 
     @property
     def heartbeat_ok(self) -> bool:
-        return self.heartbeat.strip().upper() == HEARTBEAT_OK
+        return self.heartbeat.strip().lower().startswith(HEARTBEAT_OK_PREFIX)
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -123,8 +129,10 @@ def parse(objects: Iterable[HostObject], vm_id: str) -> GuestInfo:
     kvp: dict[str, str] = {}
     for obj in objects:
         which = kind(obj)
-        if which == "heartbeat":
-            heartbeat = str(obj.get("PrimaryStatusDescription") or "")
+        if obj.is_a("VirtualMachine") and str(obj.get("Id") or "").lower() == vm_id.lower():
+            heartbeat = str(obj.get("Heartbeat") or "")
+        elif which == "heartbeat":  # an integration component (not read any more; kept for its shape)
+            heartbeat = heartbeat or str(obj.get("PrimaryStatusDescription") or "")
         elif which == "adapter":
             adapters.append(Adapter(name=str(obj.get("Name") or ""), mac_address=str(obj.get("MacAddress") or ""),
                                     switch_name=str(obj.get("SwitchName") or ""),

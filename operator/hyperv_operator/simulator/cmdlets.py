@@ -368,6 +368,7 @@ def vm_object(model: HostModel, vm: VM) -> HostObject:
         "CreationTime": model.date(vm.created), "Version": "11.0", "IsClustered": False,
         "DynamicMemoryEnabled": vm.dynamic_memory, "SwitchName": vm.switch_name,
         "MemoryMinimum": vm.memory_minimum, "MemoryMaximum": vm.memory_maximum,
+        "Heartbeat": model.heartbeat_status(vm),
     })
 
 
@@ -642,6 +643,13 @@ ADAPTER_TYPES = ("Microsoft.HyperV.PowerShell.VMNetworkAdapter", "Microsoft.Hype
                  "Microsoft.HyperV.PowerShell.VirtualizationObject", "System.Object")
 INTEGRATION_SERVICES = ("Guest Service Interface", "Heartbeat", "Key-Value Pair Exchange", "Shutdown",
                         "Time Synchronization", "VSS")
+INTEGRATION_SERVICE_NAMES = {
+    # Integration services are named in the host's display language (docker/for-win#409 lists a German
+    # host's; PlagueHO/LabBuilder#183: `-Name Heartbeat` on it fails); same order as INTEGRATION_SERVICES.
+    "en-US": INTEGRATION_SERVICES,
+    "de-DE": ("Gastdienstschnittstelle", "Takt", "Austausch von Schlüsselwertepaaren", "Herunterfahren",
+              "Zeitsynchronisierung", "VSS"),
+}
 KVP_CLASS = "Msvm_KvpExchangeComponent"
 VIRTUALIZATION_NAMESPACE = "root\\virtualization\\v2"
 
@@ -661,17 +669,25 @@ def set_vm_memory(ctx: Context, b: Bound) -> list[HostObject]:
 def get_vm_integration_service(ctx: Context, b: Bound) -> list[HostObject]:
     model = ctx.model
     names = b.get("Name")
+    shown = INTEGRATION_SERVICE_NAMES[model.ui_culture]
+    for name in names or []:
+        if not any(ch in name for ch in "*?[") and not any(s.lower() == name.lower() for s in shown):
+            # PlagueHO/LabBuilder#183 (German host, `-Name Heartbeat`): "Ein Parameter ist ungültig. Es wurde
+            # keine Integrationskomponente mit dem angegebenen Namen gefunden." [strict: English wording ours]
+            raise ModelError("A parameter is invalid. No integration component with the given name was found.",
+                             category="InvalidArgument", reason="InvalidParameter", target=name,
+                             exception_type="Microsoft.HyperV.PowerShell.VirtualizationInvalidArgumentException")
     out: list[HostObject] = []
     for vm in _vms_from(ctx, b, "VMName"):
-        for service in INTEGRATION_SERVICES:
+        for canonical, service in zip(INTEGRATION_SERVICES, shown, strict=True):
             if names is not None and not any(fnmatch.fnmatchcase(service.lower(), n.lower()) for n in names):
                 continue
-            if service == "Heartbeat":
+            if canonical == "Heartbeat":
                 status = model.heartbeat(vm)
             else:
                 status = "OK" if model.guest_up_for(vm) is not None else ("No Contact" if model.heartbeat(vm) else "")
             out.append(HostObject(INTEGRATION_TYPES, {
-                "Name": service, "VMName": vm.name, "VMId": vm.id, "Enabled": service != "Guest Service Interface",
+                "Name": service, "VMName": vm.name, "VMId": vm.id, "Enabled": canonical != "Guest Service Interface",
                 "PrimaryStatusDescription": status or None, "SecondaryStatusDescription": None,
                 "Id": f"Microsoft:{vm.id.upper()}\\{service}", "ComputerName": model.host_name,
             }))

@@ -595,6 +595,15 @@ class SimulatedHost:
         with self._lock:
             self._model.read_only_folders.add(canonical_path(path).lower())
 
+    def set_ui_culture(self, culture: str) -> None:
+        """The host's display language ("en-US", "de-DE"): the names of its integration services."""
+        from hyperv_operator.simulator.cmdlets import INTEGRATION_SERVICE_NAMES
+
+        if culture not in INTEGRATION_SERVICE_NAMES:
+            raise ValueError(f"no integration service names for {culture!r}")
+        with self._lock:
+            self._model.ui_culture = culture
+
     def set_hyperv_module(self, installed: bool) -> None:
         """Install or remove the Hyper-V PowerShell module: without it every Hyper-V\\ cmdlet is CommandNotFound."""
         with self._lock:

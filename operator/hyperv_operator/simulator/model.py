@@ -610,6 +610,7 @@ class HostModel:
         self.job_ids = 0
         self.read_only_folders: set[str] = set()  # folder keys whose ACL denies creating files
         self.hyperv_module = True  # False: a host without the Hyper-V PowerShell module (CommandNotFound)
+        self.ui_culture = "en-US"  # the host's display language: integration services are named in it
         self.guest_boot_seconds = 20.0  # from Start-VM until the guest's integration services answer
         self.guest_network_seconds = 10.0  # after boot, until DHCP gave the guest its address
         self._next_mac = 0
@@ -1542,6 +1543,15 @@ class HostModel:
         if vm.state not in ACTIVE_STATES:
             return ""
         return "OK" if self.guest_up_for(vm) is not None else "No Contact"
+
+    def heartbeat_status(self, vm: VM) -> str | None:
+        """Get-VM's Heartbeat (Microsoft.HyperV.PowerShell.VMHeartbeatStatus, the same names on every host
+        language): none while the VM is off, NoContact until the guest's integration services answer,
+        then OkApplicationsUnknown (a guest that reports no application health, as Linux guests do;
+        MicrosoftDocs/windowsserverdocs#5313 shows the value)."""
+        if vm.state not in ACTIVE_STATES:
+            return None
+        return "OkApplicationsUnknown" if self.guest_up_for(vm) is not None else "NoContact"
 
     def guest_addresses(self, vm: VM, adapter: NetAdapter) -> list[str]:
         up = self.guest_up_for(vm)

@@ -118,7 +118,10 @@ class FakeHost:
 
     @staticmethod
     def _vm(v: dict[str, Any]) -> HostObject:
-        return HostObject(("Microsoft.HyperV.PowerShell.VirtualMachine",), {k: v[k] for k in v if k != "Drive"})
+        # A guest whose heartbeat answers as soon as the VM runs (Get-VM's VMHeartbeatStatus).
+        heartbeat = "OkApplicationsUnknown" if v.get("State") == "Running" else None
+        return HostObject(("Microsoft.HyperV.PowerShell.VirtualMachine",),
+                          {**{k: v[k] for k in v if k != "Drive"}, "Heartbeat": heartbeat})
 
 
 def _remove_item(host: FakeHost) -> None:

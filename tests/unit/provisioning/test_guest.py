@@ -21,8 +21,8 @@ def kvp_xml(name: str, data: str) -> str:
 
 def host_objects(vm_id: str = VM_ID) -> list[HostObject]:
     return [
-        HostObject(("Microsoft.HyperV.PowerShell.VMIntegrationComponent",),
-                   {"Name": "Heartbeat", "PrimaryStatusDescription": "OK"}),
+        HostObject(("Microsoft.HyperV.PowerShell.VirtualMachine",),
+                   {"Id": vm_id, "Heartbeat": "OkApplicationsUnknown"}),
         HostObject(("Microsoft.HyperV.PowerShell.VMNetworkAdapter",),
                    {"Name": "Network Adapter", "MacAddress": "00155D000001", "SwitchName": "Default Switch",
                     "IPAddresses": ["172.20.0.3", "fe80::215:5dff:fe00:1"]}),
@@ -53,7 +53,22 @@ def test_kvp_with_a_doctype_is_ignored_not_expanded() -> None:
 
 def test_guest_objects_are_not_mistaken_for_vms_or_disks() -> None:
     for obj in host_objects():
-        assert guest.kind(obj) is not None
+        if obj.is_a("VirtualMachine"):
+            assert guest.kind(obj) is None  # the VM itself stays in the observation (its Heartbeat is read)
+        else:
+            assert guest.kind(obj) is not None
+
+
+def test_the_heartbeat_is_read_from_get_vm_in_any_host_language() -> None:
+    """Get-VM's Heartbeat (VMHeartbeatStatus) has the same names on every host; the integration
+    service's name ("Takt" on a German host) and status text are localized."""
+    vm = HostObject(("Microsoft.HyperV.PowerShell.VirtualMachine",),
+                    {"Id": VM_ID, "Heartbeat": "OkApplicationsHealthy"})
+    other = HostObject(("Microsoft.HyperV.PowerShell.VirtualMachine",), {"Id": "0" * 8, "Heartbeat": "NoContact"})
+    assert guest.parse([other, vm], VM_ID).heartbeat_ok
+    for heartbeat in ("NoContact", "LostCommunication", "Error", "Paused", None):
+        off = HostObject(("Microsoft.HyperV.PowerShell.VirtualMachine",), {"Id": VM_ID, "Heartbeat": heartbeat})
+        assert not guest.parse([off], VM_ID).heartbeat_ok, heartbeat
 
 
 def test_verdict_per_readiness() -> None:

@@ -22,7 +22,7 @@ def test_ip_readiness_is_ready_only_once_the_guest_reports_an_address() -> None:
     assert _ready(status)["status"] == "True" and _ready(status)["reason"] == "IPAddress"
     address = status["guest"]["ipAddresses"][0]
     assert address.startswith("172.20.")
-    assert status["guest"]["hostname"] == "localhost" and status["guest"]["heartbeat"] == "OK"
+    assert status["guest"]["hostname"] == "localhost" and status["guest"]["heartbeat"] == "OkApplicationsUnknown"
     assert status["guest"]["adapters"][0]["ipAddresses"] == [address]
 
 
@@ -42,7 +42,7 @@ def test_ip_readiness_without_a_switch_stalls_after_the_timeout() -> None:
         run(world.wait(outcome.requeue_after))
     assert stalled is not None and stalled["reason"] == "NoIPAddress"
     assert _ready(status)["status"] == "False"
-    assert status["guest"]["heartbeat"] == "OK"
+    assert status["guest"]["heartbeat"] == "OkApplicationsUnknown"
     assert "ipAddresses" not in status["guest"]
 
 
@@ -59,3 +59,16 @@ def test_the_kvp_read_asks_the_host_for_this_vms_component_only() -> None:
     assert reads and all("Filter" in p for p in reads)
     assert f"SystemName = '{status['vmId'].upper()}'" in [p["Filter"] for p in reads]
     assert status["guest"]["hostname"] == "localhost"
+
+
+def test_a_german_host_reports_the_heartbeat_too() -> None:
+    """On a German host the heartbeat integration service is "Takt", and `Get-VMIntegrationService
+    -Name Heartbeat` fails with InvalidParameter (PlagueHO/LabBuilder#183): the VM went Failed. The
+    heartbeat is read from Get-VM's Heartbeat, whose names do not depend on the host's language."""
+    world = World()
+    world.host.set_ui_culture("de-DE")
+    status = run(provision(world, ref("ready-de"), spec("Differencing")))
+    assert _ready(status)["status"] == "True" and _ready(status)["reason"] == "Heartbeat", status.get("message")
+    assert status["phase"] == "Provisioned"
+    services = [c for c in world.host.call_log() if c[0].rsplit("\\", 1)[-1] == "Get-VMIntegrationService"]
+    assert services == []  # not asked by a name that is English only

@@ -18,7 +18,8 @@ def diff_vm(sim: Sim, name: str, switch: str | None) -> str:
 
 
 def read(sim: Sim, vm_id: str) -> guest.GuestInfo:
-    out = sim.run(c.get_vm_heartbeat(vm_id), c.get_vm_network_adapters(vm_id), c.get_kvp_component(vm_id))
+    # As the engine's observation reads a running VM: Get-VM -Id (its Heartbeat), adapters, KVP.
+    out = sim.run(c.get_vm_by_id(vm_id), c.get_vm_network_adapters(vm_id), c.get_kvp_component(vm_id))
     return guest.parse(out, vm_id)
 
 
@@ -31,7 +32,7 @@ def test_heartbeat_kvp_and_address_arrive_in_order_after_start(sim: Sim) -> None
     assert adapter.mac_address.startswith("00155D") and len(adapter.mac_address) == 12
     sim.run(c.start_vm(vm_id))
     booting = read(sim, vm_id)
-    assert booting.heartbeat == "No Contact" and booting.hostname == ""
+    assert booting.heartbeat == "NoContact" and booting.hostname == ""
     sim.wait(21)
     up = read(sim, vm_id)
     assert up.heartbeat_ok and up.hostname == "localhost" and up.os_name
@@ -50,7 +51,7 @@ def test_no_switch_no_address_and_no_integration_services_no_heartbeat(sim: Sim)
     alone = read(sim, lonely)
     assert alone.heartbeat_ok and alone.addresses == ()
     quiet = read(sim, silent)
-    assert (quiet.heartbeat, quiet.hostname, quiet.addresses) == ("No Contact", "", ())
+    assert (quiet.heartbeat, quiet.hostname, quiet.addresses) == ("NoContact", "", ())
 
 
 def test_cim_instance_of_another_class_is_refused(sim: Sim) -> None:
