@@ -127,7 +127,9 @@ async def run_step(s: StepInput) -> StepOutcome:
     brought forward from its output (effects.fold), or read again when that is not possible. The run
     ends at a wait on the host (copy, merge, shutdown), at convergence, at an error, or after
     MAX_PLANS_PER_RUN plans. A crash at any point loses at most this run's status: the next run's
-    observation shows which prefix of the last pipeline ran.
+    observation shows which of the last pipeline's statements ran. Nothing is batched behind an action
+    whose failure must stop what follows (effects.SAFETY_CRITICAL): Windows runs the next statement
+    after a statement-terminating error.
     """
     who = f"{s.vm.namespace}/{s.vm.name}"
     layout = layout_for(s.vm.name, s.vm.uid, s.spec.vm_path, s.host.default_vm_path)
