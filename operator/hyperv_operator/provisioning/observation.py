@@ -17,6 +17,9 @@ from hyperv_operator.provisioning.layout import Layout, same_path
 from hyperv_operator.provisioning.phases import Phase
 
 MERGING_STATUS = "merging disks"
+"""Get-VM's Status text while a checkpoint merges, on an English host (the text is localized)."""
+MERGING_OPERATIONAL_STATUS = "mergingdisks"
+"""VMOperationalStatus.MergingDisks in Get-VM's OperationalStatus: the same name on every host."""
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,8 @@ class VmInfo:
     id: str
     name: str
     state: str  # Running, Off, Starting, Stopping, Saved, ...
-    status: str = ""  # "Operating normally", "Merging disks", ...
+    status: str = ""  # "Operating normally", "Merging disks", ... (localized text)
+    operational_status: tuple[str, ...] = ()  # Get-VM OperationalStatus (VMOperationalStatus names)
     notes: str = ""
     path: str = ""
     processor_count: int | None = None
@@ -41,7 +45,8 @@ class VmInfo:
 
     @property
     def merging(self) -> bool:
-        return MERGING_STATUS in self.status.lower()
+        return (any(s.lower() == MERGING_OPERATIONAL_STATUS for s in self.operational_status)
+                or MERGING_STATUS in self.status.lower())
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,14 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _texts(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(_text(v) for v in value if v is not None)
+    return (_text(value),)
+
+
 def _int(value: Any) -> int | None:
     try:
         return None if value is None else int(value)
@@ -236,6 +249,7 @@ def parse_vm(obj: HostObject) -> VmInfo:
         name=_text(_prop(obj, "Name", "VMName")),
         state=_text(_prop(obj, "State")),
         status=_text(_prop(obj, "Status")),
+        operational_status=_texts(_prop(obj, "OperationalStatus")),
         notes=_text(_prop(obj, "Notes")),
         path=_text(_prop(obj, "Path", "ConfigurationLocation")),
         processor_count=_int(_prop(obj, "ProcessorCount")),

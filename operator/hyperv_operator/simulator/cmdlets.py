@@ -357,7 +357,8 @@ def vm_object(model: HostModel, vm: VM) -> HostObject:
     current = next((s for s in vm.snapshots if s.id == vm.current_snapshot_id), None)
     return HostObject(VM_TYPES, {
         "Name": vm.name, "VMName": vm.name, "Id": vm.id, "VMId": vm.id, "State": model.vm_state(vm),
-        "Status": model.vm_status(vm), "Uptime": xs_duration(model.uptime(vm)), "Path": vm.path,
+        "Status": model.vm_status(vm), "OperationalStatus": model.vm_operational_status(vm),
+        "Uptime": xs_duration(model.uptime(vm)), "Path": vm.path,
         "ConfigurationLocation": vm.path, "SnapshotFileLocation": vm.path, "CheckpointFileLocation": vm.path,
         "Notes": vm.notes, "CheckpointType": vm.checkpoint_type, "Generation": vm.generation,
         "MemoryStartup": vm.memory_startup, "ProcessorCount": vm.processor_count, "ComputerName": model.host_name,

@@ -167,6 +167,9 @@ SECURE_BOOT_TEMPLATES = ("MicrosoftWindows", "MicrosoftUEFICertificateAuthority"
 ACTIVE_STATES = frozenset({STATE_RUNNING, STATE_STOPPING})
 STATUS_OK = "Operating normally"
 STATUS_MERGING = "Merging disks"
+LOCALIZED_STATUS = {STATUS_OK: "Normaler Betrieb", STATUS_MERGING: "Datenträger werden zusammengeführt"}
+"""[strict: unsourced wording] A German host's Status texts: what matters is only that they are not
+the English words, as on any host in another language."""
 CHECKPOINT_TYPES = ("Disabled", "Production", "ProductionOnly", "Standard")
 
 DISK_FULL_MESSAGE = "There is not enough space on the disk."
@@ -1098,7 +1101,14 @@ class HostModel:
         return vm.state + "Critical" if vm.critical else vm.state
 
     def vm_status(self, vm: VM) -> str:
-        return STATUS_MERGING if any(m.vm_id == vm.id for m in self.merges) else STATUS_OK
+        """Get-VM's Status: localized text; on a host not in English it is not these words."""
+        english = STATUS_MERGING if any(m.vm_id == vm.id for m in self.merges) else STATUS_OK
+        return english if self.ui_culture == "en-US" else LOCALIZED_STATUS.get(english, english)
+
+    def vm_operational_status(self, vm: VM) -> list[str]:
+        """Get-VM's OperationalStatus (VMOperationalStatus names, the same on every host): Ok, and
+        MergingDisks as its second entry while a checkpoint merges (the WMI OperationalStatus[1])."""
+        return ["Ok", "MergingDisks"] if any(m.vm_id == vm.id for m in self.merges) else ["Ok"]
 
     def uptime(self, vm: VM) -> float:
         return self.now - vm.started_at if vm.state in ACTIVE_STATES and vm.started_at is not None else 0.0

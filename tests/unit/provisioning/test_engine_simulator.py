@@ -545,3 +545,29 @@ def test_a_differencing_disk_that_meets_its_base_held_by_another_new_vhd_is_retr
     status = run(provision(world, ref("diff-sharing"), spec("Differencing")))
     assert status["phase"] == "Provisioned", status.get("message")
     assert [c for c in world.host.call_log() if c[0].rsplit("\\", 1)[-1] == "New-VHD"].__len__() == 2
+
+
+def test_a_merge_on_a_german_host_holds_the_deletion_back() -> None:
+    """Get-VM's Status says "Merging disks" only on an English host; OperationalStatus carries
+    MergingDisks on every host. A VM deleted mid-merge on a German host was removed mid-merge."""
+    world = World()
+    world.host.set_ui_culture("de-DE")
+    vm, s = ref("merge-de"), spec("Quick", readiness="Running")
+
+    async def to_merging() -> dict[str, Any]:
+        status: dict[str, Any] = {}
+        for _ in range(200):
+            outcome = await reconcile(world.client, vm, s, status, HOST, "hv1", world.slots, world.now)
+            status = merged(status, outcome)
+            if status.get("phase") == "Merging":
+                return status
+            await world.wait(max(outcome.requeue_after or 0.0, 0.05))
+        raise AssertionError(f"never reached Merging: {status.get('phase')} {status.get('message')}")
+
+    status = run(to_merging())
+    [host_vm] = world.host.execute([cmdlets.get_all_vms()])
+    assert "MergingDisks" in host_vm.properties["OperationalStatus"]
+    assert "erging" not in str(host_vm.properties["Status"])  # not the English words
+    outcome = run(finalize(world.client, vm, s, status, HOST, "hv1", world.slots, world.now))
+    assert "waiting for the merge" in str(outcome.status.get("message")), outcome.status.get("message")
+    assert [c for c in world.host.call_log() if c[0].rsplit("\\", 1)[-1] == "Remove-VM"] == []
