@@ -181,15 +181,16 @@ def _operator_writes(plane: ControlPlane, namespace: str) -> list[dict[str, Any]
     request on: what VMs left over from an earlier scenario cost is not counted against this one, and
     neither is the set-up of the scenario's hosts before it (kopf's annotations on a new HyperVHost,
     its first probe's status), which no VM causes."""
+    since = TRACE_START.get(namespace, 0.0)
+    return [e for e in plane.audit_events() if e.get("verb") in WRITE_VERBS
+            and (e.get("objectRef") or {}).get("namespace") == namespace and _audit_time(e) >= since]
+
+
+def _audit_time(event: dict[str, Any], field: str = "requestReceivedTimestamp") -> float:
+    """An audit event's timestamp (RFC 3339, "Z") as seconds since the epoch."""
     from datetime import datetime
 
-    since = TRACE_START.get(namespace, 0.0)
-
-    def at(event: dict[str, Any]) -> float:
-        return datetime.fromisoformat(str(event["requestReceivedTimestamp"]).replace("Z", "+00:00")).timestamp()
-
-    return [e for e in plane.audit_events() if e.get("verb") in WRITE_VERBS
-            and (e.get("objectRef") or {}).get("namespace") == namespace and at(e) >= since]
+    return datetime.fromisoformat(str(event[field]).replace("Z", "+00:00")).timestamp()
 
 
 def _writes_by_kind(writes: list[dict[str, Any]]) -> dict[str, int]:
@@ -386,13 +387,11 @@ TRACE_START: dict[str, float] = {}
 
 def _trace(writes: list[dict[str, Any]], namespace: str, running: float) -> None:
     """The operator's writes of a 1-VM scenario on a time line from the create request."""
-    from datetime import datetime
-
     start = TRACE_START.get(namespace, 0.0)
     for e in writes:
         ref = e.get("objectRef") or {}
-        at = datetime.fromisoformat(str(e["requestReceivedTimestamp"]).replace("Z", "+00:00")).timestamp() - start
-        took = (datetime.fromisoformat(str(e["stageTimestamp"]).replace("Z", "+00:00")).timestamp() - start) - at
+        at = _audit_time(e) - start
+        took = _audit_time(e, "stageTimestamp") - start - at
         print(f"  {at * 1000:7.1f} ms (+{took * 1000:.1f}) {e.get('verb')} {ref.get('resource')}"
               f"{'/' + ref['subresource'] if ref.get('subresource') else ''} {ref.get('name')}")
     print(f"  {running * 1000:7.1f} ms Running seen by the watch")

@@ -46,8 +46,11 @@ def _paths_of(action: object, parameter: str = "LiteralPath") -> list[str]:
 
 def expect(action: object, obs: Observation, layout: Layout, spec: VirtualMachineSpec,
            uid: str) -> Observation | None:
-    """The observation after `action` succeeded, if its effect does not depend on its output."""
+    """The observation after `action` succeeded, if its effect does not depend on its output.
+    Never for a SAFETY_CRITICAL action: nothing is planned, or batched, behind it until the host answers."""
     kind = str(getattr(action, "kind", ""))
+    if kind in SAFETY_CRITICAL:
+        return None
     vm = obs.vm
     if kind == "CreateDifferencingDisk":
         vhds = dict(obs.vhds)
@@ -64,10 +67,6 @@ def expect(action: object, obs: Observation, layout: Layout, spec: VirtualMachin
         return replace(obs, vm=None, drives=(), snapshots=())
     if kind in ("RemoveCopyStatus", "RemoveFiles", "RemoveFolders"):
         return replace(obs, existing=_without(obs, *_paths_of(action)))
-    # Checkpoint-VM and Set-VHD (re-parent) have no expected effect to plan on: what comes after each
-    # (Start-VM; Remove-VMSnapshot, which merges into the parent) must never run unless it took, and
-    # a batch does not always stop at a failed statement on Windows (see SAFETY_CRITICAL). They are
-    # sent, and the next step is planned on the host's answer (`fold`).
     return None
 
 
@@ -77,8 +76,8 @@ in a batch of statements only an ActionPreferenceStopException (a non-terminatin
 -ErrorAction Stop) ends the batch; a statement-terminating error is appended to the error stream and
 the next statement runs (PowerShell.cs BatchInvocationWorkItem / BatchInvocationCallback). Start-VM
 after a failed Checkpoint-VM would run the VM on the base, Remove-VMSnapshot after a failed Set-VHD
-would merge the checkpoint into the base. `expect` has no effect for them, so nothing is planned, and
-batched, behind them until the host has answered."""
+would merge the checkpoint into the base. `expect` gives no effect for them: they are sent, and the
+next step is planned on the host's answer (`fold`)."""
 
 
 def fold(action: object, obs: Observation, output: Sequence[HostObject], layout: Layout,

@@ -74,16 +74,12 @@ def usable(address: str) -> bool:
 
 
 def kind(obj: HostObject) -> str | None:
-    """heartbeat | adapter | kvp | None, by type name first, then by shape."""
-    if obj.is_a("VMIntegrationComponent") or obj.is_a("VMHeartbeatComponent"):
-        return "heartbeat"
+    """adapter | kvp | None, by type name first, then by shape."""
     if obj.is_a("VMNetworkAdapter"):
         return "adapter"
     if any(t.endswith("/" + KVP_CLASS) or t.endswith(KVP_CLASS) for t in obj.type_names):
         return "kvp"
     keys = set(obj.properties)
-    if "PrimaryStatusDescription" in keys:
-        return "heartbeat"
     if "IPAddresses" in keys and "MacAddress" in keys:
         return "adapter"
     if "GuestIntrinsicExchangeItems" in keys:
@@ -131,8 +127,6 @@ def parse(objects: Iterable[HostObject], vm_id: str) -> GuestInfo:
         which = kind(obj)
         if obj.is_a("VirtualMachine") and str(obj.get("Id") or "").lower() == vm_id.lower():
             heartbeat = str(obj.get("Heartbeat") or "")
-        elif which == "heartbeat":  # an integration component (not read any more; kept for its shape)
-            heartbeat = heartbeat or str(obj.get("PrimaryStatusDescription") or "")
         elif which == "adapter":
             adapters.append(Adapter(name=str(obj.get("Name") or ""), mac_address=str(obj.get("MacAddress") or ""),
                                     switch_name=str(obj.get("SwitchName") or ""),
