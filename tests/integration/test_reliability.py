@@ -8,7 +8,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -177,8 +177,8 @@ def _ready_vms_on_one_connection(control_plane: ControlPlane, sim: SimulatedHype
     return ids
 
 
-def _sigterm_with_drift_in_flight(sim: SimulatedHyperV, process: OperatorProcess, release_after: float
-                                  ) -> tuple[float, list[tuple[float, str]]]:
+def _sigterm_with_drift_in_flight(sim: SimulatedHyperV, process: OperatorProcess, release_after: float,
+                                  vm_ids: Iterable[str]) -> tuple[float, list[tuple[float, str]]]:
     """Stop `process` while one drift round trip is held on the host and the other VM's drift check
     waits behind it for the one connection; the host answers `release_after` s after the SIGTERM
     (inside kopf's 5 s before it cancels leftover timers, so whatever the stop does to these checks
@@ -193,8 +193,11 @@ def _sigterm_with_drift_in_flight(sim: SimulatedHyperV, process: OperatorProcess
             seen.append((time.monotonic(), str(params)))
 
     hook.set(record)
-    # A drift check's round trip reads the VM with Get-VM -Id: the next one is held on the host.
-    sim.host.hold("Get-VM", release, reached=reached, timeout=60)
+    # A drift check's round trip reads the VM with Get-VM -Id: the next one of these VMs is held on the
+    # host (only theirs: other VMs on the same host run on shells of their own, as on Windows).
+    ours = {v.lower() for v in vm_ids}
+    sim.host.hold("Get-VM", release, reached=reached, timeout=60,
+                  when=lambda params: str(params.get("Id") or "").lower() in ours)
     try:
         assert reached.wait(timeout=process.drift_interval * 3), "no drift check reached the host"
         # Every other VM's drift timer fires within one interval and queues for the connection.
@@ -226,7 +229,8 @@ def test_sigterm_lets_the_drift_checks_under_way_finish_and_leaves_every_ready_c
     the SIGTERM. Closing at once instead leaves the waiting one to meet a closed client."""
     ids = _ready_vms_on_one_connection(control_plane, slow_sim, kube, uuid.uuid4().hex[:5])
     before = {n: dict((kube.get_vm(NAMESPACE, n) or {})["status"]) for n in ids}
-    stopped_at, seen = _sigterm_with_drift_in_flight(slow_sim, running_operator, release_after=1.0)
+    stopped_at, seen = _sigterm_with_drift_in_flight(slow_sim, running_operator, release_after=1.0,
+                                                     vm_ids=ids.values())
     _assert_ready_as_before(kube, before)
     after_stop = [params for at, params in seen if at > stopped_at]
     for name, vm_id in ids.items():
@@ -248,7 +252,7 @@ def test_sigterm_past_the_grace_writes_nothing_on_the_drift_checks_it_cuts_short
     try:
         ids = _ready_vms_on_one_connection(control_plane, slow_sim, kube, uuid.uuid4().hex[:5])
         before = {n: dict((kube.get_vm(NAMESPACE, n) or {})["status"]) for n in ids}
-        _sigterm_with_drift_in_flight(slow_sim, short, release_after=2.0)
+        _sigterm_with_drift_in_flight(slow_sim, short, release_after=2.0, vm_ids=ids.values())
         _assert_ready_as_before(kube, before)
     finally:
         short.stop()

@@ -123,7 +123,8 @@ class SimulatedHost:
         self._log: list[tuple[str, dict[str, object]]] = []
         self._faults: list[list[Any]] = []  # [module|None, short name, kind, remaining]
         self._latency: dict[tuple[str | None, str], float] = {}
-        self._holds: list[tuple[tuple[str | None, str], threading.Event, threading.Event | None, float]] = []
+        self._holds: list[tuple[tuple[str | None, str], threading.Event, threading.Event | None, float,
+                                Callable[[dict[str, object]], bool] | None]] = []
         self._callbacks: list[CommandCallback] = []
         self._fault_rate = 0.0
         self._fault_rng = random.Random(0)
@@ -158,7 +159,7 @@ class SimulatedHost:
             delay = self._latency_for(name)
             if delay > 0:
                 self._sleep(delay)
-            self._wait_for_release(name)
+            self._wait_for_release(name, params)
             self._batch.block = (0.0, None)
             with self._lock:
                 self._model.advance(self.simulated_seconds())
@@ -385,22 +386,25 @@ class SimulatedHost:
             self._latency[_split_name(command_name)] = seconds
 
     def hold(self, command_name: str, release: threading.Event, *, reached: threading.Event | None = None,
-             timeout: float = 60.0) -> None:
-        """Test control, not a Windows behaviour: the next command of that name waits (wall time,
-        outside the host's lock, like `set_latency`) until `release` is set or `timeout` passes; only
-        that one. It models a host that is slow at a moment the test chooses (a round trip in flight
-        while the test acts); `reached` is set when that command starts waiting."""
+             timeout: float = 60.0, when: Callable[[dict[str, object]], bool] | None = None) -> None:
+        """Test control, not a Windows behaviour: the next command of that name (whose parameters
+        satisfy `when`, if given) waits (wall time, outside the host's lock, like `set_latency`) until
+        `release` is set or `timeout` passes; only that one. It models a host that is slow at a moment
+        the test chooses (a round trip in flight while the test acts); `reached` is set when that
+        command starts waiting. Shells run side by side, so a hold stalls only its own session: `when`
+        picks the command of the VM the test means among other VMs' on the same host."""
         with self._lock:
-            self._holds.append((_split_name(command_name), release, reached, timeout))
+            self._holds.append((_split_name(command_name), release, reached, timeout, when))
 
-    def _wait_for_release(self, name: str) -> None:
+    def _wait_for_release(self, name: str, params: dict[str, object]) -> None:
         module, short = _split_name(name)
         with self._lock:
-            index = next((i for i, ((f_module, f_short), *_rest) in enumerate(self._holds)
-                          if f_short == short and (f_module is None or module is None or f_module == module)), None)
+            index = next((i for i, ((f_module, f_short), _, _, _, when) in enumerate(self._holds)
+                          if f_short == short and (f_module is None or module is None or f_module == module)
+                          and (when is None or when(params))), None)
             if index is None:
                 return
-            _, release, reached, timeout = self._holds.pop(index)
+            _, release, reached, timeout, _ = self._holds.pop(index)
         if reached is not None:
             reached.set()
         release.wait(timeout)
