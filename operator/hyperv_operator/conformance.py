@@ -167,8 +167,10 @@ class Conformance:
             if self.on_step is not None:
                 self.on_step(strategy.value, status)
             # The engine runs through consecutive phases in one step, so the re-parent may happen and
-            # the merge start before we can look: its event says it was sent and succeeded.
-            seen.reparent_sent = seen.reparent_sent or any(e.reason == "Reparenting" for e in outcome.events)
+            # the merge start before we can look: its event (one per run: the merge's, if it started) says it
+            # was sent and succeeded.
+            seen.reparent_sent = seen.reparent_sent or any(e.reason in ("Reparenting", "MergeStarted")
+                                                           for e in outcome.events)
             await self._observe(status, layout, seen)
             if outcome.requeue_after is None or status.get("phase") in (Phase.PROVISIONED, Phase.FAILED):
                 break

@@ -1,5 +1,5 @@
 """Handler glue pieces for going on through short waits: the status kept current between steps, and
-one PhaseChanged Event per run."""
+one progress Event per run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from tests.unit.test_hosts_cache_and_locks import CountingSecrets, _handler, make_connections
 
-from hyperv_operator.provisioning.engine import coalesce_phase_events
+from hyperv_operator.provisioning.engine import coalesce_run_events
 from hyperv_operator.provisioning.model import Event
 from hyperv_operator.status_writer import StatusConflict, Written, apply_merge_patch
 
@@ -22,19 +22,41 @@ def test_merge_patch_applied_to_a_status() -> None:
     assert status["copy"] == {"percent": 10, "queued": True}  # the input is not changed
 
 
-def test_one_phase_changed_event_per_run() -> None:
+def test_one_progress_event_per_run() -> None:
+    """A run's phase changes and milestones are one Event (each Event is an API write), its reason the
+    run's last milestone; the VM's label may change on the way (its name, then its Id once New-VM ran);
+    Warnings and other reasons stay their own."""
     events = [
-        Event("Normal", "PhaseChanged", "Quick: Pending -> CreatingVM (ns/vm)"),
-        Event("Normal", "PhaseChanged", "Quick: CreatingVM -> Checkpointing (ns/vm)"),
+        Event("Normal", "PhaseChanged", "Quick: Pending -> CreatingVM (VM vm)"),
+        Event("Normal", "PhaseChanged", "Quick: CreatingVM -> Checkpointing (VM 1f21...)"),
+        Event("Normal", "BaseInUseElsewhere", "read by file"),
+        Event("Normal", "PhaseChanged", "Quick: Checkpointing -> Starting -> CopyingBase (VM 1f21...)"),
         Event("Normal", "CopyStarted", "copy started"),
-        Event("Normal", "PhaseChanged", "Quick: Checkpointing -> Starting (ns/vm)"),
-        Event("Warning", "PhaseChanged", "Quick: Starting -> Failed (ns/vm)"),
+        Event("Warning", "PhaseChanged", "Quick: CopyingBase -> Failed (VM 1f21...)"),
     ]
-    assert coalesce_phase_events(events) == (
-        Event("Normal", "PhaseChanged", "Quick: Pending -> CreatingVM -> Checkpointing -> Starting (ns/vm)"),
-        Event("Normal", "CopyStarted", "copy started"),
-        Event("Warning", "PhaseChanged", "Quick: Starting -> Failed (ns/vm)"),
+    assert coalesce_run_events(events) == (
+        Event("Normal", "CopyStarted",
+              "Quick: Pending -> CreatingVM -> Checkpointing -> Starting -> CopyingBase (VM 1f21...): copy started"),
+        Event("Normal", "BaseInUseElsewhere", "read by file"),
+        Event("Warning", "PhaseChanged", "Quick: CopyingBase -> Failed (VM 1f21...)"),
     )
+    merge_run = [
+        Event("Normal", "CopyCompleted", "copy of b to d completed"),
+        Event("Normal", "PhaseChanged", "Quick: CopyingBase -> Reparenting (VM 1)"),
+        Event("Normal", "PhaseChanged", "Quick: Reparenting -> Merging (VM 1)"),
+        Event("Normal", "Reparenting", "re-parenting a onto d"),
+        Event("Normal", "MergeStarted", "merging a into d"),
+    ]
+    assert coalesce_run_events(merge_run) == (Event(
+        "Normal", "MergeStarted", "Quick: CopyingBase -> Reparenting -> Merging (VM 1): copy of b to d completed; "
+                                  "re-parenting a onto d; merging a into d"),)
+    assert coalesce_run_events([Event("Normal", "Independent", "on its own disk")]) == (
+        Event("Normal", "Independent", "on its own disk"),)
+    assert coalesce_run_events([Event("Normal", "PhaseChanged", "Copy: A -> B (VM 1)")]) == (
+        Event("Normal", "PhaseChanged", "Copy: A -> B (VM 1)"),)
+    assert coalesce_run_events(()) == ()
+    long = coalesce_run_events([Event("Normal", "CopyStarted", "x" * 2000)])
+    assert len(long[0].message) == 1024 and long[0].message.endswith("...")
 
 
 class FakeVmApi:

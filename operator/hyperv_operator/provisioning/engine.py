@@ -38,6 +38,7 @@ from hyperv_operator.provisioning.observation import (
     parse_vhd,
     parse_vm,
     pick_vm,
+    recorded_avhdx,
 )
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
 
@@ -286,31 +287,55 @@ def _slot_view(s: StepInput, limit: int, *, granted: bool | None = None) -> Slot
 def _outcome(s: StepInput, settled: settle.Settled, events: Sequence[Event] = ()) -> StepOutcome:
     status = settled.status if settled.retrying else {k: v for k, v in settled.status.items() if k != "retry"}
     return StepOutcome(_complete(status, s.status), settled.requeue_after,
-                       coalesce_phase_events((*events, *settled.events)), settled.finished)
+                       coalesce_run_events((*events, *settled.events)), settled.finished)
 
 
-_PHASE_CHANGE = re.compile(r"^(?P<head>.*): (?P<before>\S+) -> (?P<after>\S+) (?P<tail>\(.*\))$")
+_PHASE_CHANGE = re.compile(r"^(?P<head>[^:]*): (?P<chain>\S+(?: -> \S+)+) (?P<tail>\(.*\))$")
+
+PROGRESS_REASONS = ("PhaseChanged", "CopyStarted", "CopyCompleted", "Reparenting", "MergeStarted", "Independent")
+"""The Normal Events that tell how provisioning goes on: one run posts them as one Event."""
+MAX_EVENT_MESSAGE = 1024
+"""An Event's message is cut here (events.k8s.io's `note` is at most 1 kB; core/v1 sets no limit)."""
 
 
-def coalesce_phase_events(events: Sequence[Event]) -> tuple[Event, ...]:
-    """The phases one run went through, as one PhaseChanged Event ("Quick: Pending -> CreatingVM ->
-    Checkpointing -> Starting -> CopyingBase (ns/vm)") instead of one per phase: each Event is an API
-    write, and a run passes several phases in a row. Warnings (-> Failed) stay on their own."""
+def coalesce_run_events(events: Sequence[Event]) -> tuple[Event, ...]:
+    """A run's progress as ONE Normal Event, where the run posted several: the phases it went through
+    and what it did on the way, e.g. reason CopyStarted, "Quick: Pending -> CreatingVM -> Checkpointing ->
+    Starting -> CopyingBase (VM 1f21...): background copy of ... started on host hv1". Every Event is an
+    API write, and one run passes several phases and milestones in a row (a Quick VM's runs posted 9
+    Events; now 3). The reason is the run's last milestone (PhaseChanged when it only changed phases);
+    Warnings and every other reason stay Events of their own, in order."""
     result: list[Event] = []
-    chain: tuple[int, str, list[str], str] | None = None  # (index in result, head, phases, tail)
+    at: int | None = None  # where the run's progress Event goes: where its first progress Event was
+    chains: list[tuple[str, list[str], str]] = []  # (head, phases, tail) of consecutive phase changes
+    notes: list[str] = []
+    reason = "PhaseChanged"
     for event in events:
-        phase_change = event.reason == "PhaseChanged" and event.type == "Normal"
-        match = _PHASE_CHANGE.match(event.message) if phase_change else None
-        if match is None:
+        if event.type != "Normal" or event.reason not in PROGRESS_REASONS:
             result.append(event)
             continue
-        if (chain is not None and chain[1] == match["head"] and chain[2][-1] == match["before"]
-                and chain[3] == match["tail"]):
-            chain[2].append(match["after"])
-            result[chain[0]] = replace(event, message=f"{chain[1]}: {' -> '.join(chain[2])} {chain[3]}")
+        if at is None:
+            at = len(result)
+            result.append(event)  # replaced below
+        match = _PHASE_CHANGE.match(event.message) if event.reason == "PhaseChanged" else None
+        if match is None:
+            notes.append(event.message)
+            reason = event.reason if event.reason != "PhaseChanged" else reason
             continue
-        chain = (len(result), match["head"], [match["before"], match["after"]], match["tail"])
-        result.append(event)
+        steps = match["chain"].split(" -> ")
+        if chains and chains[-1][0] == match["head"] and chains[-1][1][-1] == steps[0]:
+            # The label may change on the way (the VM's name, then its Id once New-VM ran): the last one.
+            head, chain, _ = chains[-1]
+            chains[-1] = (head, [*chain, *steps[1:]], match["tail"])
+        else:
+            chains.append((match["head"], steps, match["tail"]))
+    if at is None:
+        return tuple(result)
+    said = [f"{head}: {' -> '.join(chain)} {tail}" for head, chain, tail in chains]
+    message = "; ".join(said) + (": " if said and notes else "") + "; ".join(notes)
+    if len(message) > MAX_EVENT_MESSAGE:
+        message = message[:MAX_EVENT_MESSAGE - 3] + "..."
+    result[at] = Event("Normal", reason, message)
     return tuple(result)
 
 
@@ -428,7 +453,7 @@ async def _observe_listing(
     processes = _processes(out)
     checked_pid = await _unrecorded_worker(client, job, recorded_pid, processes, look=copy_phase)
     extra_existing = set(existing)
-    await _read_unknown_chains(client, drives, vhds, extra_existing, deleting=deleting)
+    await _read_unknown_chains(client, drives, vhds, extra_existing, recorded_avhdx(status), deleting=deleting)
     return Observation(
         host_name=spec.host_name,
         vm=host_vm,
@@ -591,7 +616,7 @@ async def _observe_by_id(
             drives, snapshots = drives3, snapshots3
     checked_pid = await _unrecorded_worker(client, job, recorded_pid, processes,
                                            look=copy_phase and not obs.exists(layout.disk))
-    await _read_unknown_chains(client, drives, vhds, existing, deleting=deleting)
+    await _read_unknown_chains(client, drives, vhds, existing, recorded_avhdx(status), deleting=deleting)
     return replace(obs, vm=host_vm, found_by=found_by, drives=tuple(drives), snapshots=tuple(snapshots),
                    existing=frozenset(existing), vhds=vhds, copy=job, copy_process=processes.get(checked_pid),
                    copy_process_checked=bool(checked_pid))
@@ -633,10 +658,12 @@ def _split_guest(out: Sequence[HostObject], vm_id: str, *, read: bool) -> tuple[
 
 
 async def _read_unknown_chains(client: HyperVClient, drives: Sequence[str], vhds: dict[str, VhdInfo],
-                               existing: set[str], *, deleting: bool) -> None:
+                               existing: set[str], recorded: str | None, *, deleting: bool) -> None:
     """After a crash mid-checkpoint the status may not know the .avhdx yet: read its chain too, in one
-    more round trip (into `vhds` and `existing`)."""
-    missing = [d for d in drives if is_avhdx(d) and d.rstrip("\\").lower() not in vhds and not deleting]
+    more round trip (into `vhds` and `existing`). The .avhdx the status records is not unknown: the
+    observation reads its chain when the planner needs it (`needed_reads`; not while it is merged)."""
+    missing = [d for d in drives if is_avhdx(d) and d.rstrip("\\").lower() not in vhds and not deleting
+               and not same_path(d, recorded)]
     if missing:
         for obj in await client.run([cmdlets.get_vhd(d) for d in missing]):
             if kind_of(obj) == "vhd":

@@ -451,6 +451,31 @@ def test_pipelines_per_vm_apart_from_copy_polls(strategy: str, limit: int, base_
         assert polls <= 6, f"{polls} polls for one copy of {base_size} bytes (the ETA should bound them)"
 
 
+def test_a_merge_under_way_is_watched_in_one_round_trip() -> None:
+    """While the checkpoint merges, the VM's drive is still the .avhdx the status records: its chain is
+    not read again (the merge plan does not need it), so each look at the merge is one pipeline."""
+    world = World()
+    vm, s = ref("merge-watch"), spec("Quick", readiness="Running")
+
+    async def until_merging() -> dict[str, Any]:
+        status: dict[str, Any] = {}
+        for _ in range(50):
+            status = merged(status, await reconcile(world.client, vm, s, status, HOST, "hv1", world.slots,
+                                                    world.now))
+            if status.get("phase") == "Merging":
+                return status
+            await world.wait(5.0)
+        raise AssertionError(status.get("message"))
+
+    status = run(until_merging())
+    [host_vm] = world.tagged(vm.uid)
+    assert "Merging disks" in str(host_vm.properties["Status"])  # the simulated clock has not moved
+    counter = PipelineCounter(world)
+    outcome = run(reconcile(world.client, vm, s, status, HOST, "hv1", world.slots, world.now))
+    assert outcome.status["phase"] == "Merging" and outcome.requeue_after is not None
+    assert counter.count == 1
+
+
 def test_nothing_that_depends_on_a_checkpoint_or_a_re_parent_shares_their_pipeline() -> None:
     """In a batch of statements Windows stops only at an ActionPreferenceStopException; after a
     statement-terminating error the next statement runs (PowerShell.cs BatchInvocationWorkItem). So
