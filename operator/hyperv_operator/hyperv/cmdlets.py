@@ -269,14 +269,26 @@ def new_configured_vm(
     processor_count: int,
     checkpoint_type: str | None = None,
     start: bool = False,
+    checkpoint: str | None = None,
 ) -> Statement:
-    """`New-VM ... | Set-VM ... -Passthru [| Start-VM -Passthru]`: one statement, output the VM as it is
-    after the last command. The VM reaches Set-VM through the pipeline, so no Id is needed up front;
-    if the pipeline stops half-way the VM exists untagged (found by its folder) or tagged and Off."""
+    """`New-VM ... | Set-VM ... -Passthru [| Start-VM -Passthru | Checkpoint-VM -Passthru]`: one statement,
+    output the VM as it is after the last command (with `checkpoint`: the VMSnapshot, which names the
+    VM by VMId). The VM reaches each command through the pipeline, so no Id is needed up front, and a
+    command runs only on what the one before it passed on: if the pipeline stops half-way the VM exists
+    untagged (found by its folder), or tagged and Off without the checkpoint."""
+    if start and checkpoint:
+        raise ValueError("a VM is checkpointed before it starts, never in the same statement")
     created = new_vm(name, folder, vhd_path, memory_bytes, generation, switch_name).commands
     configure = cmd(HYPERV + "Set-VM", Notes=notes, ProcessorCount=processor_count, CheckpointType=checkpoint_type,
                     Passthru=SWITCH)
-    return pipe(*created, configure, *((cmd(HYPERV + "Start-VM", Passthru=SWITCH),) if start else ()))
+    then = ((cmd(HYPERV + "Start-VM", Passthru=SWITCH),) if start else
+            (cmd(HYPERV + "Checkpoint-VM", SnapshotName=checkpoint, Passthru=SWITCH),) if checkpoint else ())
+    return pipe(*created, configure, *then)
+
+
+def get_vm_hard_disk_drives_by_name(vm_name: str) -> Statement:
+    """Output: the drives of every VM of that name (names are not unique: pick by the drives' VMId)."""
+    return pipe(cmd(HYPERV + "Get-VMHardDiskDrive", VMName=vm_name))
 
 
 def start_vm_passthru(vm_id: str) -> Statement:

@@ -61,7 +61,8 @@ class VisibleCmdlet:
 # pipeline, and a proxy without -VM could not bind it.
 VISIBLE_CMDLETS: tuple[VisibleCmdlet, ...] = (
     VisibleCmdlet(HYPERV + "Get-VM", ("Id",)),
-    VisibleCmdlet(HYPERV + "Get-VMHardDiskDrive", ("VM", "ControllerType", "ControllerNumber", "ControllerLocation"),
+    VisibleCmdlet(HYPERV + "Get-VMHardDiskDrive",
+                  ("VM", "VMName", "ControllerType", "ControllerNumber", "ControllerLocation"),
                   (("ControllerType", ("SCSI",)),)),
     VisibleCmdlet(HYPERV + "Get-VMSnapshot", ("VM", "Name")),
     VisibleCmdlet(HYPERV + "Get-VHD", ("Path",)),

@@ -19,7 +19,16 @@ from hyperv_operator.api import UID_TAG_PREFIX, VirtualMachineSpec
 from hyperv_operator.hyperv.commands import HostObject
 from hyperv_operator.provisioning import planner
 from hyperv_operator.provisioning.layout import Layout, join
-from hyperv_operator.provisioning.observation import CopyJob, Observation, VhdInfo, kind_of, parse_vhd, parse_vm
+from hyperv_operator.provisioning.observation import (
+    CopyJob,
+    Observation,
+    VhdInfo,
+    VmInfo,
+    checkpointed_vm,
+    kind_of,
+    parse_vhd,
+    parse_vm,
+)
 
 
 def _key(path: str) -> str:
@@ -70,7 +79,7 @@ def expect(action: object, obs: Observation, layout: Layout, spec: VirtualMachin
     return None
 
 
-SAFETY_CRITICAL = frozenset({"Checkpoint", "Reparent"})
+SAFETY_CRITICAL = frozenset({"Checkpoint", planner.NEW_VM_CHECKPOINTED, "Reparent"})
 """Actions whose failure must stop what follows, which Windows does not promise inside one pipeline:
 in a batch of statements only an ActionPreferenceStopException (a non-terminating error under
 -ErrorAction Stop) ends the batch; a statement-terminating error is appended to the error stream and
@@ -93,6 +102,17 @@ def fold(action: object, obs: Observation, output: Sequence[HostObject], layout:
         return replace(obs, vm=vm, found_by="id",
                        existing=_with(obs, layout.vm_dir, join(layout.vm_dir, layout.vm_name)),
                        drives=(spec.base_vhd if planner.runs_on_checkpoint(spec.strategy) else layout.disk,))
+    if kind == planner.NEW_VM_CHECKPOINTED:
+        # The VMSnapshot names the VM; the VM is as New-VM | Set-VM made it: Off, tagged, configured.
+        made = checkpointed_vm(output)
+        if made is None or not made[2]:
+            return None
+        vm_id, name, drives = made
+        vm = VmInfo(id=vm_id, name=name or layout.vm_name, state="Off", notes=f"{UID_TAG_PREFIX}{uid}",
+                    path=join(layout.vm_dir, layout.vm_name), processor_count=spec.cpus, checkpoint_type="Standard",
+                    memory_startup=spec.memory_bytes, dynamic_memory=False, generation=spec.generation)
+        return replace(obs, vm=vm, found_by="id", drives=drives, snapshots=(layout.checkpoint_name,),
+                       existing=_with(obs, layout.vm_dir, join(layout.vm_dir, layout.vm_name), *drives))
     if kind == "Checkpoint":
         drives = tuple(str(o.get("Path") or "") for o in output if kind_of(o) == "drive")
         if not drives:

@@ -255,7 +255,7 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
         final = result.status
         for a in sent:
             final = planner.absorb(a, final, output)
-            if a.kind == "NewVM" and final.get("vmId"):
+            if a.kind in ("NewVM", planner.NEW_VM_CHECKPOINTED) and final.get("vmId"):
                 log.info("%s [%s]: created VM %s", who, final.get("phase"), final["vmId"])
         batch = []
         if action is None:  # the batch ran; this plan (made on its expected effect) says what is next

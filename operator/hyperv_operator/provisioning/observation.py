@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -213,6 +213,19 @@ def _bool(value: Any) -> bool | None:
     if isinstance(value, str):
         return value.strip().lower() == "true"
     return bool(value)
+
+
+def checkpointed_vm(output: Sequence[HostObject]) -> tuple[str, str, tuple[str, ...]] | None:
+    """New-VM | Set-VM | Checkpoint-VM -Passthru, then Get-VMHardDiskDrive -VMName: (the VM's Id and
+    name from the VMSnapshot, the paths of that VM's drives, picked by their VMId among every VM of that
+    name); None without the snapshot (the checkpoint was not taken)."""
+    snapshot = next((o for o in output if kind_of(o) == "snapshot"), None)
+    if snapshot is None or not snapshot.get("VMId"):
+        return None
+    vm_id = str(snapshot.get("VMId"))
+    drives = tuple(str(o.get("Path") or "") for o in output
+                   if kind_of(o) == "drive" and str(o.get("VMId") or "").lower() == vm_id.lower())
+    return vm_id, str(snapshot.get("VMName") or ""), drives
 
 
 def kind_of(obj: HostObject) -> str:

@@ -109,7 +109,8 @@ CASES = [
     Case("copy/died-after-start", "Copy", status("Starting", **WITH_VM),
          observe(files=(BASE, DISK), host_vm=vm("Running")), "Provisioned", None, requeue="none"),
     # ---- Quick -------------------------------------------------------------------------------------
-    Case("quick/pending->new-vm on base", "Quick", status(), observe(), "CreatingVM", "NewVM"),
+    Case("quick/pending->new-vm on base, checkpointed in its pipe", "Quick", status(), observe(), "CreatingVM",
+         "NewVMCheckpointed", ("New-Item", "New-VM", "Set-VM", "Checkpoint-VM", "Get-VMHardDiskDrive")),
     Case("quick/configure: tag + standard checkpoints", "Quick", status("CreatingVM", **WITH_VM),
          observe(host_vm=vm(notes="", checkpoint_type="Production")), "CreatingVM", "ConfigureVM"),
     Case("quick/configured -> checkpoint", "Quick", status("CreatingVM", **WITH_VM), observe(host_vm=vm()),
@@ -194,6 +195,18 @@ def test_phase_table(case: Case) -> None:
                     assert command.parameter("Path") != BASE and command.parameter("LiteralPath") != BASE
     kinds = {c["type"] for c in result.status["conditions"]}
     assert {"Ready", "Reconciling", "Stalled"} <= kinds
+
+
+@pytest.mark.parametrize("extra", [{"dynamicMemory": {"minimum": "512Mi", "maximum": "2Gi"}},
+                                   {"secureBoot": {"enabled": False}},
+                                   {"networkAdapters": [{"name": "lan", "switchName": "LAN"}]}],
+                         ids=["memory", "firmware", "nics"])
+def test_a_quick_vm_configured_while_off_is_checkpointed_apart(extra: dict[str, Any]) -> None:
+    """Settings that need the VM off come between New-VM and the checkpoint, as before: New-VM's pipe
+    ends at Set-VM then."""
+    result = plan(spec("Quick", **extra), status(), observe(), NOW, vm=REF, layout=LAYOUT)
+    assert result.action is not None and result.action.kind == "NewVM"
+    assert "Checkpoint-VM" not in cmdlet_names(result.action)
 
 
 def test_quick_sequence_events_and_conditions() -> None:

@@ -123,8 +123,9 @@ def _every_statement() -> list[Statement]:
             out.append(builder(**{**args, "turn_off": True}))
             args["turn_off"] = False
         if name == "new_configured_vm":
-            out.append(builder(**{**args, "notes": "n", "processor_count": 2, "checkpoint_type": None}))
-            args.update(notes="n", processor_count=2, checkpoint_type="Standard", start=True)
+            out.append(builder(**{**args, "notes": "n", "processor_count": 2, "checkpoint_type": None,
+                                  "start": True, "checkpoint": None}))
+            args.update(notes="n", processor_count=2, checkpoint_type="Standard", start=False, checkpoint="quick")
         if name == "set_vm_firmware":
             out.append(builder(**{**args, "secure_boot": False, "template": None}))
             args.update(secure_boot=True, template="MicrosoftUEFICertificateAuthority")

@@ -35,6 +35,7 @@ from hyperv_operator.provisioning.planner.work import (
     MAX_COPY_RESTARTS,
     MERGE_POLL,
     MERGE_TIMEOUT,
+    NEW_VM_CHECKPOINTED,
     OFF,
     PAUSED,
     POWER_POLL,
@@ -50,7 +51,8 @@ from hyperv_operator.provisioning.planner.work import (
 
 __all__ = [
     "AFTER_ACTION", "CLEANUP_RETRY", "COPY_POLL", "COPY_STALL_SECONDS", "CRITICAL_POLL", "DONE",
-    "HOST_ACCESS_CATEGORIES", "MAX_COPY_RESTARTS", "MERGE_POLL", "MERGE_TIMEOUT", "OFF", "PAUSED",
+    "HOST_ACCESS_CATEGORIES", "MAX_COPY_RESTARTS", "MERGE_POLL", "MERGE_TIMEOUT", "NEW_VM_CHECKPOINTED", "OFF",
+    "PAUSED",
     "PHASE_TABLES", "POWER_POLL", "RUNNING", "SAVED_STATES", "SHORT_WAIT", "STOP_TIMEOUT", "TRANSIENT_BACKOFF",
     "Action", "Plan", "absorb", "copies_base", "error_status", "is_before", "is_critical", "is_not_found",
     "next_phase", "phases", "plan", "plan_delete", "retryable_failure", "runs_on_checkpoint", "step_of",

@@ -17,13 +17,14 @@ from hyperv_operator.provisioning import bootstrap as bootstrap_mod
 from hyperv_operator.provisioning import unattend as unattend_mod
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, same_path
 from hyperv_operator.provisioning.model import Event, VmRef
-from hyperv_operator.provisioning.observation import Observation, kind_of, parse_vm
+from hyperv_operator.provisioning.observation import Observation, checkpointed_vm, kind_of, parse_vm
 from hyperv_operator.provisioning.phases import Phase
 from hyperv_operator.provisioning.planner.status import _fail
 from hyperv_operator.provisioning.planner.table import PHASE_TABLES
 from hyperv_operator.provisioning.planner.work import (
     CLEANUP_RETRY,
     HOST_ACCESS_CATEGORIES,
+    NEW_VM_CHECKPOINTED,
     TRANSIENT_BACKOFF,
     Action,
     _Fail,
@@ -42,18 +43,13 @@ def absorb(action: Action, status: Mapping[str, Any], output: Sequence[HostObjec
             if kind_of(obj) == "vm":
                 s["vmId"] = parse_vm(obj).id
                 break
+    elif action.kind == NEW_VM_CHECKPOINTED:
+        made = checkpointed_vm(output)
+        if made is not None:
+            s["vmId"] = made[0]
+            _record_avhdx(s, made[2])
     elif action.kind == "Checkpoint":
-        for obj in output:
-            if kind_of(obj) == "drive":
-                path = str(obj.get("Path") or "")
-                if is_avhdx(path):
-                    files = list(s.get("createdFiles") or [])
-                    if not any(same_path(path, f) for f in files):
-                        files.append(path)
-                    s["createdFiles"] = files
-                    disk = dict(s.get("disk") or {})
-                    s["disk"] = {"path": path, "type": "Differencing",
-                                 "parentPath": disk.get("parentPath") if not is_avhdx(disk.get("path")) else None}
+        _record_avhdx(s, [str(obj.get("Path") or "") for obj in output if kind_of(obj) == "drive"])
     elif action.kind == bootstrap_mod.BUILD:
         s = bootstrap_mod.absorb(s, output)
     elif action.kind == unattend_mod.MOUNT:  # issue 14: the VM's own disk's drive letters
@@ -66,6 +62,25 @@ def absorb(action: Action, status: Mapping[str, Any], output: Sequence[HostObjec
                 s["copy"] = {**dict(s.get("copy") or {}), "processId": int(pid),
                              "processCreatedAt": str(created) if created else None}
     return s
+
+
+def _record_avhdx(s: dict[str, Any], drives: Sequence[str]) -> None:
+    """The checkpoint's .avhdx (the VM's drive now): a file we created, and the VM's disk."""
+    for path in drives:
+        if is_avhdx(path):
+            files = list(s.get("createdFiles") or [])
+            if not any(same_path(path, f) for f in files):
+                files.append(path)
+            s["createdFiles"] = files
+            disk = dict(s.get("disk") or {})
+            s["disk"] = {"path": path, "type": "Differencing",
+                         "parentPath": disk.get("parentPath") if not is_avhdx(disk.get("path")) else None}
+
+
+def _raised_by(error: HostError, cmdlet_class: str) -> bool:
+    """Whether the cmdlet of that class raised the error: a cmdlet's FullyQualifiedErrorId ends with its
+    type's name ("AccessDenied,Microsoft.HyperV.PowerShell.Commands.CheckpointVM")."""
+    return error.fq_error_id.rsplit(",", 1)[-1].rsplit(".", 1)[-1].lower() == cmdlet_class.lower()
 
 
 def is_not_found(error: HostError) -> bool:
@@ -127,7 +142,8 @@ def error_status(
             cond.make(prev, cond.RECONCILING, True, "PowerActionFailed", s["message"], gen, now),
         ])
         return s, CLEANUP_RETRY, (Event("Warning", "PowerActionFailed", f"{step} on host {host_name}: {error}"),)
-    if phase is Phase.CHECKPOINTING and error.category == "PermissionDenied":
+    checkpoint_failed = phase is Phase.CHECKPOINTING or _raised_by(error, "CheckpointVM")  # also in New-VM's pipe
+    if checkpoint_failed and error.category == "PermissionDenied":
         # Checkpoint-VM puts Quick's .avhdx beside the base: the base's folder must be writable.
         folder = spec.base_vhd.rsplit("\\", 1)[0]
         result = _fail(w, phase, _Fail("BaseFolderNotWritable",

@@ -20,6 +20,7 @@ from hyperv_operator.provisioning.planner.work import (
     DONE,
     MERGE_POLL,
     MERGE_TIMEOUT,
+    NEW_VM_CHECKPOINTED,
     OFF,
     PAUSED,
     POWER_POLL,
@@ -113,14 +114,22 @@ def _creating_vm(w: _Work) -> _Result:
         # The folder New-VM -Path puts the VM in: made here unless the host (or the action just
         # before, in the same batch) shows it already there.
         folder = () if w.obs.exists(w.layout.vm_dir) else (cmdlets.new_directory(w.layout.vm_dir),)
-        return _Act(Action("NewVM",
+        # Quick: the checkpoint rides in New-VM's statement (Checkpoint-VM gets the VM only if Set-VM
+        # passed it on), unless the VM is configured while off first; the drives tell the .avhdx.
+        checkpoint = (w.layout.checkpoint_name if quick and not firmware_first and not s.network_adapters
+                      and s.dynamic_memory is None else None)
+        drives = (cmdlets.get_vm_hard_disk_drives_by_name(w.layout.vm_name),) if checkpoint else ()
+        return _Act(Action(NEW_VM_CHECKPOINTED if checkpoint else "NewVM",
                            (*folder,
                             cmdlets.new_configured_vm(w.layout.vm_name, w.layout.vm_dir, vhd, s.memory_bytes,
                                                       s.generation, s.switch_name,
                                                       notes=f"{UID_TAG_PREFIX}{w.vm.uid}", processor_count=s.cpus,
-                                                      checkpoint_type="Standard" if quick else None, start=start)),
+                                                      checkpoint_type="Standard" if quick else None, start=start,
+                                                      checkpoint=checkpoint),
+                            *drives),
                            f"New-VM {w.layout.vm_name} -Path {w.layout.vm_dir} -VHDPath {vhd} | Set-VM"
-                           + (" | Start-VM" if start else "")),
+                           + (" | Start-VM" if start else "")
+                           + (f" | Checkpoint-VM {checkpoint}" if checkpoint else "")),
                     f"creating VM {w.layout.vm_name} on {vhd}" + (" (not started: the base is read-only)"
                                                                    if quick else ""))
     tagged = vm.tagged_for(w.vm.uid)

@@ -67,9 +67,12 @@ PHASE_TABLES: dict[Strategy, tuple[Step, ...]] = {
     Strategy.QUICK: (
         _pending_step(RUNNING_ON_BASE),
         Step(Phase.CREATING_VM, _creating_vm, "New-VM -VHDPath base | Set-VM Notes=uid tag, CPUs, CheckpointType "
-                                              "Standard -Passthru (NOT started: the base is read-only)",
+                                              "Standard -Passthru | Checkpoint-VM -Passthru; Get-VMHardDiskDrive "
+                                              "-VMName (NOT started: the base is read-only; without Checkpoint-VM "
+                                              "when the VM is configured while off first)",
              "a VM with our tag exists, configured", independent=RUNNING_ON_BASE),
-        Step(Phase.CHECKPOINTING, _checkpointing, "Checkpoint-VM hyperv-operator-quick-provision (the VM moves "
+        Step(Phase.CHECKPOINTING, _checkpointing, "(done with New-VM unless configured first) "
+                                                  "Checkpoint-VM hyperv-operator-quick-provision (the VM moves "
                                                   "onto <base>_<GUID>.avhdx next to the base, so the base's "
                                                   "FOLDER must be writable for the host; recorded in createdFiles)",
              "the checkpoint exists", independent=RUNNING_ON_BASE),

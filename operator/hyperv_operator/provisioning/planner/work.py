@@ -49,6 +49,10 @@ def is_critical(state: str) -> bool:
     return state.endswith("Critical")
 
 
+NEW_VM_CHECKPOINTED = "NewVMCheckpointed"
+"""Quick: New-VM | Set-VM | Checkpoint-VM in one statement, then the drives of the VMs of its name."""
+
+
 @dataclass(frozen=True)
 class Action:
     """One host operation: one client.run() of one or a few statements."""
