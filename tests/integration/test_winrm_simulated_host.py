@@ -163,6 +163,38 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WSManServe
     server.stop()
 
 
+def test_a_batch_goes_on_after_a_failed_statement_as_on_windows(fresh: tuple[WSManServer, WinRMClient]) -> None:
+    """Windows runs a batch's next statement after a statement-terminating error (PowerShell.cs
+    BatchInvocationWorkItem): on the wire the pipeline Completes with the failures in the error stream
+    and the others' output in the output stream. The client raises the first failure."""
+    from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
+    from pypsrp.wsman import WSMan
+
+    from hyperv_operator.hyperv.winrm import add_statements
+
+    server, client = fresh
+    share = "\\\\FS\\VMSHARE"
+    batch = [cmdlets.new_directory(share + "\\a"), cmdlets.get_vhd(share + "\\missing.vhdx"),
+             cmdlets.new_directory(share + "\\b"), cmdlets.get_vhd(share + "\\other.vhdx")]
+    wsman = WSMan("127.0.0.1", port=server.port, ssl=True, auth="basic", username="hvadmin", password="pw",
+                  cert_validation=False, no_proxy=True)
+    with RunspacePool(wsman) as pool:
+        ps = PowerShell(pool)
+        add_statements(ps, batch)
+        output = ps.invoke()
+        assert ps.state == PSInvocationState.COMPLETED and not ps.had_errors
+        assert len(ps.streams.error) == 2
+        assert len(output) == 2  # the two folders New-Item made
+    flags = asyncio.run(client.run([cmdlets.test_paths([share + "\\a", share + "\\b", share + "\\c"])]))
+    assert [f.value for f in flags] == [True, True, False]
+    with pytest.raises(PermanentHostError) as info:
+        asyncio.run(client.run([cmdlets.new_directory(share + "\\c"), cmdlets.get_vhd(share + "\\missing.vhdx"),
+                                cmdlets.get_vhd(share + "\\other.vhdx")]))
+    assert "missing.vhdx" in f"{info.value.message} {info.value.target}"
+    flags = asyncio.run(client.run([cmdlets.test_paths([share + "\\c"])]))
+    assert [f.value for f in flags] == [True]
+
+
 def test_calls_overlap_on_several_shells_and_a_probe_passes_busy_vm_work(
     fresh: tuple[WSManServer, WinRMClient],
 ) -> None:

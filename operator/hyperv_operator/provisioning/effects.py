@@ -6,8 +6,9 @@ pipeline). `fold(action, obs, output, ...)` is the same with the output in hand 
 checkpoint's .avhdx), used once the pipeline ran. Both return None for an action whose effect is
 unknown (a copy, a merge, a shutdown, an action kind this module does not know): the engine then
 observes the host again, or requeues. Guessing wrong would only cost a round trip, never a wrong
-host command: the planner re-checks everything on the next real observation, and a batch stops at
-its first error (any prefix may have run; the next observation tells which).
+host command: the planner re-checks everything on the next real observation. A batch does not stop
+at a failed statement on Windows (the next one runs: see SAFETY_CRITICAL), and any prefix may have run
+when the operator dies; the next observation tells what did.
 """
 
 from __future__ import annotations

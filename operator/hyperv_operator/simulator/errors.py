@@ -27,3 +27,19 @@ class CmdletError(Exception):
         self.fq_error_id = fq_error_id
         self.target = target
         self.exception_type = exception_type
+
+
+class BatchError(CmdletError):
+    """A batch of statements that ran to its end with failed statements among them (Windows runs the
+    next statement after a statement-terminating error). It is the first failure (what a caller that
+    raises on any error reports), and carries every failure and the output of the statements that
+    succeeded: the WS-Man server sends them as Windows does, output and error records in their streams
+    and the pipeline Completed."""
+
+    def __init__(self, errors: list[CmdletError], output: list[object]) -> None:
+        first = errors[0]
+        super().__init__(first.message, category=first.category, fq_error_id=first.fq_error_id,
+                         target=first.target, exception_type=first.exception_type)
+        self.errors = errors
+        self.output = output
+        self.command: str = str(getattr(first, "command", "") or "")

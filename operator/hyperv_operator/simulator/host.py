@@ -5,8 +5,10 @@ Time: simulated seconds = (clock() - start) * time_scale. All durations and thro
 simulated time; tests pass a fake clock and advance it, nothing sleeps except `set_latency`.
 
 Every statement runs its commands in order; each command runs under the host's (re-entrant) lock,
-after the model has been brought to the current simulated time. The first error stops the whole
-batch and raises `CommandError` (a `CmdletError` that also carries the failing command's text).
+after the model has been brought to the current simulated time. A failed statement does not stop
+the batch (as on Windows, see `execute`); a statement's first failing command ends that statement
+(`CommandError`, a `CmdletError` that also carries the failing command's text), and once the batch is
+through a `BatchError` carries every failure.
 Commands are logged (`call_log`) and announced to `on_command` callbacks as they are reached;
 a callback that raises aborts the batch after the command's effects (a dying operator).
 Faults (`fail_next`) are consumed when a command with that name is about to run, after its
@@ -44,7 +46,7 @@ from hyperv_operator.simulator.cmdlets import (
     resolve,
     unknown_script,
 )
-from hyperv_operator.simulator.errors import CmdletError
+from hyperv_operator.simulator.errors import BatchError, CmdletError
 from hyperv_operator.simulator.model import (
     DEFAULT_VIRTUAL_SIZE,
     DISK_FULL_MESSAGE,
@@ -144,10 +146,23 @@ class SimulatedHost:
         return (self._clock() - self._start) * self._scale
 
     def execute(self, statements: Sequence[Statement]) -> list[HostObject]:
+        """Run a batch as Windows does: after a failed statement the next one still runs. Only an
+        ActionPreferenceStopException (a non-terminating error under -ErrorAction Stop) ends a batch;
+        a statement-terminating error is appended to the error stream and the batch goes on
+        (PowerShell.cs BatchInvocationWorkItem). Which Hyper-V failures are statement-terminating is not
+        documented, so here every failure is: the stricter reading for a caller (whatever follows a
+        failed statement runs). Once the batch is through, a BatchError carries every failure (it is the
+        first) and the output of the statements that succeeded."""
         self._draw_batch_fault(statements)
         output: list[HostObject] = []
+        errors: list[CmdletError] = []
         for statement in statements:
-            output.extend(self._run_statement(statement))
+            try:
+                output.extend(self._run_statement(statement))
+            except CommandError as err:
+                errors.append(err)
+        if errors:
+            raise BatchError(errors, list(output))
         return output
 
     def _run_statement(self, statement: Statement) -> list[HostObject]:

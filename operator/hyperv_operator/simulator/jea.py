@@ -27,7 +27,7 @@ from typing import Protocol
 from hyperv_operator.hyperv import jea
 from hyperv_operator.hyperv.commands import Command, HostObject, ParameterValue, Statement
 from hyperv_operator.simulator.cmdlets import not_recognized
-from hyperv_operator.simulator.errors import CmdletError
+from hyperv_operator.simulator.errors import BatchError, CmdletError
 
 SCRIPTS_NOT_ALLOWED = (
     "The syntax is not supported by this runspace. This can occur if the runspace is in no-language mode."
@@ -106,14 +106,24 @@ def restrict(statement: Statement) -> Statement:
 
 
 class RestrictedExecutor:
-    """Runs statements one after the other through `restrict`: the statements before a refused one
-    have run (each statement is its own pipeline)."""
+    """Runs statements one after the other through `restrict`. A refused command fails its statement
+    (CommandNotFoundException, statement-terminating) and, as any failed statement, does not end the
+    batch: the statements after it run too (see SimulatedHost.execute)."""
 
     def __init__(self, executor: Executor) -> None:
         self._executor = executor
 
     def execute(self, statements: Sequence[Statement]) -> list[HostObject]:
         output: list[HostObject] = []
+        errors: list[CmdletError] = []
         for statement in statements:
-            output.extend(self._executor.execute([restrict(statement)]))
+            try:
+                output.extend(self._executor.execute([restrict(statement)]))
+            except BatchError as err:
+                errors += err.errors
+                output += [o for o in err.output if isinstance(o, HostObject)]
+            except CmdletError as err:
+                errors.append(err)
+        if errors:
+            raise BatchError(errors, list(output))
         return output

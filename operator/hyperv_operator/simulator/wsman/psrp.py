@@ -55,7 +55,7 @@ from hyperv_operator.hyperv.commands import (
     Statement,
     UInt64,
 )
-from hyperv_operator.simulator.errors import CmdletError
+from hyperv_operator.simulator.errors import BatchError, CmdletError
 from hyperv_operator.simulator.identity import SessionIdentity, acting_as
 
 log = logging.getLogger(__name__)
@@ -419,9 +419,15 @@ class ShellSession:
     def _run(self, session: PipelineSession, statements: list[Statement]) -> None:
         outputs: list[HostObject] = []
         error: CmdletError | None = None
+        failed_statements: list[CmdletError] = []
         try:
             with self._execute_lock, acting_as(self.identity):
                 outputs = list(self._executor.execute(statements))
+        except BatchError as err:
+            # Windows: the batch ran to its end; each statement-terminating error went to the error
+            # stream, the output of the others to the output stream, and the pipeline Completed.
+            outputs = [o for o in err.output if isinstance(o, HostObject)]
+            failed_statements = err.errors
         except CmdletError as err:
             error = err
         except Exception as err:  # a bug in the executor still comes back as an ErrorRecord
@@ -449,6 +455,13 @@ class ShellSession:
                 try:
                     for obj in outputs:
                         session.pipeline.write_output(host_object_to_ps(obj))
+                    for failure in failed_statements:
+                        record = build_error_record(
+                            failure.message, category=failure.category, fq_error_id=failure.fq_error_id,
+                            target=failure.target, exception_type=failure.exception_type,
+                            activity=_activity_for(failure.fq_error_id, statements))
+                        session.pipeline.write_error(record.Exception, record.CategoryInfo, record.TargetObject,
+                                                     record.FullyQualifiedErrorId)
                     session.pipeline.complete()
                 except Exception as err:
                     log.exception("cannot serialize outputs")
