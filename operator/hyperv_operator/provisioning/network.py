@@ -8,6 +8,11 @@ sit on another switch / have another static MAC), adds the missing ones (Add-VMN
 statement is idempotent given what was read, so a failure or a crash half-way is repaired by the next
 observation; `status.networkConfigured` records success. The adapters' addresses are reported per
 adapter in status.guest.adapters (guest.record).
+
+Once applied, the list is not applied again (spec.networkAdapters is immutable): an adapter removed,
+added, moved to another switch or given another MAC on the host afterwards is drift, reported (`drift`:
+status.networkDrift and a Warning Event) and left as it is: the operator does not take a running
+guest's network away, nor give it one, on its own.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from hyperv_operator.provisioning.phases import Phase
 KIND = "ConfigureNetwork"
 KEY = "networkConfigured"
 NOT_APPLIED = "NetworkNotApplied"
+DRIFT_KEY = "networkDrift"
+DRIFT_EVENT = "NetworkAdaptersDrifted"
 
 
 def reads_adapters(spec: VirtualMachineSpec, phase: str) -> bool:
@@ -76,3 +83,24 @@ def _matches(want: NetworkAdapter, switch: str, mac: str) -> bool:
     if (switch or "").lower() != want.switch_name.lower():
         return False
     return want.static_mac is None or _mac(mac) == want.static_mac
+
+
+def drift(spec: VirtualMachineSpec, status: Mapping[str, Any], obs: Observation) -> str | None:
+    """How the VM's adapters differ from spec.networkAdapters once they were applied ("" when they
+    match; None when there is nothing to compare: no list, not applied yet, or adapters not read)."""
+    if not spec.network_adapters or not status.get(KEY) or obs.adapters is None:
+        return None
+    on_host = {a.name.lower(): a for a in obs.adapters}
+    wanted = {a.name.lower() for a in spec.network_adapters}
+    found: list[str] = []
+    for want in spec.network_adapters:
+        adapter = on_host.get(want.name.lower())
+        if adapter is None:
+            found.append(f"{want.name} is missing")
+        elif (adapter.switch_name or "").lower() != want.switch_name.lower():
+            found.append(f"{want.name} is on switch {adapter.switch_name or '(none)'}, not {want.switch_name}")
+        elif want.static_mac is not None and _mac(adapter.mac_address) != want.static_mac:
+            found.append(f"{want.name} has MAC {_mac(adapter.mac_address)}, not {want.static_mac}")
+    found += [f"{a.name} on {a.switch_name or '(no switch)'} is not in spec.networkAdapters"
+              for a in obs.adapters if a.name.lower() not in wanted]
+    return "; ".join(found)

@@ -5,9 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.unit.provisioning.test_engine_simulator import World, crash_after, mutations, provision, ref, run, spec
+from tests.unit.provisioning.test_engine_simulator import (
+    HOST,
+    World,
+    crash_after,
+    merged,
+    mutations,
+    provision,
+    ref,
+    run,
+    spec,
+)
 
 from hyperv_operator.api import NetworkAdapter
+from hyperv_operator.hyperv import cmdlets
+from hyperv_operator.provisioning.engine import reconcile
 
 ADAPTERS: list[dict[str, Any]] = [
     {"name": "front", "switchName": "Default Switch", "vlanId": 20, "staticMacAddress": "00-15-5D-0A-0B-0C"},
@@ -61,3 +73,35 @@ def test_a_crash_after_every_command_converges_to_exactly_the_listed_adapters() 
         status = run(provision(world, vm, s))
         host = _host_adapters(world, status["vmId"])
         assert [(a["name"], a["vlan"]) for a in host] == [("front", 20), ("back", None)], k
+
+
+def test_adapters_changed_on_the_host_afterwards_are_reported_and_left_alone() -> None:
+    """Drift: an adapter removed and another added out of band show in status.networkDrift and one
+    Warning Event (not one per drift check); the operator neither adds nor removes adapters of the
+    running VM; restored by hand, the drift is cleared."""
+    world = World()
+    vm, s = ref("net-drift"), spec("Differencing", networkAdapters=ADAPTERS, readiness="Running")
+    status = run(provision(world, vm, s))
+    assert status["phase"] == "Provisioned" and "networkDrift" not in status
+    vm_id = status["vmId"]
+    world.host.execute([cmdlets.remove_vm_network_adapter(vm_id, "back"),
+                        cmdlets.add_vm_network_adapter(vm_id, "debug", "Default Switch", None)])
+    before = [c for c, _ in world.host.call_log()]
+
+    def check(status: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        outcome = run(reconcile(world.client, vm, s, status, HOST, "hv1", world.slots, world.now))
+        return merged(status, outcome), [e.reason for e in outcome.events if e.type == "Warning"]
+
+    status, warnings = check(status)
+    assert status["networkDrift"] == "back is missing; debug on Default Switch is not in spec.networkAdapters"
+    assert warnings == ["NetworkAdaptersDrifted"]
+    status, warnings = check(status)
+    assert warnings == [] and status["networkDrift"]
+    added_or_removed = [c for c, _ in world.host.call_log()[len(before):]
+                        if c.endswith(("Add-VMNetworkAdapter", "Remove-VMNetworkAdapter"))]
+    assert added_or_removed == []
+    assert sorted(a["name"] for a in _host_adapters(world, vm_id)) == ["debug", "front"]
+    world.host.execute([cmdlets.remove_vm_network_adapter(vm_id, "debug"),
+                        cmdlets.add_vm_network_adapter(vm_id, "back", "Default Switch", None)])
+    status, warnings = check(status)
+    assert "networkDrift" not in status and warnings == []
