@@ -3,6 +3,7 @@ process against the simulated host over WinRM."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -10,6 +11,7 @@ import kubernetes
 import pytest
 
 from hyperv_operator.envtest.operator_process import OperatorProcess
+from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.envtest.stack import SimulatedHyperV
 from tests.integration.conftest import NAMESPACE
 from tests.integration.kube import Kube, condition
@@ -47,5 +49,15 @@ def test_adapters_are_applied_and_each_reports_its_address(
     reported = {a["name"]: a for a in ready["status"]["guest"]["adapters"]}
     assert reported["front"]["macAddress"] == "00155DAABB01"
     assert reported["front"]["ipAddresses"] != reported["back"]["ipAddresses"]
+    # Drift: an adapter removed on the host shows in status (through the CRD's schema) and an Event.
+    sim.host.execute([cmdlets.remove_vm_network_adapter(ready["status"]["vmId"], "back")])
+    drifted = kube.wait_vm(NAMESPACE, name, lambda o: bool(o["status"].get("networkDrift")), timeout=60,
+                           what="status.networkDrift")
+    assert drifted["status"]["networkDrift"] == "back is missing"
+    deadline = time.monotonic() + 15  # Events are posted beside the status write, not before it
+    while "NetworkAdaptersDrifted" not in {e.reason for e in kube.events_for(NAMESPACE, name)}:
+        assert time.monotonic() < deadline, "no NetworkAdaptersDrifted Event"
+        time.sleep(0.2)
+    assert [a["name"] for a in sim.host.network_adapters(ready["status"]["vmId"])] == ["front"]
     kube.delete_vm(NAMESPACE, name)
     kube.wait_gone(NAMESPACE, name)
