@@ -11,8 +11,8 @@ import kubernetes
 import pytest
 
 from hyperv_operator.envtest.operator_process import OperatorProcess
-from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.envtest.stack import SimulatedHyperV
+from hyperv_operator.hyperv import cmdlets
 from tests.integration.conftest import NAMESPACE
 from tests.integration.kube import Kube, condition
 
