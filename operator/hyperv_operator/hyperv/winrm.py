@@ -774,7 +774,11 @@ class WinRMClient:
                     raise TransientHostError(
                         "the pipeline failed without an error record", command=" ; ".join(map(str, statements))
                     )
-                record = errors[-1] if ps.had_errors else errors[0]
+                # The first failure: a statement that failed without ending the batch is in the error
+                # stream before what failed after it (the pipeline's Failed reason comes last), and a
+                # later statement's failure is often only a consequence (New-VM failed, so the read of
+                # its drives finds no VM).
+                record = errors[0]
                 raise error_from_record(record, statements)
             return [to_host_object(o) for o in ps.output]
         # Only reached when the rebuilt shell was also not found: the loop's second attempt raises.

@@ -48,9 +48,10 @@ PANTHER = "Windows\\Panther"  # where it goes, from the Windows volume's root
 KEY = "bootstrap"  # status key
 CONTROLLER = 0  # SCSI controller number
 
-BUILD, WRITE, DISCARD, ATTACH, DETACH, REMOVE = ("BuildConfigDisk", "WriteConfigDisk", "DiscardConfigDisk",
-                                                 "AttachConfigDisk", "DetachConfigDisk", "RemoveConfigDisk")
-KINDS = frozenset({BUILD, WRITE, DISCARD, ATTACH, DETACH, REMOVE})
+BUILD, WRITE, SEAL, DISCARD, ATTACH, DETACH, REMOVE = (
+    "BuildConfigDisk", "WriteConfigDisk", "SealConfigDisk", "DiscardConfigDisk", "AttachConfigDisk",
+    "DetachConfigDisk", "RemoveConfigDisk")
+KINDS = frozenset({BUILD, WRITE, SEAL, DISCARD, ATTACH, DETACH, REMOVE})
 SECRET_UNAVAILABLE = "BootstrapSecretUnavailable"
 RETRY_SECRET = 15.0
 
@@ -186,12 +187,20 @@ def before_start(spec: VirtualMachineSpec, status: Mapping[str, Any], obs: Obser
         if info is None:
             return Decision(message=f"reading the configuration disk {partial}", wait=0.5)
         if info.attached and letter:
+            # The rename to the final name says "complete" (the disk is attached and booted from then
+            # on): it goes in a pipeline of its own once the writes succeeded. Windows runs a batch's
+            # next statement after a failed one, so behind a failed Set-Content it would seal a disk
+            # missing its files.
             writes = [cmdlets.write_file(f"{letter}:\\{name}", content) for name, content in boot.files]
-            statements = (*writes, cmdlets.dismount_vhd(partial), cmdlets.rename_item(partial, _leaf(final)))
             names = ", ".join(name for name, _ in boot.files)
-            return Decision((WRITE, statements, f"Set-Content {letter}:\\{{{names}}}; Dismount-VHD {partial}; "
-                                                f"Rename-Item {partial} -> {_leaf(final)}"),
+            return Decision((WRITE, (*writes, cmdlets.dismount_vhd(partial)),
+                             f"Set-Content {letter}:\\{{{names}}}; Dismount-VHD {partial}"),
                             f"writing {names} to the configuration disk",
+                            status={**record, **base, "state": "Built", "volume": None})
+        if not info.attached and record.get("state") == "Built":
+            return Decision((SEAL, (cmdlets.rename_item(partial, _leaf(final)),),
+                             f"Rename-Item {partial} -> {_leaf(final)}"),
+                            f"sealing the configuration disk (its files written): {_leaf(final)}",
                             status={**record, **base, "state": "Built", "volume": None})
         statements = ((cmdlets.dismount_vhd(partial),) if info.attached else ()) + (cmdlets.remove_file(partial),)
         return Decision((DISCARD, statements, f"Dismount-VHD/Remove-Item {partial} (incomplete)"),

@@ -80,14 +80,15 @@ def expect(action: object, obs: Observation, layout: Layout, spec: VirtualMachin
     return None
 
 
-SAFETY_CRITICAL = frozenset({"Checkpoint", planner.NEW_VM_CHECKPOINTED, "Reparent"})
+SAFETY_CRITICAL = frozenset({"Checkpoint", planner.NEW_VM_CHECKPOINTED, "Reparent", "RemoveVM"})
 """Actions whose failure must stop what follows, which Windows does not promise inside one pipeline:
 in a batch of statements only an ActionPreferenceStopException (a non-terminating error under
 -ErrorAction Stop) ends the batch; a statement-terminating error is appended to the error stream and
 the next statement runs (PowerShell.cs BatchInvocationWorkItem / BatchInvocationCallback). Start-VM
 after a failed Checkpoint-VM would run the VM on the base, Remove-VMSnapshot after a failed Set-VHD
-would merge the checkpoint into the base. `expect` gives no effect for them: they are sent, and the
-next step is planned on the host's answer (`fold`)."""
+would merge the checkpoint into the base, and the VM's files would go behind a failed Remove-VM while
+the VM still uses them. `expect` gives no effect for them: they are sent, and the next step is planned
+on the host's answer (`fold`)."""
 
 
 def fold(action: object, obs: Observation, output: Sequence[HostObject], layout: Layout,
@@ -114,6 +115,8 @@ def fold(action: object, obs: Observation, output: Sequence[HostObject], layout:
                     memory_startup=spec.memory_bytes, dynamic_memory=False, generation=spec.generation)
         return replace(obs, vm=vm, found_by="id", drives=drives, snapshots=(layout.checkpoint_name,),
                        existing=_with(obs, layout.vm_dir, join(layout.vm_dir, layout.vm_name), *drives))
+    if kind == "RemoveVM":  # it succeeded: the VM is gone
+        return replace(obs, vm=None, drives=(), snapshots=())
     if kind == "Checkpoint":
         drives = tuple(str(o.get("Path") or "") for o in output if kind_of(o) == "drive")
         if not drives:

@@ -176,6 +176,7 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
     batch_from: dict[str, Any] = status  # the status the current batch started from
     limit = s.host.max_concurrent_copies
     looks = 0  # plans in a row that only asked to look again
+    one_at_a_time = False  # after a failed batch of several actions: no more batching in this run
     slots_read = _uses_slots(s)
     if slots_read:
         await s.slots.refresh(s.host_key)
@@ -230,7 +231,7 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
                 batch_from = status
             batch.append(result)
             expected = effects.expect(action, obs, layout, s.spec, s.vm.uid)
-            if (expected is not None and len(batch) < MAX_BATCH and not action.starts_copy
+            if (expected is not None and len(batch) < MAX_BATCH and not action.starts_copy and not one_at_a_time
                     and result.requeue_after is not None and result.requeue_after <= planner.AFTER_ACTION):
                 status, obs = result.status, expected  # plan the next action on the expected host state
                 continue
@@ -242,11 +243,15 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
             log.warning("%s [%s]: host %s: %s failed: %s", who, result.status.get("phase"), s.spec.host_name,
                         "; ".join(a.kind for a in sent), error)
             failed = settle.action_failed(s.spec, batch_from, batch, error, s.now, vm=s.vm, layout=layout,
-                                          deleting=s.deleting, stall_after=s.delete_stall_after)
+                                          deleting=s.deleting, stall_after=s.delete_stall_after,
+                                          looked_again=one_at_a_time)
             if failed.free_slot and slots_read:
                 await s.slots.release(s.host_key, s.vm.uid)
             if failed.observe_again:
-                events += [e for p in batch for e in p.events]
+                if failed.one_at_a_time:
+                    one_at_a_time = True  # the batch's events are not posted: what ran is not known yet
+                else:
+                    events += [e for p in batch for e in p.events]
                 status, obs, batch = failed.status, None, []
                 continue
             return _outcome(s, failed, events)

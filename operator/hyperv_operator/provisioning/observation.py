@@ -220,12 +220,18 @@ def checkpointed_vm(output: Sequence[HostObject]) -> tuple[str, str, tuple[str, 
     name from the VMSnapshot, the paths of that VM's drives, picked by their VMId among every VM of that
     name); None without the snapshot (the checkpoint was not taken)."""
     snapshot = next((o for o in output if kind_of(o) == "snapshot"), None)
-    if snapshot is None or not snapshot.get("VMId"):
-        return None
-    vm_id = str(snapshot.get("VMId"))
+    if snapshot is not None and snapshot.get("VMId"):
+        vm_id, vm_name = str(snapshot.get("VMId")), str(snapshot.get("VMName") or "")
+    else:
+        # Checkpoint-VM's page calls its -Passthru output both "an object representing the virtual
+        # machine" and a snapshot: a VM object names the VM by Id.
+        vm = next((o for o in output if kind_of(o) == "vm"), None)
+        if vm is None or not vm.get("Id"):
+            return None
+        vm_id, vm_name = str(vm.get("Id")), str(vm.get("Name") or "")
     drives = tuple(str(o.get("Path") or "") for o in output
                    if kind_of(o) == "drive" and str(o.get("VMId") or "").lower() == vm_id.lower())
-    return vm_id, str(snapshot.get("VMName") or ""), drives
+    return vm_id, vm_name, drives
 
 
 def kind_of(obj: HostObject) -> str:

@@ -29,6 +29,7 @@ class Settled:
     free_slot: bool = False
     observe_again: bool = False  # the run may go on: observe the host now instead of requeueing
     retrying: bool = False  # keeps status.retry (a transient failure); any other outcome clears it
+    one_at_a_time: bool = False  # with observe_again: send the rest of this run's actions one per pipeline
 
 
 ALONE = frozenset({"RemoveFolders"})
@@ -130,7 +131,7 @@ def observe_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], error: H
 
 def action_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], batch: Sequence[planner.Plan],
                   error: HostError, now: datetime, *, vm: VmRef, layout: Layout, deleting: bool,
-                  stall_after: float = retry.DELETE_STALL_AFTER) -> Settled:
+                  stall_after: float = retry.DELETE_STALL_AFTER, looked_again: bool = False) -> Settled:
     """A pipeline of the batch's actions failed with `error` (any prefix of it may have run, and on
     Windows statements after a statement-terminating error may have run too: the next observation
     tells; nothing that must not run after a failure is ever batched, see effects.SAFETY_CRITICAL).
@@ -150,13 +151,26 @@ def action_failed(spec: VirtualMachineSpec, status: Mapping[str, Any], batch: Se
         message = f"left folder(s) in place, not empty or not removable: {error.message}"
         done = dict(last.status, message=f"deleted; {message}")
         return Settled(done, None, (*last.events, Event("Warning", "FolderNotRemoved", message)), finished=True)
-    # Retry from the first action's phase; keep the intent (createdFiles) of every action sent.
-    intended = dict(batch[0].status)
+    # Keep the intent (createdFiles) of every action sent: any of them may have run.
     files: list[str] = []
     for plan in batch:
         for path in plan.status.get("createdFiles") or []:
             if path not in files:
                 files.append(path)
+    # Quick's New-VM | Set-VM | Checkpoint-VM is followed by a read of the drives of that name: its
+    # failure (a JEA role registered before the read was added refuses -VMName) says nothing of the VM,
+    # which may well exist with its checkpoint: look again (once per run) rather than fail on it.
+    unsure = len(actions) == 1 and actions[0].kind == planner.NEW_VM_CHECKPOINTED
+    if (len(actions) > 1 or unsure) and not looked_again:
+        # Which action failed, and which of the others ran (on Windows, those after it too), only the
+        # host can tell: look again from the status before the batch, and send the next action alone,
+        # so that its failure, if it fails again, is its own. Nothing is decided on the batch's error.
+        looked = dict(status)
+        if files:
+            looked["createdFiles"] = list(dict.fromkeys([*(status.get("createdFiles") or []), *files]))
+        return Settled(looked, planner.AFTER_ACTION, observe_again=True, one_at_a_time=True)
+    # Retry from the action's phase.
+    intended = dict(batch[0].status)
     if files:
         intended["createdFiles"] = files
     step = "; ".join(a.description for a in actions)

@@ -157,6 +157,28 @@ def test_a_crash_after_every_command_never_attaches_a_half_built_disk(strategy: 
         assert bootstrap.disk_path(layout).lower() not in _drives(world, status["vmId"])
 
 
+@pytest.mark.parametrize("kind", ["Transient", "DiskFull"])
+def test_a_failed_write_never_seals_the_disk(kind: str) -> None:
+    """Windows runs a batch's next statement after a failed one: the rename that marks the disk complete
+    (and lets it be attached) is never in the writes' pipeline. A write that fails for a moment leaves a
+    partial disk, discarded and built again, and the guest reads every file; one that fails for good
+    (disk full) fails the VM with no sealed disk on the host."""
+    world = World()
+    vm = ref(f"boot-write-{kind.lower()}")
+    world.host.fail_next("Set-Content", kind)
+    status = run(provision(world, vm, _spec("Differencing", vm, _secret())))
+    layout = layout_for(vm.name, vm.uid, None, HOST.default_vm_path)
+    if kind == "Transient":
+        assert status["phase"] == "Provisioned", status.get("message")
+        assert status["guest"]["hostname"] == vm.name
+        assert world.host.guest_first_boot_files(status["vmId"])["user-data"] == SECRET_TEXT.encode()
+        assert [n.rsplit("\\", 1)[-1] for n, _ in world.host.call_log()].count("Rename-Item") == 1
+    else:
+        assert status["phase"] == "Failed", status.get("message")
+        assert bootstrap.disk_path(layout).lower() not in world.files()
+        assert bootstrap.disk_path(layout).lower() not in _drives(world, status["vmId"])
+
+
 def test_delete_removes_a_kept_configuration_disk() -> None:
     world = World()
     vm = ref("boot-del")

@@ -476,6 +476,79 @@ def test_a_merge_under_way_is_watched_in_one_round_trip() -> None:
     assert counter.count == 1
 
 
+def test_a_copy_that_started_behind_a_failed_start_vm_keeps_its_slot() -> None:
+    """Windows runs the copy's start after a failed Start-VM in the same pipeline. The batch's error is
+    not the copy's: the operator looks again, and a copy running on the host always holds its slot."""
+    world = World()
+    vm = ref("quick-start-denied")
+    world.host.fail_next("Start-VM", "AccessDenied")
+    outcome = run(reconcile(world.client, vm, spec("Quick", readiness="Running"), {}, HOST, "hv1", world.slots,
+                            world.now))
+    running = [j for j in world.host.copy_jobs() if j["State"] == "Running"]
+    assert running, world.host.copy_jobs()  # the copy started behind the failed Start-VM
+    assert vm.uid in world.slots.holders("hv1")
+    assert outcome.status["phase"] != "Failed", outcome.status.get("message")  # a retry of Start-VM alone won
+    [host_vm] = world.tagged(vm.uid)
+    assert host_vm.properties["State"] == "Running"
+
+
+def test_a_re_parent_that_ran_behind_a_failed_step_is_seen_not_lost() -> None:
+    """Remove-Item (the copy's status file) and Set-VHD share a pipeline; Windows runs Set-VHD after a
+    failed Remove-Item. The operator looks again instead of settling on the batch's error, and goes on
+    from what the host shows."""
+    world = World()
+    vm, s = ref("quick-reparent-behind"), spec("Quick", readiness="Running")
+    base_print = world.host.disk_fingerprint(BASE)
+
+    async def go() -> dict[str, Any]:
+        status: dict[str, Any] = {}
+        for _ in range(60):
+            if status.get("phase") == "CopyingBase" and (status.get("copy") or {}).get("startedAt"):
+                done = [j for j in world.host.copy_jobs() if j["State"] != "Running"]
+                if done and not world.host.pending_faults():
+                    world.host.fail_next("Remove-Item", "Transient")
+            status = merged(status, await reconcile(world.client, vm, s, status, HOST, "hv1", world.slots,
+                                                    world.now))
+            if status.get("phase") in ("Provisioned", "Failed"):
+                return status
+            await world.wait(5.0)
+        raise AssertionError(status.get("message"))
+
+    status = run(go())
+    assert status["phase"] == "Provisioned", status.get("message")
+    assert_final(world, vm, status, "Quick", base_print)
+
+
+def test_a_failed_read_of_the_drives_behind_new_vm_does_not_fail_a_quick_vm() -> None:
+    """The read behind New-VM | Set-VM | Checkpoint-VM may fail on its own (a JEA role registered before it
+    refuses Get-VMHardDiskDrive -VMName): the VM and its checkpoint exist, so the operator looks again,
+    adopts them and goes on; the checkpoint is not taken twice."""
+    world = World()
+    vm = ref("quick-drives-read-fails")
+    base_print = world.host.disk_fingerprint(BASE)
+    world.host.fail_next("Get-VMHardDiskDrive", "AccessDenied")
+    status = run(provision(world, vm, spec("Quick", readiness="Running")))
+    assert status["phase"] == "Provisioned", status.get("message")
+    assert_final(world, vm, status, "Quick", base_print)
+    names = [n.rsplit("\\", 1)[-1] for n, _ in world.host.call_log()]
+    assert names.count("Checkpoint-VM") == 1 and names.count("New-VM") == 1
+
+
+def test_a_failed_remove_vm_leaves_the_vms_files_in_place() -> None:
+    """Nothing rides behind Remove-VM: on Windows the removal of the VM's files would run after a failed
+    Remove-VM, under a VM that still uses them. The deletion tries again and then removes everything."""
+    world = World()
+    vm, s = ref("delete-remove-vm-fails"), spec("Differencing")
+    status = run(provision(world, vm, s))
+    disk = status["disk"]["path"].lower()
+    world.host.fail_next("Remove-VM", "Transient")
+    outcome = run(finalize(world.client, vm, s, status, HOST, "hv1", world.slots, world.now))
+    assert not outcome.finished
+    assert len(world.tagged(vm.uid)) == 1 and disk in world.files()
+    run(delete(world, vm, s, merged(status, outcome)))
+    assert world.tagged(vm.uid) == [] and disk not in world.files()
+
+
 def test_nothing_that_depends_on_a_checkpoint_or_a_re_parent_shares_their_pipeline() -> None:
     """In a batch of statements Windows stops only at an ActionPreferenceStopException; after a
     statement-terminating error the next statement runs (PowerShell.cs BatchInvocationWorkItem). So
@@ -498,9 +571,10 @@ def test_nothing_that_depends_on_a_checkpoint_or_a_re_parent_shares_their_pipeli
         assert not ("Set-VHD" in names and "Remove-VMSnapshot" in names), names
     assert any("Checkpoint-VM" in names for names in pipelines) and any("Set-VHD" in names for names in pipelines)
 
-    # A checkpoint that fails: Start-VM never reaches the host, the VM stays off on the base.
+    # A checkpoint that fails (in New-VM's statement, then alone once the operator looked again): Start-VM
+    # never reaches the host, the VM stays off on the base.
     failing = World()
-    failing.host.fail_next("Checkpoint-VM", "Transient")
+    failing.host.fail_next("Checkpoint-VM", "Transient", count=2)
     after = run(reconcile(failing.client, ref("quick-order-fails"), spec("Quick", readiness="Running"), {}, HOST,
                           "hv1", failing.slots, failing.now)).status
     assert after.get("powerState") != "Running"

@@ -33,15 +33,27 @@ def test_a_folder_that_will_not_go_ends_the_deletion_with_a_warning() -> None:
     assert out.finished and [e.reason for e in out.events] == ["FolderNotRemoved"]
 
 
-def test_a_failed_batch_retries_from_its_first_phase_keeping_every_intent() -> None:
+def test_a_failed_batch_of_several_actions_is_looked_at_again_keeping_every_intent() -> None:
+    """On Windows the statements after a failed one run too: which action failed and which ran only the
+    host can tell. Look again from the status before the batch (every intent kept), then one action per
+    pipeline; nothing is decided, posted or freed on the batch's error."""
     batch = [plan_of("CreateDifferencingDisk", "CreatingDisk", [DISK]),
              plan_of("NewVM", "CreatingVM", [DISK, LAYOUT.partial])]
+    denied = PermanentHostError("Access is denied", category="PermissionDenied")
+    out = settle.action_failed(spec("Differencing"), status("Pending"), batch, denied, NOW, vm=REF, layout=LAYOUT,
+                               deleting=False)
+    assert out.observe_again and out.one_at_a_time and out.events == () and not out.free_slot
+    assert out.status["phase"] == "Pending"  # the status before the batch: the next observation tells
+    assert out.status["createdFiles"] == [DISK, LAYOUT.partial]
+
+
+def test_a_failed_single_action_retries_from_its_phase() -> None:
+    batch = [plan_of("CreateDifferencingDisk", "CreatingDisk", [DISK])]
     busy = TransientHostError("The operation cannot be performed while the object is in use")
     out = settle.action_failed(spec("Differencing"), status("Pending"), batch, busy, NOW, vm=REF, layout=LAYOUT,
                                deleting=False)
-    assert out.status["phase"] == "CreatingDisk"  # not CreatingVM: the disk may not exist
-    assert out.status["createdFiles"] == [DISK, LAYOUT.partial]
-    assert out.requeue_after is not None and out.requeue_after <= retry.BASE_DELAY and not out.free_slot
+    assert out.status["phase"] == "CreatingDisk" and out.status["createdFiles"] == [DISK]
+    assert out.requeue_after is not None and out.requeue_after <= retry.BASE_DELAY and not out.observe_again
 
 
 def test_a_failed_copy_start_frees_its_slot() -> None:
