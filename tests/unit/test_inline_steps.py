@@ -55,6 +55,15 @@ def test_one_progress_event_per_run() -> None:
     assert coalesce_run_events([Event("Normal", "PhaseChanged", "Copy: A -> B (VM 1)")]) == (
         Event("Normal", "PhaseChanged", "Copy: A -> B (VM 1)"),)
     assert coalesce_run_events(()) == ()
+    # A Warning mid-run: the progress before it, the Warning, then the progress after it, in order.
+    assert coalesce_run_events([
+        Event("Normal", "PhaseChanged", "Copy: Pending -> Copying (VM 1)"),
+        Event("Warning", "CopyRestarted", "the copy died; started again"),
+        Event("Normal", "PhaseChanged", "Copy: Copying -> CreatingVM (VM 1)"),
+        Event("Normal", "CopyCompleted", "copied"),
+    ]) == (Event("Normal", "PhaseChanged", "Copy: Pending -> Copying (VM 1)"),
+           Event("Warning", "CopyRestarted", "the copy died; started again"),
+           Event("Normal", "CopyCompleted", "Copy: Copying -> CreatingVM (VM 1): copied"))
     long = coalesce_run_events([Event("Normal", "CopyStarted", "x" * 2000)])
     assert len(long[0].message) == 1024 and long[0].message.endswith("...")
 

@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -309,39 +309,55 @@ def coalesce_run_events(events: Sequence[Event]) -> tuple[Event, ...]:
     Starting -> CopyingBase (VM 1f21...): background copy of ... started on host hv1". Every Event is an
     API write, and one run passes several phases and milestones in a row (a Quick VM's runs posted 9
     Events; now 3). The reason is the run's last milestone (PhaseChanged when it only changed phases);
-    Warnings and every other reason stay Events of their own, in order."""
+    Warnings and every other reason stay Events of their own, in order. A Warning ends the progress so
+    far: what came after it is a progress Event of its own, after the Warning."""
     result: list[Event] = []
-    at: int | None = None  # where the run's progress Event goes: where its first progress Event was
-    chains: list[tuple[str, list[str], str]] = []  # (head, phases, tail) of consecutive phase changes
-    notes: list[str] = []
-    reason = "PhaseChanged"
+    group = _Progress()
     for event in events:
-        if event.type != "Normal" or event.reason not in PROGRESS_REASONS:
-            result.append(event)
+        if event.type == "Normal" and event.reason in PROGRESS_REASONS:
+            if group.at is None:
+                group.at = len(result)
+                result.append(event)  # replaced by the group's Event
+            group.add(event)
             continue
-        if at is None:
-            at = len(result)
-            result.append(event)  # replaced below
+        if event.type == "Warning" and group.at is not None:
+            result[group.at] = group.event()
+            group = _Progress()
+        result.append(event)
+    if group.at is not None:
+        result[group.at] = group.event()
+    return tuple(result)
+
+
+@dataclass
+class _Progress:
+    """Consecutive progress Events of one run, becoming one (`coalesce_run_events`)."""
+
+    at: int | None = None  # where its Event goes: where its first progress Event was
+    chains: list[tuple[str, list[str], str]] = field(default_factory=list)  # (head, phases, tail)
+    notes: list[str] = field(default_factory=list)
+    reason: str = "PhaseChanged"
+
+    def add(self, event: Event) -> None:
         match = _PHASE_CHANGE.match(event.message) if event.reason == "PhaseChanged" else None
         if match is None:
-            notes.append(event.message)
-            reason = event.reason if event.reason != "PhaseChanged" else reason
-            continue
+            self.notes.append(event.message)
+            self.reason = event.reason if event.reason != "PhaseChanged" else self.reason
+            return
         steps = match["chain"].split(" -> ")
-        if chains and chains[-1][0] == match["head"] and chains[-1][1][-1] == steps[0]:
+        if self.chains and self.chains[-1][0] == match["head"] and self.chains[-1][1][-1] == steps[0]:
             # The label may change on the way (the VM's name, then its Id once New-VM ran): the last one.
-            head, chain, _ = chains[-1]
-            chains[-1] = (head, [*chain, *steps[1:]], match["tail"])
+            head, chain, _ = self.chains[-1]
+            self.chains[-1] = (head, [*chain, *steps[1:]], match["tail"])
         else:
-            chains.append((match["head"], steps, match["tail"]))
-    if at is None:
-        return tuple(result)
-    said = [f"{head}: {' -> '.join(chain)} {tail}" for head, chain, tail in chains]
-    message = "; ".join(said) + (": " if said and notes else "") + "; ".join(notes)
-    if len(message) > MAX_EVENT_MESSAGE:
-        message = message[:MAX_EVENT_MESSAGE - 3] + "..."
-    result[at] = Event("Normal", reason, message)
-    return tuple(result)
+            self.chains.append((match["head"], steps, match["tail"]))
+
+    def event(self) -> Event:
+        said = [f"{head}: {' -> '.join(chain)} {tail}" for head, chain, tail in self.chains]
+        message = "; ".join(said) + (": " if said and self.notes else "") + "; ".join(self.notes)
+        if len(message) > MAX_EVENT_MESSAGE:
+            message = message[:MAX_EVENT_MESSAGE - 3] + "..."
+        return Event("Normal", self.reason, message)
 
 
 # --- observe -------------------------------------------------------------------------------------
