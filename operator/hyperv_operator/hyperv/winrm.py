@@ -38,6 +38,7 @@ never appear in messages or logs.
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 import logging
 import queue
@@ -309,22 +310,31 @@ def wire_value(value: ParameterValue) -> Any:
     raise TypeError(f"unsupported parameter value type {type(value).__name__}")
 
 
-_UNCOPIED: dict[type, type] = {}
+_LIGHT: dict[type, type] = {}
 
 
-def _uncopied(command: Any) -> None:
+def _light_copy(command: Any, memo: dict[int, Any]) -> Any:
+    """What pypsrp's deep copy of a Command must give: a command whose parameters can be serialized
+    again. Serializing a CommandParameter rewrites its value's type tag in place (a typed value such as
+    `<I64>` is unwrapped once), and pypsrp serializes a batch's first statement twice (Cmds and
+    ExtraCmds). So each parameter is new; the rest (names, values, the class's property tables) is
+    never changed by serializing and is shared."""
+    from pypsrp.complex_objects import CommandParameter
+
+    clone = copy.copy(command)
+    clone.args = [CommandParameter(name=arg.name, value=arg.value) for arg in command.args]
+    return clone
+
+
+def _lighten(command: Any) -> None:
     """pypsrp deep-copies every Command each time it serializes a pipeline (`Pipeline._get_statements`),
-    to guard pre-serialized XML values that one parent element would take from another. Our values are
-    plain (strings, numbers, lists), so the copy only keeps a command serializable a second time
-    (pypsrp's serializer changes typed values in place), and every PowerShell object here is sent once
-    (`_pipeline` builds a new one for each attempt): the copy is pure cost, 12% of the operator's CPU
-    with 100 VMs (py-spy), a tenth of each pipeline's client time. The command becomes an instance of a
-    subclass whose deep copy is itself; the bytes on the wire do not change
-    (tests/unit/winrm/test_wire_shapes.py)."""
+    the whole object graph: 12% of the operator's CPU with 100 VMs (py-spy), about a tenth of each
+    pipeline's client time. The command becomes an instance of a subclass whose deep copy is
+    `_light_copy`; the bytes on the wire do not change (tests/unit/winrm/test_wire_shapes.py)."""
     cls = type(command)
-    sub = _UNCOPIED.get(cls)
+    sub = _LIGHT.get(cls)
     if sub is None:
-        sub = _UNCOPIED[cls] = type(f"Uncopied{cls.__name__}", (cls,), {"__deepcopy__": lambda self, memo: self})
+        sub = _LIGHT[cls] = type(f"Light{cls.__name__}", (cls,), {"__deepcopy__": _light_copy})
     command.__class__ = sub
 
 
@@ -762,7 +772,7 @@ class WinRMClient:
             ps = PowerShell(pool)
             add_statements(ps, statements, restricted=self.settings.restricted_endpoint)
             for command in ps.commands:
-                _uncopied(command)
+                _lighten(command)
             complete = False
             try:
                 try:

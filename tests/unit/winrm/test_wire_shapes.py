@@ -106,10 +106,9 @@ def test_get_item_keeps_net_properties_adapted_and_provider_notes_extended() -> 
 
 
 def test_commands_spared_pypsrps_deep_copy_serialize_to_the_same_bytes() -> None:
-    """The client spares pypsrp's per-serialization deep copy of every command (winrm._uncopied): the
-    pipeline it sends is byte for byte the one pypsrp would have sent. (pypsrp's serializer changes
-    typed values in place, so a spared command serializes right only once: the client builds a new
-    PowerShell object for every send, the retry after a lost shell included.)"""
+    """The client spares pypsrp's per-serialization deep copy of every command (winrm._lighten): the
+    pipeline it sends is byte for byte the one pypsrp would have sent, the first statement (which
+    pypsrp serializes twice, in Cmds and in ExtraCmds) with typed values included."""
     from types import SimpleNamespace
     from xml.etree import ElementTree
 
@@ -118,19 +117,20 @@ def test_commands_spared_pypsrps_deep_copy_serialize_to_the_same_bytes() -> None
     from pypsrp.serializer import Serializer
 
     from hyperv_operator.hyperv import scripts
-    from hyperv_operator.hyperv.winrm import _uncopied, add_statements
+    from hyperv_operator.hyperv.winrm import _lighten, add_statements
 
     def wire(spared: bool) -> bytes:
         ps = PowerShell.__new__(PowerShell)
         ps.runspace_pool = SimpleNamespace(protocol_version="2.3")
         ps.commands = []
-        add_statements(ps, [cmdlets.new_directory("C:\\a"),
-                            cmdlets.new_configured_vm("v", "C:\\a", "C:\\b.vhdx", 1 << 30, 2, None, notes="n",
+        # The first statement goes out twice (pypsrp's Cmds and ExtraCmds), typed values (I64) included.
+        add_statements(ps, [cmdlets.new_configured_vm("v", "C:\\a", "C:\\b.vhdx", 1 << 30, 2, None, notes="n",
                                                       processor_count=2, checkpoint_type="Standard", checkpoint="q"),
-                            scripts.start_background_copy("s", "d", "p", "t"), cmdlets.test_paths(["a", "b"])])
+                            cmdlets.new_directory("C:\\a"), scripts.start_background_copy("s", "d", "p", "t"),
+                            cmdlets.test_paths(["a", "b"]), cmdlets.set_vm_memory("id", 1 << 31)])
         if spared:
             for command in ps.commands:
-                _uncopied(command)
+                _lighten(command)
         pipeline = Pipeline(is_nested=False, cmds=ps.commands, history=None, redirect_err_to_out=False)
         return ElementTree.tostring(Serializer().serialize(pipeline))
 
