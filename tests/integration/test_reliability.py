@@ -390,3 +390,37 @@ def test_a_vm_waiting_in_line_for_a_copy_slot_costs_no_writes_while_it_waits(
     assert writes <= 10
     for name in [*ahead, last]:
         kube.wait_phase(NAMESPACE, name, "Provisioned", timeout=120)
+
+
+def test_an_operator_whose_port_was_taken_meanwhile_starts_on_new_ports(
+    running_operator: OperatorProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Harness: a port found free can be taken before the operator binds it (another process's
+    connection draws it as its source port); the start is tried again on new ports."""
+    import socket
+
+    from hyperv_operator.envtest import operator_process as op_module
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    real = op_module.free_port
+    handed: list[int] = []
+
+    def first_taken() -> int:
+        port = taken.getsockname()[1] if not handed else real()
+        handed.append(port)
+        return port
+
+    monkeypatch.setattr(op_module, "free_port", first_taken)
+    other = OperatorProcess(running_operator.kubeconfig, tmp_path / "port-taken.log",
+                            drift_interval=running_operator.drift_interval,
+                            host_probe_interval=running_operator.host_probe_interval, env=running_operator.env,
+                            peering=None)
+    try:
+        other.start()
+        assert other.starts == 2 and other.metrics_port != taken.getsockname()[1]
+        assert "Address already in use" in other.log_text()
+    finally:
+        other.stop()
+        taken.close()

@@ -62,6 +62,18 @@ class OperatorProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, wait: bool = True, timeout: float = 60.0) -> None:
+        """Start the operator on free ports. A port found free may be taken before the process binds it
+        (another process's connection draws it as its source port: several test workers make many), so
+        an operator that exits at once with "Address already in use" is started again on new ports."""
+        for attempt in range(3):
+            try:
+                self._start_once(wait, timeout)
+                return
+            except RuntimeError as err:
+                if attempt == 2 or "Address already in use" not in str(err):
+                    raise
+
+    def _start_once(self, wait: bool, timeout: float) -> None:
         if self.running:
             raise RuntimeError("operator already running")
         self.metrics_port = free_port()
