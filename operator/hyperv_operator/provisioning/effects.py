@@ -73,8 +73,6 @@ def expect(action: object, obs: Observation, layout: Layout, spec: VirtualMachin
                                        checkpoint_type="Standard" if quick else vm.checkpoint_type))
     if kind == "StartVM" and vm is not None:
         return replace(obs, vm=replace(vm, state="Running"))
-    if kind == "RemoveVM":
-        return replace(obs, vm=None, drives=(), snapshots=())
     if kind in ("RemoveCopyStatus", "RemoveFiles", "RemoveFolders"):
         return replace(obs, existing=_without(obs, *_paths_of(action)))
     return None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+from hyperv_operator.hyperv.commands import HostObject, Statement
+
 
 class CmdletError(Exception):
     """A terminating error, shaped like the ErrorRecord Windows would return.
@@ -36,10 +40,30 @@ class BatchError(CmdletError):
     succeeded: the WS-Man server sends them as Windows does, output and error records in their streams
     and the pipeline Completed."""
 
-    def __init__(self, errors: list[CmdletError], output: list[object]) -> None:
+    def __init__(self, errors: list[CmdletError], output: list[HostObject]) -> None:
         first = errors[0]
         super().__init__(first.message, category=first.category, fq_error_id=first.fq_error_id,
                          target=first.target, exception_type=first.exception_type)
         self.errors = errors
         self.output = output
         self.command: str = str(getattr(first, "command", "") or "")
+
+
+def run_batch(statements: Sequence[Statement], run: Callable[[Statement], list[HostObject]]) -> list[HostObject]:
+    """Run each statement with `run`, as Windows runs a batch: a failed statement does not end it (only
+    an ActionPreferenceStopException would; which Hyper-V failures are statement-terminating is not
+    documented, so every failure is taken as one: the stricter reading for a caller). The output of
+    the statements that succeeded, or a BatchError with every failure once the batch is through."""
+    output: list[HostObject] = []
+    errors: list[CmdletError] = []
+    for statement in statements:
+        try:
+            output.extend(run(statement))
+        except BatchError as err:
+            errors += err.errors
+            output += err.output
+        except CmdletError as err:
+            errors.append(err)
+    if errors:
+        raise BatchError(errors, output)
+    return output

@@ -46,7 +46,7 @@ from hyperv_operator.simulator.cmdlets import (
     resolve,
     unknown_script,
 )
-from hyperv_operator.simulator.errors import BatchError, CmdletError
+from hyperv_operator.simulator.errors import CmdletError, run_batch
 from hyperv_operator.simulator.model import (
     DEFAULT_VIRTUAL_SIZE,
     DISK_FULL_MESSAGE,
@@ -146,24 +146,11 @@ class SimulatedHost:
         return (self._clock() - self._start) * self._scale
 
     def execute(self, statements: Sequence[Statement]) -> list[HostObject]:
-        """Run a batch as Windows does: after a failed statement the next one still runs. Only an
-        ActionPreferenceStopException (a non-terminating error under -ErrorAction Stop) ends a batch;
-        a statement-terminating error is appended to the error stream and the batch goes on
-        (PowerShell.cs BatchInvocationWorkItem). Which Hyper-V failures are statement-terminating is not
-        documented, so here every failure is: the stricter reading for a caller (whatever follows a
-        failed statement runs). Once the batch is through, a BatchError carries every failure (it is the
-        first) and the output of the statements that succeeded."""
+        """Run a batch as Windows does: after a failed statement the next one still runs (PowerShell.cs
+        BatchInvocationWorkItem; see errors.run_batch). Once the batch is through, a BatchError carries
+        every failure (it is the first) and the output of the statements that succeeded."""
         self._draw_batch_fault(statements)
-        output: list[HostObject] = []
-        errors: list[CmdletError] = []
-        for statement in statements:
-            try:
-                output.extend(self._run_statement(statement))
-            except CommandError as err:
-                errors.append(err)
-        if errors:
-            raise BatchError(errors, list(output))
-        return output
+        return run_batch(statements, self._run_statement)
 
     def _run_statement(self, statement: Statement) -> list[HostObject]:
         items: list[HostObject] | None = None

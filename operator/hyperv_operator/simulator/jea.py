@@ -27,7 +27,7 @@ from typing import Protocol
 from hyperv_operator.hyperv import jea
 from hyperv_operator.hyperv.commands import Command, HostObject, ParameterValue, Statement
 from hyperv_operator.simulator.cmdlets import not_recognized
-from hyperv_operator.simulator.errors import BatchError, CmdletError
+from hyperv_operator.simulator.errors import CmdletError, run_batch
 
 SCRIPTS_NOT_ALLOWED = (
     "The syntax is not supported by this runspace. This can occur if the runspace is in no-language mode."
@@ -114,16 +114,4 @@ class RestrictedExecutor:
         self._executor = executor
 
     def execute(self, statements: Sequence[Statement]) -> list[HostObject]:
-        output: list[HostObject] = []
-        errors: list[CmdletError] = []
-        for statement in statements:
-            try:
-                output.extend(self._executor.execute([restrict(statement)]))
-            except BatchError as err:
-                errors += err.errors
-                output += [o for o in err.output if isinstance(o, HostObject)]
-            except CmdletError as err:
-                errors.append(err)
-        if errors:
-            raise BatchError(errors, list(output))
-        return output
+        return run_batch(statements, lambda statement: self._executor.execute([restrict(statement)]))

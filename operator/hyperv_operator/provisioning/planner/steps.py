@@ -278,16 +278,16 @@ def _merging(w: _Work) -> _Result:
     return _Wait(message, merge_poll_delay(merging_for, MERGE_POLL))
 
 
-def _report_network_drift(w: _Work) -> None:
+def _report_network_drift(w: _Work, vm: VmInfo) -> None:
     """Adapters changed on the host after they were applied: in status.networkDrift, and a Warning
     Event when the difference is new (a drift check every interval does not post it again)."""
     found = network_mod.drift(w.spec, w.status, w.obs)
     if found is None:
         return
     if found and found != w.status.get(network_mod.DRIFT_KEY):
-        w.event(network_mod.DRIFT_EVENT, f"the network adapters of VM {w.obs.vm.id if w.obs.vm else ''} differ "
-                                         f"from spec.networkAdapters: {found}; the operator leaves them as they "
-                                         f"are (restore them on the host)", warning=True)
+        w.event(network_mod.DRIFT_EVENT, f"the network adapters of VM {vm.id} differ from spec.networkAdapters: "
+                                         f"{found}; the operator leaves them as they are (restore them on the "
+                                         f"host)", warning=True)
     w.status[network_mod.DRIFT_KEY] = found or None
 
 
@@ -302,7 +302,7 @@ def _provisioned(w: _Work) -> _Result:
                                      f"(spec.powerState {w.spec.power_state.value})", warning=True)
         return _Act(Action("ResumeVM", (cmdlets.resume_vm(vm.id),), f"Resume-VM {vm.id}"),
                     f"resuming paused VM {vm.id}", POWER_POLL)
-    _report_network_drift(w)
+    _report_network_drift(w, vm)
     resized = _resize(w, vm)  # issue 14: cpus/memory changes
     if resized is not None:
         return resized

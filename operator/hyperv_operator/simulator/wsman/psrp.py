@@ -426,7 +426,7 @@ class ShellSession:
         except BatchError as err:
             # Windows: the batch ran to its end; each statement-terminating error went to the error
             # stream, the output of the others to the output stream, and the pipeline Completed.
-            outputs = [o for o in err.output if isinstance(o, HostObject)]
+            outputs = err.output
             failed_statements = err.errors
         except CmdletError as err:
             error = err
