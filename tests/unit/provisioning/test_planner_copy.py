@@ -71,3 +71,14 @@ def test_worker_dead_without_status_file_starts_a_new_copy() -> None:
     r = plan(spec("Copy"), copying(), observe(files=(BASE,), process_checked=True), NOW, vm=REF, layout=LAYOUT)
     assert r.action is not None and r.action.kind == "StartCopy"
     assert r.status["copy"]["restarts"] == 1
+
+
+def test_the_copy_makes_its_folder_only_when_the_host_lacks_it() -> None:
+    # Copy: nothing exists yet, the copy's folder is made in the copy's pipeline.
+    r = plan(spec("Copy"), copying(processId=None), observe(files=(BASE,)), NOW, vm=REF, layout=LAYOUT)
+    assert r.action is not None and r.action.kind == "StartCopy"
+    assert cmdlet_names(r.action) == ["New-Item", "<script>"]
+    # The folder is there (Quick: New-VM's statement made it): one statement less on the critical path.
+    r = plan(spec("Copy"), copying(processId=None), observe(files=(BASE, LAYOUT.vm_dir)), NOW, vm=REF, layout=LAYOUT)
+    assert r.action is not None and r.action.kind == "StartCopy"
+    assert cmdlet_names(r.action) == ["<script>"]

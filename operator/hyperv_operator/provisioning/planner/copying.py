@@ -153,8 +153,10 @@ def _copying(w: _Work) -> _Result:
     w.copy_status(bytesCopied=0, percent=0, queued=False, queuePosition=None, startedAt=cond.timestamp(w.now),
                   finishedAt=None)
     w.event("CopyStarted", f"background copy of {base} to {disk} started on host {w.obs.host_name}")
+    # The folder the copy writes into: made here unless the host (or New-VM's statement before it in
+    # the same run, Quick) shows it there already.
+    folder = () if w.obs.exists(layout.vm_dir) else (cmdlets.new_directory(layout.vm_dir),)
     return _Act(Action("StartCopy",
-                       (cmdlets.new_directory(layout.vm_dir),
-                        scripts.start_background_copy(base, disk, layout.partial, layout.copy_status)),
+                       (*folder, scripts.start_background_copy(base, disk, layout.partial, layout.copy_status)),
                        f"StartBackgroundCopy {base} -> {layout.partial} -> {disk}", starts_copy=True),
                 f"starting background copy of {base} to {disk}")

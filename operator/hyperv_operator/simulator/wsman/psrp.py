@@ -16,6 +16,7 @@ import collections
 import datetime
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -288,6 +289,8 @@ class ReceivedPipeline:
     pipeline_id: str
     statements: tuple[Statement, ...] = ()
     error: str = ""
+    received_at: float = field(default_factory=time.time)
+    """Wall-clock arrival (the bench's --trace puts the host's pipelines on the API writes' time line)."""
 
 
 @dataclass
