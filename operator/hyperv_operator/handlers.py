@@ -32,6 +32,7 @@ from hyperv_operator.hyperv.probe import probe_client
 from hyperv_operator.images import controller as images
 from hyperv_operator.images.model import CLUSTER_IMAGE_KIND, IMAGE_KIND, ImageRef
 from hyperv_operator.provisioning import bootstrap, engine, planner, retry, settle
+from hyperv_operator.provisioning.base_facts import BaseFacts
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
 from hyperv_operator.provisioning.gate import HostGate, under_way
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
@@ -263,6 +264,8 @@ class Runtime:
     config: OperatorConfig
     connections: HostConnections
     slots: CopySlots = field(default_factory=CopySlots)
+    bases: BaseFacts = field(default_factory=BaseFacts)
+    """Base disks' Get-VHD facts per host, read by VMs' first observations (provisioning/base_facts.py)."""
     locks: VmLocks = field(default_factory=VmLocks)
     gate: HostGate = field(default_factory=HostGate)
     drain: Drain = field(default_factory=Drain)
@@ -828,7 +831,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                                                 delete_stall_after=runtime.config.delete_stall_after)
             else:
                 outcome = await engine.reconcile(metered, ref, vm_spec, engine_status, host_spec, host_key,
-                                                 runtime.slots, _now())
+                                                 runtime.slots, _now(), bases=runtime.bases)
         if vm_spec.bootstrap is not None and not bootstrap.needs_secret(vm_spec, outcome.status):
             # Issue 14: first boot done: the bootstrap Secret's content need not stay in memory.
             runtime.connections.secrets.forget(namespace, vm_spec.bootstrap.secret_name)

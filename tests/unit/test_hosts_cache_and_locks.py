@@ -209,7 +209,8 @@ def test_drift_timer_that_waited_behind_a_step_does_not_act_on_its_stale_view(
 
     seen: list[str] = []
 
-    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any) -> StepOutcome:
+    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any,
+                          **options: Any) -> StepOutcome:
         seen.append(str(status.get("phase")))
         await asyncio.sleep(0.2)
         return StepOutcome(status={**status, "phase": "Provisioned"}, requeue_after=None, events=(), finished=False)

@@ -136,7 +136,8 @@ def test_a_handler_call_goes_on_through_short_waits_writing_its_status_before_ea
     phases = ["CreatingVM", "Starting", "Provisioned"]
     seen: list[str] = []
 
-    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any) -> StepOutcome:
+    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any,
+                          **options: Any) -> StepOutcome:
         seen.append(str(status.get("phase")))
         nxt = phases[min(len(seen) - 1, len(phases) - 1)]
         return StepOutcome(status={**status, "phase": nxt}, requeue_after=None if nxt == "Provisioned" else 0.01,
@@ -168,7 +169,8 @@ def _ready_from_guest(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
     planned_on: list[dict[str, Any]] = []
 
-    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any) -> StepOutcome:
+    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any,
+                          **options: Any) -> StepOutcome:
         planned_on.append(dict(status))
         guest = {k: v for k, v in (status.get("guest") or {}).items() if k != "waitingSince"}
         return StepOutcome(status={**status, "ready": "True", "guest": {**guest, "ipAddresses": ["10.0.0.5"]}},
@@ -244,7 +246,8 @@ def test_a_carried_handler_call_hands_back_at_once_on_news_of_its_vm(
         news = {"annotations": {retry.RETRY_ANNOTATION: "2"}}
     steps: list[float] = []
 
-    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any) -> StepOutcome:
+    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any,
+                          **options: Any) -> StepOutcome:
         steps.append(asyncio.get_running_loop().time())
         return StepOutcome(status={**status, "phase": "Merging", "n": len(steps)}, requeue_after=4.0, events=(),
                            finished=False)
@@ -293,7 +296,8 @@ def test_a_vm_in_line_for_a_copy_slot_hands_back_at_once_when_deleted(monkeypatc
     from hyperv_operator import handlers
     from hyperv_operator.provisioning.engine import StepOutcome
 
-    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any) -> StepOutcome:
+    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any,
+                          **options: Any) -> StepOutcome:
         return StepOutcome(status={**status, "phase": "Copying", "copy": {"queued": True}}, requeue_after=10.0,
                            events=(), finished=False)
 

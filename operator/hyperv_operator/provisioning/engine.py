@@ -22,6 +22,7 @@ from hyperv_operator.hyperv.commands import HostObject, Statement
 from hyperv_operator.hyperv.errors import HostError, HostUnreachableError, PermanentHostError, TransientHostError
 from hyperv_operator.provisioning import bootstrap, effects, network, planner, retry, settle
 from hyperv_operator.provisioning import guest as guest_mod
+from hyperv_operator.provisioning.base_facts import BaseFacts
 from hyperv_operator.provisioning.layout import Layout, is_avhdx, join, layout_for, same_path
 from hyperv_operator.provisioning.ledger import CopySlots, LedgerError
 from hyperv_operator.provisioning.model import Event, VmRef
@@ -69,6 +70,8 @@ class StepInput:
     now: datetime
     deleting: bool = False
     delete_stall_after: float = retry.DELETE_STALL_AFTER
+    bases: BaseFacts | None = None
+    """Base disks' Get-VHD facts as recently read on this host (none: read the base every time)."""
 
 
 MAX_PLANS_PER_RUN = 16
@@ -89,10 +92,12 @@ async def reconcile(
     host_key: str,
     slots: CopySlots,
     now: datetime,
+    *,
+    bases: BaseFacts | None = None,
 ) -> StepOutcome:
     """Provisioning / power / drift, as far as the host allows without waiting. Never raises HostError
     (it is folded into the status)."""
-    return await run_step(StepInput(client, vm, spec, status, host, host_key, slots, now))
+    return await run_step(StepInput(client, vm, spec, status, host, host_key, slots, now, bases=bases))
 
 
 async def finalize(
@@ -143,6 +148,26 @@ async def run_step(s: StepInput) -> StepOutcome:
         return _outcome(s, settle.Settled(dict(s.status), planner.TRANSIENT_BACKOFF, retrying=True))
 
 
+async def _observe_with_known_base(s: StepInput, status: Mapping[str, Any], layout: Layout,
+                                   slot: SlotView) -> Observation:
+    """`observe`, with the base disk's facts as recently read on this host (base_facts.py) when known.
+    A known base that Test-Path does not find (removed, or a share this session may no longer read)
+    is forgotten and the host read again the full way, so the run reports what Get-VHD says of it."""
+    known = s.bases.get(s.host_key, s.spec.base_vhd) if s.bases is not None else None
+    obs = await observe(s.client, s.vm, s.spec, status, layout, slot, deleting=s.deleting, known_base=known)
+    if s.bases is None:
+        return obs
+    if known is not None and obs.exists(s.spec.base_vhd):
+        return obs
+    if known is not None:
+        s.bases.forget(s.host_key, s.spec.base_vhd)
+        obs = await observe(s.client, s.vm, s.spec, status, layout, slot, deleting=s.deleting)
+    base = obs.vhd(s.spec.base_vhd)  # read just now (kept from now on, not from when first read)
+    if base is not None:
+        s.bases.put(s.host_key, s.spec.base_vhd, base)
+    return obs
+
+
 def _uses_slots(s: StepInput) -> bool:
     """Whether this run may take, hold or free a copy slot: read the host's ledger first."""
     if not planner.copies_base(s.spec.strategy):
@@ -183,8 +208,7 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
     for _ in range(MAX_PLANS_PER_RUN):
         if obs is None:
             try:
-                obs = await observe(s.client, s.vm, s.spec, status, layout, SlotView(True, 0, limit),
-                                    deleting=s.deleting)
+                obs = await _observe_with_known_base(s, status, layout, SlotView(True, 0, limit))
             except HostError as error:
                 log.warning("%s [%s]: observing host %s failed: %s", who, status.get("phase"), s.spec.host_name,
                             error)
@@ -501,6 +525,7 @@ async def observe(
     slot: SlotView,
     *,
     deleting: bool = False,
+    known_base: VhdInfo | None = None,
 ) -> Observation:
     """Read what exists on the host, normally in ONE round trip that does not grow with the host:
     our VM by Id (`Get-VM -Id`, its drives and checkpoints), Test-Path of every path of interest,
@@ -510,9 +535,13 @@ async def observe(
     VMs only when we have no vmId yet and New-VM's folder exists (a crash right after New-VM). If an
     expected object is gone (a read fails with not-found), the host changed under us: everything is
     read again the safe way (`_observe_listing`), which never fails on a missing object.
+
+    `known_base`: the base disk's Get-VHD facts as read recently (base_facts.py): not read again, only
+    its existence (Test-Path).
     """
     try:
-        return await _observe_by_id(client, vm, spec, status, layout, slot, deleting=deleting)
+        return await _observe_by_id(client, vm, spec, status, layout, slot, deleting=deleting,
+                                    known_base=known_base)
     except HostError as error:
         if isinstance(error, PermanentHostError) and planner.is_not_found(error):
             log.info("%s/%s: an expected object is gone (%s); reading the host again", vm.namespace, vm.name,
@@ -564,6 +593,7 @@ async def _observe_by_id(
     *,
     deleting: bool,
     base_apart: bool = False,
+    known_base: VhdInfo | None = None,
 ) -> Observation:
     phase = str(status.get("phase") or Phase.PENDING.value)
     on_checkpoint = planner.runs_on_checkpoint(spec.strategy)  # Quick: the VM runs on a checkpoint of the base
@@ -576,7 +606,7 @@ async def _observe_by_id(
                      *bootstrap.paths(spec, layout, status),  # issue 14
                      *((layout.copy_status_tmp, *layout.folders_bottom_up) if deleting else ())])
     want = expected_reads(phase, on_checkpoint, status, layout, spec.base_vhd, deleting=deleting)
-    if base_apart:
+    if base_apart or known_base is not None:
         want = replace(want, vhds=tuple(p for p in want.vhds if not same_path(p, spec.base_vhd)))
     first: list[Statement] = [cmdlets.test_paths(paths)]
     first += [cmdlets.get_vhd(p) for p in want.vhds]
@@ -598,6 +628,9 @@ async def _observe_by_id(
     if len(flags) != len(paths):
         raise TransientHostError(f"Test-Path returned {len(flags)} results for {len(paths)} paths")
     existing = {p.rstrip("\\").lower() for p, flag in zip(paths, flags, strict=True) if flag}
+    base_key = spec.base_vhd.rstrip("\\").lower()
+    if known_base is not None and base_key in existing:
+        vhds.setdefault(base_key, known_base)
     host_vm, found_by = (vms[0], "id") if vm_id and vms else (None, "")
     running = host_vm is not None and host_vm.state == planner.RUNNING
     obs = Observation(host_name=spec.host_name, vm=host_vm, found_by=found_by, drives=tuple(drives),

@@ -13,7 +13,9 @@ import pytest
 
 from hyperv_operator.api import UID_TAG_PREFIX, HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hyperv import cmdlets
+from hyperv_operator.provisioning.base_facts import BaseFacts
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef, finalize, reconcile
+from hyperv_operator.provisioning.observation import VhdInfo
 from hyperv_operator.simulator import host as host_module
 from hyperv_operator.simulator import inprocess
 
@@ -94,7 +96,7 @@ def mutations(world: World) -> int:
 
 async def provision(world: World, vm: VmRef, s: VirtualMachineSpec, status: dict[str, Any] | None = None, *,
                     crash_at: int | None = None, stop_after_actions: int | None = None,
-                    max_steps: int = 400) -> dict[str, Any]:
+                    max_steps: int = 400, bases: BaseFacts | None = None) -> dict[str, Any]:
     """Call reconcile until converged. `crash_at`: the operator dies right after the n-th state-changing
     host command of this provisioning (any position in a pipeline); the run's status is lost and the
     next run starts from the status written before. `stop_after_actions`: return once at least that
@@ -105,7 +107,7 @@ async def provision(world: World, vm: VmRef, s: VirtualMachineSpec, status: dict
         crash_after(world, crash_at)
     for _ in range(max_steps):
         try:
-            outcome = await reconcile(world.client, vm, s, status, HOST, "hv1", world.slots, world.now)
+            outcome = await reconcile(world.client, vm, s, status, HOST, "hv1", world.slots, world.now, bases=bases)
         except Crash:
             world.slots = CopySlots()  # a new operator process: in-memory slots are gone too
             await world.wait(1.0)
@@ -670,3 +672,39 @@ def test_a_merge_on_a_german_host_holds_the_deletion_back() -> None:
     outcome = run(finalize(world.client, vm, s, status, HOST, "hv1", world.slots, world.now))
     assert "waiting for the merge" in str(outcome.status.get("message")), outcome.status.get("message")
     assert [c for c in world.host.call_log() if c[0].rsplit("\\", 1)[-1] == "Remove-VM"] == []
+
+
+def test_a_base_is_read_once_for_the_vms_made_from_it_and_its_existence_every_time() -> None:
+    world = World()
+    other = SHARE + "\\OTHER.VHDX"
+    world.host.add_base_disk(other, BASE_SIZE)
+    bases = BaseFacts(ttl=600.0, clock=lambda: world.t)  # longer than the Quick VM's copy and merge below
+
+    def base_reads(since: int) -> int:
+        return sum(1 for name, params in world.host.call_log()[since:]
+                   if name.endswith("Get-VHD") and str(params.get("Path")).lower() == other.lower())
+
+    mark, read_at = len(world.host.call_log()), world.t
+    first = run(provision(world, ref("first"), spec("Differencing", baseVhd=other), bases=bases))
+    assert first["phase"] == "Provisioned" and base_reads(mark) == 1
+    mark = len(world.host.call_log())
+    second = run(provision(world, ref("second"), spec("Quick", baseVhd=other), bases=bases))
+    assert second["phase"] == "Provisioned" and base_reads(mark) == 0  # its facts were known
+    # Known, but not on the host: Test-Path still tells.
+    missing = SHARE + "\\GONE.VHDX"
+    bases.put("hv1", missing, VhdInfo(missing, "Dynamic", None, BASE_SIZE, BASE_SIZE, "VHDX"))
+    gone = run(provision(world, ref("gone"), spec("Differencing", baseVhd=missing), bases=bases))
+    stalled = next(c for c in gone["conditions"] if c["type"] == "Stalled")
+    assert gone["phase"] == "Failed" and stalled["reason"] == "BaseDiskNotFound"
+    assert world.tagged(ref("gone").uid) == [] and bases.get("hv1", missing) is None  # read the full way
+    # Facts are kept from when they were read, not refreshed by the VMs that use them.
+    assert world.t < read_at + bases.ttl - 10
+    run(world.wait(read_at + bases.ttl - 10 - world.t))
+    mark = len(world.host.call_log())
+    run(provision(world, ref("fourth"), spec("Differencing", baseVhd=other), bases=bases))
+    assert base_reads(mark) == 0
+    # Facts older than the TTL are read again.
+    run(world.wait(11))
+    mark = len(world.host.call_log())
+    third = run(provision(world, ref("third"), spec("Differencing", baseVhd=other), bases=bases))
+    assert third["phase"] == "Provisioned" and base_reads(mark) == 1
