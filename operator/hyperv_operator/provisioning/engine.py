@@ -7,6 +7,7 @@ does I/O around it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -168,6 +169,32 @@ async def _observe_with_known_base(s: StepInput, status: Mapping[str, Any], layo
     return obs
 
 
+def _take_slot_ahead(s: StepInput, sent: Sequence[planner.Action], limit: int,
+                     vm_label: str) -> asyncio.Task[bool] | None:
+    """Quick: the copy starts in the pipeline after New-VM's (with Start-VM), once the host's ledger
+    has given it a slot. That ledger write (an API round trip) is made while New-VM's pipeline runs
+    instead of after it, when a slot is free as last read (no place in a queue is taken ahead); the
+    slot is kept until the copy starts (settle.copy_ahead), and given back if the run ends on a
+    failure."""
+    if not sent or sent[-1].kind != planner.NEW_VM_CHECKPOINTED:
+        return None
+    if not s.slots.can_acquire(s.host_key, s.vm.uid, limit):
+        return None
+    return asyncio.ensure_future(s.slots.try_acquire(s.host_key, s.vm.uid, limit, vm_label, s.now))
+
+
+async def _slot_taken_ahead(ahead: asyncio.Task[bool] | None) -> bool:
+    """Whether the slot asked for ahead was granted (False if none was asked, or the ledger failed:
+    the plan that starts the copy asks again)."""
+    if ahead is None:
+        return False
+    try:
+        return await ahead
+    except LedgerError as error:
+        log.info("copy slot asked ahead of the copy: %s; asked again before the copy", error)
+        return False
+
+
 def _uses_slots(s: StepInput) -> bool:
     """Whether this run may take, hold or free a copy slot: read the host's ledger first."""
     if not planner.copies_base(s.spec.strategy):
@@ -226,7 +253,8 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
             granted = await s.slots.try_acquire(s.host_key, s.vm.uid, limit, vm_label, s.now)
             obs = replace(obs, slot=_slot_view(s, limit, granted=granted))
             result = plan_fn(s.spec, status, obs, now(), vm=s.vm, layout=layout)
-        use = settle.slot_use(result.action, obs, layout)
+        use = settle.slot_use(result.action, obs, layout,
+                              copy_ahead=settle.copy_ahead(s.spec.strategy, str(result.status.get("phase"))))
         if use == "hold" and slots_read:
             await s.slots.adopt(s.host_key, s.vm.uid, vm_label, s.now)
         elif use == "free" and slots_read and not settle.wants_slot(result):  # a VM in line keeps its place
@@ -261,6 +289,7 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
                 continue
         # Send the batch: every action planned so far, in order, in one pipeline.
         sent = [p.action for p in batch if p.action is not None]
+        ahead = _take_slot_ahead(s, sent, limit, vm_label) if slots_read else None
         try:
             output = await s.client.run([st for a in sent for st in a.statements])
         except HostError as error:
@@ -269,7 +298,8 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
             failed = settle.action_failed(s.spec, batch_from, batch, error, s.now, vm=s.vm, layout=layout,
                                           deleting=s.deleting, stall_after=s.delete_stall_after,
                                           looked_again=one_at_a_time)
-            if failed.free_slot and slots_read:
+            took_ahead = await _slot_taken_ahead(ahead)
+            if (failed.free_slot or (took_ahead and not failed.observe_again)) and slots_read:
                 await s.slots.release(s.host_key, s.vm.uid)
             if failed.observe_again:
                 if failed.one_at_a_time:
@@ -279,6 +309,7 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
                 status, obs, batch = failed.status, None, []
                 continue
             return _outcome(s, failed, events)
+        await _slot_taken_ahead(ahead)
         for p in batch:
             events += p.events
         final = result.status

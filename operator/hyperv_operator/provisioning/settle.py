@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from hyperv_operator import conditions as cond
-from hyperv_operator.api import DeletionPolicy, VirtualMachineSpec
+from hyperv_operator.api import DeletionPolicy, Strategy, VirtualMachineSpec
 from hyperv_operator.hyperv.errors import ClientClosedError, HostError, PermanentHostError, TransientHostError
 from hyperv_operator.provisioning import planner, retry
 from hyperv_operator.provisioning.layout import Layout
@@ -189,18 +189,29 @@ def wants_slot(result: planner.Plan) -> bool:
 
 _COPY_PHASE_NAMES = frozenset(p.value for p in COPY_PHASES)
 
-SlotUse = Literal["take", "hold", "free"]
+SlotUse = Literal["take", "hold", "keep", "free"]
 
 
-def slot_use(action: planner.Action | None, obs: Observation, layout: Layout) -> SlotUse:
+def slot_use(action: planner.Action | None, obs: Observation, layout: Layout, *, copy_ahead: bool = False) -> SlotUse:
     """A copy about to start takes a slot; a copy running on the host keeps (or, after a restart,
-    reclaims) its slot unless we are cancelling it; anything else frees it."""
+    reclaims) its slot unless we are cancelling it; a VM whose copy is still ahead in its phase table
+    keeps a slot it took early (the engine takes it while New-VM runs, when one is free); anything
+    else frees it."""
     if action is not None and action.starts_copy:
         return "take"
-    copy_running = obs.copy is not None and obs.copy.state == "Running" and not obs.exists(layout.disk)
-    if copy_running and not (action is not None and action.kind == "CancelCopy"):
+    if action is not None and action.kind == "CancelCopy":
+        return "free"
+    if obs.copy is not None and obs.copy.state == "Running" and not obs.exists(layout.disk):
         return "hold"
-    return "free"
+    return "keep" if copy_ahead else "free"
+
+
+def copy_ahead(strategy: Strategy, phase: str) -> bool:
+    """Whether a VM in `phase` (as a plan left it) has its base copy still ahead: a phase of its
+    table before the copy phase (Failed, Deleting and the phases after the copy are not)."""
+    order = [p.value for p in planner.phases(strategy)]
+    copy = next((p.value for p in planner.phases(strategy) if p in COPY_PHASES), None)
+    return copy is not None and phase in order and order.index(phase) < order.index(copy)
 
 
 HOST_MISCONFIGURED_RETRY = 30.0

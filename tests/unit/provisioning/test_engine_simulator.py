@@ -15,6 +15,7 @@ from hyperv_operator.api import UID_TAG_PREFIX, HyperVHostSpec, VirtualMachineSp
 from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.provisioning.base_facts import BaseFacts
 from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef, finalize, reconcile
+from hyperv_operator.provisioning.ledger import MemoryLedgerStore
 from hyperv_operator.provisioning.observation import VhdInfo
 from hyperv_operator.simulator import host as host_module
 from hyperv_operator.simulator import inprocess
@@ -708,3 +709,55 @@ def test_a_base_is_read_once_for_the_vms_made_from_it_and_its_existence_every_ti
     mark = len(world.host.call_log())
     third = run(provision(world, ref("third"), spec("Differencing", baseVhd=other), bases=bases))
     assert third["phase"] == "Provisioned" and base_reads(mark) == 1
+
+
+class _TimedStore(MemoryLedgerStore):
+    """The ledger's writes, on one time line with the host's pipelines (`log`)."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    async def save(self, host_key: str, ledger: Any, version: str) -> bool:
+        self.log.append("ledger:" + ",".join(sorted(e.uid for e in ledger.holders)))
+        return await super().save(host_key, ledger, version)
+
+
+class _TimedClient:
+    def __init__(self, inner: Any, log: list[str]) -> None:
+        self.inner, self.log = inner, log
+
+    async def run(self, statements: Any) -> Any:
+        names = "|".join(c.name.rsplit("\\", 1)[-1] for st in statements for c in st.commands)
+        self.log.append("start:" + names)
+        try:
+            return await self.inner.run(statements)
+        finally:
+            self.log.append("end:" + names)
+
+
+def test_quick_takes_its_copy_slot_while_new_vm_runs_and_writes_the_ledger_no_more_often() -> None:
+    world = World()
+    log: list[str] = []
+    world.slots = CopySlots(_TimedStore(log))
+    world.client = _TimedClient(world.client, log)  # type: ignore[assignment]
+    vm = ref("quick-ahead")
+    status = run(provision(world, vm, spec("Quick")))
+    assert status["phase"] == "Provisioned"
+    writes = [e for e in log if e.startswith("ledger:")]
+    assert writes == [f"ledger:{vm.uid}", "ledger:"]  # taken once, given back once
+    new_vm = next(i for i, e in enumerate(log) if e.startswith("start:") and "Checkpoint-VM" in e)
+    assert log[new_vm + 1] == f"ledger:{vm.uid}"  # while New-VM's pipeline ran, not after it
+    assert log[new_vm + 2].startswith("end:") and "Checkpoint-VM" in log[new_vm + 2]
+    copy = next(e for e in log if e.startswith("start:") and "powershell" in e.lower())
+    assert "Start-VM" in copy
+
+
+def test_a_slot_taken_ahead_is_given_back_when_the_run_ends_on_new_vms_failure() -> None:
+    world = World()
+    vm = ref("quick-ahead-fails")
+    world.host.fail_next("New-VM", "AccessDenied", count=5)
+    outcome = run(reconcile(world.client, vm, spec("Quick"), {}, HOST, "hv1", world.slots, world.now))
+    assert outcome.status.get("phase") in ("Failed", "CreatingVM"), outcome.status
+    assert world.tagged(vm.uid) == []
+    assert vm.uid not in world.slots.holders("hv1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hyperv_operator.api import Strategy
 from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.hyperv.errors import PermanentHostError, TransientHostError
 from hyperv_operator.provisioning import retry, settle
@@ -85,6 +86,18 @@ def test_slot_use() -> None:
     assert settle.slot_use(cancel, running, LAYOUT) == "free"
     assert settle.slot_use(Action("StartCopy", (), "start", starts_copy=True), Observation("hv1"), LAYOUT) == "take"
     assert settle.slot_use(None, Observation("hv1"), LAYOUT) == "free"
+    # A slot taken ahead of the copy (while Quick's New-VM ran) is kept until the copy starts.
+    assert settle.slot_use(Action("StartVM", (), "start"), Observation("hv1"), LAYOUT, copy_ahead=True) == "keep"
+    assert settle.slot_use(cancel, running, LAYOUT, copy_ahead=True) == "free"
+
+
+def test_copy_ahead() -> None:
+    assert [p for p in ("Pending", "CreatingVM", "Starting", "CopyingBase", "Reparenting", "Merging", "Provisioned",
+                        "Failed", "Deleting", "None") if settle.copy_ahead(Strategy.QUICK, p)] == \
+        ["Pending", "CreatingVM", "Starting"]
+    assert [p for p in ("Pending", "Copying", "CreatingVM", "Starting", "Provisioned", "Failed")
+            if settle.copy_ahead(Strategy.COPY, p)] == ["Pending"]
+    assert not any(settle.copy_ahead(Strategy.DIFFERENCING, p) for p in ("Pending", "CreatingDisk", "CreatingVM"))
 
 
 def test_host_missing_and_misconfigured() -> None:
