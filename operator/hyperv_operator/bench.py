@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hyperv_operator.envtest.controlplane import ControlPlane, running_control_plane
+from hyperv_operator.envtest.controlplane import ControlPlane, free_port, running_control_plane
 from hyperv_operator.envtest.operator_process import OperatorProcess
 from hyperv_operator.envtest.stack import (
     BASE_VHD,
@@ -40,6 +40,7 @@ from hyperv_operator.envtest.stack import (
     ensure_namespace,
     host_objects,
     install_operator_rbac,
+    webhook_configuration_for_loopback,
 )
 from hyperv_operator.hyperv import cmdlets
 from hyperv_operator.hyperv.commands import Statement
@@ -438,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--writes", action="store_true", help="print the API writes by resource, verb and code")
     parser.add_argument("--trace", action="store_true", help="1-VM scenarios: the operator's writes on a time line")
     parser.add_argument("--time-scale", type=float, default=60.0, help="simulated seconds per wall second")
+    parser.add_argument("--webhook", action="store_true",
+                        help="the operator serves its admission webhook and the API server calls it, as deployed")
     args = parser.parse_args(argv)
 
     results: list[Result] = []
@@ -445,7 +448,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with running_control_plane(audit=True) as plane:
         install_operator_rbac(plane)
         log = Path(tempfile.mkdtemp(prefix="hyperv-bench-")) / "operator.log"
-        operator = OperatorProcess(plane.operator_kubeconfig, log, drift_interval=30.0, host_probe_interval=60.0)
+        webhook_port = free_port() if args.webhook else 0
+        if webhook_port:
+            apply_objects(plane, [webhook_configuration_for_loopback(webhook_port)])
+        operator = OperatorProcess(plane.operator_kubeconfig, log, drift_interval=30.0, host_probe_interval=60.0,
+                                   webhook_port=webhook_port)
         operator.start()
         try:
             sampler = RssSampler(operator.pid).__enter__()
