@@ -11,10 +11,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from hyperv_operator.api import HyperVHostSpec, VirtualMachineSpec
 from hyperv_operator.hyperv import cmdlets, second_hop
@@ -47,6 +47,7 @@ from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
 __all__ = ["CopySlots", "Event", "LedgerError", "StepOutcome", "VmRef", "finalize", "observe", "reconcile"]
 
 log = logging.getLogger("hyperv_operator.provisioning")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,14 @@ async def _observe_with_known_base(s: StepInput, status: Mapping[str, Any], layo
     return obs
 
 
+def _in_background(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task whose failure is taken as seen even if a run ends before awaiting it (awaiting it
+    still raises)."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
+    return task
+
+
 def _take_slot_ahead(s: StepInput, sent: Sequence[planner.Action], limit: int,
                      vm_label: str) -> asyncio.Task[bool] | None:
     """Quick: the copy starts in the pipeline after New-VM's (with Start-VM), once the host's ledger
@@ -230,8 +239,8 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
     looks = 0  # plans in a row that only asked to look again
     one_at_a_time = False  # after a failed batch of several actions: no more batching in this run
     slots_read = _uses_slots(s)
-    if slots_read:
-        await s.slots.refresh(s.host_key)
+    # The host's ledger is read while the host is observed: nothing is decided on it before the plan.
+    reading = _in_background(s.slots.refresh(s.host_key)) if slots_read else None
     for _ in range(MAX_PLANS_PER_RUN):
         if obs is None:
             try:
@@ -242,6 +251,9 @@ async def _run_step(s: StepInput, who: str, layout: Layout) -> StepOutcome:
                 failed = settle.observe_failed(s.spec, status, error, s.now, vm=s.vm, layout=layout,
                                                deleting=s.deleting, stall_after=s.delete_stall_after)
                 return _outcome(s, failed, events)
+        if reading is not None:
+            await reading  # a LedgerError ends the run as before (run_step)
+            reading = None
         if not slots_read and str(status.get("phase")) in _COPY_PHASE_NAMES:
             slots_read = True  # reached a copy phase within this run (from Provisioned? no: a drift re-run)
             await s.slots.refresh(s.host_key)

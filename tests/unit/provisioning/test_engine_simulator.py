@@ -722,6 +722,10 @@ class _TimedStore(MemoryLedgerStore):
         self.log.append("ledger:" + ",".join(sorted(e.uid for e in ledger.holders)))
         return await super().save(host_key, ledger, version)
 
+    async def load(self, host_key: str) -> Any:
+        self.log.append("read-ledger")
+        return await super().load(host_key)
+
 
 class _TimedClient:
     def __init__(self, inner: Any, log: list[str]) -> None:
@@ -736,7 +740,7 @@ class _TimedClient:
             self.log.append("end:" + names)
 
 
-def test_quick_takes_its_copy_slot_while_new_vm_runs_and_writes_the_ledger_no_more_often() -> None:
+def test_quick_reads_and_takes_its_copy_slot_alongside_its_host_work_and_writes_the_ledger_no_more_often() -> None:
     world = World()
     log: list[str] = []
     world.slots = CopySlots(_TimedStore(log))
@@ -751,6 +755,9 @@ def test_quick_takes_its_copy_slot_while_new_vm_runs_and_writes_the_ledger_no_mo
     assert log[new_vm + 2].startswith("end:") and "Checkpoint-VM" in log[new_vm + 2]
     copy = next(e for e in log if e.startswith("start:") and "powershell" in e.lower())
     assert "Start-VM" in copy
+    # Each run reads the ledger while it observes the host, not before.
+    first_look = log.index("start:Test-Path|Get-VHD")
+    assert log[first_look + 1] == "read-ledger" and log[first_look + 2] == "end:Test-Path|Get-VHD"
 
 
 def test_a_slot_taken_ahead_is_given_back_when_the_run_ends_on_new_vms_failure() -> None:
