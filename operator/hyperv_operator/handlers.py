@@ -33,7 +33,7 @@ from hyperv_operator.images import controller as images
 from hyperv_operator.images.model import CLUSTER_IMAGE_KIND, IMAGE_KIND, ImageRef
 from hyperv_operator.provisioning import bootstrap, engine, planner, retry, settle
 from hyperv_operator.provisioning.base_facts import BaseFacts
-from hyperv_operator.provisioning.engine import CopySlots, StepOutcome, VmRef
+from hyperv_operator.provisioning.engine import CopySlots, Event, StepOutcome, VmRef
 from hyperv_operator.provisioning.gate import HostGate, under_way
 from hyperv_operator.provisioning.phases import COPY_PHASES, Phase
 from hyperv_operator.status_writer import KubeStatusWriter, KubeVmWatch, StatusConflict, StatusGone, StatusWriter
@@ -58,6 +58,8 @@ REPLAN_SECONDS = 0.3
 soon, on the status as it is."""
 _BASE_RV = "hyperv_operator_status_rv"
 """Handler kwargs key: the resourceVersion the status in kwargs["status"] was read at (after our own write)."""
+_EVENTS_AFTER = "hyperv_operator_events_after"
+"""Handler kwargs key: the step's Events, posted once its status is written (`_apply_outcome`)."""
 
 
 @dataclass(frozen=True)
@@ -415,18 +417,30 @@ def _apply_outcome(
     outcome: StepOutcome,
     spec: VirtualMachineSpec,
     host_key: str,
+    *,
+    events_after: list[Event] | None = None,
 ) -> None:
+    """The outcome's status into kopf's patch, its Events posted (or, with `events_after`, handed to
+    the caller to post once the status is written: the status is what users and tools wait on, the
+    Events only tell about it, so they do not share the API round trip's moment with it)."""
     uid = str(body.get("metadata", {}).get("uid"))
     new_status = {k: v for k, v in outcome.status.items() if v is not None}
     for key, value in merge_patch(old_status, new_status).items():
         patch.status[key] = value
-    for event in outcome.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    if events_after is not None:
+        events_after.extend(outcome.events)
+    else:
+        _post(body, outcome.events)
     metrics.observe_status_change(
         spec.strategy.value, host_key, old_status, new_status, _now(), uid=uid
     )
     if outcome.finished:
         metrics.forget(uid)
+
+
+def _post(body: kopf.Body, events: Iterable[Event]) -> None:
+    for event in events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
@@ -643,12 +657,16 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 kwargs["status"] = base = dict(kwargs["status"])
                 kwargs["spec"] = dict(kwargs["spec"])
                 base_rv = str(kwargs.get(_BASE_RV) or meta.get("resourceVersion") or "")
+                events: list[Event] = []
+                kwargs[_EVENTS_AFTER] = events
                 try:
                     outcome = await _step_locked(kwargs, deleting=deleting)
                 except kopf.TemporaryError:
                     await _commit(kwargs, base, base_rv)
                     raise
-                if not await _commit(kwargs, base, base_rv) and not outcome.finished:
+                written = await _commit(kwargs, base, base_rv)
+                _post(kwargs["body"], events)  # what the host did, whether or not this status was written
+                if not written and not outcome.finished:
                     # Planned on a status that was not the server's any more: plan again, on the server's.
                     delay = REPLAN_SECONDS if outcome.requeue_after is None else min(outcome.requeue_after,
                                                                                       REPLAN_SECONDS)
@@ -838,7 +856,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if deleting and outcome.finished and image is not None and vm_spec.deletion_policy is DeletionPolicy.RETAIN:
             # images: the retained disk may still chain to the image's file; the image must keep it.
             await images.record_retained(namespace, name, kwargs["spec"], old_status)
-        _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
+        _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key, events_after=kwargs[_EVENTS_AFTER])
         return outcome
 
     retry_key = retry.RETRY_ANNOTATION

@@ -327,3 +327,28 @@ def test_a_vm_in_line_for_a_copy_slot_hands_back_at_once_when_deleted(monkeypatc
 
     assert asyncio.run(scenario()) < 0.5
     assert server.status["copy"] == {"queued": True}
+
+
+def test_a_steps_events_are_posted_once_its_status_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status is what users and tools wait on (Running, Ready); the step's Events only tell about
+    it: they are posted after the status write, not beside it."""
+    import kopf
+
+    from hyperv_operator import handlers
+    from hyperv_operator.provisioning.engine import StepOutcome
+
+    server = FakeVmApi({"phase": "Starting"})
+    order: list[str] = []
+
+    async def fake_engine(client: Any, ref: Any, spec: Any, status: Mapping[str, Any], *rest: Any,
+                          **options: Any) -> StepOutcome:
+        return StepOutcome(status={**status, "phase": "Provisioned", "powerState": "Running"}, requeue_after=None,
+                           events=(Event("Normal", "PhaseChanged", "Quick: Starting -> Provisioned (VM 1)"),))
+
+    monkeypatch.setattr(handlers.engine, "reconcile", fake_engine)
+    monkeypatch.setattr(kopf, "event", lambda *a, **k: order.append(f"event after {len(server.history)} statuses"))
+    runtime = handlers.Runtime(handlers.OperatorConfig(), make_connections(CountingSecrets()), write_status=server)
+    reconcile = _handler(handlers.build_registry(runtime), "_changing", "reconcile")
+    asyncio.run(reconcile(**server.kwargs()))
+    assert server.status["phase"] == "Provisioned"
+    assert order == [f"event after {len(server.history)} statuses"] and len(server.history) == 2
