@@ -155,10 +155,11 @@ async def _observe_with_known_base(s: StepInput, status: Mapping[str, Any], layo
     """`observe`, with the base disk's facts as recently read on this host (base_facts.py) when known.
     A known base that Test-Path does not find (removed, or a share this session may no longer read)
     is forgotten and the host read again the full way, so the run reports what Get-VHD says of it."""
-    known = s.bases.get(s.host_key, s.spec.base_vhd) if s.bases is not None else None
+    reads_base = not s.deleting and str(status.get("phase") or Phase.PENDING.value) in _BASE_READ
+    if s.bases is None or not reads_base:
+        return await observe(s.client, s.vm, s.spec, status, layout, slot, deleting=s.deleting)
+    known = s.bases.get(s.host_key, s.spec.base_vhd)
     obs = await observe(s.client, s.vm, s.spec, status, layout, slot, deleting=s.deleting, known_base=known)
-    if s.bases is None:
-        return obs
     if known is not None and obs.exists(s.spec.base_vhd):
         return obs
     if known is not None:
@@ -189,7 +190,7 @@ def _take_slot_ahead(s: StepInput, sent: Sequence[planner.Action], limit: int,
         return None
     if not s.slots.can_acquire(s.host_key, s.vm.uid, limit):
         return None
-    return asyncio.ensure_future(s.slots.try_acquire(s.host_key, s.vm.uid, limit, vm_label, s.now))
+    return _in_background(s.slots.try_acquire(s.host_key, s.vm.uid, limit, vm_label, s.now))
 
 
 async def _slot_taken_ahead(ahead: asyncio.Task[bool] | None) -> bool:
