@@ -50,10 +50,38 @@ def _die_with_parent() -> None:
     os.setpgrp()
 
 
+PORT_BLOCKS_START = 12000
+PORT_BLOCK_SIZE = 2000
+PORT_BLOCKS = 10
+"""Ports for the stack's servers: 12000-31999, below Linux's ephemeral range (32768-60999 by default),
+in one block per test worker (gw0..gw8; block 9 for a process outside pytest-xdist: bench, demo)."""
+_next_port: dict[int, int] = {}
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port for one of the stack's servers to bind (API server, etcd, simulated hosts, the operator's
+    endpoints). Not the kernel's "port 0" choice: that comes from the ephemeral range, where any
+    connection's source port is drawn too, and another test worker may be handed the same number
+    after it was let go; a server then found its port taken, or (worse) a health check reached another
+    worker's operator. So: below the ephemeral range, in this worker's own block, each port once per
+    process (from a random place in the block, cycling), and bindable right now."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    block = int(worker[2:]) % (PORT_BLOCKS - 1) if worker.startswith("gw") and worker[2:].isdigit() else PORT_BLOCKS - 1
+    low = PORT_BLOCKS_START + block * PORT_BLOCK_SIZE
+    offset = _next_port.get(block, secrets.randbelow(PORT_BLOCK_SIZE))
+    for step in range(PORT_BLOCK_SIZE):
+        port = low + (offset + step) % PORT_BLOCK_SIZE
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As the servers bind (Go, aiohttp and http.server set SO_REUSEADDR): a port that only
+            # has connections in TIME_WAIT is free for them; one with a listener is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _next_port[block] = (offset + step + 1) % PORT_BLOCK_SIZE
+        return port
+    raise RuntimeError(f"no free port in {low}-{low + PORT_BLOCK_SIZE - 1}")
 
 
 def repo_root() -> Path:

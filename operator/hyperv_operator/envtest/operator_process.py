@@ -70,7 +70,8 @@ class OperatorProcess:
                 self._start_once(wait, timeout)
                 return
             except RuntimeError as err:
-                if attempt == 2 or "Address already in use" not in str(err):
+                # "Address already in use" (prometheus_client), "address already in use" (aiohttp: kopf's probe)
+                if attempt == 2 or "address already in use" not in str(err).lower():
                     raise
 
     def _start_once(self, wait: bool, timeout: float) -> None:
