@@ -9,7 +9,7 @@ the source blog does by hand: one cmdlet per round trip, one VM after the other,
     python -m hyperv_operator.bench --scale full      # 1 VM; 100 VMs on 5 hosts; 1,000 VMs on 10 hosts
 
 Figures: apply -> Running (status.powerState) and apply -> Provisioned (status.phase) as a watch on
-the VMs delivers them, on hosts already probed; 1-VM figures are the median of three VMs created one
+the VMs delivers them, on hosts already probed; 1-VM figures are the median of seven VMs created one
 after the other (the script's too); API writes per VM from the audit log (the operator's user, write verbs);
 WinRM pipelines per VM from the simulated hosts; the operator's peak RSS (VmHWM).
 
