@@ -417,20 +417,16 @@ def _apply_outcome(
     outcome: StepOutcome,
     spec: VirtualMachineSpec,
     host_key: str,
-    *,
-    events_after: list[Event] | None = None,
+    events_after: list[Event],
 ) -> None:
-    """The outcome's status into kopf's patch, its Events posted (or, with `events_after`, handed to
-    the caller to post once the status is written: the status is what users and tools wait on, the
-    Events only tell about it, so they do not share the API round trip's moment with it)."""
+    """The outcome's status into kopf's patch; its Events into `events_after`, which the step posts
+    once the status is written (the status is what users and tools wait on, the Events only tell about
+    it, so they do not share the API round trip's moment with it)."""
     uid = str(body.get("metadata", {}).get("uid"))
     new_status = {k: v for k, v in outcome.status.items() if v is not None}
     for key, value in merge_patch(old_status, new_status).items():
         patch.status[key] = value
-    if events_after is not None:
-        events_after.extend(outcome.events)
-    else:
-        _post(body, outcome.events)
+    events_after.extend(outcome.events)
     metrics.observe_status_change(
         spec.strategy.value, host_key, old_status, new_status, _now(), uid=uid
     )
@@ -663,6 +659,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                     outcome = await _step_locked(kwargs, deleting=deleting)
                 except kopf.TemporaryError:
                     await _commit(kwargs, base, base_rv)
+                    _post(kwargs["body"], events)
                     raise
                 written = await _commit(kwargs, base, base_rv)
                 _post(kwargs["body"], events)  # what the host did, whether or not this status was written
@@ -799,7 +796,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                                          retry=runtime.config.wait_retry_max, key=uid,
                                          floor=runtime.config.wait_retry_min)
                 outcome = StepOutcome(refused.status, refused.requeue_after, ())
-                _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
+                _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key, kwargs[_EVENTS_AFTER])
                 raise kopf.TemporaryError(refusal.message, delay=refused.requeue_after)
         if resolved.spec is None:  # a refusal covers a missing host; this is unreachable
             raise kopf.TemporaryError(f"host of {namespace}/{name} not resolved", delay=HOST_MISSING_RETRY_SECONDS)
@@ -820,7 +817,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
                 cap=max(settle.HOST_MISCONFIGURED_RETRY, runtime.config.wait_retry_max),
                 floor=runtime.config.wait_retry_min)
             outcome = StepOutcome(wrong.status, wrong.requeue_after, ())
-            _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key)
+            _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key, kwargs[_EVENTS_AFTER])
             raise kopf.TemporaryError(str(exc), delay=wrong.requeue_after) from exc
         ref = VmRef(namespace=namespace, name=name, uid=uid, generation=generation)
         if not deleting and vm_spec.bootstrap is not None and bootstrap.needs_secret(vm_spec, old_status):
@@ -856,7 +853,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if deleting and outcome.finished and image is not None and vm_spec.deletion_policy is DeletionPolicy.RETAIN:
             # images: the retained disk may still chain to the image's file; the image must keep it.
             await images.record_retained(namespace, name, kwargs["spec"], old_status)
-        _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key, events_after=kwargs[_EVENTS_AFTER])
+        _apply_outcome(body, patch, old_status, outcome, vm_spec, host_key, kwargs[_EVENTS_AFTER])
         return outcome
 
     retry_key = retry.RETRY_ANNOTATION

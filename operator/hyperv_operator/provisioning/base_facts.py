@@ -26,7 +26,7 @@ class BaseFacts:
         self._facts: dict[tuple[str, str], tuple[VhdInfo, float]] = {}
 
     def get(self, host_key: str, path: str) -> VhdInfo | None:
-        found = self._facts.get((host_key, path.rstrip("\\").lower()))
+        found = self._facts.get(_key(host_key, path))
         if found is None or self._clock() - found[1] > self.ttl:
             return None
         return found[0]
@@ -37,10 +37,14 @@ class BaseFacts:
         now = self._clock()
         if len(self._facts) > 256:  # bases are few; drop what has expired
             self._facts = {k: v for k, v in self._facts.items() if now - v[1] <= self.ttl}
-        self._facts[(host_key, path.rstrip("\\").lower())] = (info, now)
+        self._facts[_key(host_key, path)] = (info, now)
 
     def forget(self, host_key: str, path: str) -> None:
-        self._facts.pop((host_key, path.rstrip("\\").lower()), None)
+        self._facts.pop(_key(host_key, path), None)
 
     def __len__(self) -> int:
         return len(self._facts)
+
+
+def _key(host_key: str, path: str) -> tuple[str, str]:
+    return host_key, path.rstrip("\\").lower()  # as Observation keys its paths

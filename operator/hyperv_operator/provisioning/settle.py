@@ -210,8 +210,8 @@ def copy_ahead(strategy: Strategy, phase: str) -> bool:
     """Whether a VM in `phase` (as a plan left it) has its base copy still ahead: a phase of its
     table before the copy phase (Failed, Deleting and the phases after the copy are not)."""
     order = [p.value for p in planner.phases(strategy)]
-    copy = next((p.value for p in planner.phases(strategy) if p in COPY_PHASES), None)
-    return copy is not None and phase in order and order.index(phase) < order.index(copy)
+    copy = next((i for i, p in enumerate(planner.phases(strategy)) if p in COPY_PHASES), None)
+    return copy is not None and phase in order[:copy]
 
 
 HOST_MISCONFIGURED_RETRY = 30.0
